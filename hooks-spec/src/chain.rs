@@ -1,0 +1,259 @@
+//! The hook chain: an ordered list of callbacks for one hook point.
+//!
+//! Ordering and stop semantics follow EMQX's `emqx_hooks`: callbacks run by
+//! priority, higher first, and in registration order among equal priorities.
+//! Every hook is a fold: a callback receives the accumulator and returns
+//! [`Flow::Continue`] with the (possibly changed) value for the next callback,
+//! or [`Flow::Stop`] to end the chain with that value. Notification hooks are
+//! folds over `()`: returning `Stop` ends the chain.
+//!
+//! A callback that returns an error, panics or exceeds its time limit never
+//! breaks the chain: the failure is logged and counted and the callback's
+//! failure policy decides the outcome. The default policy continues with the
+//! accumulator unchanged; hooks where that is unsafe (authentication and
+//! authorization) default to stopping with a denial, and a callback may bring
+//! its own policy (a storage callback marks a message as not stored).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use crate::HookPoint;
+
+/// A boxed, sendable future: what every callback returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a callback tells the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow<Acc> {
+    /// Go on with the next callback, passing this accumulator.
+    Continue(Acc),
+    /// End the chain; this is its result.
+    Stop(Acc),
+}
+
+impl<Acc> Flow<Acc> {
+    /// The accumulator, whether the chain stops or goes on.
+    pub fn into_inner(self) -> Acc {
+        match self {
+            Flow::Continue(a) | Flow::Stop(a) => a,
+        }
+    }
+
+    /// True for [`Flow::Stop`].
+    pub fn is_stop(&self) -> bool {
+        matches!(self, Flow::Stop(_))
+    }
+}
+
+/// A callback's failure, logged by the chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+impl HookError {
+    /// An error with a message.
+    pub fn new(msg: impl Into<String>) -> HookError {
+        HookError(msg.into())
+    }
+}
+
+/// A registered callback: gets the hook's arguments and the accumulator.
+pub type Callback<A, Acc> = Arc<dyn Fn(Arc<A>, Acc) -> BoxFuture<Result<Flow<Acc>, HookError>> + Send + Sync>;
+
+/// What replaces a failed callback's result, given the accumulator it was called with.
+pub type FailurePolicy<Acc> = Arc<dyn Fn(Acc) -> Flow<Acc> + Send + Sync>;
+
+/// How a callback is registered.
+pub struct Registration<A, Acc> {
+    /// Who registered it (a plugin name); [`Chain::remove_owner`] removes by it.
+    pub owner: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Time limit for one call; `None`: the chain's default.
+    pub timeout: Option<Duration>,
+    /// Outcome when the call fails; `None`: the chain's default.
+    pub on_failure: Option<FailurePolicy<Acc>>,
+    /// The callback itself.
+    pub callback: Callback<A, Acc>,
+}
+
+struct Entry<A, Acc> {
+    owner: String,
+    priority: i32,
+    seq: u64,
+    timeout: Duration,
+    on_failure: Option<FailurePolicy<Acc>>,
+    callback: Callback<A, Acc>,
+}
+
+/// The callbacks of one hook point, in run order.
+pub struct Chain<A, Acc> {
+    point: HookPoint,
+    // Copy-on-write: a run clones the Arc and never holds the lock across an await.
+    entries: RwLock<Arc<Vec<Entry<A, Acc>>>>,
+    default_timeout: Duration,
+    default_failure: FailurePolicy<Acc>,
+    next_seq: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl<A, Acc> Chain<A, Acc>
+where
+    A: Send + Sync + 'static,
+    Acc: Clone + Send + 'static,
+{
+    /// An empty chain whose failed callbacks continue with the accumulator unchanged.
+    pub fn new(point: HookPoint, default_timeout: Duration) -> Self {
+        Self::with_failure_policy(point, default_timeout, Arc::new(Flow::Continue))
+    }
+
+    /// An empty chain with its own default failure policy.
+    pub fn with_failure_policy(point: HookPoint, default_timeout: Duration, policy: FailurePolicy<Acc>) -> Self {
+        Chain {
+            point,
+            entries: RwLock::new(Arc::new(Vec::new())),
+            default_timeout,
+            default_failure: policy,
+            next_seq: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The hook point this chain serves.
+    pub fn point(&self) -> HookPoint {
+        self.point
+    }
+
+    /// Adds a callback with the chain's default timeout and failure policy.
+    pub fn add<F, Fut>(&self, owner: &str, priority: i32, f: F)
+    where
+        F: Fn(Arc<A>, Acc) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Flow<Acc>, HookError>> + Send + 'static,
+    {
+        self.register(Registration {
+            owner: owner.to_string(),
+            priority,
+            timeout: None,
+            on_failure: None,
+            callback: Arc::new(move |a, acc| Box::pin(f(a, acc))),
+        });
+    }
+
+    /// Adds a callback with all options.
+    pub fn register(&self, reg: Registration<A, Acc>) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            owner: reg.owner,
+            priority: reg.priority,
+            seq,
+            timeout: reg.timeout.unwrap_or(self.default_timeout),
+            on_failure: reg.on_failure,
+            callback: reg.callback,
+        };
+        let mut guard = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<Entry<A, Acc>> = guard.iter().map(Entry::clone_entry).collect();
+        next.push(entry);
+        // Stable order: priority descending, then registration order.
+        next.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
+        *guard = Arc::new(next);
+    }
+
+    /// Removes every callback `owner` registered; returns how many.
+    pub fn remove_owner(&self, owner: &str) -> usize {
+        let mut guard = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let next: Vec<Entry<A, Acc>> = guard.iter().filter(|e| e.owner != owner).map(Entry::clone_entry).collect();
+        let removed = guard.len() - next.len();
+        *guard = Arc::new(next);
+        removed
+    }
+
+    /// Number of registered callbacks.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// True when no callback is registered (the broker skips the hook then).
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
+    }
+
+    /// Failed calls (errors, panics, time-outs) since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Entry<A, Acc>>> {
+        self.entries.read().map(|g| Arc::clone(&g)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Runs the chain: each callback in order, until one stops or all have run.
+    /// Returns the final accumulator and whether a callback stopped the chain.
+    pub async fn run_fold(&self, args: Arc<A>, acc: Acc) -> Flow<Acc> {
+        let entries = self.snapshot();
+        let mut acc = acc;
+        for entry in entries.iter() {
+            let saved = acc.clone();
+            let call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
+            let failure = match tokio::time::timeout(entry.timeout, call).await {
+                Ok(Ok(Ok(Flow::Continue(next)))) => {
+                    acc = next;
+                    continue;
+                }
+                Ok(Ok(Ok(Flow::Stop(last)))) => return Flow::Stop(last),
+                Ok(Ok(Err(e))) => format!("returned an error: {e}"),
+                Ok(Err(panic)) => format!("panicked: {}", panic_text(&panic)),
+                Err(_) => format!("exceeded its time limit of {:?}", entry.timeout),
+            };
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(hook = %self.point, owner = %entry.owner, "hook callback {failure}");
+            let policy = entry.on_failure.as_ref().unwrap_or(&self.default_failure);
+            match policy(saved) {
+                Flow::Continue(next) => acc = next,
+                Flow::Stop(last) => return Flow::Stop(last),
+            }
+        }
+        Flow::Continue(acc)
+    }
+}
+
+impl<A> Chain<A, ()>
+where
+    A: Send + Sync + 'static,
+{
+    /// Runs a notification hook; true when a callback stopped it.
+    pub async fn run(&self, args: Arc<A>) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        self.run_fold(args, ()).await.is_stop()
+    }
+}
+
+impl<A, Acc> Entry<A, Acc> {
+    fn clone_entry(&self) -> Self {
+        Entry {
+            owner: self.owner.clone(),
+            priority: self.priority,
+            seq: self.seq,
+            timeout: self.timeout,
+            on_failure: self.on_failure.clone(),
+            callback: Arc::clone(&self.callback),
+        }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".to_string()
+    }
+}

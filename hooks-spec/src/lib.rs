@@ -1,0 +1,60 @@
+//! # hooks-spec: the contract between the Postbox broker and its plugins
+//!
+//! This crate holds no broker internals. It defines:
+//!
+//! - [`HookPoint`]: the hook points, named as in EMQX (`message.publish`, ...).
+//! - [`Chain`]: an ordered list of async callbacks for one hook point, with
+//!   EMQX's semantics (priority, registration order, stop, fold) and failure
+//!   isolation (errors, panics and time-outs are logged, counted and replaced by
+//!   the callback's failure policy).
+//! - [`Hooks`]: one chain per hook point, each typed with its arguments and
+//!   accumulator.
+//! - [`Plugin`]: what a plugin implements; [`BrokerHandle`]: what a plugin can
+//!   ask of the broker (deliver into a session, subscribe on a client's behalf,
+//!   publish, look up a client).
+//! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],
+//!   [`Message`] (with [`Headers`] plugins may set, such as the storage row id).
+//!
+//! Data flows one way: the broker owns a `Arc<Hooks>`, plugins register
+//! callbacks on it at start, and the broker runs the chains at the moments
+//! below. A plugin acts back on the broker only through its [`BrokerHandle`].
+//!
+//! ## Hook points
+//!
+//! | hook | kind | arguments | accumulator | fires |
+//! |---|---|---|---|---|
+//! | `client.connect` | fold | [`ConnInfo`] | [`ConnProperties`] | CONNECT decoded, before authentication |
+//! | `client.authenticate` | fold | [`AuthArgs`] | [`AuthResult`] | after `client.connect`; `Deny` refuses the connection (CONNACK 0x05 / 0x86). A failing callback denies. `Ignore` at the end applies `mqtt.allow_anonymous` |
+//! | `client.connack` | fold | [`ConnackArgs`] | [`ConnProperties`] | just before CONNACK is written (any reason code); user properties and reason string go into an MQTT 5 CONNACK |
+//! | `session.created` | notification | [`SessionArgs`] | | a new session was created, before CONNACK |
+//! | `session.resumed` | notification | [`SessionArgs`] | | a connection attached to an existing session, before CONNACK |
+//! | `session.discarded` | notification | [`SessionArgs`] | | a clean start threw an existing session away, before CONNACK |
+//! | `session.takeovered` | notification | [`SessionArgs`] | | another connection took this session over; fires on the old connection's side before it is closed |
+//! | `client.connected` | notification | [`ClientArgs`] | | after CONNACK (success) was queued to the socket and inflight messages were resent |
+//! | `client.check_acl` | fold | [`AclArgs`] | [`AclResult`] | for every PUBLISH topic and SUBSCRIBE filter before it is acted on. A failing callback denies |
+//! | `client.subscribe` | fold | [`ClientSubArgs`] | `Vec<TopicFilter>` | after a SUBSCRIBE is decoded and validated, before authorization; removing an entry refuses it (0x80 / 0x87) |
+//! | `session.subscribed` | notification | [`SubscribedArgs`] | | after the subscription is in the router and before SUBACK is written; also for subscriptions a plugin makes through [`BrokerHandle::subscribe`] |
+//! | `client.unsubscribe` | fold | [`ClientSubArgs`] | `Vec<String>` | after an UNSUBSCRIBE is decoded |
+//! | `session.unsubscribed` | notification | [`SubscribedArgs`] | | after the subscription left the router, before UNSUBACK |
+//! | `message.publish` | fold | [`PublishArgs`] | [`Message`] | a PUBLISH (or will) was accepted, before routing. `Stop` drops the message; a callback may set headers. The publisher's PUBACK (QoS 1) or PUBREC (QoS 2) is written only after the whole chain finished, so a storage callback holds the acknowledgement until it has stored the message. A callback that marks `headers.not_stored` makes the broker withhold the success acknowledgement (MQTT 5: reason 0x80; 3.1.1: none, so the client re-sends) while still routing the message |
+//! | `message.delivered` | fold | [`DeliveredArgs`] | [`Message`] | just before a PUBLISH is written to a subscriber |
+//! | `message.acked` | notification | [`AckedArgs`] | | a subscriber's PUBACK (QoS 1) or PUBCOMP (QoS 2) was received for a delivered message |
+//! | `message.dropped` | notification | [`DroppedArgs`] | | a message reached no subscriber, or was not delivered to one (queue full, expired, too large, denied) |
+//! | `client.disconnected` | notification | [`DisconnectedArgs`] | | the connection closed (any reason), before the will message is published |
+//! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0, at expiry, or discarded |
+//!
+//! Callbacks in one chain run one after another; the broker awaits the whole
+//! chain before it takes the step the hook precedes. Chains with no callbacks
+//! cost nothing.
+
+pub mod chain;
+pub mod hookpoint;
+pub mod hooks;
+pub mod plugin;
+pub mod types;
+
+pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Flow, HookError, Registration};
+pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
+pub use hooks::*;
+pub use plugin::{BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError};
+pub use types::*;

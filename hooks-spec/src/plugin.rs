@@ -1,0 +1,126 @@
+//! Plugins and the handle they use to act on the broker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::hooks::Hooks;
+use crate::types::{ClientInfo, Message, QoS, SubOpts};
+
+/// Why a plugin could not load its configuration or start.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// A configuration entry is wrong; names the file, line and key.
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Config {
+        /// The configuration file.
+        file: PathBuf,
+        /// 1-based line number (0 when the problem is the file as a whole).
+        line: usize,
+        /// The key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration file could not be read.
+    #[error("{file}: {message}")]
+    ConfigFile {
+        /// The configuration file.
+        file: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Starting failed (for example, the database cannot be reached).
+    #[error("{0}")]
+    Start(String),
+}
+
+/// What a plugin gets when it starts.
+#[derive(Clone)]
+pub struct PluginContext {
+    /// Where it registers callbacks.
+    pub hooks: Arc<Hooks>,
+    /// How it acts on the broker.
+    pub broker: Arc<dyn BrokerHandle>,
+}
+
+/// A broker plugin. The broker enables the plugins named in `plugins.load`
+/// at startup, in that order: `load_config` with `<etc dir>/<name>.conf`, then
+/// `start`; it refuses to start if either fails. At shutdown it calls `stop`
+/// in reverse order.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// The name used in `plugins.load` and for the config file.
+    fn name(&self) -> &str;
+
+    /// Reads the plugin's configuration file.
+    fn load_config(&mut self, path: &Path) -> Result<(), PluginError>;
+
+    /// Registers callbacks and starts background work.
+    async fn start(&self, ctx: PluginContext) -> Result<(), PluginError>;
+
+    /// Unregisters callbacks and stops background work.
+    async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError>;
+}
+
+/// A message handed to one client's session by a plugin.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message (its headers, such as the storage id, travel with it).
+    pub message: Message,
+    /// QoS to deliver at (the broker caps it at the message's QoS).
+    pub qos: QoS,
+    /// Deliver with the retain flag set (retained-message delivery).
+    pub retain: bool,
+    /// The subscription filter this delivery is for, if any: the session
+    /// records the highest storage id it delivered per subscription, so a
+    /// message that arrives both live and from storage goes out once.
+    pub filter: Option<String>,
+}
+
+/// Why a handle call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// No session with that client id.
+    #[error("no session for client `{0}`")]
+    NoSession(String),
+    /// The filter is not a valid topic filter.
+    #[error("invalid topic filter `{0}`")]
+    InvalidFilter(String),
+    /// The topic is not a valid topic name.
+    #[error("invalid topic `{0}`")]
+    InvalidTopic(String),
+    /// The broker is shutting down.
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+/// How plugins act on the broker.
+#[async_trait]
+pub trait BrokerHandle: Send + Sync {
+    /// This broker's node name (`node.name`).
+    fn node_name(&self) -> &str;
+
+    /// The client's info if it has a session here.
+    fn lookup(&self, clientid: &str) -> Option<ClientInfo>;
+
+    /// Queues a message into one client's session: it gets a packet id,
+    /// inflight tracking and redelivery like any routed message.
+    async fn deliver(&self, clientid: &str, delivery: Delivery) -> Result<(), HandleError>;
+
+    /// Queues several messages, in order, into one client's session.
+    async fn deliver_batch(&self, clientid: &str, deliveries: Vec<Delivery>) -> Result<(), HandleError> {
+        for d in deliveries {
+            self.deliver(clientid, d).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes a client as if it had sent SUBSCRIBE (session.subscribed fires).
+    async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError>;
+
+    /// Publishes a message through the router (message.publish does not run again).
+    /// Returns how many sessions it was routed to.
+    async fn publish(&self, message: Message) -> Result<usize, HandleError>;
+}

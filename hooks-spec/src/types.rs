@@ -1,0 +1,374 @@
+//! The values hooks carry: who a client is, how it connected, what it subscribed
+//! with, and the message itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+/// MQTT quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QoS {
+    /// At most once (0).
+    AtMostOnce = 0,
+    /// At least once (1).
+    AtLeastOnce = 1,
+    /// Exactly once (2).
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// The QoS for a wire value, `None` for anything but 0, 1, 2.
+    pub fn from_u8(v: u8) -> Option<QoS> {
+        match v {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+
+    /// The wire value.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+/// MQTT protocol version a client connected with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolVersion {
+    /// MQTT 3.1 (`MQIsdp`, level 3).
+    V31,
+    /// MQTT 3.1.1 (level 4).
+    V311,
+    /// MQTT 5.0 (level 5).
+    V5,
+}
+
+impl ProtocolVersion {
+    /// The protocol level byte of CONNECT.
+    pub fn level(self) -> u8 {
+        match self {
+            ProtocolVersion::V31 => 3,
+            ProtocolVersion::V311 => 4,
+            ProtocolVersion::V5 => 5,
+        }
+    }
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProtocolVersion::V31 => "3.1",
+            ProtocolVersion::V311 => "3.1.1",
+            ProtocolVersion::V5 => "5.0",
+        })
+    }
+}
+
+/// Who a client is. Shared (`Arc`) by every hook call of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client identifier (assigned by the broker when the client sent none).
+    pub clientid: Arc<str>,
+    /// User name from CONNECT, if any.
+    pub username: Option<String>,
+    /// Remote socket address.
+    pub peer: SocketAddr,
+    /// Protocol version of the connection.
+    pub protocol: ProtocolVersion,
+    /// Clean session (3.1.1) / clean start (5.0).
+    pub clean_start: bool,
+    /// Session expiry interval in seconds in force (0: ends with the connection;
+    /// `u32::MAX`: never).
+    pub session_expiry: u32,
+    /// Keep alive in seconds in force (after any server override).
+    pub keepalive: u16,
+}
+
+/// What a client sent in CONNECT, for `client.connect`/`client.connack`
+/// (the accumulator of those hooks holds the properties).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Client identifier as sent (may be empty).
+    pub clientid: String,
+    /// User name as sent.
+    pub username: Option<String>,
+    /// Remote socket address.
+    pub peer: SocketAddr,
+    /// Protocol version.
+    pub protocol: ProtocolVersion,
+    /// Clean session / clean start flag.
+    pub clean_start: bool,
+    /// Keep alive the client asked for, seconds.
+    pub keepalive: u16,
+}
+
+/// MQTT 5 user properties and the CONNECT/CONNACK properties a hook may read or set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnProperties {
+    /// User properties, in order.
+    pub user_properties: Vec<(String, String)>,
+    /// Reason string (CONNACK only).
+    pub reason_string: Option<String>,
+}
+
+/// Subscription options, as granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubOpts {
+    /// Granted maximum QoS.
+    pub qos: QoS,
+    /// MQTT 5 no local: do not deliver the client's own publishes.
+    pub no_local: bool,
+    /// MQTT 5 retain as published.
+    pub retain_as_published: bool,
+    /// MQTT 5 retain handling: 0 send on subscribe, 1 only when new, 2 never.
+    pub retain_handling: u8,
+    /// MQTT 5 subscription identifier.
+    pub subscription_id: Option<u32>,
+    /// Shared subscription group (`$share/<group>/...`), if any.
+    pub share_group: Option<String>,
+    /// True when the subscription did not exist before (false for a re-subscribe).
+    pub is_new: bool,
+}
+
+impl SubOpts {
+    /// Plain options for a QoS: what a 3.1.1 SUBSCRIBE carries.
+    pub fn with_qos(qos: QoS) -> SubOpts {
+        SubOpts {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            subscription_id: None,
+            share_group: None,
+            is_new: true,
+        }
+    }
+}
+
+/// A topic filter with the options a client asked for: the accumulator of
+/// `client.subscribe` (a callback may remove or rewrite entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicFilter {
+    /// The filter as sent, `$share/<group>/` prefix included.
+    pub filter: String,
+    /// Requested options.
+    pub opts: SubOpts,
+}
+
+/// MQTT 5 PUBLISH properties that travel with a message end to end.
+/// Topic alias and subscription identifiers are per hop and are not here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishProperties {
+    /// Payload format indicator (1: UTF-8).
+    pub payload_format_indicator: Option<u8>,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Response topic (request/response).
+    pub response_topic: Option<String>,
+    /// Correlation data (request/response).
+    pub correlation_data: Option<Bytes>,
+    /// User properties, in order.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// Values plugins attach to a message as it passes through hooks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// Row id in the storage backend (`mqtt_msg.id`), set by the plugin that stored it.
+    pub stored_id: Option<i64>,
+    /// Set by a storage callback that had to store the message and could not:
+    /// the broker then withholds the publisher's success acknowledgement.
+    pub not_stored: bool,
+    /// Any other plugin-defined values.
+    pub extra: BTreeMap<String, String>,
+}
+
+static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A unique message id: time-ordered, unique within the process
+/// (wall-clock microseconds in the high bits, a counter in the low ones).
+pub fn new_message_id() -> u128 {
+    let micros = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let seq = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed);
+    (micros << 64) | u128::from(seq)
+}
+
+/// An application message as it flows through the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Unique id (see [`new_message_id`]); printed as 32 hex digits for `${msgid}`.
+    pub id: u128,
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload bytes (binary-safe).
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// Publishing client id; `None` for messages published by the broker or a plugin.
+    pub publisher: Option<Arc<str>>,
+    /// Arrival time at the broker.
+    pub timestamp: SystemTime,
+    /// MQTT 5 message expiry interval as received; `None`: never expires.
+    pub expiry_interval: Option<Duration>,
+    /// MQTT 5 properties passed through.
+    pub properties: PublishProperties,
+    /// Plugin-set values.
+    pub headers: Headers,
+}
+
+impl Message {
+    /// A new message with a fresh id and the current time.
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Message {
+        Message {
+            id: new_message_id(),
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            publisher: None,
+            timestamp: SystemTime::now(),
+            expiry_interval: None,
+            properties: PublishProperties::default(),
+            headers: Headers::default(),
+        }
+    }
+
+    /// The id as 32 hex digits, as `${msgid}` prints it.
+    pub fn id_hex(&self) -> String {
+        format!("{:032x}", self.id)
+    }
+
+    /// Time left before the message expires: `None` when it never does,
+    /// `Some(ZERO)` once it has.
+    pub fn remaining_expiry(&self, now: SystemTime) -> Option<Duration> {
+        let interval = self.expiry_interval?;
+        let age = now.duration_since(self.timestamp).unwrap_or(Duration::ZERO);
+        Some(interval.saturating_sub(age))
+    }
+
+    /// True when the message has an expiry interval that has passed.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.remaining_expiry(now) == Some(Duration::ZERO)
+    }
+}
+
+/// Why a message was dropped (`message.dropped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// No subscriber matched.
+    NoSubscribers,
+    /// A session's queue was full.
+    QueueFull,
+    /// Its expiry interval passed before delivery.
+    Expired,
+    /// A hook stopped it (authorization, a plugin's decision).
+    Denied,
+    /// Larger than the receiver's maximum packet size.
+    TooLarge,
+    /// A storage plugin could not store it.
+    StoreFailed,
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropReason::NoSubscribers => "no_subscribers",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+            DropReason::Denied => "denied",
+            DropReason::TooLarge => "too_large",
+            DropReason::StoreFailed => "store_failed",
+        })
+    }
+}
+
+/// Why a client or session went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Normal,
+    /// The socket closed or failed without DISCONNECT.
+    SocketClosed,
+    /// No packet within 1.5 times the keep alive.
+    KeepaliveTimeout,
+    /// A malformed or protocol-violating packet; the text says which.
+    ProtocolError(String),
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The broker is shutting down.
+    ServerShutdown,
+    /// The session expired.
+    Expired,
+    /// The session was discarded by a clean start.
+    Discarded,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Normal => f.write_str("normal"),
+            DisconnectReason::SocketClosed => f.write_str("closed"),
+            DisconnectReason::KeepaliveTimeout => f.write_str("keepalive_timeout"),
+            DisconnectReason::ProtocolError(e) => write!(f, "protocol_error: {e}"),
+            DisconnectReason::TakenOver => f.write_str("takenover"),
+            DisconnectReason::ServerShutdown => f.write_str("shutdown"),
+            DisconnectReason::Expired => f.write_str("expired"),
+            DisconnectReason::Discarded => f.write_str("discarded"),
+        }
+    }
+}
+
+/// What a session looks like to hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Owning client id.
+    pub clientid: Arc<str>,
+    /// Number of subscriptions.
+    pub subscriptions: usize,
+    /// Messages waiting for acknowledgement.
+    pub inflight: usize,
+    /// Messages queued and not yet sent.
+    pub queued: usize,
+    /// When the session was created.
+    pub created_at: SystemTime,
+}
+
+/// Result of `client.authenticate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Let the client in.
+    Allow,
+    /// Refuse: bad user name or password.
+    Deny,
+    /// No provider decided; the broker applies its anonymous policy.
+    Ignore,
+}
+
+/// Access being checked by `client.check_acl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction {
+    /// The client publishes to the topic.
+    Publish,
+    /// The client subscribes to the filter.
+    Subscribe,
+}
+
+/// Result of `client.check_acl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclResult {
+    /// Access granted.
+    Allow,
+    /// Access refused.
+    Deny,
+}
