@@ -48,12 +48,14 @@
 //! cost nothing.
 
 pub mod chain;
+pub mod conf;
 pub mod hookpoint;
 pub mod hooks;
 pub mod plugin;
 pub mod types;
 
 pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Flow, HookError, Registration};
+pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;
 pub use plugin::{BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError};

@@ -1,0 +1,189 @@
+//! Hook engine behaviour: ordering, stop, fold, failure isolation.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hooks_spec::{AuthArgs, AuthResult, Chain, Flow, HookError, HookPoint, Hooks, Message, PublishArgs, QoS, Registration};
+
+type Log = Arc<Mutex<Vec<&'static str>>>;
+
+fn recorder(chain: &Chain<(), ()>, log: &Log, owner: &str, priority: i32, name: &'static str, stop: bool) {
+    let log = Arc::clone(log);
+    chain.add(owner, priority, move |_, ()| {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock().unwrap().push(name);
+            Ok(if stop { Flow::Stop(()) } else { Flow::Continue(()) })
+        }
+    });
+}
+
+#[tokio::test]
+async fn higher_priority_first_then_registration_order() {
+    let chain: Chain<(), ()> = Chain::new(HookPoint::ClientConnected, Duration::from_secs(1));
+    let log: Log = Arc::default();
+    recorder(&chain, &log, "p", 0, "low-a", false);
+    recorder(&chain, &log, "p", 10, "high", false);
+    recorder(&chain, &log, "p", 0, "low-b", false);
+    recorder(&chain, &log, "p", 5, "mid", false);
+    assert!(!chain.run(Arc::new(())).await);
+    assert_eq!(*log.lock().unwrap(), vec!["high", "mid", "low-a", "low-b"]);
+}
+
+#[tokio::test]
+async fn notification_stop_ends_the_chain() {
+    let chain: Chain<(), ()> = Chain::new(HookPoint::ClientConnected, Duration::from_secs(1));
+    let log: Log = Arc::default();
+    recorder(&chain, &log, "p", 3, "first", false);
+    recorder(&chain, &log, "p", 2, "stopper", true);
+    recorder(&chain, &log, "p", 1, "never", false);
+    assert!(chain.run(Arc::new(())).await, "run reports the stop");
+    assert_eq!(*log.lock().unwrap(), vec!["first", "stopper"]);
+}
+
+#[tokio::test]
+async fn fold_passes_the_accumulator_and_stop_returns_it() {
+    let chain: Chain<(), Vec<u32>> = Chain::new(HookPoint::ClientSubscribe, Duration::from_secs(1));
+    chain.add("p", 3, |_, mut acc: Vec<u32>| async move {
+        acc.push(1);
+        Ok(Flow::Continue(acc))
+    });
+    chain.add("p", 2, |_, mut acc: Vec<u32>| async move {
+        acc.push(2);
+        Ok(Flow::Stop(acc))
+    });
+    chain.add("p", 1, |_, mut acc: Vec<u32>| async move {
+        acc.push(3);
+        Ok(Flow::Continue(acc))
+    });
+    assert_eq!(chain.run_fold(Arc::new(()), vec![0]).await, Flow::Stop(vec![0, 1, 2]));
+}
+
+#[tokio::test]
+async fn publish_fold_rewrites_or_drops_a_message() {
+    let hooks = Hooks::new(Duration::from_secs(1));
+    hooks.message_publish.add("rewriter", 10, |_, mut m: Message| async move {
+        m.topic = Arc::from(format!("rewritten/{}", m.topic));
+        m.headers.stored_id = Some(42);
+        Ok(Flow::Continue(m))
+    });
+    hooks.message_publish.add("dropper", 5, |_, m: Message| async move {
+        if m.payload.as_ref() == b"drop me" {
+            Ok(Flow::Stop(m))
+        } else {
+            Ok(Flow::Continue(m))
+        }
+    });
+    let args = Arc::new(PublishArgs { client: None });
+    let kept = hooks.message_publish.run_fold(Arc::clone(&args), Message::new("a/b", "hi", QoS::AtLeastOnce, false)).await;
+    match kept {
+        Flow::Continue(m) => {
+            assert_eq!(&*m.topic, "rewritten/a/b");
+            assert_eq!(m.headers.stored_id, Some(42));
+        }
+        Flow::Stop(_) => panic!("message should pass"),
+    }
+    let dropped = hooks.message_publish.run_fold(args, Message::new("a/b", "drop me", QoS::AtMostOnce, false)).await;
+    assert!(dropped.is_stop());
+}
+
+#[tokio::test]
+async fn error_panic_and_timeout_are_isolated_and_counted() {
+    let chain: Chain<(), Vec<&'static str>> = Chain::new(HookPoint::ClientSubscribe, Duration::from_millis(50));
+    chain.add("bad", 4, |_, _acc: Vec<&'static str>| async move { Err(HookError::new("boom")) });
+    chain.add("bad", 3, |_, acc: Vec<&'static str>| async move {
+        if acc.is_empty() {
+            panic!("callback panicked");
+        }
+        Ok(Flow::Continue(acc))
+    });
+    chain.add("bad", 2, |_, acc: Vec<&'static str>| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(Flow::Continue(acc))
+    });
+    chain.add("good", 1, |_, mut acc: Vec<&'static str>| async move {
+        acc.push("good ran");
+        Ok(Flow::Continue(acc))
+    });
+    let out = chain.run_fold(Arc::new(()), Vec::new()).await;
+    // Each failure continued with the accumulator as it was before the failing call.
+    assert_eq!(out, Flow::Continue(vec!["good ran"]));
+    assert_eq!(chain.failures(), 3);
+}
+
+#[tokio::test]
+async fn failing_authentication_callback_denies() {
+    let hooks = Hooks::new(Duration::from_millis(50));
+    hooks.client_authenticate.add("broken", 0, |_, _acc| async move { Err(HookError::new("db down")) });
+    hooks.client_authenticate.add("allow-all", -1, |_, _acc| async move { Ok(Flow::Continue(AuthResult::Allow)) });
+    let args = Arc::new(AuthArgs {
+        client: hooks_spec::ClientInfo {
+            clientid: Arc::from("c"),
+            username: Some("u".into()),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            protocol: hooks_spec::ProtocolVersion::V311,
+            clean_start: true,
+            session_expiry: 0,
+            keepalive: 30,
+        },
+        password: None,
+    });
+    let out = hooks.client_authenticate.run_fold(args, AuthResult::Ignore).await;
+    assert_eq!(out, Flow::Stop(AuthResult::Deny), "a broken auth provider must not let anyone in");
+}
+
+#[tokio::test]
+async fn a_callback_can_bring_its_own_failure_policy() {
+    let chain: Chain<(), Message> = Chain::new(HookPoint::MessagePublish, Duration::from_millis(20));
+    chain.register(Registration {
+        owner: "store".into(),
+        priority: 0,
+        timeout: None,
+        on_failure: Some(Arc::new(|mut m: Message| {
+            m.headers.not_stored = true;
+            Flow::Continue(m)
+        })),
+        callback: Arc::new(|_, m: Message| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Flow::Continue(m))
+            })
+        }),
+    });
+    let out = chain.run_fold(Arc::new(()), Message::new("t", "p", QoS::AtLeastOnce, false)).await;
+    assert!(out.into_inner().headers.not_stored);
+}
+
+#[tokio::test]
+async fn a_publish_callback_holds_the_result_until_it_finishes() {
+    let chain: Chain<(), Message> = Chain::new(HookPoint::MessagePublish, Duration::from_secs(5));
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<i64>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    chain.add("store", 0, move |_, mut m: Message| {
+        let rx = release_rx.lock().unwrap().take();
+        async move {
+            let id = rx.ok_or_else(|| HookError::new("called twice"))?.await.map_err(|e| HookError::new(e.to_string()))?;
+            m.headers.stored_id = Some(id);
+            Ok(Flow::Continue(m))
+        }
+    });
+    let run = chain.run_fold(Arc::new(()), Message::new("t", "p", QoS::AtLeastOnce, false));
+    tokio::pin!(run);
+    // Not finished while the callback waits.
+    assert!(tokio::time::timeout(Duration::from_millis(50), &mut run).await.is_err());
+    release_tx.send(7).unwrap();
+    assert_eq!(run.await.into_inner().headers.stored_id, Some(7));
+}
+
+#[tokio::test]
+async fn remove_owner_unregisters_only_that_owner() {
+    let hooks = Hooks::new(Duration::from_secs(1));
+    hooks.message_acked.add("plugin-a", 0, |_, ()| async { Ok(Flow::Continue(())) });
+    hooks.message_acked.add("plugin-b", 0, |_, ()| async { Ok(Flow::Continue(())) });
+    hooks.message_publish.add("plugin-a", 0, |_, m| async { Ok(Flow::Continue(m)) });
+    assert_eq!(hooks.remove_owner("nobody"), 0);
+    assert_eq!(hooks.remove_owner("plugin-a"), 2);
+    assert_eq!(hooks.message_acked.len(), 1);
+    assert!(hooks.message_publish.is_empty());
+}
