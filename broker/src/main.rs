@@ -1,1 +1,140 @@
-fn main() {}
+//! The `postbox` command: runs the broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hooks_spec::{ConfError, ConfFile, Plugin};
+use postbox::config::{Config, Listener};
+use postbox::{BrokerError, Server};
+
+/// Postbox: an MQTT broker for devices that go offline.
+#[derive(Parser, Debug)]
+#[command(name = "postbox", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "config", default_value = "etc/postbox.conf")]
+    config: PathBuf,
+    /// Listen on this address instead of the configured listeners (e.g. 127.0.0.1:1884).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Log level: error, warn, info, debug or trace (overrides `log.level`).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = cli.bind {
+        config.listeners = vec![Listener {
+            name: "external".into(),
+            addr,
+        }];
+    }
+    if let Some(level) = cli.log_level {
+        config.log_level = level;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let plugins = match load_plugins(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("postbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postbox: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(config, plugins))
+}
+
+async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>) -> ExitCode {
+    let server = match Server::start(config, plugins).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("postbox: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for addr in server.local_addrs() {
+        // Tests and scripts read this line to learn the port.
+        println!("listening on {addr}");
+    }
+    tracing::info!(addrs = ?server.local_addrs(), "postbox started");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Builds and configures the plugins named in `plugins.load`, in order.
+fn load_plugins(config: &Config) -> Result<Vec<Box<dyn Plugin>>, BrokerError> {
+    let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+    for name in &config.plugins {
+        let mut plugin: Box<dyn Plugin> = match postbox::plugins::by_name(name) {
+            Some(p) => p,
+            None => {
+                let conf = ConfFile::load(&config.file)?;
+                let line = conf.get("plugins.load").map(|e| e.line).unwrap_or(0);
+                return Err(BrokerError::Config(ConfError {
+                    file: config.file.clone(),
+                    line,
+                    key: "plugins.load".into(),
+                    message: format!(
+                        "unknown plugin `{name}` (known: {})",
+                        postbox::plugins::KNOWN.join(", ")
+                    ),
+                }));
+            }
+        };
+        let path = config.plugins_etc_dir.join(format!("{name}.conf"));
+        plugin.load_config(&path).map_err(|e| BrokerError::PluginStart {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        plugins.push(plugin);
+    }
+    Ok(plugins)
+}

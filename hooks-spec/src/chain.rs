@@ -114,7 +114,11 @@ where
     }
 
     /// An empty chain with its own default failure policy.
-    pub fn with_failure_policy(point: HookPoint, default_timeout: Duration, policy: FailurePolicy<Acc>) -> Self {
+    pub fn with_failure_policy(
+        point: HookPoint,
+        default_timeout: Duration,
+        policy: FailurePolicy<Acc>,
+    ) -> Self {
         Chain {
             point,
             entries: RwLock::new(Arc::new(Vec::new())),
@@ -167,7 +171,11 @@ where
     /// Removes every callback `owner` registered; returns how many.
     pub fn remove_owner(&self, owner: &str) -> usize {
         let mut guard = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let next: Vec<Entry<A, Acc>> = guard.iter().filter(|e| e.owner != owner).map(Entry::clone_entry).collect();
+        let next: Vec<Entry<A, Acc>> = guard
+            .iter()
+            .filter(|e| e.owner != owner)
+            .map(Entry::clone_entry)
+            .collect();
         let removed = guard.len() - next.len();
         *guard = Arc::new(next);
         removed
@@ -189,7 +197,10 @@ where
     }
 
     fn snapshot(&self) -> Arc<Vec<Entry<A, Acc>>> {
-        self.entries.read().map(|g| Arc::clone(&g)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+        self.entries
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
     /// Runs the chain: each callback in order, until one stops or all have run.

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hooks_spec::{AuthArgs, AuthResult, Chain, Flow, HookError, HookPoint, Hooks, Message, PublishArgs, QoS, Registration};
+use hooks_spec::{
+    AuthArgs, AuthResult, Chain, Flow, HookError, HookPoint, Hooks, Message, PublishArgs, QoS, Registration,
+};
 
 type Log = Arc<Mutex<Vec<&'static str>>>;
 
@@ -57,26 +59,39 @@ async fn fold_passes_the_accumulator_and_stop_returns_it() {
         acc.push(3);
         Ok(Flow::Continue(acc))
     });
-    assert_eq!(chain.run_fold(Arc::new(()), vec![0]).await, Flow::Stop(vec![0, 1, 2]));
+    assert_eq!(
+        chain.run_fold(Arc::new(()), vec![0]).await,
+        Flow::Stop(vec![0, 1, 2])
+    );
 }
 
 #[tokio::test]
 async fn publish_fold_rewrites_or_drops_a_message() {
     let hooks = Hooks::new(Duration::from_secs(1));
-    hooks.message_publish.add("rewriter", 10, |_, mut m: Message| async move {
-        m.topic = Arc::from(format!("rewritten/{}", m.topic));
-        m.headers.stored_id = Some(42);
-        Ok(Flow::Continue(m))
-    });
-    hooks.message_publish.add("dropper", 5, |_, m: Message| async move {
-        if m.payload.as_ref() == b"drop me" {
-            Ok(Flow::Stop(m))
-        } else {
+    hooks
+        .message_publish
+        .add("rewriter", 10, |_, mut m: Message| async move {
+            m.topic = Arc::from(format!("rewritten/{}", m.topic));
+            m.headers.stored_id = Some(42);
             Ok(Flow::Continue(m))
-        }
-    });
+        });
+    hooks
+        .message_publish
+        .add("dropper", 5, |_, m: Message| async move {
+            if m.payload.as_ref() == b"drop me" {
+                Ok(Flow::Stop(m))
+            } else {
+                Ok(Flow::Continue(m))
+            }
+        });
     let args = Arc::new(PublishArgs { client: None });
-    let kept = hooks.message_publish.run_fold(Arc::clone(&args), Message::new("a/b", "hi", QoS::AtLeastOnce, false)).await;
+    let kept = hooks
+        .message_publish
+        .run_fold(
+            Arc::clone(&args),
+            Message::new("a/b", "hi", QoS::AtLeastOnce, false),
+        )
+        .await;
     match kept {
         Flow::Continue(m) => {
             assert_eq!(&*m.topic, "rewritten/a/b");
@@ -84,14 +99,20 @@ async fn publish_fold_rewrites_or_drops_a_message() {
         }
         Flow::Stop(_) => panic!("message should pass"),
     }
-    let dropped = hooks.message_publish.run_fold(args, Message::new("a/b", "drop me", QoS::AtMostOnce, false)).await;
+    let dropped = hooks
+        .message_publish
+        .run_fold(args, Message::new("a/b", "drop me", QoS::AtMostOnce, false))
+        .await;
     assert!(dropped.is_stop());
 }
 
 #[tokio::test]
 async fn error_panic_and_timeout_are_isolated_and_counted() {
-    let chain: Chain<(), Vec<&'static str>> = Chain::new(HookPoint::ClientSubscribe, Duration::from_millis(50));
-    chain.add("bad", 4, |_, _acc: Vec<&'static str>| async move { Err(HookError::new("boom")) });
+    let chain: Chain<(), Vec<&'static str>> =
+        Chain::new(HookPoint::ClientSubscribe, Duration::from_millis(50));
+    chain.add("bad", 4, |_, _acc: Vec<&'static str>| async move {
+        Err(HookError::new("boom"))
+    });
     chain.add("bad", 3, |_, acc: Vec<&'static str>| async move {
         if acc.is_empty() {
             panic!("callback panicked");
@@ -115,8 +136,16 @@ async fn error_panic_and_timeout_are_isolated_and_counted() {
 #[tokio::test]
 async fn failing_authentication_callback_denies() {
     let hooks = Hooks::new(Duration::from_millis(50));
-    hooks.client_authenticate.add("broken", 0, |_, _acc| async move { Err(HookError::new("db down")) });
-    hooks.client_authenticate.add("allow-all", -1, |_, _acc| async move { Ok(Flow::Continue(AuthResult::Allow)) });
+    hooks.client_authenticate.add(
+        "broken",
+        0,
+        |_, _acc| async move { Err(HookError::new("db down")) },
+    );
+    hooks
+        .client_authenticate
+        .add("allow-all", -1, |_, _acc| async move {
+            Ok(Flow::Continue(AuthResult::Allow))
+        });
     let args = Arc::new(AuthArgs {
         client: hooks_spec::ClientInfo {
             clientid: Arc::from("c"),
@@ -130,7 +159,11 @@ async fn failing_authentication_callback_denies() {
         password: None,
     });
     let out = hooks.client_authenticate.run_fold(args, AuthResult::Ignore).await;
-    assert_eq!(out, Flow::Stop(AuthResult::Deny), "a broken auth provider must not let anyone in");
+    assert_eq!(
+        out,
+        Flow::Stop(AuthResult::Deny),
+        "a broken auth provider must not let anyone in"
+    );
 }
 
 #[tokio::test]
@@ -151,7 +184,9 @@ async fn a_callback_can_bring_its_own_failure_policy() {
             })
         }),
     });
-    let out = chain.run_fold(Arc::new(()), Message::new("t", "p", QoS::AtLeastOnce, false)).await;
+    let out = chain
+        .run_fold(Arc::new(()), Message::new("t", "p", QoS::AtLeastOnce, false))
+        .await;
     assert!(out.into_inner().headers.not_stored);
 }
 
@@ -163,7 +198,10 @@ async fn a_publish_callback_holds_the_result_until_it_finishes() {
     chain.add("store", 0, move |_, mut m: Message| {
         let rx = release_rx.lock().unwrap().take();
         async move {
-            let id = rx.ok_or_else(|| HookError::new("called twice"))?.await.map_err(|e| HookError::new(e.to_string()))?;
+            let id = rx
+                .ok_or_else(|| HookError::new("called twice"))?
+                .await
+                .map_err(|e| HookError::new(e.to_string()))?;
             m.headers.stored_id = Some(id);
             Ok(Flow::Continue(m))
         }
@@ -171,7 +209,9 @@ async fn a_publish_callback_holds_the_result_until_it_finishes() {
     let run = chain.run_fold(Arc::new(()), Message::new("t", "p", QoS::AtLeastOnce, false));
     tokio::pin!(run);
     // Not finished while the callback waits.
-    assert!(tokio::time::timeout(Duration::from_millis(50), &mut run).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(50), &mut run)
+        .await
+        .is_err());
     release_tx.send(7).unwrap();
     assert_eq!(run.await.into_inner().headers.stored_id, Some(7));
 }
@@ -179,9 +219,15 @@ async fn a_publish_callback_holds_the_result_until_it_finishes() {
 #[tokio::test]
 async fn remove_owner_unregisters_only_that_owner() {
     let hooks = Hooks::new(Duration::from_secs(1));
-    hooks.message_acked.add("plugin-a", 0, |_, ()| async { Ok(Flow::Continue(())) });
-    hooks.message_acked.add("plugin-b", 0, |_, ()| async { Ok(Flow::Continue(())) });
-    hooks.message_publish.add("plugin-a", 0, |_, m| async { Ok(Flow::Continue(m)) });
+    hooks
+        .message_acked
+        .add("plugin-a", 0, |_, ()| async { Ok(Flow::Continue(())) });
+    hooks
+        .message_acked
+        .add("plugin-b", 0, |_, ()| async { Ok(Flow::Continue(())) });
+    hooks
+        .message_publish
+        .add("plugin-a", 0, |_, m| async { Ok(Flow::Continue(m)) });
     assert_eq!(hooks.remove_owner("nobody"), 0);
     assert_eq!(hooks.remove_owner("plugin-a"), 2);
     assert_eq!(hooks.message_acked.len(), 1);

@@ -1,0 +1,185 @@
+//! The MQTT codec: bytes on the wire to and from Postbox's own packet types.
+//!
+//! This is the only module that uses mqttbytes. The rest of the broker sees
+//! [`Packet`] and its parts, which are the same for MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! - [`decode_connect`] reads the first packet of a connection and finds out
+//!   which protocol the client speaks;
+//! - a [`Codec`] for that protocol then decodes every following packet and
+//!   encodes what the broker sends.
+//!
+//! Framing is done here, not by mqttbytes: a packet is checked against the
+//! maximum packet size as soon as its fixed header is complete, fixed-header
+//! flags are checked, and mqttbytes only ever reads one whole, bounds-checked
+//! packet body, after the checks it lacks (see `v4`, `v5`, `connect`, `props`).
+//! No input makes decoding panic.
+
+mod connect;
+mod error;
+mod frame;
+mod packet;
+mod props;
+mod v4;
+mod v5;
+mod v5_encode;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_errors;
+#[cfg(test)]
+mod tests_fuzz;
+
+use bytes::BytesMut;
+use hooks_spec::{ProtocolVersion, QoS};
+
+pub use connect::decode_connect;
+pub use error::{DecodeError, EncodeError};
+pub use packet::{
+    Ack, ConnAck, ConnAckProps, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, SubscribeFilter,
+    UnsubAck, Unsubscribe, Will,
+};
+
+/// Decoder and encoder for the packets after CONNECT on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    /// Protocol the connection speaks (3.1 and 3.1.1 share one encoding).
+    pub protocol: ProtocolVersion,
+    /// Largest inbound packet accepted, in bytes, fixed header included.
+    pub max_packet_size: usize,
+}
+
+impl Codec {
+    /// A codec for a protocol and inbound size limit.
+    pub fn new(protocol: ProtocolVersion, max_packet_size: usize) -> Codec {
+        Codec {
+            protocol,
+            max_packet_size,
+        }
+    }
+
+    /// Decodes the next packet at the front of `buf` and removes it.
+    ///
+    /// `Ok(None)`: the packet is not complete yet and `buf` is untouched.
+    /// Errors are final (close the connection, with
+    /// [`DecodeError::reason_code`] in an MQTT 5 DISCONNECT): bad fixed-header
+    /// flags as soon as the first byte is there, [`DecodeError::TooLarge`] as
+    /// soon as the fixed header announces more than `max_packet_size`, then
+    /// whatever is wrong with the body. A CONNECT here (a second one) is a
+    /// protocol error; every other type is decoded in both directions.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
+        let Some(&byte1) = buf.first() else {
+            return Ok(None);
+        };
+        frame::check_flags(byte1)?;
+        if byte1 >> 4 == 1 {
+            return Err(DecodeError::protocol("second CONNECT on a connection"));
+        }
+        let v5 = self.protocol == ProtocolVersion::V5;
+        let Some((header, bytes)) = frame::take(buf, self.max_packet_size, v5)? else {
+            return Ok(None);
+        };
+        if v5 {
+            v5::decode(header, bytes).map(Some)
+        } else {
+            v4::decode(header, bytes).map(Some)
+        }
+    }
+
+    /// Appends the encoding of `packet` to `out`.
+    ///
+    /// CONNECT is encoded for the protocol in the packet; everything else for
+    /// this codec's. On 3.1.x, MQTT 5 fields are left out, CONNACK reason codes
+    /// become the nearest 3.1.1 return code (0x84 -> 1, 0x85 -> 2, 0x88 and
+    /// 0x89 -> 3, 0x86 -> 4, 0x87 -> 5, any other failure -> 3), SUBACK failure
+    /// codes become 0x80, UNSUBACK and PUBACK/PUBREC/PUBREL/PUBCOMP reason
+    /// codes are dropped and DISCONNECT writes nothing. On 5.0, reason codes
+    /// and properties are omitted where the protocol allows when they have
+    /// their default values.
+    ///
+    /// When `max_size` is given and the packet would be larger, or when the
+    /// packet cannot be encoded, `out` is left as it was.
+    pub fn encode(
+        &self,
+        packet: &Packet,
+        out: &mut BytesMut,
+        max_size: Option<usize>,
+    ) -> Result<(), EncodeError> {
+        let max = max_size.unwrap_or(usize::MAX);
+        let start = out.len();
+        let res = match packet {
+            Packet::Connect(c) => connect::encode(c, out, max),
+            _ if self.protocol == ProtocolVersion::V5 => v5_encode::encode(packet, out, max),
+            _ => v4::encode(packet, out, max),
+        };
+        let size = out.len() - start;
+        let res = match res {
+            Ok(()) if size > max => Err(EncodeError::TooLarge { size, max }),
+            other => other,
+        };
+        if res.is_err() {
+            out.truncate(start);
+        }
+        res
+    }
+}
+
+pub(crate) fn qos_from_mb(q: mqttbytes::QoS) -> QoS {
+    match q {
+        mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub(crate) fn qos_to_mb(q: QoS) -> mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// A packet type whose remaining length is fixed.
+pub(crate) fn exact_len(remaining: usize, want: usize, what: &str) -> Result<(), DecodeError> {
+    if remaining != want {
+        return Err(DecodeError::malformed(format!(
+            "{what} with remaining length {remaining}, not {want}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn pkid_nonzero(pkid: u16) -> Result<(), DecodeError> {
+    if pkid == 0 {
+        return Err(DecodeError::malformed("packet identifier 0"));
+    }
+    Ok(())
+}
+
+pub(crate) fn need_filters(n: usize, what: &str) -> Result<(), DecodeError> {
+    if n == 0 {
+        return Err(DecodeError::protocol(format!("{what} without topic filters")));
+    }
+    Ok(())
+}
+
+pub(crate) fn need_pkid(pkid: u16, what: &str) -> Result<u16, EncodeError> {
+    if pkid == 0 {
+        return Err(EncodeError::invalid(format!("{what} with packet identifier 0")));
+    }
+    Ok(pkid)
+}
+
+/// Refuses a PUBLISH whose remaining length (from mqttbytes' `len()`) is too
+/// large, before its payload is copied.
+pub(crate) fn check_publish_size(remaining: usize, max: usize) -> Result<(), EncodeError> {
+    let size = 1 + frame::varint_len(remaining) + remaining;
+    if remaining > frame::MAX_REMAINING || size > max {
+        return Err(EncodeError::TooLarge {
+            size,
+            max: max.min(frame::MAX_PACKET),
+        });
+    }
+    Ok(())
+}

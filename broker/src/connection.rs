@@ -1,0 +1,248 @@
+//! The connection handshake: from an accepted socket to a session.
+//!
+//! Reads CONNECT within `mqtt.connect_timeout`, refuses what must be refused
+//! (unknown protocol version, bad client id, failed authentication, too many
+//! clients) with the right CONNACK, and hands the socket to the session task
+//! of its client id, creating one if there is none. Everything after CONNACK
+//! happens in the session task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use hooks_spec::{AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, ConnackArgs, ProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
+use crate::registry::SessionRef;
+use crate::server::Shared;
+use crate::session::{Attach, Session, SessionCmd};
+
+/// CONNACK reason codes used here (MQTT 5 numbering; the codec maps them for 3.1.1).
+mod rc {
+    pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
+    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+}
+
+/// Handles one accepted socket until it is handed to a session or refused.
+pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let _task = shared.tasks.enter();
+    let _ = stream.set_nodelay(true);
+    let max = shared.config.mqtt.max_packet_size as usize;
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = shared.config.mqtt.connect_timeout;
+    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut buf, max)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {timeout:?}, closing");
+            return;
+        }
+        Ok(Err(ReadError::Io(e))) => {
+            tracing::debug!(%peer, "connection closed before CONNECT: {e}");
+            return;
+        }
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocol(level)))) => {
+            tracing::info!(%peer, level, "refusing unsupported protocol level");
+            // The client's version is unknown: answer in 3.1.1 form (code 0x01), as the spec asks.
+            refuse(
+                &mut stream,
+                ProtocolVersion::V311,
+                rc::UNSUPPORTED_PROTOCOL_VERSION,
+            )
+            .await;
+            return;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            tracing::info!(%peer, "bad CONNECT: {e}");
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let protocol = connect.protocol;
+    let hooks = Arc::clone(&shared.hooks);
+    let conn = ConnInfo {
+        clientid: connect.client_id.clone(),
+        username: connect.username.clone(),
+        peer,
+        protocol,
+        clean_start: connect.clean_start,
+        keepalive: connect.keepalive,
+    };
+    let mut props = ConnProperties {
+        user_properties: connect.user_properties.clone(),
+        reason_string: None,
+    };
+    if !hooks.client_connect.is_empty() {
+        props = hooks
+            .client_connect
+            .run_fold(Arc::new(conn.clone()), props)
+            .await
+            .into_inner();
+    }
+
+    // Client id: assign one where the protocol allows it.
+    let mut assigned_id = false;
+    let clientid: Arc<str> = if connect.client_id.is_empty() {
+        if protocol == ProtocolVersion::V5 || connect.clean_start {
+            assigned_id = true;
+            Arc::from(format!("postbox-{:x}", hooks_spec::new_message_id()))
+        } else {
+            refuse_with_hook(&shared, &mut stream, &conn, rc::CLIENT_ID_NOT_VALID).await;
+            return;
+        }
+    } else {
+        Arc::from(connect.client_id.as_str())
+    };
+
+    let limits = &shared.config.mqtt;
+    let keepalive = match (protocol, limits.server_keepalive) {
+        (ProtocolVersion::V5, Some(k)) => k,
+        _ => connect.keepalive,
+    };
+    let session_expiry = match protocol {
+        ProtocolVersion::V5 => shared.cap_expiry(connect.session_expiry.unwrap_or(0)),
+        _ if connect.clean_start => 0,
+        _ => shared.cap_expiry(u32::MAX),
+    };
+    let client = ClientInfo {
+        clientid: Arc::clone(&clientid),
+        username: connect.username.clone(),
+        peer,
+        protocol,
+        clean_start: connect.clean_start,
+        session_expiry,
+        keepalive,
+    };
+
+    let auth = if hooks.client_authenticate.is_empty() {
+        AuthResult::Ignore
+    } else {
+        let args = Arc::new(AuthArgs {
+            client: client.clone(),
+            password: connect.password.clone(),
+        });
+        hooks
+            .client_authenticate
+            .run_fold(args, AuthResult::Ignore)
+            .await
+            .into_inner()
+    };
+    match auth {
+        AuthResult::Allow => {}
+        AuthResult::Ignore if limits.allow_anonymous => {}
+        AuthResult::Ignore => {
+            tracing::info!(%peer, clientid = %clientid, "refused: anonymous access is off");
+            refuse_with_hook(&shared, &mut stream, &conn, rc::NOT_AUTHORIZED).await;
+            return;
+        }
+        AuthResult::Deny => {
+            tracing::info!(%peer, clientid = %clientid, "refused: authentication failed");
+            refuse_with_hook(&shared, &mut stream, &conn, rc::BAD_USERNAME_OR_PASSWORD).await;
+            return;
+        }
+    }
+    if shared.connected() >= limits.max_clients && shared.registry.get(&clientid).is_none() {
+        tracing::warn!(%peer, clientid = %clientid, "refused: mqtt.max_clients reached");
+        refuse_with_hook(&shared, &mut stream, &conn, rc::QUOTA_EXCEEDED).await;
+        return;
+    }
+
+    let attach = Attach {
+        stream,
+        inbuf: buf,
+        connect,
+        client,
+        conn,
+        assigned_id,
+        props,
+    };
+    start_session(&shared, attach);
+}
+
+/// Hands a connection to its client id's session, creating the session if
+/// there is none (or the one registered has just ended).
+pub(crate) fn start_session(shared: &Arc<Shared>, attach: Attach) {
+    let clientid = Arc::clone(&attach.client.clientid);
+    let mut attach = Box::new(attach);
+    loop {
+        let mut spawned = None;
+        let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
+            let uid = shared.next_uid();
+            let (tx, rx) = mpsc::unbounded_channel();
+            spawned = Some((uid, tx.clone(), rx));
+            SessionRef {
+                uid,
+                tx,
+                client: attach.client.clone(),
+            }
+        });
+        if created {
+            if let Some((uid, tx, rx)) = spawned {
+                let session = Session::new(Arc::clone(shared), uid, attach.client.clone(), (tx, rx));
+                tokio::spawn(session.run());
+            }
+        }
+        match entry.tx.send(SessionCmd::Attach(attach)) {
+            Ok(()) => return,
+            // The session ended between lookup and send: try again with a new one.
+            Err(mpsc::error::SendError(SessionCmd::Attach(back))) => attach = back,
+            Err(_) => return,
+        }
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Result<Connect, ReadError> {
+    loop {
+        match codec::decode_connect(buf, max) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Decode(e)),
+        }
+        let n = stream.read_buf(buf).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+/// Runs client.connack for a refusal, sends the CONNACK and closes.
+async fn refuse_with_hook(shared: &Shared, stream: &mut TcpStream, conn: &ConnInfo, code: u8) {
+    if !shared.hooks.client_connack.is_empty() {
+        let args = Arc::new(ConnackArgs {
+            conn: conn.clone(),
+            reason_code: code,
+        });
+        shared
+            .hooks
+            .client_connack
+            .run_fold(args, ConnProperties::default())
+            .await;
+    }
+    refuse(stream, conn.protocol, code).await;
+}
+
+async fn refuse(stream: &mut TcpStream, protocol: ProtocolVersion, code: u8) {
+    let codec = Codec {
+        protocol,
+        max_packet_size: usize::MAX,
+    };
+    let mut out = BytesMut::new();
+    let connack = ConnAck {
+        session_present: false,
+        code,
+        props: Default::default(),
+    };
+    if codec.encode(&Packet::ConnAck(connack), &mut out, None).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,84 @@
+//! The [`BrokerHandle`] plugins use to act on the broker.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hooks_spec::{BrokerHandle, ClientInfo, Delivery, HandleError, Message, SubOpts};
+
+use crate::server::Shared;
+use crate::session::{Routed, SessionCmd};
+use crate::topic;
+
+/// The broker side of [`BrokerHandle`].
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// A handle on a broker's shared state.
+    pub fn new(shared: Arc<Shared>) -> Handle {
+        Handle { shared }
+    }
+
+    fn send(&self, clientid: &str, cmd: SessionCmd) -> Result<(), HandleError> {
+        let entry = self
+            .shared
+            .registry
+            .get(clientid)
+            .ok_or_else(|| HandleError::NoSession(clientid.to_string()))?;
+        entry
+            .tx
+            .send(cmd)
+            .map_err(|_| HandleError::NoSession(clientid.to_string()))
+    }
+}
+
+#[async_trait]
+impl BrokerHandle for Handle {
+    fn node_name(&self) -> &str {
+        &self.shared.config.node_name
+    }
+
+    fn lookup(&self, clientid: &str) -> Option<ClientInfo> {
+        self.shared.registry.get(clientid).map(|e| e.client)
+    }
+
+    async fn deliver(&self, clientid: &str, delivery: Delivery) -> Result<(), HandleError> {
+        let qos = delivery.qos.min(delivery.message.qos);
+        let routed = Routed {
+            message: Arc::new(delivery.message),
+            qos,
+            retain: delivery.retain,
+            subscription_ids: Vec::new(),
+            filter: delivery.filter.map(Arc::from),
+        };
+        self.send(clientid, SessionCmd::Deliver(routed))
+    }
+
+    /// Queues the subscription to the session and returns: the session applies
+    /// it (and fires session.subscribed) in order with its other work, so a
+    /// hook running in that session may call this without waiting on itself.
+    async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError> {
+        let max_levels = self.shared.config.mqtt.max_topic_levels;
+        let inner = match topic::parse_shared(filter) {
+            Ok(Some(share)) => share.filter,
+            Ok(None) => filter,
+            Err(_) => return Err(HandleError::InvalidFilter(filter.to_string())),
+        };
+        topic::validate_filter(inner, max_levels)
+            .map_err(|_| HandleError::InvalidFilter(filter.to_string()))?;
+        self.send(
+            clientid,
+            SessionCmd::Subscribe {
+                filter: filter.to_string(),
+                opts,
+            },
+        )
+    }
+
+    async fn publish(&self, message: Message) -> Result<usize, HandleError> {
+        topic::validate_topic_name(&message.topic, self.shared.config.mqtt.max_topic_levels)
+            .map_err(|_| HandleError::InvalidTopic(message.topic.to_string()))?;
+        Ok(self.shared.route(Arc::new(message)))
+    }
+}

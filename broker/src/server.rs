@@ -1,0 +1,287 @@
+//! The running broker: shared state, startup, plugins and graceful shutdown.
+//!
+//! [`Server::start`] binds the listeners, enables the plugins named in
+//! `plugins.load` (refusing to start if one fails), and spawns one accept loop
+//! per listener. [`Server::shutdown`] stops accepting, tells every session to
+//! finish through a watch channel (the broadcast signal), waits for them up to
+//! `shutdown.timeout`, then stops the plugins in reverse order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hooks_spec::{DropReason, DroppedArgs, Hooks, Message, Plugin, PluginContext, PublishArgs};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::handle::Handle;
+use crate::registry::Registry;
+use crate::retain::RetainStore;
+use crate::router::Router;
+use crate::{listener, BrokerError};
+
+/// Counts live tasks so shutdown can wait for them.
+#[derive(Default)]
+pub struct TaskCount {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a task while it runs.
+pub struct TaskGuard(Arc<TaskCount>);
+
+impl TaskCount {
+    /// Registers the calling task until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> TaskGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(Arc::clone(self))
+    }
+
+    /// Waits until no task is registered.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Broker counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// Messages dropped for any reason.
+    pub messages_dropped: AtomicU64,
+    /// Messages routed (each publish counts once).
+    pub messages_routed: AtomicU64,
+}
+
+/// State shared by every task of one broker.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// The hook chains.
+    pub hooks: Arc<Hooks>,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retain: RetainStore,
+    /// Sessions by client id.
+    pub registry: Registry,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Live connection and session tasks.
+    pub tasks: Arc<TaskCount>,
+    connected: AtomicI64,
+    next_uid: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// A receiver that changes when the broker shuts down.
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// A fresh session uid.
+    pub fn next_uid(&self) -> u64 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connected clients now.
+    pub fn connected(&self) -> usize {
+        usize::try_from(self.connected.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub(crate) fn connected_add(&self, delta: i64) {
+        self.connected.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A session expiry interval capped by `mqtt.session_expiry_interval`
+    /// (`u32::MAX` means never).
+    pub fn cap_expiry(&self, requested: u32) -> u32 {
+        match self.config.mqtt.session_expiry_interval {
+            None => requested,
+            Some(cap) => requested.min(
+                u32::try_from(cap.as_secs())
+                    .unwrap_or(u32::MAX - 1)
+                    .min(u32::MAX - 1),
+            ),
+        }
+    }
+
+    /// Applies retain and routes a message that passed message.publish;
+    /// returns how many sessions got it.
+    pub fn route(&self, msg: Arc<Message>) -> usize {
+        if msg.retain && self.config.mqtt.retain_available {
+            self.retain.apply(&msg);
+        }
+        self.metrics.messages_routed.fetch_add(1, Ordering::Relaxed);
+        let n = self.router.route(&msg);
+        if n == 0 {
+            self.fire_dropped(&msg, DropReason::NoSubscribers, None);
+        }
+        n
+    }
+
+    /// Runs message.publish and routes the result (wills, plugin-free paths).
+    pub async fn publish_from_client(&self, client: Option<hooks_spec::ClientInfo>, msg: Message) -> usize {
+        let msg = if self.hooks.message_publish.is_empty() {
+            msg
+        } else {
+            match self
+                .hooks
+                .message_publish
+                .run_fold(Arc::new(PublishArgs { client }), msg)
+                .await
+            {
+                hooks_spec::Flow::Continue(m) => m,
+                hooks_spec::Flow::Stop(m) => {
+                    self.fire_dropped(&Arc::new(m), DropReason::Denied, None);
+                    return 0;
+                }
+            }
+        };
+        self.route(Arc::new(msg))
+    }
+
+    /// Counts a dropped message and runs message.dropped in the background.
+    pub fn fire_dropped(&self, msg: &Arc<Message>, reason: DropReason, clientid: Option<&Arc<str>>) {
+        self.metrics.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        if self.hooks.message_dropped.is_empty() {
+            return;
+        }
+        let args = Arc::new(DroppedArgs {
+            message: Arc::clone(msg),
+            node: self.config.node_name.clone(),
+            reason,
+            clientid: clientid.cloned(),
+        });
+        let hooks = Arc::clone(&self.hooks);
+        tokio::spawn(async move {
+            hooks.message_dropped.run(args).await;
+        });
+    }
+}
+
+/// A running broker.
+pub struct Server {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    plugins: Vec<Box<dyn Plugin>>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners, starts the plugins (already configured, in
+    /// order) and starts accepting connections.
+    pub async fn start(config: Config, plugins: Vec<Box<dyn Plugin>>) -> Result<Server, BrokerError> {
+        let hooks = Arc::new(Hooks::new(config.hooks_timeout));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            })?;
+            bound.push((listener, addr));
+        }
+        let shared = Arc::new(Shared {
+            config,
+            hooks: Arc::clone(&hooks),
+            router: Router::new(),
+            retain: RetainStore::new(),
+            registry: Registry::new(),
+            metrics: Metrics::default(),
+            tasks: Arc::default(),
+            connected: AtomicI64::new(0),
+            next_uid: AtomicU64::new(1),
+            shutdown: shutdown_rx,
+        });
+        let handle: Arc<dyn hooks_spec::BrokerHandle> = Arc::new(Handle::new(Arc::clone(&shared)));
+        let mut started: Vec<Box<dyn Plugin>> = Vec::new();
+        for plugin in plugins {
+            let ctx = PluginContext {
+                hooks: Arc::clone(&hooks),
+                broker: Arc::clone(&handle),
+            };
+            if let Err(e) = plugin.start(ctx).await {
+                let name = plugin.name().to_string();
+                for p in started.iter().rev() {
+                    let _ = p.stop(&hooks).await;
+                }
+                return Err(BrokerError::PluginStart {
+                    name,
+                    message: e.to_string(),
+                });
+            }
+            tracing::info!(plugin = plugin.name(), "plugin started");
+            started.push(plugin);
+        }
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (listener, addr) in bound {
+            addrs.push(addr);
+            accept_tasks.push(tokio::spawn(listener::accept_loop(listener, Arc::clone(&shared))));
+        }
+        Ok(Server {
+            shared,
+            addrs,
+            plugins: started,
+            shutdown_tx,
+            accept_tasks,
+        })
+    }
+
+    /// The bound listener addresses, in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The shared state (for tests and the plugin handle).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful shutdown: stop accepting, let sessions finish, stop plugins.
+    pub async fn shutdown(self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        let _ = self.shutdown_tx.send(true);
+        let timeout = self.shared.config.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.shared.tasks.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still running after {timeout:?}; stopping anyway");
+        }
+        for p in self.plugins.iter().rev() {
+            match p.stop(&self.shared.hooks).await {
+                Ok(()) => tracing::info!(plugin = p.name(), "plugin stopped"),
+                Err(e) => tracing::warn!(plugin = p.name(), "plugin stop failed: {e}"),
+            }
+            self.shared.hooks.remove_owner(p.name());
+        }
+    }
+}

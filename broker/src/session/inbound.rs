@@ -1,0 +1,473 @@
+//! Packets from the client.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hooks_spec::{
+    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, PublishArgs, QoS, SubOpts,
+    SubscribedArgs, TopicFilter,
+};
+
+use super::{Exit, PublishDone, Session, Subscription};
+use crate::codec::{Ack, DecodeError, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe};
+use crate::topic;
+
+/// SUBACK/UNSUBACK and PUBACK reason codes used here (MQTT 5 numbering;
+/// the codec maps them for 3.1.1).
+mod rc {
+    pub const UNSPECIFIED: u8 = 0x80;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const SHARED_NOT_SUPPORTED_WITH_NO_LOCAL: u8 = 0x82;
+}
+
+impl Session {
+    /// Decodes and handles every whole packet in the input buffer.
+    pub(super) async fn process_input(&mut self) -> Option<Exit> {
+        loop {
+            let decoded = match self.conn.as_mut() {
+                Some(c) => c.codec.decode(&mut c.inbuf),
+                None => return None,
+            };
+            match decoded {
+                Ok(Some(packet)) => {
+                    if let Some(exit) = self.handle_packet(packet).await {
+                        return Some(exit);
+                    }
+                    self.conn.as_ref()?;
+                }
+                Ok(None) => return None,
+                Err(e) => return self.decode_failed(e).await,
+            }
+        }
+    }
+
+    async fn decode_failed(&mut self, e: DecodeError) -> Option<Exit> {
+        let code = e.reason_code();
+        self.protocol_error(&format!("bad packet: {e}"), code).await
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Option<Exit> {
+        match packet {
+            Packet::Publish(p) => return self.client_publish(p).await,
+            Packet::PubAck(a) => self.client_puback(a).await,
+            Packet::PubRec(a) => self.client_pubrec(a).await,
+            Packet::PubRel(a) => self.client_pubrel(a),
+            Packet::PubComp(a) => self.client_pubcomp(a).await,
+            Packet::Subscribe(s) => self.client_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.client_unsubscribe(u).await,
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => return self.client_disconnect(d).await,
+            Packet::Connect(_) => return self.protocol_error("second CONNECT", 0x82).await,
+            other => {
+                let what = format!("unexpected packet from client: {}", packet_name(&other));
+                return self.protocol_error(&what, 0x82).await;
+            }
+        }
+        None
+    }
+
+    /// PUBLISH from the client: resolve the topic alias, validate, check the
+    /// ACL, run message.publish (the acknowledgement waits for it), route.
+    async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
+        let limits = &self.shared.config.mqtt;
+        let max_levels = limits.max_topic_levels;
+        let max_alias = limits.max_topic_alias;
+        let max_awaiting_rel = limits.max_awaiting_rel;
+        let conn = self.conn.as_mut()?;
+        let gen = conn.gen;
+        let topic: Arc<str> = match p.topic_alias {
+            Some(alias) if alias == 0 || alias > max_alias => {
+                return self.protocol_error("topic alias out of range", 0x94).await;
+            }
+            Some(alias) if p.topic.is_empty() => match conn.aliases.get(&alias) {
+                Some(t) => Arc::clone(t),
+                None => return self.protocol_error("unknown topic alias", 0x82).await,
+            },
+            Some(alias) => {
+                let t: Arc<str> = Arc::from(p.topic.as_str());
+                conn.aliases.insert(alias, Arc::clone(&t));
+                t
+            }
+            None => Arc::from(p.topic.as_str()),
+        };
+        if let Err(e) = topic::validate_topic_name(&topic, max_levels) {
+            return self
+                .protocol_error(&format!("invalid topic name: {e}"), 0x90)
+                .await;
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if self.awaiting_rel.contains(&p.pkid) {
+                // A re-sent QoS 2 PUBLISH we already accepted: acknowledge, do not route again.
+                self.send(Packet::PubRec(Ack::new(p.pkid)));
+                return None;
+            }
+            if self.awaiting_rel.len() >= max_awaiting_rel {
+                return self
+                    .protocol_error("too many QoS 2 messages awaiting PUBREL", 0x93)
+                    .await;
+            }
+        }
+
+        let hooks = Arc::clone(&self.shared.hooks);
+        if !hooks.client_check_acl.is_empty() {
+            let args = Arc::new(AclArgs {
+                client: self.client.clone(),
+                action: AclAction::Publish,
+                topic: topic.to_string(),
+            });
+            if hooks
+                .client_check_acl
+                .run_fold(args, AclResult::Allow)
+                .await
+                .into_inner()
+                == AclResult::Deny
+            {
+                tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
+                let msg = Arc::new(self.message_from(topic, p));
+                self.shared.fire_dropped(&msg, DropReason::Denied, None);
+                self.ack_publish(msg.qos, msg_pkid(&msg, 0), rc::NOT_AUTHORIZED, false);
+                return None;
+            }
+        }
+
+        let pkid = p.pkid;
+        let qos = p.qos;
+        let msg = self.message_from(topic, p);
+        if hooks.message_publish.is_empty() && self.pending.is_empty() {
+            self.publish_done(PublishDone {
+                gen,
+                pkid,
+                qos,
+                flow: Flow::Continue(msg),
+            })
+            .await;
+        } else {
+            let args = Arc::new(PublishArgs {
+                client: Some(self.client.clone()),
+            });
+            self.pending.push_back(Box::pin(async move {
+                let flow = if hooks.message_publish.is_empty() {
+                    Flow::Continue(msg)
+                } else {
+                    hooks.message_publish.run_fold(args, msg).await
+                };
+                PublishDone { gen, pkid, qos, flow }
+            }));
+        }
+        None
+    }
+
+    fn message_from(&self, topic: Arc<str>, p: Publish) -> Message {
+        Message {
+            id: hooks_spec::new_message_id(),
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            publisher: Some(Arc::clone(&self.client.clientid)),
+            timestamp: SystemTime::now(),
+            expiry_interval: p.message_expiry.map(|s| Duration::from_secs(u64::from(s))),
+            properties: p.properties,
+            headers: Default::default(),
+        }
+    }
+
+    /// The message.publish chain finished: route and acknowledge, in arrival order.
+    pub(super) async fn publish_done(&mut self, done: PublishDone) {
+        let PublishDone { gen, pkid, qos, flow } = done;
+        let (code, stored_ok) = match flow {
+            Flow::Stop(msg) => {
+                let msg = Arc::new(msg);
+                self.shared.fire_dropped(&msg, DropReason::Denied, None);
+                (rc::NOT_AUTHORIZED, !msg.headers.not_stored)
+            }
+            Flow::Continue(msg) => {
+                let not_stored = msg.headers.not_stored;
+                let receivers = self.shared.route(Arc::new(msg));
+                let code = if not_stored {
+                    rc::UNSPECIFIED
+                } else if receivers == 0 {
+                    rc::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    0
+                };
+                (code, !not_stored)
+            }
+        };
+        if self.conn.as_ref().is_some_and(|c| c.gen == gen) {
+            self.ack_publish(qos, pkid, code, stored_ok);
+        }
+    }
+
+    /// PUBACK or PUBREC for a client's publish. A message a storage plugin
+    /// could not store is not acknowledged as a success: MQTT 5 gets the error
+    /// code, 3.1.1 gets nothing, so the client sends it again.
+    fn ack_publish(&mut self, qos: QoS, pkid: u16, code: u8, stored_ok: bool) {
+        let v5 = self.client.protocol == hooks_spec::ProtocolVersion::V5;
+        if !stored_ok && !v5 {
+            return;
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(pkid, code))),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    self.awaiting_rel.insert(pkid);
+                }
+                self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
+            }
+        }
+    }
+
+    fn client_pubrel(&mut self, a: Ack) {
+        let code = if self.awaiting_rel.remove(&a.pkid) {
+            0
+        } else {
+            rc::PACKET_ID_NOT_FOUND
+        };
+        self.send(Packet::PubComp(Ack::with_reason(a.pkid, code)));
+    }
+
+    /// SUBSCRIBE: validate each filter, run client.subscribe and the ACL,
+    /// add to the router (session.subscribed fires), SUBACK, then retained messages.
+    async fn client_subscribe(&mut self, s: Subscribe) {
+        let limits = &self.shared.config.mqtt;
+        let max_levels = limits.max_topic_levels;
+        let max_subs = limits.max_subscriptions;
+        let mut codes: Vec<Option<u8>> = vec![None; s.filters.len()];
+        let mut wanted: Vec<TopicFilter> = Vec::new();
+        for (i, f) in s.filters.iter().enumerate() {
+            let share = match topic::parse_shared(&f.filter) {
+                Ok(share) => share,
+                Err(_) => {
+                    codes[i] = Some(rc::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            let inner = share.as_ref().map(|sh| sh.filter).unwrap_or(&f.filter);
+            if topic::validate_filter(inner, max_levels).is_err() {
+                codes[i] = Some(rc::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if share.is_some() && f.no_local {
+                codes[i] = Some(rc::SHARED_NOT_SUPPORTED_WITH_NO_LOCAL);
+                continue;
+            }
+            wanted.push(TopicFilter {
+                filter: f.filter.clone(),
+                opts: SubOpts {
+                    qos: f.qos,
+                    no_local: f.no_local,
+                    retain_as_published: f.retain_as_published,
+                    retain_handling: f.retain_handling,
+                    subscription_id: s.subscription_id,
+                    share_group: share.map(|sh| sh.group.to_string()),
+                    is_new: true,
+                },
+            });
+        }
+        let hooks = Arc::clone(&self.shared.hooks);
+        if !hooks.client_subscribe.is_empty() && !wanted.is_empty() {
+            let args = Arc::new(ClientSubArgs {
+                client: self.client.clone(),
+                user_properties: s.user_properties.clone(),
+            });
+            wanted = hooks.client_subscribe.run_fold(args, wanted).await.into_inner();
+        }
+        let mut retained = Vec::new();
+        for (i, f) in s.filters.iter().enumerate() {
+            if codes[i].is_some() {
+                continue;
+            }
+            let Some(tf) = wanted.iter().find(|w| w.filter == f.filter).cloned() else {
+                codes[i] = Some(rc::UNSPECIFIED);
+                continue;
+            };
+            if !hooks.client_check_acl.is_empty() {
+                let args = Arc::new(AclArgs {
+                    client: self.client.clone(),
+                    action: AclAction::Subscribe,
+                    topic: f.filter.clone(),
+                });
+                if hooks
+                    .client_check_acl
+                    .run_fold(args, AclResult::Allow)
+                    .await
+                    .into_inner()
+                    == AclResult::Deny
+                {
+                    tracing::info!(clientid = %self.client.clientid, filter = %f.filter, "subscribe denied by ACL");
+                    codes[i] = Some(rc::NOT_AUTHORIZED);
+                    continue;
+                }
+            }
+            if max_subs > 0
+                && self.subscriptions.len() >= max_subs
+                && !self.subscriptions.contains_key(&f.filter)
+            {
+                codes[i] = Some(rc::QUOTA_EXCEEDED);
+                continue;
+            }
+            codes[i] = Some(tf.opts.qos.as_u8());
+            retained.extend(self.add_subscription(tf.filter, tf.opts).await);
+        }
+        let codes = codes.into_iter().map(|c| c.unwrap_or(rc::UNSPECIFIED)).collect();
+        self.send(Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+            reason_string: None,
+        }));
+        for r in retained {
+            self.deliver(r).await;
+        }
+    }
+
+    /// A plugin subscribes the client (for example, restoring stored subscriptions).
+    pub(super) async fn subscribe_for_plugin(&mut self, filter: String, mut opts: SubOpts) {
+        let max_levels = self.shared.config.mqtt.max_topic_levels;
+        let inner = match topic::parse_shared(&filter) {
+            Ok(Some(share)) => {
+                opts.share_group = Some(share.group.to_string());
+                share.filter.to_string()
+            }
+            Ok(None) => filter.clone(),
+            Err(e) => {
+                tracing::warn!(clientid = %self.client.clientid, %filter, "plugin subscription refused: {e}");
+                return;
+            }
+        };
+        if let Err(e) = topic::validate_filter(&inner, max_levels) {
+            tracing::warn!(clientid = %self.client.clientid, %filter, "plugin subscription refused: {e}");
+            return;
+        }
+        let retained = self.add_subscription(filter, opts).await;
+        for r in retained {
+            self.deliver(r).await;
+        }
+    }
+
+    /// Puts a subscription in the router and the session, fires
+    /// session.subscribed, and returns the retained messages it should get.
+    async fn add_subscription(&mut self, full_filter: String, mut opts: SubOpts) -> Vec<super::Routed> {
+        let inner = match (&opts.share_group, topic::parse_shared(&full_filter)) {
+            (Some(_), Ok(Some(share))) => share.filter.to_string(),
+            _ => full_filter.clone(),
+        };
+        opts.is_new = !self.subscriptions.contains_key(&full_filter);
+        let route = crate::router::Route {
+            tx: self.self_tx(),
+            opts: opts.clone(),
+        };
+        self.shared.router.subscribe(&self.client.clientid, &inner, route);
+        self.subscriptions.insert(
+            full_filter,
+            Subscription {
+                filter: inner.clone(),
+                opts: opts.clone(),
+            },
+        );
+        let hooks = Arc::clone(&self.shared.hooks);
+        hooks
+            .session_subscribed
+            .run(Arc::new(SubscribedArgs {
+                client: self.client.clone(),
+                filter: inner.clone(),
+                opts: opts.clone(),
+            }))
+            .await;
+        // Retained messages: never for shared subscriptions (MQTT 5 4.8.2);
+        // retain handling 1 only for a new subscription, 2 never.
+        let send_retained = opts.share_group.is_none()
+            && match opts.retain_handling {
+                0 => true,
+                1 => opts.is_new,
+                _ => false,
+            };
+        if !send_retained || !self.shared.config.mqtt.retain_available {
+            return Vec::new();
+        }
+        self.shared
+            .retain
+            .matching(&inner)
+            .into_iter()
+            .map(|m| super::Routed {
+                qos: m.qos.min(opts.qos),
+                message: m,
+                retain: true,
+                subscription_ids: opts.subscription_id.into_iter().collect(),
+                filter: None,
+            })
+            .collect()
+    }
+
+    async fn client_unsubscribe(&mut self, u: Unsubscribe) {
+        let hooks = Arc::clone(&self.shared.hooks);
+        let mut filters = u.filters.clone();
+        if !hooks.client_unsubscribe.is_empty() {
+            let args = Arc::new(ClientSubArgs {
+                client: self.client.clone(),
+                user_properties: u.user_properties.clone(),
+            });
+            filters = hooks
+                .client_unsubscribe
+                .run_fold(args, filters)
+                .await
+                .into_inner();
+        }
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            if !filters.contains(f) {
+                codes.push(rc::NOT_AUTHORIZED);
+                continue;
+            }
+            match self.subscriptions.remove(f) {
+                Some(sub) => {
+                    self.shared.router.unsubscribe(
+                        &self.client.clientid,
+                        &sub.filter,
+                        sub.opts.share_group.as_deref(),
+                    );
+                    hooks
+                        .session_unsubscribed
+                        .run(Arc::new(SubscribedArgs {
+                            client: self.client.clone(),
+                            filter: sub.filter,
+                            opts: sub.opts,
+                        }))
+                        .await;
+                    codes.push(0);
+                }
+                None => codes.push(rc::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        self.send(Packet::UnsubAck(UnsubAck { pkid: u.pkid, codes }));
+    }
+}
+
+fn msg_pkid(_msg: &Message, pkid: u16) -> u16 {
+    pkid
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
+    }
+}

@@ -1,0 +1,340 @@
+//! Attaching connections, takeover, clean start, closing, wills and expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hooks_spec::{
+    ClientArgs, ConnackArgs, DisconnectReason, DisconnectedArgs, Message, ProtocolVersion, SessionArgs,
+    SessionInfo, TerminatedArgs,
+};
+use tokio::time::Instant;
+
+use super::{AckState, Attach, Conn, Exit, Session};
+use crate::codec::{ConnAck, ConnAckProps, Disconnect, Packet, Will};
+
+impl Session {
+    pub(super) fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            clientid: Arc::clone(&self.client.clientid),
+            subscriptions: self.subscriptions.len(),
+            inflight: self.inflight.len(),
+            queued: self.queue.len(),
+            created_at: self.created_at,
+        }
+    }
+
+    fn session_args(&self) -> Arc<SessionArgs> {
+        Arc::new(SessionArgs {
+            client: self.client.clone(),
+            session: self.session_info(),
+        })
+    }
+
+    /// A connection for this client id arrived: take over any current one,
+    /// start clean or resume, send CONNACK, resend inflight messages.
+    pub(super) async fn attach(&mut self, attach: Attach) -> Option<Exit> {
+        let hooks = Arc::clone(&self.shared.hooks);
+        let fresh = self.conn.is_none() && self.next_gen == 1;
+        if self.conn.is_some() {
+            hooks.session_takeovered.run(self.session_args()).await;
+            if self.client.protocol == ProtocolVersion::V5 {
+                self.send(Packet::Disconnect(Disconnect {
+                    reason: 0x8E,
+                    ..Disconnect::default()
+                }));
+            }
+            // The old connection ends as if it had failed: its will follows the usual rules.
+            self.close_connection(DisconnectReason::TakenOver).await;
+        }
+        // A reconnect before the will delay passed cancels the will.
+        self.delayed_will = None;
+        self.expires_at = None;
+
+        let mut session_present = !fresh;
+        if attach.client.clean_start && !fresh {
+            hooks.session_discarded.run(self.session_args()).await;
+            self.discard_state();
+            session_present = false;
+        }
+        self.client = attach.client.clone();
+        self.expiry_secs = attach.client.session_expiry;
+        self.shared.registry.update_client(self.uid, &self.client);
+        if fresh || !session_present {
+            self.created_at = std::time::SystemTime::now();
+            hooks.session_created.run(self.session_args()).await;
+        } else {
+            hooks.session_resumed.run(self.session_args()).await;
+        }
+
+        let limits = &self.shared.config.mqtt;
+        let connect = &attach.connect;
+        let keepalive_secs = self.client.keepalive;
+        let send_window =
+            usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
+        let (reader, writer) = attach.stream.into_split();
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.conn = Some(Conn {
+            gen,
+            reader,
+            writer,
+            inbuf: attach.inbuf,
+            outbuf: bytes::BytesMut::with_capacity(4096),
+            codec: crate::codec::Codec {
+                protocol: self.client.protocol,
+                max_packet_size: limits.max_packet_size as usize,
+            },
+            info: attach.conn.clone(),
+            keepalive: (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500)),
+            last_seen: Instant::now(),
+            send_window: send_window.max(1),
+            client_max_packet: connect.max_packet_size.map(|m| m as usize),
+            aliases: Default::default(),
+            will: connect.will.clone(),
+        });
+        self.shared.connected_add(1);
+
+        // CONNACK, with the client.connack fold over its properties.
+        let mut props = ConnAckProps::default();
+        if self.client.protocol == ProtocolVersion::V5 {
+            props.receive_maximum = Some(limits.max_inflight);
+            props.max_packet_size = Some(limits.max_packet_size);
+            props.topic_alias_max = Some(limits.max_topic_alias);
+            props.retain_available = Some(limits.retain_available);
+            props.wildcard_available = Some(true);
+            props.sub_ids_available = Some(true);
+            props.shared_available = Some(true);
+            if attach.assigned_id {
+                props.assigned_client_id = Some(self.client.clientid.to_string());
+            }
+            if connect.session_expiry.unwrap_or(0) != self.expiry_secs {
+                props.session_expiry = Some(self.expiry_secs);
+            }
+            if limits.server_keepalive.is_some() {
+                props.server_keepalive = Some(keepalive_secs);
+            }
+        }
+        let mut conn_props = attach.props;
+        if !hooks.client_connack.is_empty() {
+            let args = Arc::new(ConnackArgs {
+                conn: attach.conn.clone(),
+                reason_code: 0,
+            });
+            conn_props = hooks.client_connack.run_fold(args, conn_props).await.into_inner();
+        }
+        props.user_properties = conn_props.user_properties;
+        props.reason_string = conn_props.reason_string;
+        self.send(Packet::ConnAck(ConnAck {
+            session_present,
+            code: 0,
+            props,
+        }));
+
+        // Redeliver what was inflight, with DUP, in the order it was first sent.
+        let resend: Vec<(u16, AckState)> = self.inflight.iter().map(|i| (i.pkid, i.state)).collect();
+        for (pkid, state) in resend {
+            self.resend_inflight(pkid, state);
+        }
+        self.drain_queue().await;
+
+        hooks
+            .client_connected
+            .run(Arc::new(ClientArgs {
+                client: self.client.clone(),
+                conn: attach.conn,
+            }))
+            .await;
+        // Bytes that arrived right behind CONNECT.
+        if self.conn.as_ref().is_some_and(|c| !c.inbuf.is_empty()) {
+            return self.process_input().await;
+        }
+        None
+    }
+
+    /// Drops subscriptions, inflight and queued messages (clean start over an
+    /// existing session). No `session.unsubscribed`: the client did not unsubscribe.
+    fn discard_state(&mut self) {
+        for (_, sub) in self.subscriptions.drain() {
+            self.shared.router.unsubscribe(
+                &self.client.clientid,
+                &sub.filter,
+                sub.opts.share_group.as_deref(),
+            );
+        }
+        self.inflight.clear();
+        self.pkids_in_use.clear();
+        self.queue.clear();
+        self.awaiting_rel.clear();
+    }
+
+    /// Closes the attached connection after a failure (no DISCONNECT from
+    /// the client): sends `reason_code` in an MQTT 5 DISCONNECT when given,
+    /// publishes or schedules the will, and ends the session if its expiry is 0.
+    pub(super) async fn connection_lost(
+        &mut self,
+        reason: DisconnectReason,
+        reason_code: Option<u8>,
+    ) -> Option<Exit> {
+        if let Some(code) = reason_code {
+            if self.client.protocol == ProtocolVersion::V5 {
+                self.send(Packet::Disconnect(Disconnect {
+                    reason: code,
+                    ..Disconnect::default()
+                }));
+            }
+        }
+        self.close_connection(reason).await;
+        self.after_close()
+    }
+
+    /// The client sent DISCONNECT.
+    pub(super) async fn client_disconnect(&mut self, d: Disconnect) -> Option<Exit> {
+        if let Some(expiry) = d.session_expiry {
+            if self.expiry_secs == 0 && expiry != 0 {
+                // MQTT 5 3.14.2.2.2: not allowed once 0 was set at CONNECT.
+                return self
+                    .protocol_error("session expiry set at DISCONNECT after 0 at CONNECT", 0x82)
+                    .await;
+            }
+            self.expiry_secs = self.shared.cap_expiry(expiry);
+            self.client.session_expiry = self.expiry_secs;
+        }
+        if d.reason != 0x04 {
+            // Normal disconnect: the will is discarded.
+            if let Some(c) = self.conn.as_mut() {
+                c.will = None;
+            }
+        }
+        self.close_connection(DisconnectReason::Normal).await;
+        self.after_close()
+    }
+
+    /// Closes on a protocol violation with an MQTT 5 reason code.
+    pub(super) async fn protocol_error(&mut self, what: &str, code: u8) -> Option<Exit> {
+        tracing::info!(clientid = %self.client.clientid, reason_code = code, "closing connection: {what}");
+        self.connection_lost(DisconnectReason::ProtocolError(what.to_string()), Some(code))
+            .await
+    }
+
+    fn after_close(&mut self) -> Option<Exit> {
+        if self.expiry_secs == 0 {
+            return Some(Exit::Terminated);
+        }
+        if self.expiry_secs != u32::MAX {
+            self.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(self.expiry_secs)));
+        }
+        None
+    }
+
+    /// Flushes and drops the connection, fires client.disconnected, handles the will.
+    pub(super) async fn close_connection(&mut self, reason: DisconnectReason) {
+        if self.conn.is_none() {
+            return;
+        }
+        self.flush().await;
+        let Some(conn) = self.conn.take() else { return };
+        self.shared.connected_add(-1);
+        let hooks = Arc::clone(&self.shared.hooks);
+        hooks
+            .client_disconnected
+            .run(Arc::new(DisconnectedArgs {
+                client: self.client.clone(),
+                reason: reason.clone(),
+                conn: conn.info,
+            }))
+            .await;
+        if let Some(will) = conn.will {
+            if reason == DisconnectReason::Normal {
+                // DISCONNECT 0x04: publish now, no delay (MQTT 5 3.14.2.1).
+                self.publish_will(will);
+                return;
+            }
+            let delay = will.delay_interval.unwrap_or(0).min(self.expiry_secs);
+            if delay == 0 || reason == DisconnectReason::ServerShutdown {
+                self.publish_will(will);
+            } else {
+                let at = Instant::now() + Duration::from_secs(u64::from(delay));
+                self.delayed_will = Some((will, at));
+            }
+        }
+    }
+
+    pub(super) fn publish_delayed_will(&mut self) {
+        if let Some((will, _)) = self.delayed_will.take() {
+            self.publish_will(will);
+        }
+    }
+
+    /// Publishes a will through the message.publish chain and the router, in
+    /// its own task so a session that is ending does not wait for it.
+    fn publish_will(&self, will: Will) {
+        let mut msg = Message::new(will.topic.as_str(), will.payload.clone(), will.qos, will.retain);
+        msg.publisher = Some(Arc::clone(&self.client.clientid));
+        msg.properties = will.properties.clone();
+        msg.expiry_interval = will.message_expiry.map(|s| Duration::from_secs(u64::from(s)));
+        let shared = Arc::clone(&self.shared);
+        let client = self.client.clone();
+        tracing::debug!(clientid = %client.clientid, topic = %will.topic, "publishing will");
+        tokio::spawn(async move {
+            shared.publish_from_client(Some(client), msg).await;
+        });
+    }
+
+    /// Ends the session: leaves the router and the registry, fires
+    /// session.terminated, publishes a will still waiting for its delay.
+    pub(super) async fn terminate(mut self, reason: DisconnectReason) {
+        self.close_connection(DisconnectReason::SocketClosed).await;
+        self.publish_delayed_will();
+        // Finish publishes whose hooks are still running: they were accepted.
+        while let Some(done) = futures_util::StreamExt::next(&mut self.pending).await {
+            self.publish_done(done).await;
+        }
+        self.shared.registry.remove(&self.client.clientid, self.uid);
+        for (_, sub) in self.subscriptions.drain() {
+            self.shared.router.unsubscribe(
+                &self.client.clientid,
+                &sub.filter,
+                sub.opts.share_group.as_deref(),
+            );
+        }
+        let session = self.session_info();
+        self.shared
+            .hooks
+            .session_terminated
+            .run(Arc::new(TerminatedArgs {
+                client: self.client.clone(),
+                reason,
+                session,
+            }))
+            .await;
+        // A connection may have been handed to us after we left the registry: give it a new session.
+        self.rx.close();
+        while let Some(cmd) = self.rx.recv().await {
+            if let super::SessionCmd::Attach(attach) = cmd {
+                crate::connection::start_session(&self.shared, *attach);
+            }
+        }
+    }
+
+    /// Broker shutdown: finish pending publishes, tell an MQTT 5 client why,
+    /// flush and close.
+    pub(super) async fn shutdown(mut self) {
+        while let Some(done) = futures_util::StreamExt::next(&mut self.pending).await {
+            self.publish_done(done).await;
+        }
+        if self.conn.is_some() {
+            if self.client.protocol == ProtocolVersion::V5 {
+                self.send(Packet::Disconnect(Disconnect {
+                    reason: 0x8B,
+                    ..Disconnect::default()
+                }));
+            }
+            if let Some(c) = self.conn.as_mut() {
+                // The server is going away; this is not the client's failure.
+                c.will = None;
+            }
+            self.close_connection(DisconnectReason::ServerShutdown).await;
+        }
+        self.shared.registry.remove(&self.client.clientid, self.uid);
+    }
+}

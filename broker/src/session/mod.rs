@@ -1,0 +1,361 @@
+//! Sessions: one task per client id owns all of its state.
+//!
+//! The task lives as long as the session, connected or not. While a
+//! connection is attached it also owns the socket: it reads and decodes
+//! packets, and writes everything the session sends through one output
+//! buffer flushed once per burst. Other parts of the broker talk to it only
+//! through its [`SessionCmd`] channel: the router delivers messages, the
+//! handshake hands over a new connection (takeover), plugins deliver or
+//! subscribe on the client's behalf.
+//!
+//! - `inbound`: packets from the client (PUBLISH with the message.publish
+//!   chain, acknowledgements, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT).
+//! - `outbound`: messages to the client (packet ids, inflight window, offline
+//!   queue, redelivery with DUP on reconnect).
+//! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
+
+mod inbound;
+mod lifecycle;
+mod outbound;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, ConnProperties, Flow, Message, QoS, SubOpts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::codec::{Codec, Connect, Will};
+use crate::server::Shared;
+
+/// A session task's command channel.
+pub type SessionTx = mpsc::UnboundedSender<SessionCmd>;
+
+/// What other tasks ask of a session.
+pub enum SessionCmd {
+    /// A new connection for this client id (first connect, reconnect or takeover).
+    Attach(Box<Attach>),
+    /// A message to deliver.
+    Deliver(Routed),
+    /// Subscribe on the client's behalf (plugin handle).
+    Subscribe {
+        /// Filter, possibly with a `$share/<group>/` prefix.
+        filter: String,
+        /// Requested options.
+        opts: SubOpts,
+    },
+}
+
+/// A message routed to one session.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    /// The message, shared by every receiver.
+    pub message: Arc<Message>,
+    /// QoS to deliver at (already capped by the subscription).
+    pub qos: QoS,
+    /// Retain flag to deliver with.
+    pub retain: bool,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// The subscription filter this delivery is for, when a plugin said so.
+    pub filter: Option<Arc<str>>,
+}
+
+/// A connection that finished its handshake and is handed to a session.
+pub struct Attach {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read after the CONNECT packet.
+    pub inbuf: BytesMut,
+    /// The decoded CONNECT.
+    pub connect: Connect,
+    /// The client as it will be known.
+    pub client: ClientInfo,
+    /// What it sent.
+    pub conn: ConnInfo,
+    /// The client id was assigned by the broker.
+    pub assigned_id: bool,
+    /// CONNACK properties from the `client.connect` fold.
+    pub props: ConnProperties,
+}
+
+/// Where an outgoing message stands: which acknowledgement it waits for.
+#[allow(clippy::enum_variant_names)] // named after the packets, as the spec does
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckState {
+    /// QoS 1 sent, waiting for PUBACK.
+    PubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    PubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    PubComp,
+}
+
+struct Inflight {
+    pkid: u16,
+    routed: Routed,
+    state: AckState,
+}
+
+/// The attached connection.
+struct Conn {
+    /// Distinguishes connections of one session (acks of a publish that was
+    /// pending when its connection closed are not sent on the next one).
+    gen: u64,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    codec: Codec,
+    info: ConnInfo,
+    /// 1.5 times the keep alive in force; `None` when it is 0.
+    keepalive: Option<Duration>,
+    last_seen: Instant,
+    /// How many QoS>0 messages may be unacknowledged towards the client.
+    send_window: usize,
+    /// The client's maximum packet size (MQTT 5).
+    client_max_packet: Option<usize>,
+    /// Topic aliases the client set (MQTT 5).
+    aliases: HashMap<u16, Arc<str>>,
+    will: Option<Will>,
+}
+
+/// One subscription of this session.
+#[derive(Clone)]
+struct Subscription {
+    /// Filter without the `$share/<group>/` prefix.
+    filter: String,
+    opts: SubOpts,
+}
+
+/// Outcome of a publish whose message.publish chain was running.
+struct PublishDone {
+    gen: u64,
+    pkid: u16,
+    qos: QoS,
+    flow: Flow<Message>,
+}
+
+/// Why the loop stopped.
+enum Exit {
+    /// The session ended (expiry 0 at close, expiry timer, discard).
+    Terminated,
+    /// Broker shutdown.
+    Shutdown,
+}
+
+/// The state one session task owns.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    uid: u64,
+    rx: mpsc::UnboundedReceiver<SessionCmd>,
+    /// A sender to our own channel: what the router holds for our subscriptions.
+    tx: SessionTx,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    client: ClientInfo,
+    created_at: SystemTime,
+    conn: Option<Conn>,
+    next_gen: u64,
+    /// Keyed by the filter as the client sent it (`$share/...` included).
+    subscriptions: HashMap<String, Subscription>,
+    inflight: VecDeque<Inflight>,
+    pkids_in_use: HashSet<u16>,
+    next_pkid: u16,
+    queue: VecDeque<Routed>,
+    /// QoS 2 packet ids received and not yet released (PUBREC sent).
+    awaiting_rel: HashSet<u16>,
+    /// Publishes whose hook chain is running, completed in arrival order.
+    pending: FuturesOrdered<BoxFuture<PublishDone>>,
+    /// Session expiry interval in seconds; `u32::MAX` never.
+    expiry_secs: u32,
+    /// When the session expires while disconnected.
+    expires_at: Option<Instant>,
+    /// A will waiting for its delay.
+    delayed_will: Option<(Will, Instant)>,
+}
+
+/// One turn of the loop: what happened.
+#[allow(clippy::large_enum_variant)] // lives on the stack for one turn; boxing would allocate per message
+enum Event {
+    Cmd(Option<SessionCmd>),
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Published(PublishDone),
+    KeepaliveTimeout,
+    Expired,
+    WillDue,
+    Shutdown,
+}
+
+/// Output buffered beyond this stops QoS 0 sends and queue draining until the
+/// socket catches up (a slow reader must not grow memory without bound).
+const OUTBUF_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+impl Session {
+    /// Creates the state for a new session; `run` drives it.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        uid: u64,
+        client: ClientInfo,
+        channel: (SessionTx, mpsc::UnboundedReceiver<SessionCmd>),
+    ) -> Session {
+        let (tx, rx) = channel;
+        let shutdown = shared.shutdown_rx();
+        Session {
+            shared,
+            uid,
+            rx,
+            tx,
+            shutdown,
+            client,
+            created_at: SystemTime::now(),
+            conn: None,
+            next_gen: 1,
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            pkids_in_use: HashSet::new(),
+            next_pkid: 1,
+            queue: VecDeque::new(),
+            awaiting_rel: HashSet::new(),
+            pending: FuturesOrdered::new(),
+            expiry_secs: 0,
+            expires_at: None,
+            delayed_will: None,
+        }
+    }
+
+    /// The task body: runs until the session ends or the broker shuts down.
+    pub(crate) async fn run(mut self) {
+        let _task = self.shared.tasks.enter();
+        let exit = loop {
+            let event = self.next_event().await;
+            if let Some(exit) = self.handle_event(event).await {
+                break exit;
+            }
+        };
+        match exit {
+            Exit::Terminated => self.terminate(hooks_spec::DisconnectReason::Expired).await,
+            Exit::Shutdown => self.shutdown().await,
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let keepalive_at = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.keepalive.map(|k| c.last_seen + k));
+        let expires_at = if self.conn.is_none() {
+            self.expires_at
+        } else {
+            None
+        };
+        let will_at = self.delayed_will.as_ref().map(|(_, at)| *at);
+        let read_allowed = self.pending.len() < self.shared.config.mqtt.max_inflight as usize;
+        let pending_nonempty = !self.pending.is_empty();
+        match self.conn.as_mut() {
+            Some(c) => {
+                let Conn {
+                    reader,
+                    writer,
+                    inbuf,
+                    outbuf,
+                    ..
+                } = c;
+                let want_write = !outbuf.is_empty();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.changed() => Event::Shutdown,
+                    r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
+                    Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
+                    cmd = self.rx.recv() => Event::Cmd(cmd),
+                    r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
+                    _ = sleep_until_opt(keepalive_at) => Event::KeepaliveTimeout,
+                    _ = sleep_until_opt(will_at) => Event::WillDue,
+                }
+            }
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.changed() => Event::Shutdown,
+                    Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
+                    cmd = self.rx.recv() => Event::Cmd(cmd),
+                    _ = sleep_until_opt(expires_at) => Event::Expired,
+                    _ = sleep_until_opt(will_at) => Event::WillDue,
+                }
+            }
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event) -> Option<Exit> {
+        match event {
+            Event::Shutdown => return Some(Exit::Shutdown),
+            Event::Cmd(None) => return Some(Exit::Terminated),
+            Event::Cmd(Some(cmd)) => match cmd {
+                SessionCmd::Attach(attach) => return self.attach(*attach).await,
+                SessionCmd::Deliver(routed) => self.deliver(routed).await,
+                SessionCmd::Subscribe { filter, opts } => self.subscribe_for_plugin(filter, opts).await,
+            },
+            Event::Read(Ok(0)) => {
+                return self
+                    .connection_lost(hooks_spec::DisconnectReason::SocketClosed, None)
+                    .await;
+            }
+            Event::Read(Ok(_)) => {
+                if let Some(c) = self.conn.as_mut() {
+                    c.last_seen = Instant::now();
+                }
+                return self.process_input().await;
+            }
+            Event::Read(Err(e)) | Event::Wrote(Err(e)) => {
+                tracing::debug!(clientid = %self.client.clientid, "socket error: {e}");
+                return self
+                    .connection_lost(hooks_spec::DisconnectReason::SocketClosed, None)
+                    .await;
+            }
+            Event::Wrote(Ok(_)) => {
+                if self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.outbuf.len() < OUTBUF_HIGH_WATER)
+                {
+                    self.drain_queue().await;
+                }
+            }
+            Event::Published(done) => self.publish_done(done).await,
+            Event::KeepaliveTimeout => {
+                tracing::info!(clientid = %self.client.clientid, "keepalive timeout");
+                return self
+                    .connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D))
+                    .await;
+            }
+            Event::Expired => return Some(Exit::Terminated),
+            Event::WillDue => self.publish_delayed_will(),
+        }
+        None
+    }
+
+    /// Writes everything buffered, bounded in time; used before closing.
+    async fn flush(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            if !c.outbuf.is_empty() {
+                let out = c.outbuf.split();
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

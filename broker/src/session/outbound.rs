@@ -1,0 +1,259 @@
+//! Messages to the client: packet ids, the inflight window, the queue,
+//! acknowledgements from the client and redelivery.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hooks_spec::{AckedArgs, DeliveredArgs, DropReason, ProtocolVersion, QoS};
+
+use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
+use crate::codec::{Ack, EncodeError, Packet, Publish};
+
+impl Session {
+    /// This session's own command channel (what the router holds).
+    pub(super) fn self_tx(&self) -> SessionTx {
+        self.tx.clone()
+    }
+
+    /// Encodes a packet into the output buffer; the loop flushes it.
+    pub(super) fn send(&mut self, packet: Packet) {
+        if let Some(c) = self.conn.as_mut() {
+            if let Err(e) = c.codec.encode(&packet, &mut c.outbuf, None) {
+                tracing::warn!(clientid = %self.client.clientid, "cannot encode packet: {e}");
+            }
+        }
+    }
+
+    /// A message for this client: send it now if the window allows, else queue it.
+    pub(super) async fn deliver(&mut self, routed: Routed) {
+        let now = SystemTime::now();
+        if routed.message.is_expired(now) {
+            self.shared
+                .fire_dropped(&routed.message, DropReason::Expired, Some(&self.client.clientid));
+            return;
+        }
+        let connected = self.conn.is_some();
+        if routed.qos == QoS::AtMostOnce {
+            // QoS 0 is not queued for an offline session (as Mosquitto's default),
+            // nor for a reader that has fallen far behind.
+            let congested = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.outbuf.len() >= OUTBUF_HIGH_WATER);
+            if !connected || congested {
+                self.shared.fire_dropped(
+                    &routed.message,
+                    DropReason::QueueFull,
+                    Some(&self.client.clientid),
+                );
+                return;
+            }
+            self.write_publish(routed, 0, false).await;
+            return;
+        }
+        if connected && self.queue.is_empty() && self.window_open() {
+            self.send_new(routed).await;
+            return;
+        }
+        if self.queue.len() >= self.shared.config.mqtt.max_queue_len {
+            tracing::debug!(clientid = %self.client.clientid, "queue full, message dropped");
+            self.shared.fire_dropped(
+                &routed.message,
+                DropReason::QueueFull,
+                Some(&self.client.clientid),
+            );
+            return;
+        }
+        self.queue.push_back(routed);
+    }
+
+    fn window_open(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| self.inflight.len() < c.send_window && c.outbuf.len() < OUTBUF_HIGH_WATER)
+    }
+
+    /// Moves queued messages into the inflight window while it has room.
+    pub(super) async fn drain_queue(&mut self) {
+        while self.window_open() {
+            let Some(routed) = self.queue.pop_front() else {
+                break;
+            };
+            if routed.message.is_expired(SystemTime::now()) {
+                self.shared
+                    .fire_dropped(&routed.message, DropReason::Expired, Some(&self.client.clientid));
+                continue;
+            }
+            self.send_new(routed).await;
+        }
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
+            if self.pkids_in_use.insert(id) {
+                return id;
+            }
+        }
+    }
+
+    /// Sends a QoS 1/2 message for the first time and tracks it as inflight.
+    async fn send_new(&mut self, routed: Routed) {
+        let pkid = self.alloc_pkid();
+        let state = if routed.qos == QoS::ExactlyOnce {
+            AckState::PubRec
+        } else {
+            AckState::PubAck
+        };
+        if self.write_publish(routed.clone(), pkid, false).await {
+            self.inflight.push_back(Inflight { pkid, routed, state });
+        } else {
+            self.pkids_in_use.remove(&pkid);
+        }
+    }
+
+    /// Runs message.delivered and writes the PUBLISH. Returns false when the
+    /// message was not sent (too large for the client).
+    async fn write_publish(&mut self, mut routed: Routed, pkid: u16, dup: bool) -> bool {
+        let hooks = Arc::clone(&self.shared.hooks);
+        if !hooks.message_delivered.is_empty() {
+            let args = Arc::new(DeliveredArgs {
+                client: self.client.clone(),
+            });
+            let msg = hooks
+                .message_delivered
+                .run_fold(args, (*routed.message).clone())
+                .await
+                .into_inner();
+            routed.message = Arc::new(msg);
+        }
+        self.encode_publish(&routed, pkid, dup)
+    }
+
+    fn encode_publish(&mut self, routed: &Routed, pkid: u16, dup: bool) -> bool {
+        let Some(c) = self.conn.as_mut() else { return false };
+        let m = &routed.message;
+        let v5 = c.codec.protocol == ProtocolVersion::V5;
+        let publish = Publish {
+            dup,
+            qos: routed.qos,
+            retain: routed.retain,
+            topic: m.topic.to_string(),
+            pkid,
+            payload: m.payload.clone(),
+            properties: if v5 {
+                m.properties.clone()
+            } else {
+                Default::default()
+            },
+            message_expiry: m
+                .remaining_expiry(SystemTime::now())
+                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
+            topic_alias: None,
+            subscription_ids: if v5 {
+                routed.subscription_ids.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        match c
+            .codec
+            .encode(&Packet::Publish(publish), &mut c.outbuf, c.client_max_packet)
+        {
+            Ok(()) => true,
+            Err(EncodeError::TooLarge { .. }) => {
+                // MQTT 5 3.1.2.25: discard what the client cannot take, as if delivered.
+                self.shared
+                    .fire_dropped(m, DropReason::TooLarge, Some(&self.client.clientid));
+                false
+            }
+            Err(e) => {
+                tracing::warn!(clientid = %self.client.clientid, "cannot encode PUBLISH: {e}");
+                false
+            }
+        }
+    }
+
+    /// Re-sends one inflight message after a reconnect: PUBLISH with DUP, or PUBREL.
+    pub(super) fn resend_inflight(&mut self, pkid: u16, state: AckState) {
+        match state {
+            AckState::PubAck | AckState::PubRec => {
+                let Some(routed) = self
+                    .inflight
+                    .iter()
+                    .find(|i| i.pkid == pkid)
+                    .map(|i| i.routed.clone())
+                else {
+                    return;
+                };
+                self.encode_publish(&routed, pkid, true);
+            }
+            AckState::PubComp => self.send(Packet::PubRel(Ack::new(pkid))),
+        }
+    }
+
+    fn take_inflight(&mut self, pkid: u16, expect: AckState) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.pkid == pkid && i.state == expect)?;
+        let entry = self.inflight.remove(pos)?;
+        self.pkids_in_use.remove(&pkid);
+        Some(entry)
+    }
+
+    async fn acked(&mut self, entry: Inflight) {
+        let hooks = Arc::clone(&self.shared.hooks);
+        if !hooks.message_acked.is_empty() {
+            let args = Arc::new(AckedArgs {
+                client: self.client.clone(),
+                message: entry.routed.message,
+            });
+            hooks.message_acked.run(args).await;
+        }
+        self.drain_queue().await;
+    }
+
+    /// PUBACK: a QoS 1 delivery is complete.
+    pub(super) async fn client_puback(&mut self, a: Ack) {
+        match self.take_inflight(a.pkid, AckState::PubAck) {
+            Some(entry) => self.acked(entry).await,
+            None => {
+                tracing::debug!(clientid = %self.client.clientid, pkid = a.pkid, "PUBACK for unknown packet id")
+            }
+        }
+    }
+
+    /// PUBREC: answer PUBREL and wait for PUBCOMP (or, with an error code, the delivery ends).
+    pub(super) async fn client_pubrec(&mut self, a: Ack) {
+        let Some(entry) = self
+            .inflight
+            .iter_mut()
+            .find(|i| i.pkid == a.pkid && i.state == AckState::PubRec)
+        else {
+            // MQTT 5 4.3.3: answer an unknown id with PUBREL 0x92.
+            self.send(Packet::PubRel(Ack::with_reason(a.pkid, 0x92)));
+            return;
+        };
+        if a.reason >= 0x80 {
+            if let Some(entry) = self.take_inflight(a.pkid, AckState::PubRec) {
+                drop(entry);
+                self.drain_queue().await;
+            }
+            return;
+        }
+        entry.state = AckState::PubComp;
+        self.send(Packet::PubRel(Ack::new(a.pkid)));
+    }
+
+    /// PUBCOMP: a QoS 2 delivery is complete.
+    pub(super) async fn client_pubcomp(&mut self, a: Ack) {
+        match self.take_inflight(a.pkid, AckState::PubComp) {
+            Some(entry) => self.acked(entry).await,
+            None => {
+                tracing::debug!(clientid = %self.client.clientid, pkid = a.pkid, "PUBCOMP for unknown packet id")
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The `postbox` command line: configuration errors stop startup with a
+//! message naming the file, the line and the key.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn unknown_key_names_file_line_and_key() {
+    let (status, out) =
+        Broker::start_expect_failure("mqtt.max_inflight = 8\nmqtt.no_such_key = 1\n", &[]).await;
+    assert_eq!(status.code(), Some(2), "{out}");
+    // The harness writes 3 lines before the extra config.
+    assert!(
+        out.contains("postbox.conf:5: `mqtt.no_such_key`: unknown key"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn bad_value_names_the_key_and_what_is_expected() {
+    let (status, out) = Broker::start_expect_failure("mqtt.connect_timeout = soon\n", &[]).await;
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("postbox.conf:4: `mqtt.connect_timeout`"), "{out}");
+    assert!(out.contains("soon"), "{out}");
+}
+
+#[tokio::test]
+async fn unknown_plugin_is_refused() {
+    let (status, out) = Broker::start_expect_failure("plugins.load = nonexistent_plugin\n", &[]).await;
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("postbox.conf:4: `plugins.load`: unknown plugin `nonexistent_plugin`"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn missing_config_file_is_named() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_postbox"))
+        .args(["-c", "/nonexistent/postbox.conf"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/postbox.conf"), "{err}");
+}
+
+#[tokio::test]
+async fn shipped_config_starts_with_a_bind_override() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/postbox.conf");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postbox"))
+        .args(["-c", conf, "--bind", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 1883);
+    let (_c, ack) = V4Client::connect(v4_options(addr, "shipped", true)).await;
+    assert!(!ack.session_present);
+}
