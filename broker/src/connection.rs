@@ -173,16 +173,24 @@ pub(crate) fn start_session(shared: &Arc<Shared>, attach: Attach) {
         let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
             let uid = shared.next_uid();
             let (tx, rx) = mpsc::unbounded_channel();
-            spawned = Some((uid, tx.clone(), rx));
+            let (replay_tx, replay_rx) = mpsc::unbounded_channel();
+            spawned = Some((uid, tx.clone(), rx, replay_rx));
             SessionRef {
                 uid,
                 tx,
+                replay_tx,
                 client: attach.client.clone(),
             }
         });
         if created {
-            if let Some((uid, tx, rx)) = spawned {
-                let session = Session::new(Arc::clone(shared), uid, attach.client.clone(), (tx, rx));
+            if let Some((uid, tx, rx, replay_rx)) = spawned {
+                let session = Session::new(
+                    Arc::clone(shared),
+                    uid,
+                    attach.client.clone(),
+                    (tx, rx),
+                    replay_rx,
+                );
                 tokio::spawn(session.run());
             }
         }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use hooks_spec::{BrokerHandle, ClientInfo, Delivery, HandleError, Message, SubOpts};
 
 use crate::server::Shared;
-use crate::session::{Routed, SessionCmd};
+use crate::session::{Replay, Routed, SessionCmd};
 use crate::topic;
 
 /// The broker side of [`BrokerHandle`].
@@ -44,15 +44,31 @@ impl BrokerHandle for Handle {
     }
 
     async fn deliver(&self, clientid: &str, delivery: Delivery) -> Result<(), HandleError> {
-        let qos = delivery.qos.min(delivery.message.qos);
-        let routed = Routed {
-            message: Arc::new(delivery.message),
-            qos,
-            retain: delivery.retain,
-            subscription_ids: Vec::new(),
-            filter: delivery.filter.map(Arc::from),
+        self.send(clientid, SessionCmd::Deliver(routed_from(delivery)))
+    }
+
+    async fn replay(
+        &self,
+        clientid: &str,
+        filter: &str,
+        deliveries: Vec<Delivery>,
+        complete: bool,
+    ) -> Result<(), HandleError> {
+        let entry = self
+            .shared
+            .registry
+            .get(clientid)
+            .ok_or_else(|| HandleError::NoSession(clientid.to_string()))?;
+        let deliveries = deliveries.into_iter().map(routed_from).collect();
+        let replay = Replay {
+            filter: filter.to_string(),
+            deliveries,
+            complete,
         };
-        self.send(clientid, SessionCmd::Deliver(routed))
+        entry
+            .replay_tx
+            .send(replay)
+            .map_err(|_| HandleError::NoSession(clientid.to_string()))
     }
 
     /// Queues the subscription to the session and returns: the session applies
@@ -80,5 +96,15 @@ impl BrokerHandle for Handle {
         topic::validate_topic_name(&message.topic, self.shared.config.mqtt.max_topic_levels)
             .map_err(|_| HandleError::InvalidTopic(message.topic.to_string()))?;
         Ok(self.shared.route(Arc::new(message)))
+    }
+}
+
+fn routed_from(delivery: Delivery) -> Routed {
+    Routed {
+        qos: delivery.qos.min(delivery.message.qos),
+        message: Arc::new(delivery.message),
+        retain: delivery.retain,
+        subscription_ids: Vec::new(),
+        filter: delivery.filter.map(Arc::from),
     }
 }

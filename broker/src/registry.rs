@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use hooks_spec::ClientInfo;
 
-use crate::session::SessionTx;
+use crate::session::{ReplayTx, SessionTx};
 
 /// What the registry knows of one session.
 #[derive(Clone)]
@@ -19,6 +19,8 @@ pub struct SessionRef {
     pub uid: u64,
     /// The task's command channel.
     pub tx: SessionTx,
+    /// The task's replay channel.
+    pub replay_tx: ReplayTx,
     /// The client as of its latest connection.
     pub client: ClientInfo,
 }

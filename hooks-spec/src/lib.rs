@@ -24,7 +24,7 @@
 //! | hook | kind | arguments | accumulator | fires |
 //! |---|---|---|---|---|
 //! | `client.connect` | fold | [`ConnInfo`] | [`ConnProperties`] | CONNECT decoded, before authentication |
-//! | `client.authenticate` | fold | [`AuthArgs`] | [`AuthResult`] | after `client.connect`; `Deny` refuses the connection (CONNACK 0x05 / 0x86). A failing callback denies. `Ignore` at the end applies `mqtt.allow_anonymous` |
+//! | `client.authenticate` | fold | [`AuthArgs`] | [`AuthResult`] | after `client.connect`; `Deny` refuses the connection (CONNACK 0x86; 3.1.1: 0x04). A failing callback denies. `Ignore` at the end applies `mqtt.allow_anonymous` |
 //! | `client.connack` | fold | [`ConnackArgs`] | [`ConnProperties`] | just before CONNACK is written (any reason code); user properties and reason string go into an MQTT 5 CONNACK |
 //! | `session.created` | notification | [`SessionArgs`] | | a new session was created, before CONNACK |
 //! | `session.resumed` | notification | [`SessionArgs`] | | a connection attached to an existing session, before CONNACK |
@@ -41,7 +41,7 @@
 //! | `message.acked` | notification | [`AckedArgs`] | | a subscriber's PUBACK (QoS 1) or PUBCOMP (QoS 2) was received for a delivered message |
 //! | `message.dropped` | notification | [`DroppedArgs`] | | a message reached no subscriber, or was not delivered to one (queue full, expired, too large, denied) |
 //! | `client.disconnected` | notification | [`DisconnectedArgs`] | | the connection closed (any reason), before the will message is published |
-//! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0, at expiry, or discarded |
+//! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0 (reason: why the connection closed), at expiry (`expired`), or discarded by a clean start (`discarded`, right after `session.discarded`) |
 //!
 //! Callbacks in one chain run one after another; the broker awaits the whole
 //! chain before it takes the step the hook precedes. Chains with no callbacks

@@ -117,6 +117,23 @@ pub trait BrokerHandle: Send + Sync {
         Ok(())
     }
 
+    /// Replays stored messages for one of the client's subscriptions, oldest
+    /// first. Each delivery must carry `headers.stored_id`. The session
+    /// delivers those above the highest stored id it already delivered for
+    /// `filter`, exempt from the queue bound (a page is bounded by the caller).
+    /// While `complete` is false the backlog is unfinished: live messages with a
+    /// stored id matching `filter` are skipped, because the next page will bring
+    /// them in order. Called from `session.subscribed`, the replay is applied
+    /// before any message routed after the subscription, so nothing arrives
+    /// twice or out of order at the seam.
+    async fn replay(
+        &self,
+        clientid: &str,
+        filter: &str,
+        deliveries: Vec<Delivery>,
+        complete: bool,
+    ) -> Result<(), HandleError>;
+
     /// Subscribes a client as if it had sent SUBSCRIBE (session.subscribed fires).
     async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError>;
 

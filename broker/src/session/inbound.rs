@@ -128,9 +128,11 @@ impl Session {
                 == AclResult::Deny
             {
                 tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
+                let pkid = p.pkid;
                 let msg = Arc::new(self.message_from(topic, p));
                 self.shared.fire_dropped(&msg, DropReason::Denied, None);
-                self.ack_publish(msg.qos, msg_pkid(&msg, 0), rc::NOT_AUTHORIZED, false);
+                // 3.1.1 has no refusal: a plain acknowledgement (MQTT-3.3.5-2); MQTT 5 gets 0x87.
+                self.ack_publish(msg.qos, pkid, rc::NOT_AUTHORIZED, true);
                 return None;
             }
         }
@@ -184,7 +186,8 @@ impl Session {
             Flow::Stop(msg) => {
                 let msg = Arc::new(msg);
                 self.shared.fire_dropped(&msg, DropReason::Denied, None);
-                (rc::NOT_AUTHORIZED, !msg.headers.not_stored)
+                // Refused on purpose: acknowledged (3.1.1 has no refusal code), not routed.
+                (rc::NOT_AUTHORIZED, true)
             }
             Flow::Continue(msg) => {
                 let not_stored = msg.headers.not_stored;
@@ -285,7 +288,8 @@ impl Session {
                 continue;
             }
             let Some(tf) = wanted.iter().find(|w| w.filter == f.filter).cloned() else {
-                codes[i] = Some(rc::UNSPECIFIED);
+                // Removed by a client.subscribe callback: refused.
+                codes[i] = Some(rc::NOT_AUTHORIZED);
                 continue;
             };
             if !hooks.client_check_acl.is_empty() {
@@ -380,6 +384,8 @@ impl Session {
                 opts: opts.clone(),
             }))
             .await;
+        // Replays a plugin made from session.subscribed go out before anything routed later.
+        self.drain_replays().await;
         // Retained messages: never for shared subscriptions (MQTT 5 4.8.2);
         // retain handling 1 only for a new subscription, 2 never.
         let send_retained = opts.share_group.is_none()
@@ -427,6 +433,7 @@ impl Session {
             }
             match self.subscriptions.remove(f) {
                 Some(sub) => {
+                    self.replays.remove(&sub.filter);
                     self.shared.router.unsubscribe(
                         &self.client.clientid,
                         &sub.filter,
@@ -447,10 +454,6 @@ impl Session {
         }
         self.send(Packet::UnsubAck(UnsubAck { pkid: u.pkid, codes }));
     }
-}
-
-fn msg_pkid(_msg: &Message, pkid: u16) -> u16 {
-    pkid
 }
 
 fn packet_name(p: &Packet) -> &'static str {

@@ -53,6 +53,13 @@ impl Session {
         let mut session_present = !fresh;
         if attach.client.clean_start && !fresh {
             hooks.session_discarded.run(self.session_args()).await;
+            let session = self.session_info();
+            let args = TerminatedArgs {
+                client: self.client.clone(),
+                reason: DisconnectReason::Discarded,
+                session,
+            };
+            hooks.session_terminated.run(Arc::new(args)).await;
             self.discard_state();
             session_present = false;
         }
@@ -165,6 +172,7 @@ impl Session {
         self.pkids_in_use.clear();
         self.queue.clear();
         self.awaiting_rel.clear();
+        self.replays.clear();
     }
 
     /// Closes the attached connection after a failure (no DISCONNECT from
@@ -183,8 +191,8 @@ impl Session {
                 }));
             }
         }
-        self.close_connection(reason).await;
-        self.after_close()
+        self.close_connection(reason.clone()).await;
+        self.after_close(reason)
     }
 
     /// The client sent DISCONNECT.
@@ -206,7 +214,7 @@ impl Session {
             }
         }
         self.close_connection(DisconnectReason::Normal).await;
-        self.after_close()
+        self.after_close(DisconnectReason::Normal)
     }
 
     /// Closes on a protocol violation with an MQTT 5 reason code.
@@ -216,9 +224,9 @@ impl Session {
             .await
     }
 
-    fn after_close(&mut self) -> Option<Exit> {
+    fn after_close(&mut self, reason: DisconnectReason) -> Option<Exit> {
         if self.expiry_secs == 0 {
-            return Some(Exit::Terminated);
+            return Some(Exit::Terminated(reason));
         }
         if self.expiry_secs != u32::MAX {
             self.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(self.expiry_secs)));

@@ -38,6 +38,30 @@ use crate::server::Shared;
 /// A session task's command channel.
 pub type SessionTx = mpsc::UnboundedSender<SessionCmd>;
 
+/// A session task's replay channel: polled before [`SessionTx`], so stored
+/// messages a plugin replays from `session.subscribed` go out before anything
+/// routed after the subscription.
+pub type ReplayTx = mpsc::UnboundedSender<Replay>;
+
+/// Stored messages replayed for one subscription (see `BrokerHandle::replay`).
+pub struct Replay {
+    /// The subscription filter (without any `$share/` prefix).
+    pub filter: String,
+    /// Oldest first; each has `headers.stored_id`.
+    pub deliveries: Vec<Routed>,
+    /// False while the backlog has more pages.
+    pub complete: bool,
+}
+
+/// What the session knows of stored messages for one subscription.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReplayState {
+    /// Highest storage id delivered (or queued) under this subscription.
+    seen: i64,
+    /// A backlog is being replayed page by page: live stored messages wait for it.
+    replaying: bool,
+}
+
 /// What other tasks ask of a session.
 pub enum SessionCmd {
     /// A new connection for this client id (first connect, reconnect or takeover).
@@ -145,8 +169,8 @@ struct PublishDone {
 
 /// Why the loop stopped.
 enum Exit {
-    /// The session ended (expiry 0 at close, expiry timer, discard).
-    Terminated,
+    /// The session ended (expiry 0 at close, or the expiry timer), and why.
+    Terminated(hooks_spec::DisconnectReason),
     /// Broker shutdown.
     Shutdown,
 }
@@ -158,6 +182,9 @@ pub(crate) struct Session {
     rx: mpsc::UnboundedReceiver<SessionCmd>,
     /// A sender to our own channel: what the router holds for our subscriptions.
     tx: SessionTx,
+    replay_rx: mpsc::UnboundedReceiver<Replay>,
+    /// Per subscription filter (inner, without `$share/`), for stored messages.
+    replays: HashMap<String, ReplayState>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     client: ClientInfo,
     created_at: SystemTime,
@@ -185,6 +212,7 @@ pub(crate) struct Session {
 #[allow(clippy::large_enum_variant)] // lives on the stack for one turn; boxing would allocate per message
 enum Event {
     Cmd(Option<SessionCmd>),
+    Replay(Replay),
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
     Published(PublishDone),
@@ -205,6 +233,7 @@ impl Session {
         uid: u64,
         client: ClientInfo,
         channel: (SessionTx, mpsc::UnboundedReceiver<SessionCmd>),
+        replay_rx: mpsc::UnboundedReceiver<Replay>,
     ) -> Session {
         let (tx, rx) = channel;
         let shutdown = shared.shutdown_rx();
@@ -213,6 +242,8 @@ impl Session {
             uid,
             rx,
             tx,
+            replay_rx,
+            replays: HashMap::new(),
             shutdown,
             client,
             created_at: SystemTime::now(),
@@ -241,7 +272,7 @@ impl Session {
             }
         };
         match exit {
-            Exit::Terminated => self.terminate(hooks_spec::DisconnectReason::Expired).await,
+            Exit::Terminated(reason) => self.terminate(reason).await,
             Exit::Shutdown => self.shutdown().await,
         }
     }
@@ -274,6 +305,7 @@ impl Session {
                     _ = self.shutdown.changed() => Event::Shutdown,
                     r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
+                    Some(r) = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
                     _ = sleep_until_opt(keepalive_at) => Event::KeepaliveTimeout,
@@ -285,6 +317,7 @@ impl Session {
                     biased;
                     _ = self.shutdown.changed() => Event::Shutdown,
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
+                    Some(r) = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     _ = sleep_until_opt(expires_at) => Event::Expired,
                     _ = sleep_until_opt(will_at) => Event::WillDue,
@@ -296,12 +329,13 @@ impl Session {
     async fn handle_event(&mut self, event: Event) -> Option<Exit> {
         match event {
             Event::Shutdown => return Some(Exit::Shutdown),
-            Event::Cmd(None) => return Some(Exit::Terminated),
+            Event::Cmd(None) => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
             Event::Cmd(Some(cmd)) => match cmd {
                 SessionCmd::Attach(attach) => return self.attach(*attach).await,
                 SessionCmd::Deliver(routed) => self.deliver(routed).await,
                 SessionCmd::Subscribe { filter, opts } => self.subscribe_for_plugin(filter, opts).await,
             },
+            Event::Replay(r) => self.apply_replay(r).await,
             Event::Read(Ok(0)) => {
                 return self
                     .connection_lost(hooks_spec::DisconnectReason::SocketClosed, None)
@@ -335,7 +369,7 @@ impl Session {
                     .connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D))
                     .await;
             }
-            Event::Expired => return Some(Exit::Terminated),
+            Event::Expired => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
             Event::WillDue => self.publish_delayed_will(),
         }
         None

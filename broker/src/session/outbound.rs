@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use hooks_spec::{AckedArgs, DeliveredArgs, DropReason, ProtocolVersion, QoS};
 
-use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
+use super::{AckState, Inflight, Replay, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
 use crate::codec::{Ack, EncodeError, Packet, Publish};
+use crate::topic;
 
 impl Session {
     /// This session's own command channel (what the router holds).
@@ -24,8 +25,74 @@ impl Session {
         }
     }
 
-    /// A message for this client: send it now if the window allows, else queue it.
+    /// A routed (live) message for this client. A message a storage plugin
+    /// stored is skipped when a subscription it matches is replaying its
+    /// backlog (the replay brings it in order) or already delivered it.
     pub(super) async fn deliver(&mut self, routed: Routed) {
+        if let Some(id) = routed.message.headers.stored_id {
+            if !self.replays.is_empty() && !self.note_live_stored(&routed.message.topic, id) {
+                return;
+            }
+        }
+        self.enqueue(routed, false).await;
+    }
+
+    /// Returns false when a live stored message must be skipped; otherwise
+    /// records it as seen by every replay-tracked subscription it matches.
+    fn note_live_stored(&mut self, topic_name: &str, id: i64) -> bool {
+        let matching: Vec<&mut super::ReplayState> = self
+            .replays
+            .iter_mut()
+            .filter(|(f, _)| topic::matches(f, topic_name))
+            .map(|(_, st)| st)
+            .collect();
+        if matching.iter().any(|st| st.replaying || st.seen >= id) {
+            return false;
+        }
+        for st in matching {
+            st.seen = id;
+        }
+        true
+    }
+
+    /// Stored messages a plugin replays for one subscription, oldest first.
+    pub(super) async fn apply_replay(&mut self, replay: Replay) {
+        let Replay {
+            filter,
+            deliveries,
+            complete,
+        } = replay;
+        let mut seen = self.replays.get(&filter).map(|st| st.seen).unwrap_or(0);
+        for routed in deliveries {
+            let Some(id) = routed.message.headers.stored_id else {
+                continue;
+            };
+            if id <= seen {
+                continue;
+            }
+            seen = id;
+            self.enqueue(routed, true).await;
+        }
+        self.replays.insert(
+            filter,
+            super::ReplayState {
+                seen,
+                replaying: !complete,
+            },
+        );
+    }
+
+    /// Drains replays that arrived while a hook ran (called right after
+    /// session.subscribed, before anything routed later is looked at).
+    pub(super) async fn drain_replays(&mut self) {
+        while let Ok(replay) = self.replay_rx.try_recv() {
+            self.apply_replay(replay).await;
+        }
+    }
+
+    /// Sends now if the window allows, else queues. `replayed` messages are
+    /// exempt from the queue bound: the replaying plugin bounds its pages.
+    async fn enqueue(&mut self, routed: Routed, replayed: bool) {
         let now = SystemTime::now();
         if routed.message.is_expired(now) {
             self.shared
@@ -55,7 +122,7 @@ impl Session {
             self.send_new(routed).await;
             return;
         }
-        if self.queue.len() >= self.shared.config.mqtt.max_queue_len {
+        if !replayed && self.queue.len() >= self.shared.config.mqtt.max_queue_len {
             tracing::debug!(clientid = %self.client.clientid, "queue full, message dropped");
             self.shared.fire_dropped(
                 &routed.message,
