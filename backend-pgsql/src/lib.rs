@@ -1,1 +1,372 @@
-//! placeholder
+//! # backend-pgsql: Postbox's PostgreSQL offline-message backend
+//!
+//! A plugin compatible with EMQX 4's `emqx_backend_pgsql`: the same config
+//! keys and rule lines (`backend.pgsql.hook.<hookpoint>.<N> = {json}`), the
+//! same functions and tables, without EMQX's known defects.
+//!
+//! ## Main types
+//! - [`BackendPgsql`]: the [`Plugin`]. `load_config` reads
+//!   `etc/backend_pgsql.conf` ([`config`], [`rules`], [`sql_template`]);
+//!   `start` connects the pools ([`pool`]), applies the schema ([`schema`]),
+//!   starts the tasks and registers one callback per rule, in ascending `N`.
+//! - [`writer::Writer`]: the task that owns inserts into `mqtt_msg` (group
+//!   commit, ids assigned under an advisory lock so they become visible in order).
+//! - [`positions::Tracks`] and the position flusher: each client's read
+//!   position per subscription, advanced only over a contiguous acknowledged
+//!   range the database confirms.
+//! - [`fetch::Fetcher`]: offline replay, page by page, through the broker's
+//!   replay channel.
+//!
+//! ## Data flow
+//! PUBLISH → `message.publish` (on_message_publish) → writer → COMMIT → row
+//! id in `headers.stored_id` → the broker acknowledges the publisher and
+//! routes. Subscriber ACK → `message.acked` → tracks → flusher →
+//! `mqtt_acked`. SUBSCRIBE (or a restored subscription) → `session.subscribed`
+//! → fetch → `BrokerHandle::replay` → the session delivers oldest first; the
+//! next page follows when the position reaches the end of the page.
+
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod functions;
+pub mod pool;
+pub mod positions;
+pub mod retention;
+pub mod rules;
+pub mod schema;
+pub mod sql_template;
+pub mod topic_match;
+pub mod writer;
+
+mod register;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hooks_spec::{BrokerHandle, Hooks, Plugin, PluginContext, PluginError};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
+
+use crate::config::PgsqlConfig;
+use crate::fetch::Fetcher;
+use crate::pool::NamedPool;
+use crate::positions::{TrackKey, Tracks};
+use crate::rules::{Action, Function};
+use crate::schema::SchemaInfo;
+use crate::sql_template::SqlTemplate;
+use crate::writer::{StoreStats, Writer};
+
+/// The plugin's name in `plugins.load` and its config file (`backend_pgsql.conf`).
+pub const NAME: &str = "backend_pgsql";
+
+/// Startup connection check: attempts and delay between them.
+const CONNECT_ATTEMPTS: u32 = 5;
+const CONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// Counters an operator (or a test) can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// The storage path (stored, failed, outages, batches).
+    pub store: Arc<StoreStats>,
+    /// Messages refused because their payload is not UTF-8 and the column is text.
+    pub refused_not_utf8: AtomicU64,
+    /// Failed function or `sql` rule runs.
+    pub rule_failures: AtomicU64,
+}
+
+/// The PostgreSQL backend plugin.
+#[derive(Default)]
+pub struct BackendPgsql {
+    config: Option<Arc<PgsqlConfig>>,
+    running: Mutex<Option<Running>>,
+    stats: Arc<Stats>,
+}
+
+struct Running {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// One pool and what runs on it.
+pub(crate) struct PoolState {
+    pub(crate) pool: NamedPool,
+    pub(crate) schema: SchemaInfo,
+    pub(crate) writer: Option<Writer>,
+}
+
+/// A `sql` rule ready to run: its statements with the parameter types
+/// PostgreSQL inferred when they were prepared at start.
+pub(crate) struct SqlAction {
+    pub(crate) key: String,
+    pub(crate) pool: String,
+    pub(crate) statements: Vec<PreparedSql>,
+}
+
+pub(crate) struct PreparedSql {
+    pub(crate) template: SqlTemplate,
+    pub(crate) types: Vec<Type>,
+}
+
+/// Everything the callbacks share while the plugin runs.
+pub(crate) struct Engine {
+    pub(crate) cfg: Arc<PgsqlConfig>,
+    pub(crate) node: String,
+    pub(crate) handle: Arc<dyn BrokerHandle>,
+    pub(crate) pools: BTreeMap<String, PoolState>,
+    pub(crate) sql_actions: HashMap<usize, SqlAction>,
+    pub(crate) tracks: Arc<Tracks>,
+    pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
+    pub(crate) fetcher: Option<Arc<Fetcher>>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl BackendPgsql {
+    /// An unconfigured plugin.
+    pub fn new() -> BackendPgsql {
+        BackendPgsql::default()
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+#[async_trait]
+impl Plugin for BackendPgsql {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn load_config(&mut self, path: &Path) -> Result<(), PluginError> {
+        self.config = Some(Arc::new(PgsqlConfig::load(path)?));
+        Ok(())
+    }
+
+    async fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let cfg = self
+            .config
+            .clone()
+            .ok_or_else(|| PluginError::Start("configuration not loaded".into()))?;
+        let mut tasks = Vec::new();
+        let engine = match start_engine(cfg, &ctx, Arc::clone(&self.stats), &mut tasks).await {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                for t in tasks {
+                    t.abort();
+                }
+                return Err(PluginError::Start(e));
+            }
+        };
+        register::all(&engine, &ctx.hooks);
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks });
+        Ok(())
+    }
+
+    async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError> {
+        hooks.remove_owner(NAME);
+        if let Some(running) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            for t in running.tasks {
+                t.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects, migrates, prepares and starts the tasks.
+async fn start_engine(
+    cfg: Arc<PgsqlConfig>,
+    ctx: &PluginContext,
+    stats: Arc<Stats>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Engine, String> {
+    let named = pool::build_all(&cfg.pools)?;
+    // Only pools some rule uses are connected and checked.
+    let used: Vec<&str> = cfg.rules.iter().map(|r| r.pool.as_str()).collect();
+    let storage_pools: Vec<&str> = cfg
+        .rules
+        .iter()
+        .filter(|r| matches!(r.action, Action::Function(_)))
+        .map(|r| r.pool.as_str())
+        .collect();
+    let mut pools = BTreeMap::new();
+    for (name, np) in named {
+        if !used.contains(&name.as_str()) {
+            continue;
+        }
+        pool::check(&np, CONNECT_ATTEMPTS, CONNECT_DELAY).await?;
+        let schema = {
+            let mut conn = np.get().await.map_err(|e| e.to_string())?;
+            if storage_pools.contains(&name.as_str()) {
+                let client: &mut tokio_postgres::Client = &mut conn;
+                let applied = schema::migrate(client).await.map_err(|e| e.to_string())?;
+                if !applied.is_empty() {
+                    tracing::info!(pool = %name, ?applied, "applied schema migrations");
+                }
+            }
+            schema::detect(&conn).await.map_err(|e| e.to_string())?
+        };
+        if !schema.payload_bytea && storage_pools.contains(&name.as_str()) {
+            tracing::info!(pool = %name, "mqtt_msg.payload is text (EMQX schema): non-UTF-8 payloads will be refused");
+        }
+        let stores = cfg.rules.iter().any(|r| {
+            r.pool == name
+                && matches!(
+                    r.action,
+                    Action::Function(Function::OnMessagePublish | Function::OnMessageStore)
+                )
+        });
+        let writer =
+            stores.then(|| Writer::spawn(np.clone(), schema, cfg.batch_size, Arc::clone(&stats.store)));
+        if stores {
+            if let Some(retention) = cfg.msg_retention {
+                tasks.push(tokio::spawn(retention::run(np.clone(), retention)));
+            }
+        }
+        pools.insert(
+            name,
+            PoolState {
+                pool: np,
+                schema,
+                writer,
+            },
+        );
+    }
+
+    // `sql` rules: prepare each statement once to learn its parameter types
+    // (and to refuse bad SQL at start); executions use unnamed statements.
+    let mut sql_actions = HashMap::new();
+    for (i, rule) in cfg.rules.iter().enumerate() {
+        let Action::Sql(templates) = &rule.action else {
+            continue;
+        };
+        let state = pools
+            .get(&rule.pool)
+            .ok_or_else(|| format!("{}: unknown pool `{}`", rule.key, rule.pool))?;
+        let conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        let mut statements = Vec::new();
+        for t in templates {
+            let stmt = conn.prepare(&t.sql).await.map_err(|e| {
+                format!(
+                    "{}:{}: `{}`: cannot prepare `{}`: {}",
+                    cfg.file.display(),
+                    rule.line,
+                    rule.key,
+                    t.original,
+                    error_chain(&e)
+                )
+            })?;
+            statements.push(PreparedSql {
+                template: t.clone(),
+                types: stmt.params().to_vec(),
+            });
+        }
+        sql_actions.insert(
+            i,
+            SqlAction {
+                key: rule.key.clone(),
+                pool: rule.pool.clone(),
+                statements,
+            },
+        );
+    }
+
+    // Offline fetch and positions live on the pool of the first fetch rule.
+    let tracks = Arc::new(Tracks::default());
+    let fetch_pool = cfg
+        .rules
+        .iter()
+        .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)))
+        .map(|r| r.pool.clone());
+    let (mut dirty, mut fetcher) = (None, None);
+    if let Some(pool_name) = fetch_pool {
+        let state = pools
+            .get(&pool_name)
+            .ok_or_else(|| format!("unknown pool `{pool_name}`"))?;
+        let (pages_tx, pages_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dirty_tx = positions::Flusher::spawn(state.pool.clone(), Arc::clone(&tracks), pages_tx);
+        let f = Arc::new(Fetcher {
+            pool: state.pool.clone(),
+            schema: state.schema,
+            handle: Arc::clone(&ctx.broker),
+            tracks: Arc::clone(&tracks),
+            dirty: dirty_tx.clone(),
+        });
+        tasks.push(tokio::spawn(Arc::clone(&f).serve_pages(pages_rx)));
+        dirty = Some(dirty_tx);
+        fetcher = Some(f);
+    }
+    Ok(Engine {
+        node: ctx.broker.node_name().to_string(),
+        handle: Arc::clone(&ctx.broker),
+        cfg,
+        pools,
+        sql_actions,
+        tracks,
+        dirty,
+        fetcher,
+        stats,
+    })
+}
+
+impl Engine {
+    /// Counts and logs a failed rule run.
+    pub(crate) fn rule_failed(&self, key: &str, e: &dyn std::fmt::Display) {
+        self.stats.rule_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(rule = key, "backend_pgsql rule failed: {e}");
+    }
+}
+
+/// MQTT topic-filter matching (`+`, `#`, and `$` topics not matched by a leading wildcard).
+pub fn mqtt_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// An error with its sources, for messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mqtt_matches;
+
+    #[test]
+    fn matching_follows_mqtt() {
+        assert!(mqtt_matches("a/#", "a"));
+        assert!(mqtt_matches("a/#", "a/b/c"));
+        assert!(mqtt_matches("a/+/c", "a/b/c"));
+        assert!(!mqtt_matches("a/+", "a/b/c"));
+        assert!(!mqtt_matches("#", "$SYS/x"));
+        assert!(mqtt_matches("$SYS/#", "$SYS/x"));
+        assert!(mqtt_matches("a/b", "a/b"));
+        assert!(!mqtt_matches("a/b", "a/b/c"));
+    }
+}

@@ -3,10 +3,12 @@
 use hooks_spec::Plugin;
 
 /// Names of the built-in plugins.
-pub const KNOWN: &[&str] = &[];
+pub const KNOWN: &[&str] = &[backend_pgsql::NAME];
 
 /// A new, unconfigured instance of the named plugin.
 pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
-    let _ = name;
-    None
+    match name {
+        backend_pgsql::NAME => Some(Box::new(backend_pgsql::BackendPgsql::new())),
+        _ => None,
+    }
 }

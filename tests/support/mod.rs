@@ -1225,3 +1225,4 @@ pub fn pingreq_bytes() -> Vec<u8> {
 pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
+pub mod pgsql;

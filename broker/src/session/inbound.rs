@@ -358,6 +358,8 @@ impl Session {
     /// Puts a subscription in the router and the session, fires
     /// session.subscribed, and returns the retained messages it should get.
     async fn add_subscription(&mut self, full_filter: String, mut opts: SubOpts) -> Vec<super::Routed> {
+        // Each subscription gets the retained messages again; duplicates are only suppressed within one.
+        self.retained_sent.clear();
         let inner = match (&opts.share_group, topic::parse_shared(&full_filter)) {
             (Some(_), Ok(Some(share))) => share.filter.to_string(),
             _ => full_filter.clone(),

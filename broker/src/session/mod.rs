@@ -185,6 +185,9 @@ pub(crate) struct Session {
     replay_rx: mpsc::UnboundedReceiver<Replay>,
     /// Per subscription filter (inner, without `$share/`), for stored messages.
     replays: HashMap<String, ReplayState>,
+    /// Ids of retained messages recently delivered: the broker's retained
+    /// store and a storage plugin's retained lookup may both offer one.
+    retained_sent: HashMap<u128, Instant>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     client: ClientInfo,
     created_at: SystemTime,
@@ -244,6 +247,7 @@ impl Session {
             tx,
             replay_rx,
             replays: HashMap::new(),
+            retained_sent: HashMap::new(),
             shutdown,
             client,
             created_at: SystemTime::now(),

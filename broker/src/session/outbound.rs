@@ -29,12 +29,32 @@ impl Session {
     /// stored is skipped when a subscription it matches is replaying its
     /// backlog (the replay brings it in order) or already delivered it.
     pub(super) async fn deliver(&mut self, routed: Routed) {
+        if routed.retain && !self.first_retained_delivery(routed.message.id) {
+            return;
+        }
         if let Some(id) = routed.message.headers.stored_id {
             if !self.replays.is_empty() && !self.note_live_stored(&routed.message.topic, id) {
                 return;
             }
         }
         self.enqueue(routed, false).await;
+    }
+
+    /// False when this retained message went out moments ago (another
+    /// source of retained messages offered the same one).
+    fn first_retained_delivery(&mut self, id: u128) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.retained_sent.len() > 1024 {
+            self.retained_sent
+                .retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(30));
+        }
+        match self.retained_sent.get(&id) {
+            Some(at) if now.duration_since(*at) < std::time::Duration::from_secs(30) => false,
+            _ => {
+                self.retained_sent.insert(id, now);
+                true
+            }
+        }
     }
 
     /// Returns false when a live stored message must be skipped; otherwise

@@ -1,0 +1,361 @@
+//! EMQX's functions (and `sql` actions) against the database.
+//!
+//! Each runs in the hook it is bound to; a failure is returned to the
+//! caller, which logs it with the rule and goes on (the hook chain is never
+//! broken by a database problem).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hooks_spec::{ClientInfo, Delivery, Headers, Message, QoS, SubOpts};
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::error::PgsqlError;
+use crate::sql_template::{Placeholder, SqlValue};
+use crate::topic_match::{condition, TopicCondition};
+use crate::writer::StoreRequest;
+use crate::Engine;
+
+/// The values `${...}` placeholders bind to, for one hook call.
+#[derive(Debug, Default, Clone)]
+pub struct PlaceholderValues {
+    /// `${clientid}`.
+    pub clientid: Option<String>,
+    /// `${username}`.
+    pub username: Option<String>,
+    /// `${peerhost}`.
+    pub peerhost: Option<String>,
+    /// `${node}`.
+    pub node: Option<String>,
+    /// `${topic}`: the message topic, or the subscription filter.
+    pub topic: Option<String>,
+    /// `${qos}`.
+    pub qos: Option<i64>,
+    /// `${msgid}`.
+    pub msgid: Option<String>,
+    /// `${retain}` (0/1).
+    pub retain: Option<i64>,
+    /// `${payload}`.
+    pub payload: Option<Bytes>,
+    /// `${timestamp}` (seconds since the epoch).
+    pub timestamp: Option<i64>,
+}
+
+impl PlaceholderValues {
+    /// Client fields.
+    pub fn for_client(client: &ClientInfo, node: &str) -> PlaceholderValues {
+        PlaceholderValues {
+            clientid: Some(client.clientid.to_string()),
+            username: client.username.clone(),
+            peerhost: Some(client.peer.ip().to_string()),
+            node: Some(node.to_string()),
+            ..PlaceholderValues::default()
+        }
+    }
+
+    /// Adds message fields.
+    pub fn with_message(mut self, m: &Message) -> PlaceholderValues {
+        self.topic = Some(m.topic.to_string());
+        self.qos = Some(i64::from(m.qos.as_u8()));
+        self.msgid = Some(m.id_hex());
+        self.retain = Some(i64::from(m.retain));
+        self.payload = Some(m.payload.clone());
+        self.timestamp = Some(
+            m.timestamp
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        );
+        self
+    }
+
+    /// The value of one placeholder (NULL when the hook has none).
+    pub fn value(&self, p: Placeholder) -> SqlValue {
+        let text = |v: &Option<String>| v.clone().map(SqlValue::Text).unwrap_or(SqlValue::Null);
+        match p {
+            Placeholder::ClientId => text(&self.clientid),
+            Placeholder::Username => text(&self.username),
+            Placeholder::PeerHost => text(&self.peerhost),
+            Placeholder::Node => text(&self.node),
+            Placeholder::Topic => text(&self.topic),
+            Placeholder::MsgId => text(&self.msgid),
+            Placeholder::Qos => self.qos.map(SqlValue::Int).unwrap_or(SqlValue::Null),
+            Placeholder::Retain => self.retain.map(SqlValue::Int).unwrap_or(SqlValue::Null),
+            Placeholder::Timestamp => self.timestamp.map(SqlValue::Int).unwrap_or(SqlValue::Null),
+            Placeholder::Payload => self
+                .payload
+                .clone()
+                .map(SqlValue::Bytes)
+                .unwrap_or(SqlValue::Null),
+        }
+    }
+}
+
+impl Engine {
+    /// on_client_connected: the client is online on this node.
+    pub(crate) async fn client_connected(&self, pool: &str, client: &ClientInfo) -> Result<(), PgsqlError> {
+        let conn = self.pool(pool)?.get().await?;
+        conn.execute_typed(
+            "INSERT INTO mqtt_client (clientid, state, node, online_at, offline_at, created)
+             VALUES ($1, 1, $2, now(), NULL, now())
+             ON CONFLICT (clientid) DO UPDATE SET state = 1, node = EXCLUDED.node, online_at = now(), offline_at = NULL",
+            &[(&&*client.clientid, Type::TEXT), (&self.node.as_str(), Type::TEXT)],
+        )
+        .await
+        .map_err(PgsqlError::query("on_client_connected: upsert mqtt_client"))?;
+        Ok(())
+    }
+
+    /// on_client_disconnected: the client is offline.
+    pub(crate) async fn client_disconnected(
+        &self,
+        pool: &str,
+        client: &ClientInfo,
+    ) -> Result<(), PgsqlError> {
+        let conn = self.pool(pool)?.get().await?;
+        conn.execute_typed(
+            "UPDATE mqtt_client SET state = 0, offline_at = now() WHERE clientid = $1",
+            &[(&&*client.clientid, Type::TEXT)],
+        )
+        .await
+        .map_err(PgsqlError::query("on_client_disconnected: update mqtt_client"))?;
+        Ok(())
+    }
+
+    /// on_subscribe_lookup: subscribes the client to its rows of `mqtt_sub`,
+    /// as if it had sent SUBSCRIBE (session.subscribed fires, and with it fetch).
+    pub(crate) async fn subscribe_lookup(&self, pool: &str, client: &ClientInfo) -> Result<(), PgsqlError> {
+        let conn = self.pool(pool)?.get().await?;
+        let rows = conn
+            .query_typed(
+                "SELECT topic::text, qos FROM mqtt_sub WHERE clientid = $1 ORDER BY id",
+                &[(&&*client.clientid, Type::TEXT)],
+            )
+            .await
+            .map_err(PgsqlError::query("on_subscribe_lookup: select mqtt_sub"))?;
+        drop(conn);
+        for row in rows {
+            let topic: String = row.get(0);
+            let qos = row
+                .get::<_, Option<i32>>(1)
+                .and_then(|q| QoS::from_u8(u8::try_from(q).ok()?))
+                .unwrap_or(QoS::AtLeastOnce);
+            if let Err(e) = self
+                .handle
+                .subscribe(&client.clientid, &topic, SubOpts::with_qos(qos))
+                .await
+            {
+                tracing::warn!(clientid = %client.clientid, %topic, "on_subscribe_lookup: cannot restore subscription: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// on_subscribe_store: keeps `mqtt_sub` in step with the client's own subscriptions.
+    pub(crate) async fn subscribe_store(
+        &self,
+        pool: &str,
+        client: &ClientInfo,
+        filter: &str,
+        qos: QoS,
+        subscribed: bool,
+    ) -> Result<(), PgsqlError> {
+        let conn = self.pool(pool)?.get().await?;
+        if subscribed {
+            let qos = i32::from(qos.as_u8());
+            conn.execute_typed(
+                "INSERT INTO mqtt_sub (clientid, topic, qos, created) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (clientid, topic) DO UPDATE SET qos = EXCLUDED.qos",
+                &[
+                    (&&*client.clientid, Type::TEXT),
+                    (&filter, Type::TEXT),
+                    (&qos, Type::INT4),
+                ],
+            )
+            .await
+            .map_err(PgsqlError::query("on_subscribe_store: upsert mqtt_sub"))?;
+        } else {
+            conn.execute_typed(
+                "DELETE FROM mqtt_sub WHERE clientid = $1 AND topic = $2",
+                &[(&&*client.clientid, Type::TEXT), (&filter, Type::TEXT)],
+            )
+            .await
+            .map_err(PgsqlError::query("on_subscribe_store: delete mqtt_sub"))?;
+        }
+        Ok(())
+    }
+
+    /// on_message_publish / on_message_store: writes the message through the
+    /// group-commit writer; returns its row id once committed.
+    pub(crate) async fn store_message(&self, pool: &str, m: &Message) -> Result<i64, PgsqlError> {
+        let state = self
+            .pools
+            .get(pool)
+            .ok_or_else(|| PgsqlError::Store(format!("no pool `{pool}`")))?;
+        let writer = state
+            .writer
+            .as_ref()
+            .ok_or_else(|| PgsqlError::Store(format!("no writer for pool `{pool}`")))?;
+        let req = StoreRequest {
+            msgid: m.id_hex(),
+            sender: m.publisher.as_deref().map(str::to_string),
+            topic: m.topic.to_string(),
+            qos: i32::from(m.qos.as_u8()),
+            retain: i32::from(m.retain),
+            payload: m.payload.clone(),
+        };
+        writer.store(req, self.cfg.store_timeout).await
+    }
+
+    /// True when the pool's message payload column can hold this payload.
+    pub(crate) fn payload_fits(&self, pool: &str, payload: &[u8]) -> bool {
+        self.pools
+            .get(pool)
+            .is_none_or(|s| s.schema.payload_bytea || std::str::from_utf8(payload).is_ok())
+    }
+
+    /// on_message_retain: upserts the retained message of the topic.
+    pub(crate) async fn retain_store(&self, pool: &str, m: &Message) -> Result<(), PgsqlError> {
+        let state = self
+            .pools
+            .get(pool)
+            .ok_or_else(|| PgsqlError::Store(format!("no pool `{pool}`")))?;
+        let conn = state.pool.get().await?;
+        let qos = i32::from(m.qos.as_u8());
+        let msgid = m.id_hex();
+        let sender = m.publisher.as_deref();
+        let topic: &str = &m.topic;
+        let sql_head = "INSERT INTO mqtt_retain (topic, msgid, sender, qos, payload, arrived)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (topic) DO UPDATE SET msgid = EXCLUDED.msgid, sender = EXCLUDED.sender,
+                 qos = EXCLUDED.qos, payload = EXCLUDED.payload, arrived = now()";
+        let text_payload;
+        let payload: (&(dyn ToSql + Sync), Type) = if state.schema.retain_payload_bytea {
+            (&m.payload.as_ref() as &(dyn ToSql + Sync), Type::BYTEA)
+        } else {
+            text_payload = std::str::from_utf8(&m.payload).map_err(|_| {
+                PgsqlError::Store("retained payload is not UTF-8 and mqtt_retain.payload is text".into())
+            })?;
+            (&text_payload as &(dyn ToSql + Sync), Type::TEXT)
+        };
+        conn.execute_typed(
+            sql_head,
+            &[
+                (&topic, Type::TEXT),
+                (&msgid.as_str(), Type::TEXT),
+                (&sender, Type::TEXT),
+                (&qos, Type::INT4),
+                payload,
+            ],
+        )
+        .await
+        .map_err(PgsqlError::query("on_message_retain: upsert mqtt_retain"))?;
+        Ok(())
+    }
+
+    /// on_retain_delete: a retained message with an empty payload deletes the topic's.
+    pub(crate) async fn retain_delete(&self, pool: &str, topic: &str) -> Result<(), PgsqlError> {
+        let conn = self.pool(pool)?.get().await?;
+        conn.execute_typed(
+            "DELETE FROM mqtt_retain WHERE topic = $1",
+            &[(&topic, Type::TEXT)],
+        )
+        .await
+        .map_err(PgsqlError::query("on_retain_delete: delete mqtt_retain"))?;
+        Ok(())
+    }
+
+    /// on_retain_lookup: delivers the stored retained messages matching the
+    /// new subscription's filter, wildcards included.
+    pub(crate) async fn retain_lookup(
+        &self,
+        pool: &str,
+        client: &ClientInfo,
+        filter: &str,
+        sub_qos: QoS,
+    ) -> Result<(), PgsqlError> {
+        let state = self
+            .pools
+            .get(pool)
+            .ok_or_else(|| PgsqlError::Store(format!("no pool `{pool}`")))?;
+        let (op, value) = match condition(filter) {
+            TopicCondition::Exact(t) => ("=", t),
+            TopicCondition::Regex(r) => ("~", r),
+        };
+        let payload = if state.schema.retain_payload_bytea {
+            "payload"
+        } else {
+            "convert_to(payload, 'UTF8')"
+        };
+        let sql = format!("SELECT topic::text, msgid, sender, qos, {payload} FROM mqtt_retain WHERE topic {op} $1 ORDER BY id");
+        let conn = state.pool.get().await?;
+        let rows = conn
+            .query_typed(&sql, &[(&value, Type::TEXT)])
+            .await
+            .map_err(PgsqlError::query("on_retain_lookup: select mqtt_retain"))?;
+        drop(conn);
+        for row in rows {
+            let qos = row
+                .get::<_, Option<i32>>(3)
+                .and_then(|q| QoS::from_u8(u8::try_from(q).ok()?))
+                .unwrap_or(QoS::AtMostOnce);
+            let payload: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default();
+            let mut message = Message::new(row.get::<_, String>(0), Bytes::from(payload), qos, true);
+            message.publisher = row.get::<_, Option<String>>(2).map(Arc::from);
+            message.headers = Headers::default();
+            let delivery = Delivery {
+                qos: sub_qos.min(qos),
+                message,
+                retain: true,
+                filter: None,
+            };
+            if self.handle.deliver(&client.clientid, delivery).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `sql` action: its statements in one transaction, placeholders bound.
+    pub(crate) async fn run_sql(&self, rule: usize, values: &PlaceholderValues) -> Result<(), PgsqlError> {
+        let Some(action) = self.sql_actions.get(&rule) else {
+            return Ok(());
+        };
+        let mut conn = self.pool(&action.pool)?.get().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(PgsqlError::query(format!("BEGIN ({})", action.key)))?;
+        for stmt in &action.statements {
+            let params: Vec<SqlValue> = stmt.template.params.iter().map(|p| values.value(*p)).collect();
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                .iter()
+                .zip(&stmt.types)
+                .map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone()))
+                .collect();
+            tx.execute_typed(&stmt.template.sql, &typed)
+                .await
+                .map_err(PgsqlError::query(format!(
+                    "{}: `{}`",
+                    action.key, stmt.template.original
+                )))?;
+        }
+        tx.commit()
+            .await
+            .map_err(PgsqlError::query(format!("COMMIT ({})", action.key)))?;
+        Ok(())
+    }
+
+    fn pool(&self, name: &str) -> Result<&crate::pool::NamedPool, PgsqlError> {
+        self.pools
+            .get(name)
+            .map(|s| &s.pool)
+            .ok_or_else(|| PgsqlError::Store(format!("no pool `{name}`")))
+    }
+}
+
+/// Seconds as the `f64` the queries bind for intervals.
+pub fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}

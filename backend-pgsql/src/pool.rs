@@ -1,0 +1,105 @@
+//! Connection pools, one per `backend.pgsql.<pool>` section.
+//!
+//! deadpool-postgres keeps the connections and replaces broken ones by
+//! itself, so a PostgreSQL restart heals without the plugin doing anything.
+//! At start every pool is checked with a bounded retry, and an unreachable
+//! database refuses startup with its address in the message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::PoolConfig;
+use crate::error::PgsqlError;
+
+/// A named pool with its address, for messages.
+#[derive(Clone)]
+pub struct NamedPool {
+    /// `pool1`, ...
+    pub name: String,
+    /// host:port/database.
+    pub addr: String,
+    /// The pool.
+    pub pool: Pool,
+}
+
+impl NamedPool {
+    /// A connection from the pool, with the pool named in the error.
+    pub async fn get(&self) -> Result<deadpool_postgres::Object, PgsqlError> {
+        self.pool.get().await.map_err(|source| PgsqlError::Pool {
+            pool: self.name.clone(),
+            addr: self.addr.clone(),
+            source,
+        })
+    }
+}
+
+/// Builds a pool (no connection is made yet).
+pub fn build(cfg: &PoolConfig) -> Result<NamedPool, String> {
+    if cfg.ssl.enabled {
+        return Err(format!(
+            "pool `{}`: ssl = true is not supported by this build yet; use a local socket or an SSL-terminating proxy",
+            cfg.name
+        ));
+    }
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&cfg.host)
+        .port(cfg.port)
+        .user(&cfg.username)
+        .dbname(&cfg.database);
+    pg.application_name("postbox");
+    pg.connect_timeout(Duration::from_secs(5));
+    if let Some(pw) = &cfg.password {
+        pg.password(pw);
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(cfg.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| format!("pool `{}`: {e}", cfg.name))?;
+    Ok(NamedPool {
+        name: cfg.name.clone(),
+        addr: format!("{}:{}/{}", cfg.host, cfg.port, cfg.database),
+        pool,
+    })
+}
+
+/// Checks that a pool reaches its database: `attempts` tries, `delay` apart.
+pub async fn check(pool: &NamedPool, attempts: u32, delay: Duration) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 1..=attempts.max(1) {
+        match pool.get().await {
+            Ok(conn) => match conn.simple_query("SELECT 1").await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = crate::error_chain(&e),
+        }
+        if attempt < attempts {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    Err(format!(
+        "cannot reach PostgreSQL at {} (pool `{}`) after {attempts} attempts: {last}",
+        pool.addr, pool.name
+    ))
+}
+
+/// Builds every configured pool.
+pub fn build_all(pools: &BTreeMap<String, PoolConfig>) -> Result<BTreeMap<String, NamedPool>, String> {
+    pools
+        .iter()
+        .map(|(name, cfg)| Ok((name.clone(), build(cfg)?)))
+        .collect()
+}

@@ -1,0 +1,382 @@
+//! Read positions: `mqtt_acked.mid` per (client, subscription filter).
+//!
+//! The position only moves forward, and only over a contiguous range: it
+//! becomes the largest N such that every stored message matching the filter
+//! with an id in (position, N] has been acknowledged by the client. The
+//! database is the judge of which ids match (one statement computes the first
+//! unacknowledged matching id and upserts the new position with `GREATEST`),
+//! so out-of-order acknowledgements, messages written by another broker that
+//! never reached this one live, and messages a full queue dropped can never be
+//! skipped.
+//!
+//! The per-subscription bookkeeping ([`Track`]) lives behind a `std` mutex
+//! held only for short, await-free updates; one task ([`Flusher`]) owns the
+//! writes of positions and batches them: whatever acknowledgements arrived
+//! while it was writing are folded into the next statement per subscription.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
+
+use crate::error::PgsqlError;
+use crate::pool::NamedPool;
+use crate::topic_match::{condition, TopicCondition};
+
+/// (client id, subscription filter).
+pub type TrackKey = (String, String);
+
+/// What the plugin knows of one subscription's stored messages.
+#[derive(Debug, Default, Clone)]
+pub struct Track {
+    /// Persisted (or about to be) position.
+    pub position: i64,
+    /// Stored ids above the position delivered and not yet acknowledged.
+    pub delivered: BTreeSet<i64>,
+    /// Stored ids above the position acknowledged.
+    pub acked: BTreeSet<i64>,
+    /// While a backlog is replayed page by page: the last id of the page out.
+    pub page_last: Option<i64>,
+    /// The subscription's QoS (for the deliveries of later pages).
+    pub qos: i32,
+    /// Page size and age limit of the rule that fetches for it.
+    pub opts: FetchOpts,
+}
+
+/// `offline_opts` of a fetch rule, with the globals filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FetchOpts {
+    /// Messages per page.
+    pub max_returned_count: usize,
+    /// Only messages that arrived within this many seconds; `None`: no limit.
+    pub time_range_secs: Option<f64>,
+}
+
+impl Default for FetchOpts {
+    fn default() -> Self {
+        FetchOpts {
+            max_returned_count: 500,
+            time_range_secs: None,
+        }
+    }
+}
+
+/// Every tracked subscription.
+#[derive(Default)]
+pub struct Tracks {
+    map: Mutex<HashMap<TrackKey, Track>>,
+}
+
+/// What a page fetch needs to know after a position moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageDue {
+    /// The subscription.
+    pub key: TrackKey,
+    /// Fetch ids above this.
+    pub from: i64,
+}
+
+impl Tracks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TrackKey, Track>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts (or restarts, on a re-subscribe) tracking. The position never
+    /// goes back below what this node already knew; returns the position to
+    /// fetch from.
+    pub fn start(&self, key: TrackKey, db_position: i64, qos: i32, opts: FetchOpts) -> i64 {
+        let mut map = self.lock();
+        let t = map.entry(key).or_default();
+        t.opts = opts;
+        t.position = t.position.max(db_position);
+        let p = t.position;
+        t.delivered.retain(|&id| id > p);
+        t.acked.retain(|&id| id > p);
+        t.qos = qos;
+        p
+    }
+
+    /// Ids above the position this client already acknowledged (left out of pages).
+    pub fn acked_above(&self, key: &TrackKey) -> HashSet<i64> {
+        self.lock()
+            .get(key)
+            .map(|t| t.acked.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The subscription's QoS and fetch options.
+    pub fn settings(&self, key: &TrackKey) -> Option<(i32, FetchOpts)> {
+        self.lock().get(key).map(|t| (t.qos, t.opts))
+    }
+
+    /// Records the page now out (None when the backlog is drained).
+    pub fn set_page(&self, key: &TrackKey, page_last: Option<i64>) {
+        if let Some(t) = self.lock().get_mut(key) {
+            t.page_last = page_last;
+        }
+    }
+
+    /// A stored message was written to the client.
+    pub fn delivered(&self, clientid: &str, topic: &str, id: i64) {
+        let mut map = self.lock();
+        for ((c, f), t) in map.iter_mut() {
+            if c == clientid && id > t.position && hooks_match(f, topic) {
+                t.delivered.insert(id);
+            }
+        }
+    }
+
+    /// The client acknowledged (or the broker gave up on, for a reason that
+    /// makes it undeliverable) a stored message; returns the subscriptions
+    /// whose position should be recomputed.
+    pub fn acked(&self, clientid: &str, topic: &str, id: i64) -> Vec<TrackKey> {
+        let mut map = self.lock();
+        let mut dirty = Vec::new();
+        for ((c, f), t) in map.iter_mut() {
+            if c == clientid && hooks_match(f, topic) {
+                t.delivered.remove(&id);
+                if id > t.position {
+                    t.acked.insert(id);
+                    dirty.push((c.clone(), f.clone()));
+                }
+            }
+        }
+        dirty
+    }
+
+    /// Forgets one subscription (unsubscribe).
+    pub fn forget(&self, key: &TrackKey) {
+        self.lock().remove(key);
+    }
+
+    /// Forgets every subscription of a client (session ended).
+    pub fn forget_client(&self, clientid: &str) {
+        self.lock().retain(|(c, _), _| c != clientid);
+    }
+
+    /// The candidate advance of one subscription.
+    fn candidate(&self, key: &TrackKey) -> Option<Candidate> {
+        let map = self.lock();
+        let t = map.get(key)?;
+        // With a page out and nothing newly acknowledged, the page end is the candidate
+        // (a page whose messages were all acknowledged before must still move on).
+        let high = t.acked.last().copied().or(t.page_last)?;
+        Some(Candidate {
+            from: t.position,
+            high,
+            acked: t.acked.iter().copied().collect(),
+            time_range_secs: t.opts.time_range_secs,
+        })
+    }
+
+    /// Applies a verified position; returns a page fetch that is due, if any:
+    /// the next page when the page out is fully acknowledged, or a page from
+    /// the new position when the first unacknowledged matching id is not on
+    /// its way to the client (a gap nothing else will fill).
+    fn advanced(&self, key: &TrackKey, position: i64, first_gap: Option<i64>) -> Option<PageDue> {
+        let mut map = self.lock();
+        let t = map.get_mut(key)?;
+        if position > t.position {
+            t.position = position;
+            t.acked.retain(|&id| id > position);
+            t.delivered.retain(|&id| id > position);
+        }
+        if let Some(last) = t.page_last {
+            if t.position >= last {
+                t.page_last = None;
+                return Some(PageDue {
+                    key: key.clone(),
+                    from: t.position,
+                });
+            }
+            return None;
+        }
+        match first_gap {
+            Some(gap) if !t.delivered.contains(&gap) => Some(PageDue {
+                key: key.clone(),
+                from: t.position,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn hooks_match(filter: &str, topic: &str) -> bool {
+    crate::mqtt_matches(filter, topic)
+}
+
+/// A position to verify and write.
+#[derive(Debug, PartialEq)]
+struct Candidate {
+    from: i64,
+    high: i64,
+    acked: Vec<i64>,
+    time_range_secs: Option<f64>,
+}
+
+/// The task that writes positions.
+pub struct Flusher {
+    pool: NamedPool,
+    tracks: Arc<Tracks>,
+    rx: mpsc::UnboundedReceiver<TrackKey>,
+    pages: mpsc::UnboundedSender<PageDue>,
+}
+
+impl Flusher {
+    /// Starts the task; send dirty subscriptions to the returned sender.
+    pub fn spawn(
+        pool: NamedPool,
+        tracks: Arc<Tracks>,
+        pages: mpsc::UnboundedSender<PageDue>,
+    ) -> mpsc::UnboundedSender<TrackKey> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            Flusher {
+                pool,
+                tracks,
+                rx,
+                pages,
+            }
+            .run(),
+        );
+        tx
+    }
+
+    async fn run(mut self) {
+        let mut in_outage = false;
+        while let Some(first) = self.rx.recv().await {
+            let mut dirty: Vec<TrackKey> = vec![first];
+            while let Ok(k) = self.rx.try_recv() {
+                if !dirty.contains(&k) {
+                    dirty.push(k);
+                }
+            }
+            for key in dirty {
+                let Some(c) = self.tracks.candidate(&key) else {
+                    continue;
+                };
+                match advance(&self.pool, &key, &c).await {
+                    Ok((position, gap)) => {
+                        if in_outage {
+                            in_outage = false;
+                            tracing::warn!(pool = %self.pool.name, "recording read positions again");
+                        }
+                        if let Some(due) = self.tracks.advanced(&key, position, gap) {
+                            let _ = self.pages.send(due);
+                        }
+                    }
+                    Err(e) => {
+                        if !in_outage {
+                            in_outage = true;
+                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried on the next acknowledgement): {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One statement: the first matching id in (from, high] not acknowledged
+/// decides the new position; the upsert never moves it backwards.
+async fn advance(
+    pool: &NamedPool,
+    (clientid, filter): &TrackKey,
+    c: &Candidate,
+) -> Result<(i64, Option<i64>), PgsqlError> {
+    let conn = pool.get().await?;
+    let (op, value) = match condition(filter) {
+        TopicCondition::Exact(t) => ("=", t),
+        TopicCondition::Regex(r) => ("~", r),
+    };
+    let sql = format!(
+        "WITH gap AS (
+             SELECT min(id)::int8 AS m FROM mqtt_msg
+             WHERE id > $3 AND id <= $4 AND topic {op} $5 AND NOT (id = ANY($6))
+               AND ($7::float8 IS NULL OR arrived >= now() - make_interval(secs => $7))),
+         pos AS (SELECT COALESCE(gap.m - 1, $4) AS p FROM gap)
+         INSERT INTO mqtt_acked (clientid, topic, mid, created)
+         SELECT $1, $2, pos.p, now() FROM pos
+         ON CONFLICT (clientid, topic) DO UPDATE SET mid = GREATEST(mqtt_acked.mid, EXCLUDED.mid)
+         RETURNING mid::int8, (SELECT m FROM gap)"
+    );
+    let row = conn
+        .query_typed_one(
+            &sql,
+            &[
+                (clientid, Type::TEXT),
+                (filter, Type::TEXT),
+                (&c.from, Type::INT8),
+                (&c.high, Type::INT8),
+                (&value, Type::TEXT),
+                (&c.acked, Type::INT8_ARRAY),
+                (&c.time_range_secs, Type::FLOAT8),
+            ],
+        )
+        .await
+        .map_err(PgsqlError::query(format!(
+            "advance position of `{clientid}` on `{filter}`"
+        )))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TrackKey {
+        ("c".into(), "a/#".into())
+    }
+
+    #[test]
+    fn positions_never_go_back_on_restart() {
+        let t = Tracks::default();
+        assert_eq!(t.start(key(), 10, 1, FetchOpts::default()), 10);
+        assert_eq!(
+            t.start(key(), 4, 1, FetchOpts::default()),
+            10,
+            "a stale database position does not move it back"
+        );
+    }
+
+    #[test]
+    fn acks_are_tracked_per_matching_subscription() {
+        let t = Tracks::default();
+        t.start(key(), 10, 1, FetchOpts::default());
+        t.start(("c".into(), "b".into()), 0, 1, FetchOpts::default());
+        t.delivered("c", "a/x", 12);
+        assert_eq!(t.acked("c", "a/x", 12), vec![key()]);
+        assert!(
+            t.acked("c", "a/x", 9).is_empty(),
+            "an id at or below the position changes nothing"
+        );
+        let c = t.candidate(&key()).unwrap();
+        assert_eq!((c.from, c.high, c.acked), (10, 12, vec![12]));
+    }
+
+    #[test]
+    fn a_gap_not_in_flight_asks_for_a_page_and_an_in_flight_one_does_not() {
+        let t = Tracks::default();
+        t.start(key(), 10, 1, FetchOpts::default());
+        t.delivered("c", "a/x", 11);
+        t.acked("c", "a/x", 12);
+        assert_eq!(t.advanced(&key(), 10, Some(11)), None, "11 is on its way");
+        t.acked("c", "a/x", 11);
+        assert_eq!(t.advanced(&key(), 12, None), None);
+        t.acked("c", "a/x", 15);
+        assert_eq!(
+            t.advanced(&key(), 12, Some(13)),
+            Some(PageDue { key: key(), from: 12 })
+        );
+    }
+
+    #[test]
+    fn the_next_page_is_due_when_the_page_is_acknowledged() {
+        let t = Tracks::default();
+        t.start(key(), 0, 1, FetchOpts::default());
+        t.set_page(&key(), Some(5));
+        assert_eq!(t.advanced(&key(), 4, None), None);
+        assert_eq!(t.advanced(&key(), 5, None), Some(PageDue { key: key(), from: 5 }));
+    }
+}

@@ -1,0 +1,336 @@
+//! Binds each rule to its hook: one callback per rule, registered in the
+//! rules' order (hook point, then ascending `N`) at equal priority, so they
+//! run in ascending `N`. A rule runs only when its `topic` filter matches
+//! (the message topic for `message.*`, the subscription filter for
+//! `session.*`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hooks_spec::{ClientInfo, DropReason, Flow, HookPoint, Hooks, Message, Registration};
+
+use crate::functions::{secs, PlaceholderValues};
+use crate::positions::FetchOpts;
+use crate::rules::{Action, Function, Rule};
+use crate::{mqtt_matches, Engine, NAME};
+
+fn topic_ok(rule: &Rule, topic: &str) -> bool {
+    rule.topic.as_deref().is_none_or(|f| mqtt_matches(f, topic))
+}
+
+/// Registers every rule, then the bookkeeping offline delivery needs.
+pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
+    for (i, rule) in engine.cfg.rules.iter().enumerate() {
+        let e = Arc::clone(engine);
+        match rule.hook {
+            HookPoint::ClientConnected | HookPoint::ClientDisconnected => {
+                if rule.hook == HookPoint::ClientConnected {
+                    hooks.client_connected.add(NAME, 0, move |args, ()| {
+                        let e = Arc::clone(&e);
+                        async move {
+                            e.client_rule(i, &args.client).await;
+                            Ok(Flow::Continue(()))
+                        }
+                    });
+                } else {
+                    hooks.client_disconnected.add(NAME, 0, move |args, ()| {
+                        let e = Arc::clone(&e);
+                        async move {
+                            e.client_rule(i, &args.client).await;
+                            Ok(Flow::Continue(()))
+                        }
+                    });
+                }
+            }
+            HookPoint::SessionSubscribed | HookPoint::SessionUnsubscribed => {
+                let subscribed = rule.hook == HookPoint::SessionSubscribed;
+                let chain = if subscribed {
+                    &hooks.session_subscribed
+                } else {
+                    &hooks.session_unsubscribed
+                };
+                chain.add(NAME, 0, move |args, ()| {
+                    let e = Arc::clone(&e);
+                    async move {
+                        e.session_rule(i, &args.client, &args.filter, &args.opts, subscribed)
+                            .await;
+                        Ok(Flow::Continue(()))
+                    }
+                });
+            }
+            HookPoint::MessagePublish => {
+                let stores = matches!(rule.action, Action::Function(Function::OnMessagePublish));
+                hooks.message_publish.register(Registration {
+                    owner: NAME.to_string(),
+                    priority: 0,
+                    timeout: Some(engine.cfg.store_timeout + Duration::from_secs(1)),
+                    // If this callback fails, the message must not be acknowledged as stored.
+                    on_failure: stores.then(|| {
+                        Arc::new(|mut m: Message| {
+                            m.headers.not_stored = m.qos != hooks_spec::QoS::AtMostOnce;
+                            Flow::Continue(m)
+                        }) as hooks_spec::FailurePolicy<Message>
+                    }),
+                    callback: Arc::new(move |args, m| {
+                        let e = Arc::clone(&e);
+                        Box::pin(async move { Ok(e.publish_rule(i, args.client.as_ref(), m).await) })
+                    }),
+                });
+            }
+            HookPoint::MessageAcked => {
+                hooks.message_acked.add(NAME, 0, move |args, ()| {
+                    let e = Arc::clone(&e);
+                    async move {
+                        e.acked_rule(i, &args.client, &args.message).await;
+                        Ok(Flow::Continue(()))
+                    }
+                });
+            }
+            HookPoint::MessageDelivered => {
+                hooks.message_delivered.add(NAME, 0, move |args, m: Message| {
+                    let e = Arc::clone(&e);
+                    async move {
+                        e.delivered_rule(i, &args.client, &m).await;
+                        Ok(Flow::Continue(m))
+                    }
+                });
+            }
+            other => tracing::warn!(rule = %rule.key, "rules cannot bind to {other}; ignored"),
+        }
+    }
+    if engine.fetcher.is_some() {
+        bookkeeping(engine, hooks);
+    }
+}
+
+/// Hooks that keep the per-subscription tracks in step with the sessions.
+fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
+    let e = Arc::clone(engine);
+    hooks.message_delivered.add(NAME, -1000, move |args, m: Message| {
+        let e = Arc::clone(&e);
+        async move {
+            if let Some(id) = m.headers.stored_id {
+                e.tracks.delivered(&args.client.clientid, &m.topic, id);
+            }
+            Ok(Flow::Continue(m))
+        }
+    });
+    let e = Arc::clone(engine);
+    hooks.message_dropped.add(NAME, -1000, move |args, ()| {
+        let e = Arc::clone(&e);
+        async move {
+            // Expired or too large for the client: it will never be delivered,
+            // so it must not hold the position back.
+            if matches!(args.reason, DropReason::Expired | DropReason::TooLarge) {
+                if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
+                    e.mark_done(client, &args.message.topic, id);
+                }
+            }
+            Ok(Flow::Continue(()))
+        }
+    });
+    let e = Arc::clone(engine);
+    hooks.session_unsubscribed.add(NAME, -1000, move |args, ()| {
+        let e = Arc::clone(&e);
+        async move {
+            e.tracks
+                .forget(&(args.client.clientid.to_string(), args.filter.clone()));
+            Ok(Flow::Continue(()))
+        }
+    });
+    let e = Arc::clone(engine);
+    hooks.session_terminated.add(NAME, -1000, move |args, ()| {
+        let e = Arc::clone(&e);
+        async move {
+            e.tracks.forget_client(&args.client.clientid);
+            Ok(Flow::Continue(()))
+        }
+    });
+}
+
+impl Engine {
+    fn rule(&self, i: usize) -> &Rule {
+        &self.cfg.rules[i]
+    }
+
+    fn fail(&self, i: usize, e: &dyn std::fmt::Display) {
+        self.rule_failed(&self.rule(i).key, e);
+    }
+
+    async fn client_rule(&self, i: usize, client: &ClientInfo) {
+        let rule = self.rule(i);
+        let result = match &rule.action {
+            Action::Function(Function::OnClientConnected) => self.client_connected(&rule.pool, client).await,
+            Action::Function(Function::OnClientDisconnected) => {
+                self.client_disconnected(&rule.pool, client).await
+            }
+            Action::Function(Function::OnSubscribeLookup) => self.subscribe_lookup(&rule.pool, client).await,
+            Action::Function(_) => Ok(()),
+            Action::Sql(_) => {
+                self.run_sql(i, &PlaceholderValues::for_client(client, &self.node))
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            self.fail(i, &e);
+        }
+    }
+
+    async fn session_rule(
+        &self,
+        i: usize,
+        client: &ClientInfo,
+        filter: &str,
+        opts: &hooks_spec::SubOpts,
+        subscribed: bool,
+    ) {
+        let rule = self.rule(i);
+        if !topic_ok(rule, filter) {
+            return;
+        }
+        let result = match &rule.action {
+            Action::Function(Function::OnMessageFetch) if opts.share_group.is_none() => match &self.fetcher {
+                Some(f) => {
+                    let fetch = FetchOpts {
+                        max_returned_count: rule
+                            .offline_opts
+                            .max_returned_count
+                            .unwrap_or(self.cfg.max_returned_count),
+                        time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
+                    };
+                    f.on_subscribed(&client.clientid, filter, opts.qos, fetch).await
+                }
+                None => Ok(()),
+            },
+            Action::Function(Function::OnRetainLookup) if opts.share_group.is_none() => {
+                self.retain_lookup(&rule.pool, client, filter, opts.qos).await
+            }
+            Action::Function(Function::OnSubscribeStore) => {
+                self.subscribe_store(&rule.pool, client, filter, opts.qos, subscribed)
+                    .await
+            }
+            Action::Function(_) => Ok(()),
+            Action::Sql(_) => {
+                let mut v = PlaceholderValues::for_client(client, &self.node);
+                v.topic = Some(filter.to_string());
+                v.qos = Some(i64::from(opts.qos.as_u8()));
+                self.run_sql(i, &v).await
+            }
+        };
+        if let Err(e) = result {
+            self.fail(i, &e);
+        }
+    }
+
+    async fn publish_rule(&self, i: usize, client: Option<&ClientInfo>, mut m: Message) -> Flow<Message> {
+        let rule = self.rule(i);
+        if !topic_ok(rule, &m.topic) {
+            return Flow::Continue(m);
+        }
+        let empty_retained = m.retain && m.payload.is_empty();
+        let result = match &rule.action {
+            Action::Function(f @ (Function::OnMessagePublish | Function::OnMessageStore)) => {
+                let attach = *f == Function::OnMessagePublish;
+                if (attach && m.qos == hooks_spec::QoS::AtMostOnce) || empty_retained {
+                    return Flow::Continue(m);
+                }
+                if !self.payload_fits(&rule.pool, &m.payload) {
+                    self.stats.refused_not_utf8.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(rule = %rule.key, topic = %m.topic, "refusing a message whose payload is not UTF-8: mqtt_msg.payload is text");
+                    return Flow::Stop(m);
+                }
+                match self.store_message(&rule.pool, &m).await {
+                    Ok(id) => {
+                        if attach {
+                            m.headers.stored_id = Some(id);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Logged once per outage by the writer; the publisher is not told "stored".
+                        if attach {
+                            m.headers.not_stored = true;
+                        }
+                        tracing::debug!(rule = %rule.key, "not stored: {e}");
+                        return Flow::Continue(m);
+                    }
+                }
+            }
+            Action::Function(Function::OnMessageRetain) if m.retain && !m.payload.is_empty() => {
+                self.retain_store(&rule.pool, &m).await
+            }
+            Action::Function(Function::OnRetainDelete) if empty_retained => {
+                self.retain_delete(&rule.pool, &m.topic).await
+            }
+            Action::Function(_) => Ok(()),
+            Action::Sql(_) => {
+                let base = match client {
+                    Some(c) => PlaceholderValues::for_client(c, &self.node),
+                    None => PlaceholderValues {
+                        node: Some(self.node.clone()),
+                        ..Default::default()
+                    },
+                };
+                self.run_sql(i, &base.with_message(&m)).await
+            }
+        };
+        if let Err(e) = result {
+            self.fail(i, &e);
+        }
+        Flow::Continue(m)
+    }
+
+    async fn acked_rule(&self, i: usize, client: &ClientInfo, m: &Message) {
+        let rule = self.rule(i);
+        if !topic_ok(rule, &m.topic) {
+            return;
+        }
+        let result = match &rule.action {
+            Action::Function(Function::OnMessageAcked) => {
+                if let Some(id) = m.headers.stored_id {
+                    self.mark_done(&client.clientid, &m.topic, id);
+                }
+                Ok(())
+            }
+            Action::Function(_) => Ok(()),
+            Action::Sql(_) => {
+                self.run_sql(
+                    i,
+                    &PlaceholderValues::for_client(client, &self.node).with_message(m),
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            self.fail(i, &e);
+        }
+    }
+
+    async fn delivered_rule(&self, i: usize, client: &ClientInfo, m: &Message) {
+        let rule = self.rule(i);
+        if !topic_ok(rule, &m.topic) {
+            return;
+        }
+        if let Action::Sql(_) = &rule.action {
+            if let Err(e) = self
+                .run_sql(
+                    i,
+                    &PlaceholderValues::for_client(client, &self.node).with_message(m),
+                )
+                .await
+            {
+                self.fail(i, &e);
+            }
+        }
+    }
+
+    /// A stored message is done for a client (acknowledged, or undeliverable):
+    /// the positions of its matching subscriptions are recomputed.
+    pub(crate) fn mark_done(&self, clientid: &str, topic: &str, id: i64) {
+        let Some(dirty) = &self.dirty else { return };
+        for key in self.tracks.acked(clientid, topic, id) {
+            let _ = dirty.send(key);
+        }
+    }
+}

@@ -1,0 +1,875 @@
+//! Rules: what the plugin does on which hook, as in EMQX's `backend.pgsql.hook.*` keys.
+//!
+//! ```text
+//! backend.pgsql.hook.message.publish.1 = {"topic": "#", "action": {"function": "on_message_publish"}, "pool": "pool1"}
+//! ```
+//!
+//! A rule binds an action (a built-in [`Function`] or a list of `sql`
+//! statements) to a hook point, runs it on a named pool, and may be limited to
+//! topics matching a filter. [`Rule::from_entry`] parses and validates one
+//! rule; every problem is a [`ConfError`] naming the file, line and key.
+
+use std::time::Duration;
+
+use hooks_spec::conf::{ConfEntry, ConfError, ConfFile};
+use hooks_spec::HookPoint;
+use serde_json::Value;
+
+use crate::sql_template::{parse_template, Placeholder, SqlTemplate};
+
+/// The prefix of rule keys: `backend.pgsql.hook.<hookpoint>.<N>`.
+pub const RULE_KEY_PREFIX: &str = "backend.pgsql.hook.";
+
+/// The hook points a rule may bind to (as in EMQX).
+pub const BINDABLE_HOOKS: &[HookPoint] = &[
+    HookPoint::ClientConnected,
+    HookPoint::ClientDisconnected,
+    HookPoint::SessionSubscribed,
+    HookPoint::SessionUnsubscribed,
+    HookPoint::MessagePublish,
+    HookPoint::MessageAcked,
+    HookPoint::MessageDelivered,
+];
+
+/// A built-in action (`{"function": "<name>"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Function {
+    /// `on_client_connected`: record the client as online in `mqtt_client`.
+    OnClientConnected,
+    /// `on_client_disconnected`: record the client as offline in `mqtt_client`.
+    OnClientDisconnected,
+    /// `on_subscribe_lookup`: subscribe the client to its `mqtt_sub` rows.
+    OnSubscribeLookup,
+    /// `on_message_publish`: store QoS 1/2 messages in `mqtt_msg` before the
+    /// publisher is acknowledged.
+    OnMessagePublish,
+    /// `on_message_store`: store every message, QoS 0 included, in `mqtt_msg`.
+    OnMessageStore,
+    /// `on_message_retain`: keep retained messages in `mqtt_retain`.
+    OnMessageRetain,
+    /// `on_retain_delete`: delete from `mqtt_retain` on an empty retained message.
+    OnRetainDelete,
+    /// `on_retain_lookup`: deliver the retained messages matching a new subscription.
+    OnRetainLookup,
+    /// `on_message_fetch`: deliver the stored messages a subscriber missed.
+    OnMessageFetch,
+    /// `on_message_acked`: move the subscriber's `mqtt_acked` position.
+    OnMessageAcked,
+    /// `on_message_delivered`: does nothing (EMQX has it so that the hook exists).
+    OnMessageDelivered,
+    /// `on_subscribe_store` (Postbox): keep `mqtt_sub` in step with the
+    /// client's subscriptions.
+    OnSubscribeStore,
+}
+
+impl Function {
+    /// Every function.
+    pub const ALL: &'static [Function] = &[
+        Function::OnClientConnected,
+        Function::OnClientDisconnected,
+        Function::OnSubscribeLookup,
+        Function::OnMessagePublish,
+        Function::OnMessageStore,
+        Function::OnMessageRetain,
+        Function::OnRetainDelete,
+        Function::OnRetainLookup,
+        Function::OnMessageFetch,
+        Function::OnMessageAcked,
+        Function::OnMessageDelivered,
+        Function::OnSubscribeStore,
+    ];
+
+    /// The name used in the configuration, such as `on_client_connected`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::OnClientConnected => "on_client_connected",
+            Function::OnClientDisconnected => "on_client_disconnected",
+            Function::OnSubscribeLookup => "on_subscribe_lookup",
+            Function::OnMessagePublish => "on_message_publish",
+            Function::OnMessageStore => "on_message_store",
+            Function::OnMessageRetain => "on_message_retain",
+            Function::OnRetainDelete => "on_retain_delete",
+            Function::OnRetainLookup => "on_retain_lookup",
+            Function::OnMessageFetch => "on_message_fetch",
+            Function::OnMessageAcked => "on_message_acked",
+            Function::OnMessageDelivered => "on_message_delivered",
+            Function::OnSubscribeStore => "on_subscribe_store",
+        }
+    }
+
+    /// The function called `s`, if any.
+    pub fn from_name(s: &str) -> Option<Function> {
+        Function::ALL.iter().copied().find(|f| f.name() == s)
+    }
+
+    /// The hook points this function can be bound to.
+    pub fn hooks(self) -> &'static [HookPoint] {
+        match self {
+            Function::OnClientConnected | Function::OnSubscribeLookup => &[HookPoint::ClientConnected],
+            Function::OnClientDisconnected => &[HookPoint::ClientDisconnected],
+            Function::OnMessagePublish
+            | Function::OnMessageStore
+            | Function::OnMessageRetain
+            | Function::OnRetainDelete => &[HookPoint::MessagePublish],
+            Function::OnRetainLookup | Function::OnMessageFetch => &[HookPoint::SessionSubscribed],
+            Function::OnMessageAcked => &[HookPoint::MessageAcked],
+            Function::OnMessageDelivered => &[HookPoint::MessageDelivered],
+            Function::OnSubscribeStore => &[HookPoint::SessionSubscribed, HookPoint::SessionUnsubscribed],
+        }
+    }
+}
+
+impl std::fmt::Display for Function {
+    /// The function's name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A built-in function.
+    Function(Function),
+    /// SQL statements, run in order with the hook's values as parameters.
+    Sql(Vec<SqlTemplate>),
+}
+
+/// A rule's `offline_opts` (only for `on_message_fetch`); a field left out
+/// takes the global `backend.pgsql.*` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OfflineOpts {
+    /// The most stored messages delivered per fetch.
+    pub max_returned_count: Option<usize>,
+    /// Only messages that arrived within this long before the fetch.
+    pub time_range: Option<Duration>,
+}
+
+/// One `backend.pgsql.hook.<hookpoint>.<N>` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The hook point the rule is bound to.
+    pub hook: HookPoint,
+    /// The `<N>` of its key: rules on one hook run in ascending `n`.
+    pub n: u32,
+    /// The line of the configuration file that set it.
+    pub line: usize,
+    /// Its key, such as `backend.pgsql.hook.message.publish.1`.
+    pub key: String,
+    /// The topic filter the rule is limited to (`None`: every topic). For
+    /// `session.*` hooks it is matched against the subscription's filter, for
+    /// `message.*` hooks against the message's topic.
+    pub topic: Option<String>,
+    /// What the rule does.
+    pub action: Action,
+    /// The pool it runs on.
+    pub pool: String,
+    /// Options of `on_message_fetch` (empty for other actions).
+    pub offline_opts: OfflineOpts,
+}
+
+fn hook_list(hooks: &[HookPoint]) -> String {
+    match hooks {
+        [one] => one.as_str().to_string(),
+        [first @ .., last] => format!(
+            "{} and {}",
+            first.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
+            last.as_str()
+        ),
+        [] => "no hook".to_string(),
+    }
+}
+
+fn bindable_list() -> String {
+    BINDABLE_HOOKS
+        .iter()
+        .map(|h| h.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks an MQTT topic filter: not empty, `#` only as the whole last level,
+/// `+` only as a whole level, no NUL character, at most 65535 bytes.
+pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("the topic filter is empty".to_string());
+    }
+    if filter.len() > 65535 {
+        return Err("the topic filter is longer than 65535 bytes".to_string());
+    }
+    if filter.contains('\0') {
+        return Err("the topic filter contains a NUL character".to_string());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "invalid topic filter `{filter}`: `#` must be a whole level and the last one (as in `a/#`)"
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!(
+                "invalid topic filter `{filter}`: `+` must be a whole level (as in `a/+/c`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+const ACTION_EXPECTED: &str = r#"expected {"function": "<name>"} or {"sql": ["<statement>", ...]}"#;
+
+impl Rule {
+    /// Parses and validates the rule set by `entry` (whose key starts with
+    /// [`RULE_KEY_PREFIX`]); `pools` are the configured pool names.
+    ///
+    /// Refused, with an error naming the file, line and key: a key that is not
+    /// `backend.pgsql.hook.<hookpoint>.<N>`, an unknown hook point or one rules
+    /// cannot bind to ([`BINDABLE_HOOKS`]), a value that is not a JSON object
+    /// with the fields `action`, `pool` and optionally `topic` and
+    /// `offline_opts`, an unknown function or one that cannot serve the hook,
+    /// an unknown pool, an invalid topic filter, an `sql` statement that
+    /// [`parse_template`] refuses or that uses a placeholder the hook does not
+    /// have, and `offline_opts` on anything but `on_message_fetch`.
+    pub fn from_entry(conf: &ConfFile, entry: &ConfEntry, pools: &[&str]) -> Result<Rule, ConfError> {
+        let err = |message: String| conf.error(entry, message);
+        let shape = || {
+            err(format!(
+                "expected a rule key `{RULE_KEY_PREFIX}<hookpoint>.<N>` with N a decimal number, \
+                 such as `{RULE_KEY_PREFIX}message.publish.1`"
+            ))
+        };
+        let rest = entry.key.strip_prefix(RULE_KEY_PREFIX).ok_or_else(shape)?;
+        let (hook_name, n) = rest.rsplit_once('.').ok_or_else(shape)?;
+        if hook_name.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(shape());
+        }
+        let n: u32 = n.parse().map_err(|_| {
+            err(format!(
+                "the rule number `{n}` is too large (the largest is {})",
+                u32::MAX
+            ))
+        })?;
+        let hook: HookPoint = hook_name.parse().map_err(|_| {
+            err(format!(
+                "unknown hook point `{hook_name}`; rules may bind to: {}",
+                bindable_list()
+            ))
+        })?;
+        if !BINDABLE_HOOKS.contains(&hook) {
+            return Err(err(format!(
+                "rules cannot bind to hook point `{hook}`; they may bind to: {}",
+                bindable_list()
+            )));
+        }
+
+        let value: Value = serde_json::from_str(&entry.value).map_err(|e| {
+            err(format!(
+                r#"invalid JSON ({e}); expected an object such as {{"action": {{"function": "on_message_publish"}}, "pool": "pool1"}}"#
+            ))
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(err(format!("expected a JSON object, got `{}`", entry.value)));
+        };
+        for name in fields.keys() {
+            if !matches!(name.as_str(), "action" | "pool" | "topic" | "offline_opts") {
+                return Err(err(format!(
+                    "unknown field `{name}` in the rule; the fields are `action`, `pool`, `topic` and \
+                     `offline_opts`"
+                )));
+            }
+        }
+
+        let action = match fields.get("action") {
+            None => return Err(err(format!("missing field `action`: {ACTION_EXPECTED}"))),
+            Some(a) => parse_action(a, hook).map_err(&err)?,
+        };
+
+        let pool = match fields.get("pool") {
+            Some(Value::String(p)) => p.clone(),
+            None => {
+                return Err(err(
+                    r#"missing field `pool`: expected "pool": "<pool name>""#.to_string()
+                ))
+            }
+            Some(other) => return Err(err(format!("`pool` must be a string (a pool name), got {other}"))),
+        };
+        if !pools.contains(&pool.as_str()) {
+            return Err(err(if pools.is_empty() {
+                format!(
+                    "unknown pool `{pool}`: no pool is configured (a pool is defined by a \
+                     `backend.pgsql.<pool>.server` key)"
+                )
+            } else {
+                format!(
+                    "unknown pool `{pool}`; the configured pools are: {}",
+                    pools.join(", ")
+                )
+            }));
+        }
+
+        let topic = match fields.get("topic") {
+            None => None,
+            Some(Value::String(t)) => {
+                validate_topic_filter(t).map_err(|m| err(format!("`topic`: {m}")))?;
+                Some(t.clone())
+            }
+            Some(other) => {
+                return Err(err(format!(
+                    "`topic` must be a string (an MQTT topic filter), got {other}"
+                )))
+            }
+        };
+
+        let offline_opts = match fields.get("offline_opts") {
+            None => OfflineOpts::default(),
+            Some(opts) => {
+                if action != Action::Function(Function::OnMessageFetch) {
+                    return Err(err(
+                        "`offline_opts` is only allowed with the function on_message_fetch".to_string(),
+                    ));
+                }
+                parse_offline_opts(opts).map_err(&err)?
+            }
+        };
+
+        Ok(Rule {
+            hook,
+            n,
+            line: entry.line,
+            key: entry.key.clone(),
+            topic,
+            action,
+            pool,
+            offline_opts,
+        })
+    }
+}
+
+fn parse_action(value: &Value, hook: HookPoint) -> Result<Action, String> {
+    let Value::Object(fields) = value else {
+        return Err(format!("`action`: {ACTION_EXPECTED}, got {value}"));
+    };
+    if fields.len() != 1 {
+        return Err(format!(
+            "`action` must have exactly one field: {ACTION_EXPECTED}, got {value}"
+        ));
+    }
+    if let Some(f) = fields.get("function") {
+        let Value::String(name) = f else {
+            return Err(format!(
+                "`action.function` must be a function name (a string), got {f}"
+            ));
+        };
+        let Some(function) = Function::from_name(name) else {
+            return Err(format!(
+                "unknown function `{name}`; the functions are: {}",
+                Function::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        if !function.hooks().contains(&hook) {
+            return Err(format!(
+                "function {function} cannot be bound to `{hook}`; it can only be bound to {}",
+                hook_list(function.hooks())
+            ));
+        }
+        return Ok(Action::Function(function));
+    }
+    if let Some(s) = fields.get("sql") {
+        return parse_sql(s, hook).map(Action::Sql);
+    }
+    Err(format!("`action`: {ACTION_EXPECTED}, got {value}"))
+}
+
+fn parse_sql(value: &Value, hook: HookPoint) -> Result<Vec<SqlTemplate>, String> {
+    let expected = "`action.sql` must be a non-empty list of SQL statements (strings)";
+    let Value::Array(items) = value else {
+        return Err(format!("{expected}, got {value}"));
+    };
+    if items.is_empty() {
+        return Err(format!("{expected}, got an empty list"));
+    }
+    let available = Placeholder::available_on(hook);
+    let mut templates = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let which = i + 1;
+        let Value::String(stmt) = item else {
+            return Err(format!("{expected}; statement {which} is {item}"));
+        };
+        if stmt.trim().is_empty() {
+            return Err(format!("{expected}; statement {which} is empty"));
+        }
+        let template = parse_template(stmt).map_err(|e| format!("sql statement {which}: {e}"))?;
+        if let Some(p) = template.params.iter().find(|p| !available.contains(p)) {
+            return Err(format!(
+                "sql statement {which}: {p} is not available on {hook}; the placeholders there are: {}",
+                available
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        templates.push(template);
+    }
+    Ok(templates)
+}
+
+fn parse_offline_opts(value: &Value) -> Result<OfflineOpts, String> {
+    let Value::Object(fields) = value else {
+        return Err(format!(
+            r#"`offline_opts` must be an object such as {{"max_returned_count": 500, "time_range": "2h"}}, got {value}"#
+        ));
+    };
+    let mut opts = OfflineOpts::default();
+    for (name, v) in fields {
+        match name.as_str() {
+            "max_returned_count" => opts.max_returned_count = Some(positive_count(v)?),
+            "time_range" => opts.time_range = Some(time_range(v)?),
+            _ => {
+                return Err(format!(
+                    "unknown field `{name}` in `offline_opts`; the fields are `max_returned_count` and \
+                     `time_range`"
+                ))
+            }
+        }
+    }
+    Ok(opts)
+}
+
+fn positive_count(v: &Value) -> Result<usize, String> {
+    match v.as_u64().map(usize::try_from) {
+        Some(Ok(n)) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "`offline_opts.max_returned_count` must be a positive integer (such as 500), got {v}"
+        )),
+    }
+}
+
+fn time_range(v: &Value) -> Result<Duration, String> {
+    let expected = r#"`offline_opts.time_range` must be a duration such as "2h", "30m" or "7d""#;
+    let Value::String(s) = v else {
+        return Err(format!("{expected}, got {v}"));
+    };
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{expected}, greater than 0, got \"{s}\"")),
+        Err(e) => Err(format!("{expected}, got \"{s}\" ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn conf(text: &str) -> ConfFile {
+        match ConfFile::parse(Path::new("etc/backend_pgsql.conf"), text) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Parses a one-line file `key = value` (placed on line 3).
+    fn rule(key: &str, value: &str) -> Result<Rule, ConfError> {
+        let c = conf(&format!("## a comment\n\n{key} = {value}\n"));
+        Rule::from_entry(&c, &c.entries[0], &["pool1", "pool2"])
+    }
+
+    fn ok(key: &str, value: &str) -> Rule {
+        match rule(key, value) {
+            Ok(r) => r,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    fn err(key: &str, value: &str) -> String {
+        match rule(key, value) {
+            Ok(r) => panic!("expected an error, got {r:?}"),
+            Err(e) => {
+                assert_eq!(e.line, 3, "{e}");
+                assert_eq!(e.key, key);
+                assert_eq!(e.file, Path::new("etc/backend_pgsql.conf"));
+                e.message
+            }
+        }
+    }
+
+    const PUB: &str = "backend.pgsql.hook.message.publish.1";
+
+    #[test]
+    fn function_names_round_trip() {
+        assert_eq!(Function::ALL.len(), 12);
+        for f in Function::ALL {
+            assert_eq!(Function::from_name(f.name()), Some(*f));
+            assert!(!f.hooks().is_empty());
+            for h in f.hooks() {
+                assert!(BINDABLE_HOOKS.contains(h));
+            }
+        }
+        assert_eq!(Function::from_name("on_message_fetched"), None);
+        assert_eq!(
+            Function::OnSubscribeStore.hooks(),
+            [HookPoint::SessionSubscribed, HookPoint::SessionUnsubscribed]
+        );
+        assert_eq!(
+            Function::OnMessageDelivered.hooks(),
+            [HookPoint::MessageDelivered]
+        );
+        assert_eq!(Function::OnSubscribeLookup.hooks(), [HookPoint::ClientConnected]);
+    }
+
+    #[test]
+    fn a_function_rule() {
+        let r = ok(
+            PUB,
+            r#"{"topic": "a/+/#", "action": {"function": "on_message_publish"}, "pool": "pool2"}"#,
+        );
+        assert_eq!(
+            r,
+            Rule {
+                hook: HookPoint::MessagePublish,
+                n: 1,
+                line: 3,
+                key: PUB.to_string(),
+                topic: Some("a/+/#".to_string()),
+                action: Action::Function(Function::OnMessagePublish),
+                pool: "pool2".to_string(),
+                offline_opts: OfflineOpts::default(),
+            }
+        );
+    }
+
+    #[test]
+    fn an_sql_rule() {
+        let r = ok(
+            "backend.pgsql.hook.session.unsubscribed.12",
+            r#"{"action": {"sql": ["delete from mqtt_acked where clientid = ${clientid} and topic = ${topic}", "select ${qos}"]}, "pool": "pool1"}"#,
+        );
+        assert_eq!(r.hook, HookPoint::SessionUnsubscribed);
+        assert_eq!(r.n, 12);
+        assert_eq!(r.topic, None);
+        let Action::Sql(t) = &r.action else {
+            panic!("{r:?}")
+        };
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[0].sql,
+            "delete from mqtt_acked where clientid = $1 and topic = $2"
+        );
+        assert_eq!(t[0].params, [Placeholder::ClientId, Placeholder::Topic]);
+        assert_eq!(t[1].sql, "select $1");
+        assert_eq!(t[1].params, [Placeholder::Qos]);
+    }
+
+    #[test]
+    fn offline_opts() {
+        let r = ok(
+            "backend.pgsql.hook.session.subscribed.1",
+            r##"{"topic": "#", "action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 500, "time_range": "2h"}, "pool": "pool1"}"##,
+        );
+        assert_eq!(
+            r.offline_opts,
+            OfflineOpts {
+                max_returned_count: Some(500),
+                time_range: Some(Duration::from_secs(7200))
+            }
+        );
+        let r = ok(
+            "backend.pgsql.hook.session.subscribed.1",
+            r#"{"action": {"function": "on_message_fetch"}, "offline_opts": {"time_range": "1d"}, "pool": "pool1"}"#,
+        );
+        assert_eq!(r.offline_opts.max_returned_count, None);
+        assert_eq!(r.offline_opts.time_range, Some(Duration::from_secs(86400)));
+    }
+
+    #[test]
+    fn offline_opts_errors() {
+        let key = "backend.pgsql.hook.session.subscribed.1";
+        let m = |opts: &str| {
+            err(
+                key,
+                &format!(
+                    r#"{{"action": {{"function": "on_message_fetch"}}, "offline_opts": {opts}, "pool": "pool1"}}"#
+                ),
+            )
+        };
+        for bad in ["0", "-1", "1.5", "\"500\""] {
+            let e = m(&format!(r#"{{"max_returned_count": {bad}}}"#));
+            assert!(
+                e.contains("`offline_opts.max_returned_count` must be a positive integer"),
+                "{e}"
+            );
+        }
+        let e = m(r#"{"time_range": "2 fortnights"}"#);
+        assert!(
+            e.contains("`offline_opts.time_range` must be a duration") && e.contains("2 fortnights"),
+            "{e}"
+        );
+        let e = m(r#"{"time_range": 7200}"#);
+        assert!(e.contains("`offline_opts.time_range` must be a duration"), "{e}");
+        let e = m(r#"{"time_range": "0s"}"#);
+        assert!(e.contains("greater than 0"), "{e}");
+        let e = m(r#"{"max_count": 1}"#);
+        assert!(e.contains("unknown field `max_count` in `offline_opts`"), "{e}");
+        let e = m("[]");
+        assert!(e.contains("`offline_opts` must be an object"), "{e}");
+        let e = err(
+            key,
+            r#"{"action": {"function": "on_retain_lookup"}, "offline_opts": {"time_range": "2h"}, "pool": "pool1"}"#,
+        );
+        assert_eq!(
+            e,
+            "`offline_opts` is only allowed with the function on_message_fetch"
+        );
+    }
+
+    #[test]
+    fn bad_json() {
+        let e = err(
+            PUB,
+            r#"{"action": {"function": "on_message_publish"}, "pool": "pool1""#,
+        );
+        assert!(
+            e.starts_with("invalid JSON (EOF while parsing an object at line 1 column"),
+            "{e}"
+        );
+        let e = err(PUB, "");
+        assert!(e.starts_with("invalid JSON (EOF while parsing a value"), "{e}");
+        let e = err(PUB, r#"["on_message_publish"]"#);
+        assert!(e.starts_with("expected a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_missing_fields() {
+        let e = err(
+            PUB,
+            r##"{"action": {"function": "on_message_publish"}, "pool": "pool1", "topics": "#"}"##,
+        );
+        assert!(e.starts_with("unknown field `topics` in the rule"), "{e}");
+        let e = err(PUB, r#"{"pool": "pool1"}"#);
+        assert!(e.starts_with("missing field `action`"), "{e}");
+        let e = err(PUB, r#"{"action": {"function": "on_message_publish"}}"#);
+        assert!(e.starts_with("missing field `pool`"), "{e}");
+        let e = err(
+            PUB,
+            r#"{"action": {"function": "on_message_publish"}, "pool": 1}"#,
+        );
+        assert!(e.starts_with("`pool` must be a string"), "{e}");
+    }
+
+    #[test]
+    fn bad_actions() {
+        for action in [
+            r#"{}"#,
+            r#"{"function": "on_message_publish", "sql": ["select 1"]}"#,
+            r#"{"func": "on_message_publish"}"#,
+            r#""on_message_publish""#,
+        ] {
+            let e = err(PUB, &format!(r#"{{"action": {action}, "pool": "pool1"}}"#));
+            assert!(
+                e.contains(r#"expected {"function": "<name>"} or {"sql": ["<statement>", ...]}"#),
+                "{e}"
+            );
+        }
+        let e = err(PUB, r#"{"action": {"function": 1}, "pool": "pool1"}"#);
+        assert!(e.starts_with("`action.function` must be a function name"), "{e}");
+        for sql in [r#"[]"#, r#""select 1""#, r#"[1]"#, r#"["  "]"#] {
+            let e = err(
+                PUB,
+                &format!(r#"{{"action": {{"sql": {sql}}}, "pool": "pool1"}}"#),
+            );
+            assert!(
+                e.starts_with("`action.sql` must be a non-empty list of SQL statements"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_function() {
+        let e = err(
+            PUB,
+            r#"{"action": {"function": "on_message_publishh"}, "pool": "pool1"}"#,
+        );
+        assert!(
+            e.starts_with("unknown function `on_message_publishh`; the functions are: on_client_connected, ")
+        );
+        assert!(e.ends_with("on_subscribe_store"), "{e}");
+    }
+
+    #[test]
+    fn function_on_the_wrong_hook() {
+        let e = err(
+            PUB,
+            r#"{"action": {"function": "on_message_fetch"}, "pool": "pool1"}"#,
+        );
+        assert_eq!(
+            e,
+            "function on_message_fetch cannot be bound to `message.publish`; it can only be bound to \
+             session.subscribed"
+        );
+        let e = err(
+            "backend.pgsql.hook.client.connected.3",
+            r#"{"action": {"function": "on_subscribe_store"}, "pool": "pool1"}"#,
+        );
+        assert!(
+            e.ends_with("it can only be bound to session.subscribed and session.unsubscribed"),
+            "{e}"
+        );
+        // on_subscribe_store serves both session hooks.
+        for hook in ["session.subscribed", "session.unsubscribed"] {
+            let r = ok(
+                &format!("backend.pgsql.hook.{hook}.1"),
+                r#"{"action": {"function": "on_subscribe_store"}, "pool": "pool1"}"#,
+            );
+            assert_eq!(r.action, Action::Function(Function::OnSubscribeStore));
+        }
+    }
+
+    #[test]
+    fn unknown_pool() {
+        let e = err(
+            PUB,
+            r#"{"action": {"function": "on_message_publish"}, "pool": "pool3"}"#,
+        );
+        assert_eq!(e, "unknown pool `pool3`; the configured pools are: pool1, pool2");
+        let c = conf(&format!(
+            "{PUB} = {{\"action\": {{\"function\": \"on_message_publish\"}}, \"pool\": \"p\"}}"
+        ));
+        let e = match Rule::from_entry(&c, &c.entries[0], &[]) {
+            Ok(r) => panic!("{r:?}"),
+            Err(e) => e,
+        };
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("no pool is configured"), "{}", e.message);
+    }
+
+    #[test]
+    fn placeholders_must_be_available_on_the_hook() {
+        let e = err(
+            "backend.pgsql.hook.client.connected.1",
+            r#"{"action": {"sql": ["select 1", "insert into t values (${clientid}, ${topic})"]}, "pool": "pool1"}"#,
+        );
+        assert_eq!(
+            e,
+            "sql statement 2: ${topic} is not available on client.connected; the placeholders there are: \
+             ${clientid}, ${username}, ${peerhost}, ${node}"
+        );
+        let e = err(
+            "backend.pgsql.hook.session.subscribed.1",
+            r#"{"action": {"sql": ["insert into t values (${payload})"]}, "pool": "pool1"}"#,
+        );
+        assert!(
+            e.starts_with("sql statement 1: ${payload} is not available on session.subscribed"),
+            "{e}"
+        );
+        ok(
+            "backend.pgsql.hook.message.delivered.1",
+            r#"{"action": {"sql": ["insert into t values (${clientid}, ${topic}, ${msgid}, ${payload}, ${timestamp})"]}, "pool": "pool1"}"#,
+        );
+    }
+
+    #[test]
+    fn bad_sql_templates() {
+        let e = err(
+            PUB,
+            r#"{"action": {"sql": ["insert into t values ('${clientid}')"]}, "pool": "pool1"}"#,
+        );
+        assert!(e.starts_with("sql statement 1: "), "{e}");
+        assert!(
+            e.contains("placeholders are bind parameters: write ${clientid} without quotes"),
+            "{e}"
+        );
+        let e = err(
+            PUB,
+            r#"{"action": {"sql": ["select 1", "select ${nope}"]}, "pool": "pool1"}"#,
+        );
+        assert!(
+            e.starts_with("sql statement 2: unknown placeholder `${nope}`"),
+            "{e}"
+        );
+        let e = err(PUB, r#"{"action": {"sql": ["select $1"]}, "pool": "pool1"}"#);
+        assert!(e.contains("positional parameters"), "{e}");
+    }
+
+    #[test]
+    fn sql_on_a_hook_rules_cannot_bind_to() {
+        let key = "backend.pgsql.hook.session.created.1";
+        let e = err(
+            key,
+            r#"{"action": {"sql": ["select ${clientid}"]}, "pool": "pool1"}"#,
+        );
+        assert_eq!(
+            e,
+            "rules cannot bind to hook point `session.created`; they may bind to: client.connected, \
+             client.disconnected, session.subscribed, session.unsubscribed, message.publish, \
+             message.acked, message.delivered"
+        );
+        let e = err(
+            "backend.pgsql.hook.message.dropped.2",
+            r#"{"action": {"function": "on_message_acked"}, "pool": "pool1"}"#,
+        );
+        assert!(
+            e.starts_with("rules cannot bind to hook point `message.dropped`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_rule_keys() {
+        let e = err(
+            "backend.pgsql.hook.message.published.1",
+            r#"{"action": {"function": "on_message_publish"}, "pool": "pool1"}"#,
+        );
+        assert!(e.starts_with("unknown hook point `message.published`; rules may bind to: client.connected"));
+        let v = r#"{"action": {"function": "on_message_publish"}, "pool": "pool1"}"#;
+        for key in [
+            "backend.pgsql.hook.message.publish",
+            "backend.pgsql.hook.message.publish.x",
+            "backend.pgsql.hook.message.publish.-1",
+            "backend.pgsql.hook.1",
+            "backend.pgsql.hook.message.publish.",
+        ] {
+            let e = err(key, v);
+            assert!(
+                e.starts_with("expected a rule key `backend.pgsql.hook.<hookpoint>.<N>`"),
+                "{key}: {e}"
+            );
+        }
+        let e = err("backend.pgsql.hook.message.publish.4294967296", v);
+        assert!(e.contains("too large"), "{e}");
+        assert_eq!(ok("backend.pgsql.hook.message.publish.4294967295", v).n, u32::MAX);
+        assert_eq!(ok("backend.pgsql.hook.message.publish.0", v).n, 0);
+    }
+
+    #[test]
+    fn topic_filters() {
+        for good in ["#", "+", "a/b", "a/+/c", "a/#", "+/+/#", "/", "a//b", "$SYS/#"] {
+            assert_eq!(validate_topic_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a#", "a/#/b", "#/a", "a/b#", "a+/b", "a/+b", "++", "a\0b"] {
+            assert!(validate_topic_filter(bad).is_err(), "{bad}");
+        }
+        let v = |t: &str| {
+            format!(r#"{{"topic": "{t}", "action": {{"function": "on_message_publish"}}, "pool": "pool1"}}"#)
+        };
+        let e = err(PUB, &v("a/#/b"));
+        assert!(
+            e.starts_with("`topic`: invalid topic filter `a/#/b`: `#` must be a whole level"),
+            "{e}"
+        );
+        let e = err(PUB, &v("a+"));
+        assert!(e.contains("`+` must be a whole level"), "{e}");
+        let e = err(PUB, &v(""));
+        assert_eq!(e, "`topic`: the topic filter is empty");
+        let e = err(
+            PUB,
+            r##"{"topic": ["#"], "action": {"function": "on_message_publish"}, "pool": "pool1"}"##,
+        );
+        assert!(e.starts_with("`topic` must be a string"), "{e}");
+    }
+}

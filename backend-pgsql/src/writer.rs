@@ -1,0 +1,226 @@
+//! The message writer: one task owns the writes to `mqtt_msg`.
+//!
+//! Publishers' `message.publish` callbacks send a [`StoreRequest`] and wait
+//! for the row id. The task takes whatever has queued up while the previous
+//! batch was committing (up to `backend.pgsql.batch_size`) and writes it as
+//! one multi-row `INSERT ... SELECT FROM unnest(...)` in one transaction:
+//! group commit, so throughput is not one round trip per message.
+//!
+//! Ids are assigned and committed while holding a transaction-scoped advisory
+//! lock, so across every broker sharing the database, ids become visible in
+//! increasing order: a reader that has seen id N can never later find a
+//! smaller id committed (no gaps for positions to skip).
+//!
+//! A failed batch fails every request in it; the task logs once when an
+//! outage starts and once when it ends, and counts what was not stored.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Type;
+
+use crate::error::PgsqlError;
+use crate::pool::NamedPool;
+use crate::schema::SchemaInfo;
+
+/// Lock serializing id assignment and commit across writers ("postbox2").
+pub const WRITE_LOCK: i64 = 0x706f_7374_626f_7832;
+
+/// Requests waiting for the writer beyond this are refused at once (the
+/// publisher is told the message was not stored) instead of growing memory.
+const QUEUE_BOUND: usize = 100_000;
+
+/// One message to store.
+#[derive(Debug, Clone)]
+pub struct StoreRequest {
+    /// `${msgid}`: the message id as hex.
+    pub msgid: String,
+    /// Publisher client id.
+    pub sender: Option<String>,
+    /// Topic.
+    pub topic: String,
+    /// QoS.
+    pub qos: i32,
+    /// Retain flag as 0/1.
+    pub retain: i32,
+    /// Payload (already checked to be UTF-8 when the column is text).
+    pub payload: Bytes,
+}
+
+struct Pending {
+    req: StoreRequest,
+    reply: oneshot::Sender<Result<i64, String>>,
+}
+
+/// Counters of the storage path.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Rows written.
+    pub stored: AtomicU64,
+    /// Messages that could not be stored (database errors, time-outs).
+    pub failed: AtomicU64,
+    /// Outages seen (a run of failures counts once).
+    pub outages: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Pending>,
+    stats: Arc<StoreStats>,
+}
+
+impl Writer {
+    /// Starts the writer task.
+    pub fn spawn(pool: NamedPool, schema: SchemaInfo, batch_size: usize, stats: Arc<StoreStats>) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_BOUND);
+        tokio::spawn(run(pool, schema, batch_size.max(1), rx, Arc::clone(&stats)));
+        Writer { tx, stats }
+    }
+
+    /// Stores one message; returns its row id once committed.
+    pub async fn store(&self, req: StoreRequest, timeout: Duration) -> Result<i64, PgsqlError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Pending { req, reply }).is_err() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(PgsqlError::WriterGone);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(id))) => Ok(id),
+            Ok(Ok(Err(msg))) => Err(PgsqlError::Store(msg)),
+            Ok(Err(_)) => Err(PgsqlError::WriterGone),
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                Err(PgsqlError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+async fn run(
+    pool: NamedPool,
+    schema: SchemaInfo,
+    batch_size: usize,
+    mut rx: mpsc::Receiver<Pending>,
+    stats: Arc<StoreStats>,
+) {
+    let mut in_outage = false;
+    let mut batch: Vec<Pending> = Vec::with_capacity(batch_size);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < batch_size {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        match write_batch(&pool, schema, &batch).await {
+            Ok(ids) => {
+                if in_outage {
+                    in_outage = false;
+                    tracing::warn!(pool = %pool.name, "storing messages again: PostgreSQL is back");
+                }
+                stats.stored.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                for (p, id) in batch.drain(..).zip(ids) {
+                    let _ = p.reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                if !in_outage {
+                    in_outage = true;
+                    stats.outages.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pool = %pool.name, "cannot store messages (publishers are not acknowledged until this recovers): {e}");
+                }
+                stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let msg = e.to_string();
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes one batch; returns the ids in batch order.
+async fn write_batch(
+    pool: &NamedPool,
+    schema: SchemaInfo,
+    batch: &[Pending],
+) -> Result<Vec<i64>, PgsqlError> {
+    let mut conn = pool.get().await?;
+    let tx = conn
+        .transaction()
+        .await
+        .map_err(PgsqlError::query("BEGIN (store)"))?;
+    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)])
+        .await
+        .map_err(PgsqlError::query("advisory lock (store)"))?;
+    let msgids: Vec<&str> = batch.iter().map(|p| p.req.msgid.as_str()).collect();
+    let senders: Vec<Option<&str>> = batch.iter().map(|p| p.req.sender.as_deref()).collect();
+    let topics: Vec<&str> = batch.iter().map(|p| p.req.topic.as_str()).collect();
+    let qos: Vec<i32> = batch.iter().map(|p| p.req.qos).collect();
+    let retain: Vec<i32> = batch.iter().map(|p| p.req.retain).collect();
+    let rows = if schema.payload_bytea {
+        let payloads: Vec<&[u8]> = batch.iter().map(|p| p.req.payload.as_ref()).collect();
+        tx.query_typed(
+            "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
+             SELECT m, s, t, q, r, p, now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::bytea[])
+                  WITH ORDINALITY AS u(m, s, t, q, r, p, o)
+             ORDER BY o
+             RETURNING id::int8",
+            &[
+                (&msgids, Type::TEXT_ARRAY),
+                (&senders, Type::TEXT_ARRAY),
+                (&topics, Type::TEXT_ARRAY),
+                (&qos, Type::INT4_ARRAY),
+                (&retain, Type::INT4_ARRAY),
+                (&payloads, Type::BYTEA_ARRAY),
+            ],
+        )
+        .await
+    } else {
+        // EMQX's schema: payload text. Callers checked the payloads are UTF-8.
+        let payloads: Vec<&str> = batch
+            .iter()
+            .map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default())
+            .collect();
+        tx.query_typed(
+            "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
+             SELECT m, s, t, q, r, p, now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[])
+                  WITH ORDINALITY AS u(m, s, t, q, r, p, o)
+             ORDER BY o
+             RETURNING id::int8",
+            &[
+                (&msgids, Type::TEXT_ARRAY),
+                (&senders, Type::TEXT_ARRAY),
+                (&topics, Type::TEXT_ARRAY),
+                (&qos, Type::INT4_ARRAY),
+                (&retain, Type::INT4_ARRAY),
+                (&payloads, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+    }
+    .map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
+    tx.commit().await.map_err(PgsqlError::query("COMMIT (store)"))?;
+    // Under the lock nobody else takes ids, and rows are inserted in `o` order,
+    // so ascending ids correspond to batch order.
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    if ids.len() != batch.len() {
+        return Err(PgsqlError::Store(format!(
+            "INSERT returned {} ids for {} rows",
+            ids.len(),
+            batch.len()
+        )));
+    }
+    Ok(ids)
+}

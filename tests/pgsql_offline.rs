@@ -1,0 +1,192 @@
+//! Offline delivery through PostgreSQL: each device receives what it missed,
+//! once, in order, and never again after it acknowledged it.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+use support::pgsql::*;
+use support::*;
+
+/// A clean-session device, EMQX-style: every connection subscribes again and
+/// the plugin replays from the stored position.
+async fn device(broker: &Broker, id: &str, filter: &str) -> V4Client {
+    let (mut c, _) = V4Client::connect(v4_options(broker.addr, id, true)).await;
+    c.subscribe(filter, QoS::AtLeastOnce).await;
+    c
+}
+
+async fn publish_n(broker: &Broker, topic: &str, range: std::ops::Range<usize>) {
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "publisher", true)).await;
+    for i in range {
+        p.publish(topic, QoS::AtLeastOnce, false, format!("m{i}")).await;
+    }
+    p.disconnect().await;
+}
+
+async fn receive_n(c: &mut V4Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let p = c.next_publish().await;
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    got
+}
+
+fn expected(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
+
+#[tokio::test]
+async fn reference_scenario_each_missed_message_once_in_order_then_nothing() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let c = device(&broker, "dev-1", "factory/line1").await;
+    c.disconnect().await;
+
+    publish_n(&broker, "factory/line1", 0..5).await;
+
+    let mut c = device(&broker, "dev-1", "factory/line1").await;
+    assert_eq!(receive_n(&mut c, 5).await, expected(0..5));
+    c.expect_no_publish(Duration::from_millis(300)).await;
+    c.disconnect().await;
+
+    let mut c = device(&broker, "dev-1", "factory/line1").await;
+    c.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn first_subscription_replays_no_history() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    publish_n(&broker, "history/t", 0..3).await;
+    let mut c = device(&broker, "newcomer", "history/t").await;
+    c.expect_no_publish(Duration::from_millis(500)).await;
+    publish_n(&broker, "history/t", 3..4).await;
+    assert_eq!(receive_n(&mut c, 1).await, expected(3..4));
+}
+
+#[tokio::test]
+async fn two_offline_subscribers_each_get_their_copy_of_one_stored_row() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    for id in ["a", "b"] {
+        device(&broker, id, "shared/news").await.disconnect().await;
+    }
+    publish_n(&broker, "shared/news", 0..4).await;
+    for id in ["a", "b"] {
+        let mut c = device(&broker, id, "shared/news").await;
+        assert_eq!(receive_n(&mut c, 4).await, expected(0..4), "subscriber {id}");
+        c.expect_no_publish(Duration::from_millis(200)).await;
+    }
+    let client = db.client().await;
+    let rows: i64 = client
+        .query_one("select count(*) from mqtt_msg", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 4, "stored once, however many subscribers");
+}
+
+#[tokio::test]
+async fn wildcard_subscriptions_receive_offline_messages() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    device(&broker, "plus", "site/+/temp").await.disconnect().await;
+    device(&broker, "hash", "site/#").await.disconnect().await;
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "p", true)).await;
+    p.publish("site/a/temp", QoS::AtLeastOnce, false, "1").await;
+    p.publish("site/b/humidity", QoS::AtLeastOnce, false, "2").await;
+    p.publish("site/b/temp", QoS::AtLeastOnce, false, "3").await;
+    p.publish("other/a/temp", QoS::AtLeastOnce, false, "4").await;
+    let mut plus = device(&broker, "plus", "site/+/temp").await;
+    assert_eq!(receive_n(&mut plus, 2).await, vec!["1", "3"]);
+    plus.expect_no_publish(Duration::from_millis(200)).await;
+    let mut hash = device(&broker, "hash", "site/#").await;
+    assert_eq!(receive_n(&mut hash, 3).await, vec!["1", "2", "3"]);
+    hash.expect_no_publish(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn paging_drains_a_backlog_larger_than_a_page() {
+    let db = TestDb::create().await;
+    let rules = r##"backend.pgsql.hook.session.subscribed.1  = {"topic": "#", "action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 3}, "pool": "pool1"}"##;
+    let conf = pgsql_conf(&db, &EMQX_DEFAULT_RULES.replace(
+        r##"backend.pgsql.hook.session.subscribed.1  = {"topic": "#", "action": {"function": "on_message_fetch"}, "pool": "pool1"}"##,
+        rules,
+    ));
+    let broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    device(&broker, "pager", "big/backlog").await.disconnect().await;
+    publish_n(&broker, "big/backlog", 0..10).await;
+    let mut c = device(&broker, "pager", "big/backlog").await;
+    assert_eq!(
+        receive_n(&mut c, 10).await,
+        expected(0..10),
+        "nothing skipped, oldest first"
+    );
+    c.expect_no_publish(Duration::from_millis(300)).await;
+    c.disconnect().await;
+    let mut c = device(&broker, "pager", "big/backlog").await;
+    c.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn live_messages_during_a_paged_replay_arrive_once_in_order() {
+    let db = TestDb::create().await;
+    let conf = pgsql_conf(&db, &EMQX_DEFAULT_RULES.replace(
+        r##""action": {"function": "on_message_fetch"}, "pool""##,
+        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 5}, "pool""##,
+    ));
+    let broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    device(&broker, "seam", "seam/t").await.disconnect().await;
+    publish_n(&broker, "seam/t", 0..30).await;
+    // Reconnect and, while the backlog is being paged, keep publishing.
+    let live = {
+        let addr = broker.addr;
+        tokio::spawn(async move {
+            let (mut p, _) = V4Client::connect(v4_options(addr, "live-pub", true)).await;
+            for i in 30..50 {
+                p.publish("seam/t", QoS::AtLeastOnce, false, format!("m{i}"))
+                    .await;
+            }
+        })
+    };
+    let mut c = device(&broker, "seam", "seam/t").await;
+    let got = receive_n(&mut c, 50).await;
+    live.await.unwrap();
+    assert_eq!(got, expected(0..50), "once each, in id order");
+    c.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn time_range_excludes_old_rows() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "backend.pgsql.time_range = 1h\n").await;
+    device(&broker, "tr", "tr/t").await.disconnect().await;
+    publish_n(&broker, "tr/t", 0..2).await;
+    let client = db.client().await;
+    // The first one arrived three hours ago.
+    client
+        .execute("update mqtt_msg set arrived = arrived - interval '3 hours' where id = (select min(id) from mqtt_msg)", &[])
+        .await
+        .unwrap();
+    let mut c = device(&broker, "tr", "tr/t").await;
+    assert_eq!(receive_n(&mut c, 1).await, vec!["m1"]);
+    c.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn binary_payloads_round_trip_through_the_database() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    device(&broker, "bin", "bin/t").await.disconnect().await;
+    let payload: Vec<u8> = (0..=255u8).rev().collect();
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "p", true)).await;
+    p.publish("bin/t", QoS::AtLeastOnce, false, payload.clone()).await;
+    let mut c = device(&broker, "bin", "bin/t").await;
+    assert_eq!(c.next_publish().await.payload.to_vec(), payload);
+}
