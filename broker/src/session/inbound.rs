@@ -113,30 +113,17 @@ impl Session {
             }
         }
 
-        let hooks = Arc::clone(&self.shared.hooks);
-        if !hooks.client_check_acl.is_empty() {
-            let args = Arc::new(AclArgs {
-                client: self.client.clone(),
-                action: AclAction::Publish,
-                topic: topic.to_string(),
-            });
-            if hooks
-                .client_check_acl
-                .run_fold(args, AclResult::Allow)
-                .await
-                .into_inner()
-                == AclResult::Deny
-            {
-                tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
-                let pkid = p.pkid;
-                let msg = Arc::new(self.message_from(topic, p));
-                self.shared.fire_dropped(&msg, DropReason::Denied, None);
-                // 3.1.1 has no refusal: a plain acknowledgement (MQTT-3.3.5-2); MQTT 5 gets 0x87.
-                self.ack_publish(msg.qos, pkid, rc::NOT_AUTHORIZED, true);
-                return None;
-            }
+        if !self.acl_allows(AclAction::Publish, &topic).await {
+            tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
+            let pkid = p.pkid;
+            let msg = Arc::new(self.message_from(topic, p));
+            self.shared.fire_dropped(&msg, DropReason::Denied, None);
+            // 3.1.1 has no refusal: a plain acknowledgement (MQTT-3.3.5-2); MQTT 5 gets 0x87.
+            self.ack_publish(msg.qos, pkid, rc::NOT_AUTHORIZED, true);
+            return None;
         }
 
+        let hooks = Arc::clone(&self.shared.hooks);
         let pkid = p.pkid;
         let qos = p.qos;
         let msg = self.message_from(topic, p);
@@ -162,6 +149,25 @@ impl Session {
             }));
         }
         None
+    }
+
+    /// Runs `client.check_acl`; true when access is allowed (or nobody checks).
+    async fn acl_allows(&mut self, action: AclAction, topic: &str) -> bool {
+        let hooks = Arc::clone(&self.shared.hooks);
+        if hooks.client_check_acl.is_empty() {
+            return true;
+        }
+        let args = Arc::new(AclArgs {
+            client: self.client.clone(),
+            action,
+            topic: topic.to_string(),
+        });
+        hooks
+            .client_check_acl
+            .run_fold(args, AclResult::Allow)
+            .await
+            .into_inner()
+            == AclResult::Allow
     }
 
     fn message_from(&self, topic: Arc<str>, p: Publish) -> Message {
@@ -292,23 +298,10 @@ impl Session {
                 codes[i] = Some(rc::NOT_AUTHORIZED);
                 continue;
             };
-            if !hooks.client_check_acl.is_empty() {
-                let args = Arc::new(AclArgs {
-                    client: self.client.clone(),
-                    action: AclAction::Subscribe,
-                    topic: f.filter.clone(),
-                });
-                if hooks
-                    .client_check_acl
-                    .run_fold(args, AclResult::Allow)
-                    .await
-                    .into_inner()
-                    == AclResult::Deny
-                {
-                    tracing::info!(clientid = %self.client.clientid, filter = %f.filter, "subscribe denied by ACL");
-                    codes[i] = Some(rc::NOT_AUTHORIZED);
-                    continue;
-                }
+            if !self.acl_allows(AclAction::Subscribe, &f.filter).await {
+                tracing::info!(clientid = %self.client.clientid, filter = %f.filter, "subscribe denied by ACL");
+                codes[i] = Some(rc::NOT_AUTHORIZED);
+                continue;
             }
             if max_subs > 0
                 && self.subscriptions.len() >= max_subs
