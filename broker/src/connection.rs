@@ -27,6 +27,7 @@ mod rc {
     pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
 }
 
 /// Handles one accepted socket until it is handed to a session or refused.
@@ -36,7 +37,13 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
     let max = shared.config.mqtt.max_packet_size as usize;
     let mut buf = BytesMut::with_capacity(1024);
     let timeout = shared.config.mqtt.connect_timeout;
-    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut buf, max)).await {
+    let mut shutdown = shared.shutdown_rx();
+    let read = tokio::select! {
+        r = tokio::time::timeout(timeout, read_connect(&mut stream, &mut buf, max)) => r,
+        // Shutdown does not wait for a client that has not finished connecting.
+        _ = shutdown.changed() => return,
+    };
+    let connect = match read {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within {timeout:?}, closing");
             return;
@@ -63,6 +70,15 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
+    if let Some(will) = &connect.will {
+        if let Err(e) = crate::topic::validate_topic_name(&will.topic, shared.config.mqtt.max_topic_levels) {
+            tracing::info!(%peer, topic = %will.topic, "refused: invalid will topic: {e}");
+            if protocol == ProtocolVersion::V5 {
+                refuse(&mut stream, protocol, rc::TOPIC_NAME_INVALID).await;
+            }
+            return;
+        }
+    }
     let hooks = Arc::clone(&shared.hooks);
     let conn = ConnInfo {
         clientid: connect.client_id.clone(),

@@ -9,8 +9,8 @@
 //! each shared group picks one member in turn.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use hooks_spec::{Message, QoS, SubOpts};
 
@@ -22,6 +22,8 @@ use crate::trie::SubTrie;
 pub struct Route {
     /// Where to send matching messages.
     pub tx: SessionTx,
+    /// Whether the session has a connection now (shared groups prefer those).
+    pub online: Arc<AtomicBool>,
     /// The options it was granted.
     pub opts: SubOpts,
 }
@@ -36,7 +38,8 @@ type SharedGroups = HashMap<(String, Arc<str>), Vec<(Arc<str>, Route)>>;
 pub struct Router {
     plain: RwLock<SubTrie<Arc<str>, Route>>,
     shared: RwLock<SubTrie<SharedKey, Route>>,
-    next_member: AtomicUsize,
+    /// Round-robin position of each shared group, by (filter, group).
+    next_member: Mutex<HashMap<(String, Arc<str>), usize>>,
 }
 
 /// What one session gets from one publish.
@@ -110,18 +113,32 @@ impl Router {
                         .or_default()
                         .push((Arc::clone(clientid), route.clone()));
                 });
-                for (_, mut members) in groups {
-                    // Deterministic order so "in turn" means round robin over a stable list.
+                for (group_key, mut members) in groups {
+                    // A stable order, so "in turn" is round robin over the members.
                     members.sort_by(|a, b| a.0.cmp(&b.0));
-                    let start = self.next_member.fetch_add(1, Ordering::Relaxed);
-                    // Prefer a member whose session is still alive.
-                    let pick = (0..members.len())
-                        .map(|i| (start + i) % members.len())
-                        .find(|&i| !members[i].1.tx.is_closed());
-                    if let Some(i) = pick {
-                        let (clientid, route) = &members[i];
-                        merge(&mut targets, clientid, route);
+                    // Prefer members with a connection; else any live session (it queues).
+                    let online: Vec<usize> = (0..members.len())
+                        .filter(|&i| members[i].1.online.load(Ordering::Relaxed))
+                        .collect();
+                    let candidates: Vec<usize> = if online.is_empty() {
+                        (0..members.len())
+                            .filter(|&i| !members[i].1.tx.is_closed())
+                            .collect()
+                    } else {
+                        online
+                    };
+                    if candidates.is_empty() {
+                        continue;
                     }
+                    let turn = {
+                        let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = counters.entry(group_key).or_insert(0);
+                        let turn = *n;
+                        *n = n.wrapping_add(1);
+                        turn
+                    };
+                    let (clientid, route) = &members[candidates[turn % candidates.len()]];
+                    merge(&mut targets, clientid, route);
                 }
             }
         }

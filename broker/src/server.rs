@@ -137,6 +137,26 @@ impl Shared {
 
     /// Runs message.publish and routes the result (wills, plugin-free paths).
     pub async fn publish_from_client(&self, client: Option<hooks_spec::ClientInfo>, msg: Message) -> usize {
+        // A will is a publish by its client: the ACL applies to it too.
+        if let (Some(c), false) = (&client, self.hooks.client_check_acl.is_empty()) {
+            let args = Arc::new(hooks_spec::AclArgs {
+                client: c.clone(),
+                action: hooks_spec::AclAction::Publish,
+                topic: msg.topic.to_string(),
+            });
+            if self
+                .hooks
+                .client_check_acl
+                .run_fold(args, hooks_spec::AclResult::Allow)
+                .await
+                .into_inner()
+                == hooks_spec::AclResult::Deny
+            {
+                tracing::info!(clientid = %c.clientid, topic = %msg.topic, "will denied by ACL");
+                self.fire_dropped(&Arc::new(msg), DropReason::Denied, None);
+                return 0;
+            }
+        }
         let msg = if self.hooks.message_publish.is_empty() {
             msg
         } else {

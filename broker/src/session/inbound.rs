@@ -79,7 +79,6 @@ impl Session {
         let max_alias = limits.max_topic_alias;
         let max_awaiting_rel = limits.max_awaiting_rel;
         let conn = self.conn.as_mut()?;
-        let gen = conn.gen;
         let topic: Arc<str> = match p.topic_alias {
             Some(alias) if alias == 0 || alias > max_alias => {
                 return self.protocol_error("topic alias out of range", 0x94).await;
@@ -101,6 +100,10 @@ impl Session {
                 .await;
         }
         if p.qos == QoS::ExactlyOnce {
+            if self.pending_qos2.contains(&p.pkid) {
+                // Re-sent while the first copy is still in message.publish: its PUBREC follows.
+                return None;
+            }
             if self.awaiting_rel.contains(&p.pkid) {
                 // A re-sent QoS 2 PUBLISH we already accepted: acknowledge, do not route again.
                 self.send(Packet::PubRec(Ack::new(p.pkid)));
@@ -126,10 +129,14 @@ impl Session {
         let hooks = Arc::clone(&self.shared.hooks);
         let pkid = p.pkid;
         let qos = p.qos;
+        let epoch = self.epoch;
+        if qos == QoS::ExactlyOnce {
+            self.pending_qos2.insert(pkid);
+        }
         let msg = self.message_from(topic, p);
         if hooks.message_publish.is_empty() && self.pending.is_empty() {
             self.publish_done(PublishDone {
-                gen,
+                epoch,
                 pkid,
                 qos,
                 flow: Flow::Continue(msg),
@@ -145,7 +152,12 @@ impl Session {
                 } else {
                     hooks.message_publish.run_fold(args, msg).await
                 };
-                PublishDone { gen, pkid, qos, flow }
+                PublishDone {
+                    epoch,
+                    pkid,
+                    qos,
+                    flow,
+                }
             }));
         }
         None
@@ -187,7 +199,15 @@ impl Session {
 
     /// The message.publish chain finished: route and acknowledge, in arrival order.
     pub(super) async fn publish_done(&mut self, done: PublishDone) {
-        let PublishDone { gen, pkid, qos, flow } = done;
+        let PublishDone {
+            epoch,
+            pkid,
+            qos,
+            flow,
+        } = done;
+        if qos == QoS::ExactlyOnce {
+            self.pending_qos2.remove(&pkid);
+        }
         let (code, stored_ok) = match flow {
             Flow::Stop(msg) => {
                 let msg = Arc::new(msg);
@@ -208,7 +228,9 @@ impl Session {
                 (code, !not_stored)
             }
         };
-        if self.conn.as_ref().is_some_and(|c| c.gen == gen) {
+        // Acknowledged on whatever connection the session has now: after a
+        // reconnect the client still waits for it (same session, same packet id).
+        if self.conn.is_some() && epoch == self.epoch {
             self.ack_publish(qos, pkid, code, stored_ok);
         }
     }
@@ -320,7 +342,7 @@ impl Session {
             reason_string: None,
         }));
         for r in retained {
-            self.deliver(r).await;
+            self.deliver_own_retained(r).await;
         }
     }
 
@@ -344,7 +366,7 @@ impl Session {
         }
         let retained = self.add_subscription(filter, opts).await;
         for r in retained {
-            self.deliver(r).await;
+            self.deliver_own_retained(r).await;
         }
     }
 
@@ -360,6 +382,7 @@ impl Session {
         opts.is_new = !self.subscriptions.contains_key(&full_filter);
         let route = crate::router::Route {
             tx: self.self_tx(),
+            online: Arc::clone(&self.online),
             opts: opts.clone(),
         };
         self.shared.router.subscribe(&self.client.clientid, &inner, route);
@@ -428,7 +451,7 @@ impl Session {
             }
             match self.subscriptions.remove(f) {
                 Some(sub) => {
-                    self.replays.remove(&sub.filter);
+                    self.stop_replay(&sub.filter).await;
                     self.shared.router.unsubscribe(
                         &self.client.clientid,
                         &sub.filter,

@@ -9,7 +9,7 @@ use hooks_spec::{
 };
 use tokio::time::Instant;
 
-use super::{AckState, Attach, Conn, Exit, Session};
+use super::{Attach, Conn, Exit, Session};
 use crate::codec::{ConnAck, ConnAckProps, Disconnect, Packet, Will};
 
 impl Session {
@@ -35,7 +35,10 @@ impl Session {
     pub(super) async fn attach(&mut self, attach: Attach) -> Option<Exit> {
         let hooks = Arc::clone(&self.shared.hooks);
         let fresh = self.conn.is_none() && self.next_gen == 1;
+        let mut old_session_ended = false;
         if self.conn.is_some() {
+            // With expiry 0 the old session ends with its connection.
+            old_session_ended = self.expiry_secs == 0;
             hooks.session_takeovered.run(self.session_args()).await;
             if self.client.protocol == ProtocolVersion::V5 {
                 self.send(Packet::Disconnect(Disconnect {
@@ -45,13 +48,23 @@ impl Session {
             }
             // The old connection ends as if it had failed: its will follows the usual rules.
             self.close_connection(DisconnectReason::TakenOver).await;
+            if old_session_ended {
+                let session = self.session_info();
+                let args = TerminatedArgs {
+                    client: self.client.clone(),
+                    reason: DisconnectReason::TakenOver,
+                    session,
+                };
+                hooks.session_terminated.run(Arc::new(args)).await;
+                self.discard_state();
+            }
         }
         // A reconnect before the will delay passed cancels the will.
         self.delayed_will = None;
         self.expires_at = None;
 
-        let mut session_present = !fresh;
-        if attach.client.clean_start && !fresh {
+        let mut session_present = !fresh && !old_session_ended;
+        if attach.client.clean_start && !fresh && !old_session_ended {
             hooks.session_discarded.run(self.session_args()).await;
             let session = self.session_info();
             let args = TerminatedArgs {
@@ -79,10 +92,8 @@ impl Session {
         let send_window =
             usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
         let (reader, writer) = attach.stream.into_split();
-        let gen = self.next_gen;
         self.next_gen += 1;
         self.conn = Some(Conn {
-            gen,
             reader,
             writer,
             inbuf: attach.inbuf,
@@ -100,6 +111,7 @@ impl Session {
             will: connect.will.clone(),
         });
         self.shared.connected_add(1);
+        self.online.store(true, std::sync::atomic::Ordering::Relaxed);
 
         // CONNACK, with the client.connack fold over its properties.
         let mut props = ConnAckProps::default();
@@ -137,10 +149,10 @@ impl Session {
             props,
         }));
 
-        // Redeliver what was inflight, with DUP, in the order it was first sent.
-        let resend: Vec<(u16, AckState)> = self.inflight.iter().map(|i| (i.pkid, i.state)).collect();
-        for (pkid, state) in resend {
-            self.resend_inflight(pkid, state);
+        // Redeliver what was inflight, with DUP, in the order it was first sent,
+        // as far as the client's (possibly smaller) window allows; then the queue.
+        for entry in self.inflight.iter_mut() {
+            entry.unsent = true;
         }
         self.drain_queue().await;
 
@@ -172,7 +184,9 @@ impl Session {
         self.pkids_in_use.clear();
         self.queue.clear();
         self.awaiting_rel.clear();
-        self.replays.clear();
+        self.pending_qos2.clear();
+        self.epoch += 1;
+        self.stored.clear();
     }
 
     /// Closes the attached connection after a failure (no DISCONNECT from
@@ -242,6 +256,7 @@ impl Session {
         self.flush().await;
         let Some(conn) = self.conn.take() else { return };
         self.shared.connected_add(-1);
+        self.online.store(false, std::sync::atomic::Ordering::Relaxed);
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .client_disconnected

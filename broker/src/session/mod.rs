@@ -17,6 +17,7 @@
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod replay;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -51,15 +52,6 @@ pub struct Replay {
     pub deliveries: Vec<Routed>,
     /// False while the backlog has more pages.
     pub complete: bool,
-}
-
-/// What the session knows of stored messages for one subscription.
-#[derive(Debug, Default, Clone, Copy)]
-struct ReplayState {
-    /// Highest storage id delivered (or queued) under this subscription.
-    seen: i64,
-    /// A backlog is being replayed page by page: live stored messages wait for it.
-    replaying: bool,
 }
 
 /// What other tasks ask of a session.
@@ -126,13 +118,12 @@ struct Inflight {
     pkid: u16,
     routed: Routed,
     state: AckState,
+    /// Waiting to be re-sent after a reconnect (the client's window may be smaller now).
+    unsent: bool,
 }
 
 /// The attached connection.
 struct Conn {
-    /// Distinguishes connections of one session (acks of a publish that was
-    /// pending when its connection closed are not sent on the next one).
-    gen: u64,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     inbuf: BytesMut,
@@ -161,7 +152,8 @@ struct Subscription {
 
 /// Outcome of a publish whose message.publish chain was running.
 struct PublishDone {
-    gen: u64,
+    /// The session epoch the publish arrived in (a clean start begins a new one).
+    epoch: u64,
     pkid: u16,
     qos: QoS,
     flow: Flow<Message>,
@@ -183,8 +175,10 @@ pub(crate) struct Session {
     /// A sender to our own channel: what the router holds for our subscriptions.
     tx: SessionTx,
     replay_rx: mpsc::UnboundedReceiver<Replay>,
-    /// Per subscription filter (inner, without `$share/`), for stored messages.
-    replays: HashMap<String, ReplayState>,
+    /// True while a connection is attached (shared by this session's routes).
+    online: Arc<std::sync::atomic::AtomicBool>,
+    /// Stored messages: replays and live messages with a storage id.
+    stored: replay::StoredState,
     /// Ids of retained messages recently delivered: the broker's retained
     /// store and a storage plugin's retained lookup may both offer one.
     retained_sent: HashMap<u128, Instant>,
@@ -192,6 +186,7 @@ pub(crate) struct Session {
     client: ClientInfo,
     created_at: SystemTime,
     conn: Option<Conn>,
+    /// Connections attached so far (0: the session is new).
     next_gen: u64,
     /// Keyed by the filter as the client sent it (`$share/...` included).
     subscriptions: HashMap<String, Subscription>,
@@ -201,6 +196,11 @@ pub(crate) struct Session {
     queue: VecDeque<Routed>,
     /// QoS 2 packet ids received and not yet released (PUBREC sent).
     awaiting_rel: HashSet<u16>,
+    /// QoS 2 packet ids whose message.publish chain is still running.
+    pending_qos2: HashSet<u16>,
+    /// Incremented by a clean start: acknowledgements of publishes from an
+    /// earlier epoch are not sent (their packet ids mean nothing any more).
+    epoch: u64,
     /// Publishes whose hook chain is running, completed in arrival order.
     pending: FuturesOrdered<BoxFuture<PublishDone>>,
     /// Session expiry interval in seconds; `u32::MAX` never.
@@ -246,7 +246,8 @@ impl Session {
             rx,
             tx,
             replay_rx,
-            replays: HashMap::new(),
+            online: Arc::default(),
+            stored: replay::StoredState::default(),
             retained_sent: HashMap::new(),
             shutdown,
             client,
@@ -259,6 +260,8 @@ impl Session {
             next_pkid: 1,
             queue: VecDeque::new(),
             awaiting_rel: HashSet::new(),
+            pending_qos2: HashSet::new(),
+            epoch: 0,
             pending: FuturesOrdered::new(),
             expiry_secs: 0,
             expires_at: None,
@@ -304,8 +307,9 @@ impl Session {
                     ..
                 } = c;
                 let want_write = !outbuf.is_empty();
+                // Not biased: a flood of deliveries must not starve the client's
+                // input (PINGREQ, acknowledgements), nor the other way round.
                 tokio::select! {
-                    biased;
                     _ = self.shutdown.changed() => Event::Shutdown,
                     r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),

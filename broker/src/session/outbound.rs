@@ -6,9 +6,8 @@ use std::time::SystemTime;
 
 use hooks_spec::{AckedArgs, DeliveredArgs, DropReason, ProtocolVersion, QoS};
 
-use super::{AckState, Inflight, Replay, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
+use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
 use crate::codec::{Ack, EncodeError, Packet, Publish};
-use crate::topic;
 
 impl Session {
     /// This session's own command channel (what the router holds).
@@ -32,11 +31,18 @@ impl Session {
         if routed.retain && !self.first_retained_delivery(routed.message.id) {
             return;
         }
-        if let Some(id) = routed.message.headers.stored_id {
-            if !self.replays.is_empty() && !self.note_live_stored(&routed.message.topic, id) {
-                return;
-            }
+        match self.live_stored(routed) {
+            super::replay::Live::Deliver(routed) => self.enqueue(routed, false).await,
+            super::replay::Live::Done => {}
         }
+    }
+
+    /// A retained message from the broker's own store on subscribe: always
+    /// delivered (one copy per matching filter of a SUBSCRIBE, as separate
+    /// subscribes would get), and remembered so a plugin's copy is skipped.
+    pub(super) async fn deliver_own_retained(&mut self, routed: Routed) {
+        self.retained_sent
+            .insert(routed.message.id, tokio::time::Instant::now());
         self.enqueue(routed, false).await;
     }
 
@@ -57,62 +63,9 @@ impl Session {
         }
     }
 
-    /// Returns false when a live stored message must be skipped; otherwise
-    /// records it as seen by every replay-tracked subscription it matches.
-    fn note_live_stored(&mut self, topic_name: &str, id: i64) -> bool {
-        let matching: Vec<&mut super::ReplayState> = self
-            .replays
-            .iter_mut()
-            .filter(|(f, _)| topic::matches(f, topic_name))
-            .map(|(_, st)| st)
-            .collect();
-        if matching.iter().any(|st| st.replaying || st.seen >= id) {
-            return false;
-        }
-        for st in matching {
-            st.seen = id;
-        }
-        true
-    }
-
-    /// Stored messages a plugin replays for one subscription, oldest first.
-    pub(super) async fn apply_replay(&mut self, replay: Replay) {
-        let Replay {
-            filter,
-            deliveries,
-            complete,
-        } = replay;
-        let mut seen = self.replays.get(&filter).map(|st| st.seen).unwrap_or(0);
-        for routed in deliveries {
-            let Some(id) = routed.message.headers.stored_id else {
-                continue;
-            };
-            if id <= seen {
-                continue;
-            }
-            seen = id;
-            self.enqueue(routed, true).await;
-        }
-        self.replays.insert(
-            filter,
-            super::ReplayState {
-                seen,
-                replaying: !complete,
-            },
-        );
-    }
-
-    /// Drains replays that arrived while a hook ran (called right after
-    /// session.subscribed, before anything routed later is looked at).
-    pub(super) async fn drain_replays(&mut self) {
-        while let Ok(replay) = self.replay_rx.try_recv() {
-            self.apply_replay(replay).await;
-        }
-    }
-
     /// Sends now if the window allows, else queues. `replayed` messages are
     /// exempt from the queue bound: the replaying plugin bounds its pages.
-    async fn enqueue(&mut self, routed: Routed, replayed: bool) {
+    pub(super) async fn enqueue(&mut self, routed: Routed, replayed: bool) {
         let now = SystemTime::now();
         if routed.message.is_expired(now) {
             self.shared
@@ -160,8 +113,10 @@ impl Session {
             .is_some_and(|c| self.inflight.len() < c.send_window && c.outbuf.len() < OUTBUF_HIGH_WATER)
     }
 
-    /// Moves queued messages into the inflight window while it has room.
+    /// Re-sends inflight messages marked unsent (after a reconnect) while the
+    /// client's window allows, then moves queued messages into the window.
     pub(super) async fn drain_queue(&mut self) {
+        self.resend_unsent();
         while self.window_open() {
             let Some(routed) = self.queue.pop_front() else {
                 break;
@@ -194,7 +149,12 @@ impl Session {
             AckState::PubAck
         };
         if self.write_publish(routed.clone(), pkid, false).await {
-            self.inflight.push_back(Inflight { pkid, routed, state });
+            self.inflight.push_back(Inflight {
+                pkid,
+                routed,
+                state,
+                unsent: false,
+            });
         } else {
             self.pkids_in_use.remove(&pkid);
         }
@@ -262,21 +222,36 @@ impl Session {
         }
     }
 
-    /// Re-sends one inflight message after a reconnect: PUBLISH with DUP, or PUBREL.
-    pub(super) fn resend_inflight(&mut self, pkid: u16, state: AckState) {
-        match state {
-            AckState::PubAck | AckState::PubRec => {
-                let Some(routed) = self
-                    .inflight
-                    .iter()
-                    .find(|i| i.pkid == pkid)
-                    .map(|i| i.routed.clone())
-                else {
-                    return;
-                };
-                self.encode_publish(&routed, pkid, true);
+    /// Re-sends inflight messages waiting since a reconnect, in order, while
+    /// the window has room: PUBLISH with DUP, or PUBREL. One that is now too
+    /// large for the client is dropped (as if delivered) and frees its slot.
+    fn resend_unsent(&mut self) {
+        let Some(window) = self.conn.as_ref().map(|c| c.send_window) else {
+            return;
+        };
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let sent = self.inflight.iter().filter(|e| !e.unsent).count();
+            if sent >= window {
+                return;
             }
-            AckState::PubComp => self.send(Packet::PubRel(Ack::new(pkid))),
+            if !self.inflight[i].unsent {
+                i += 1;
+                continue;
+            }
+            self.inflight[i].unsent = false;
+            let (pkid, state) = (self.inflight[i].pkid, self.inflight[i].state);
+            if state == AckState::PubComp {
+                self.send(Packet::PubRel(Ack::new(pkid)));
+                i += 1;
+                continue;
+            }
+            let routed = self.inflight[i].routed.clone();
+            if self.encode_publish(&routed, pkid, true) {
+                i += 1;
+            } else if let Some(entry) = self.inflight.remove(i) {
+                self.pkids_in_use.remove(&entry.pkid);
+            }
         }
     }
 
@@ -314,6 +289,12 @@ impl Session {
 
     /// PUBREC: answer PUBREL and wait for PUBCOMP (or, with an error code, the delivery ends).
     pub(super) async fn client_pubrec(&mut self, a: Ack) {
+        let state = self.inflight.iter().find(|i| i.pkid == a.pkid).map(|i| i.state);
+        if state == Some(AckState::PubComp) {
+            // A repeated PUBREC: our PUBREL may have been lost; send it again.
+            self.send(Packet::PubRel(Ack::new(a.pkid)));
+            return;
+        }
         let Some(entry) = self
             .inflight
             .iter_mut()

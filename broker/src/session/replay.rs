@@ -1,0 +1,180 @@
+//! Stored messages: what a storage plugin replays, and how live messages
+//! with a storage id meet the replay without loss, duplicates or reordering.
+//!
+//! A plugin replays a subscription's backlog page by page
+//! ([`Replay`](super::Replay)); while a page is not the last
+//! (`complete == false`) the subscription is *replaying*. The session keeps:
+//! - the storage ids it has delivered recently (a bounded window, across all
+//!   subscriptions): a stored message that comes both live and from a page
+//!   goes out once, whatever the order they arrive in;
+//! - live stored messages that arrived while a subscription they match was
+//!   replaying, held in id order and released (minus what the pages brought)
+//!   when the replay completes, so they follow the backlog in id order.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use super::{Replay, Routed, Session};
+use crate::topic;
+
+/// How many storage ids a session remembers as delivered.
+const SEEN_WINDOW: usize = 100_000;
+
+/// A bounded set of recently delivered storage ids.
+#[derive(Default)]
+pub(super) struct SeenIds {
+    set: HashSet<i64>,
+    order: VecDeque<i64>,
+}
+
+impl SeenIds {
+    /// Records an id; false when it was already there.
+    fn insert(&mut self, id: i64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.order.clear();
+    }
+}
+
+/// The session's stored-message state.
+#[derive(Default)]
+pub(super) struct StoredState {
+    /// Subscription filters (inner, without `$share/`) a plugin replays for,
+    /// and whether their backlog is still paging.
+    replaying: std::collections::HashMap<String, bool>,
+    seen: SeenIds,
+    /// Live stored messages waiting for a replay, by storage id.
+    held: BTreeMap<i64, Routed>,
+}
+
+impl StoredState {
+    /// Forgets everything (clean start).
+    pub(super) fn clear(&mut self) {
+        self.replaying.clear();
+        self.seen.clear();
+        self.held.clear();
+    }
+
+    fn is_tracked(&self) -> bool {
+        !self.replaying.is_empty()
+    }
+
+    fn waits_for_replay(&self, topic_name: &str) -> bool {
+        self.replaying
+            .iter()
+            .any(|(f, paging)| *paging && topic::matches(f, topic_name))
+    }
+}
+
+/// What to do with a live message.
+pub(super) enum Live {
+    /// Deliver it now.
+    Deliver(Routed),
+    /// Already delivered, or held for a replay.
+    Done,
+}
+
+impl Session {
+    /// Sorts a live routed message with a storage id against replays.
+    pub(super) fn live_stored(&mut self, routed: Routed) -> Live {
+        let Some(id) = routed.message.headers.stored_id else {
+            return Live::Deliver(routed);
+        };
+        if !self.stored.is_tracked() {
+            return Live::Deliver(routed);
+        }
+        if self.stored.waits_for_replay(&routed.message.topic) {
+            // Held back so it follows the backlog. Beyond the bound the newest held
+            // are let go: pages read later bring them (and the plugin's position check
+            // finds any the last page missed).
+            self.stored.held.insert(id, routed);
+            if self.stored.held.len() > self.shared.config.mqtt.max_queue_len {
+                self.stored.held.pop_last();
+            }
+            return Live::Done;
+        }
+        if self.stored.seen.insert(id) {
+            Live::Deliver(routed)
+        } else {
+            Live::Done
+        }
+    }
+
+    /// Stored messages a plugin replays for one subscription, oldest first.
+    pub(super) async fn apply_replay(&mut self, replay: Replay) {
+        let Replay {
+            filter,
+            deliveries,
+            complete,
+        } = replay;
+        let subscribed = self
+            .subscriptions
+            .values()
+            .any(|s| s.filter == filter && s.opts.share_group.is_none());
+        if !subscribed {
+            // A page for a subscription that is gone (unsubscribed, or a clean start since).
+            return;
+        }
+        for routed in deliveries {
+            let Some(id) = routed.message.headers.stored_id else {
+                continue;
+            };
+            if self.stored.seen.insert(id) {
+                self.enqueue(routed, true).await;
+            }
+        }
+        self.stored.replaying.insert(filter, !complete);
+        if complete {
+            self.release_held().await;
+        }
+    }
+
+    /// The subscription to `filter` ended: it no longer holds messages back.
+    pub(super) async fn stop_replay(&mut self, filter: &str) {
+        if self.stored.replaying.remove(filter).is_some() {
+            self.release_held().await;
+        }
+    }
+
+    /// Delivers, in id order, held messages no replay waits for any more.
+    async fn release_held(&mut self) {
+        let ready: Vec<i64> = self
+            .stored
+            .held
+            .iter()
+            .filter(|(_, r)| !self.stored.waits_for_replay(&r.message.topic))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let Some(routed) = self.stored.held.remove(&id) else {
+                continue;
+            };
+            let still_subscribed = self
+                .subscriptions
+                .values()
+                .any(|s| topic::matches(&s.filter, &routed.message.topic));
+            if still_subscribed && self.stored.seen.insert(id) {
+                self.enqueue(routed, false).await;
+            }
+        }
+    }
+
+    /// Drains replays that arrived while a hook ran (called right after
+    /// session.subscribed, before anything routed later is looked at).
+    pub(super) async fn drain_replays(&mut self) {
+        while let Ok(replay) = self.replay_rx.try_recv() {
+            self.apply_replay(replay).await;
+        }
+    }
+}
