@@ -225,6 +225,9 @@ enum Event {
     Shutdown,
 }
 
+/// Commands handled per turn of the loop before the socket is looked at again.
+const CMD_BURST: usize = 64;
+
 /// Output buffered beyond this stops QoS 0 sends and queue draining until the
 /// socket catches up (a slow reader must not grow memory without bound).
 const OUTBUF_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -338,11 +341,23 @@ impl Session {
         match event {
             Event::Shutdown => return Some(Exit::Shutdown),
             Event::Cmd(None) => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
-            Event::Cmd(Some(cmd)) => match cmd {
-                SessionCmd::Attach(attach) => return self.attach(*attach).await,
-                SessionCmd::Deliver(routed) => self.deliver(routed).await,
-                SessionCmd::Subscribe { filter, opts } => self.subscribe_for_plugin(filter, opts).await,
-            },
+            Event::Cmd(Some(cmd)) => {
+                let mut next = Some(cmd);
+                // Take the burst that is already queued, so its packets leave in
+                // one write instead of one write each.
+                let mut budget = CMD_BURST;
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        SessionCmd::Attach(attach) => return self.attach(*attach).await,
+                        SessionCmd::Deliver(routed) => self.deliver(routed).await,
+                        SessionCmd::Subscribe { filter, opts } => self.subscribe_for_plugin(filter, opts).await,
+                    }
+                    budget -= 1;
+                    if budget > 0 && self.replay_rx.is_empty() {
+                        next = self.rx.try_recv().ok();
+                    }
+                }
+            }
             Event::Replay(r) => self.apply_replay(r).await,
             Event::Read(Ok(0)) => {
                 return self
