@@ -85,10 +85,7 @@ impl BrokerHandle for Handle {
             .map_err(|_| HandleError::InvalidFilter(filter.to_string()))?;
         self.send(
             clientid,
-            SessionCmd::Subscribe {
-                filter: filter.to_string(),
-                opts,
-            },
+            SessionCmd::Subscribe(Box::new((filter.to_string(), opts))),
         )
     }
 

@@ -96,8 +96,9 @@ impl Session {
         self.conn = Some(Conn {
             reader,
             writer,
-            inbuf: attach.inbuf,
-            outbuf: bytes::BytesMut::with_capacity(4096),
+            inbuf: if attach.inbuf.is_empty() { bytes::BytesMut::new() } else { attach.inbuf },
+            // Buffers grow with traffic; an idle connection keeps them empty.
+            outbuf: bytes::BytesMut::new(),
             codec: crate::codec::Codec {
                 protocol: self.client.protocol,
                 max_packet_size: limits.max_packet_size as usize,
@@ -154,6 +155,7 @@ impl Session {
         for entry in self.inflight.iter_mut() {
             entry.unsent = true;
         }
+        self.unsent = self.inflight.len();
         self.drain_queue().await;
 
         hooks
@@ -181,6 +183,7 @@ impl Session {
             );
         }
         self.inflight.clear();
+        self.unsent = 0;
         self.pkids_in_use.clear();
         self.queue.clear();
         self.awaiting_rel.clear();

@@ -60,13 +60,10 @@ pub enum SessionCmd {
     Attach(Box<Attach>),
     /// A message to deliver.
     Deliver(Routed),
-    /// Subscribe on the client's behalf (plugin handle).
-    Subscribe {
-        /// Filter, possibly with a `$share/<group>/` prefix.
-        filter: String,
-        /// Requested options.
-        opts: SubOpts,
-    },
+    /// Subscribe on the client's behalf (plugin handle): the filter (possibly
+    /// with a `$share/<group>/` prefix) and the requested options. Boxed to keep
+    /// every command, and so every channel block, small.
+    Subscribe(Box<(String, SubOpts)>),
 }
 
 /// A message routed to one session.
@@ -191,6 +188,8 @@ pub(crate) struct Session {
     /// Keyed by the filter as the client sent it (`$share/...` included).
     subscriptions: HashMap<String, Subscription>,
     inflight: VecDeque<Inflight>,
+    /// How many inflight entries wait to be re-sent after a reconnect.
+    unsent: usize,
     pkids_in_use: HashSet<u16>,
     next_pkid: u16,
     queue: VecDeque<Routed>,
@@ -259,6 +258,7 @@ impl Session {
             next_gen: 1,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
+            unsent: 0,
             pkids_in_use: HashSet::new(),
             next_pkid: 1,
             queue: VecDeque::new(),
@@ -350,7 +350,10 @@ impl Session {
                     match cmd {
                         SessionCmd::Attach(attach) => return self.attach(*attach).await,
                         SessionCmd::Deliver(routed) => self.deliver(routed).await,
-                        SessionCmd::Subscribe { filter, opts } => self.subscribe_for_plugin(filter, opts).await,
+                        SessionCmd::Subscribe(sub) => {
+                            let (filter, opts) = *sub;
+                            self.subscribe_for_plugin(filter, opts).await
+                        }
                     }
                     budget -= 1;
                     if budget > 0 && self.replay_rx.is_empty() {

@@ -262,6 +262,10 @@ impl Session {
             .position(|i| i.pkid == pkid && i.state == expect)?;
         let entry = self.inflight.remove(pos)?;
         self.pkids_in_use.remove(&pkid);
+        if entry.unsent {
+            // Acknowledged before we re-sent it (the client had it already).
+            self.unsent -= 1;
+        }
         Some(entry)
     }
 
