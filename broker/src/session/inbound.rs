@@ -341,6 +341,9 @@ impl Session {
             codes,
             reason_string: None,
         }));
+        // Replays a plugin made from session.subscribed: after SUBACK, before
+        // anything routed later (the command channel is not read until we return).
+        self.drain_replays().await;
         for r in retained {
             self.deliver_own_retained(r).await;
         }
@@ -365,6 +368,7 @@ impl Session {
             return;
         }
         let retained = self.add_subscription(filter, opts).await;
+        self.drain_replays().await;
         for r in retained {
             self.deliver_own_retained(r).await;
         }
@@ -402,8 +406,6 @@ impl Session {
                 opts: opts.clone(),
             }))
             .await;
-        // Replays a plugin made from session.subscribed go out before anything routed later.
-        self.drain_replays().await;
         // Retained messages: never for shared subscriptions (MQTT 5 4.8.2);
         // retain handling 1 only for a new subscription, 2 never.
         let send_retained = opts.share_group.is_none()
