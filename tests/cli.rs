@@ -56,26 +56,47 @@ async fn shipped_configs_start_the_broker_with_the_backend() {
     let etc = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc");
     std::fs::copy(format!("{etc}/postbox.conf"), dir.join("postbox.conf")).unwrap();
     let backend = std::fs::read_to_string(format!("{etc}/backend_pgsql.conf")).unwrap();
-    let backend = backend.replace("backend.pgsql.pool1.database = mqtt", &format!("backend.pgsql.pool1.database = {}", db.name));
+    let backend = backend.replace(
+        "backend.pgsql.pool1.database = mqtt",
+        &format!("backend.pgsql.pool1.database = {}", db.name),
+    );
     std::fs::write(dir.join("backend_pgsql.conf"), backend).unwrap();
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postbox"))
-        .args(["-c", dir.join("postbox.conf").to_str().unwrap(), "--bind", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "-c",
+            dir.join("postbox.conf").to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
     assert_ne!(addr.port(), 1883);
     let (mut c, _) = V4Client::connect(v4_options(addr, "shipped", true)).await;
     c.subscribe("shipped/t", rumqttc::QoS::AtLeastOnce).await;
-    c.publish("shipped/t", rumqttc::QoS::AtLeastOnce, false, "stored").await;
+    c.publish("shipped/t", rumqttc::QoS::AtLeastOnce, false, "stored")
+        .await;
     assert_eq!(&c.next_publish().await.payload[..], b"stored");
     // The plugin created the schema and stored the message.
-    let rows: i64 = db.client().await.query_one("select count(*) from mqtt_msg", &[]).await.unwrap().get(0);
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from mqtt_msg", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -302,6 +302,12 @@ impl Engine {
                 .unwrap_or(QoS::AtMostOnce);
             let payload: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default();
             let mut message = Message::new(row.get::<_, String>(0), Bytes::from(payload), qos, true);
+            // Keep the published message's id: the session recognises a retained
+            // message its own retained store already delivered by that id.
+            let msgid: Option<String> = row.get(1);
+            if let Some(original) = msgid.as_deref().and_then(|h| u128::from_str_radix(h, 16).ok()) {
+                message.id = original;
+            }
             message.publisher = row.get::<_, Option<String>>(2).map(Arc::from);
             message.headers = Headers::default();
             let delivery = Delivery {

@@ -42,6 +42,9 @@ pub struct Track {
     pub qos: i32,
     /// Page size and age limit of the rule that fetches for it.
     pub opts: FetchOpts,
+    /// A session is subscribed (false: kept after the session ended only to
+    /// remember what the client acknowledged above the position).
+    pub active: bool,
 }
 
 /// `offline_opts` of a fetch rule, with the globals filled in.
@@ -94,6 +97,7 @@ impl Tracks {
         t.delivered.retain(|&id| id > p);
         t.acked.retain(|&id| id > p);
         t.qos = qos;
+        t.active = true;
         p
     }
 
@@ -121,7 +125,7 @@ impl Tracks {
     pub fn delivered(&self, clientid: &str, topic: &str, id: i64) {
         let mut map = self.lock();
         for ((c, f), t) in map.iter_mut() {
-            if c == clientid && id > t.position && hooks_match(f, topic) {
+            if c == clientid && t.active && id > t.position && hooks_match(f, topic) {
                 t.delivered.insert(id);
             }
         }
@@ -150,9 +154,20 @@ impl Tracks {
         self.lock().remove(key);
     }
 
-    /// Forgets every subscription of a client (session ended).
+    /// A client's session ended. What it acknowledged above a position stays
+    /// known, so that its next session is not sent those messages again (the
+    /// position cannot pass an unacknowledged id below them); what was in
+    /// flight or paged belonged to the session and is dropped.
     pub fn forget_client(&self, clientid: &str) {
-        self.lock().retain(|(c, _), _| c != clientid);
+        self.lock().retain(|(c, _), t| {
+            if c != clientid {
+                return true;
+            }
+            t.active = false;
+            t.delivered.clear();
+            t.page_last = None;
+            !t.acked.is_empty()
+        });
     }
 
     /// The candidate advance of one subscription.
@@ -181,6 +196,10 @@ impl Tracks {
             t.position = position;
             t.acked.retain(|&id| id > position);
             t.delivered.retain(|&id| id > position);
+        }
+        if !t.active {
+            // No session is subscribed: nothing to page to.
+            return None;
         }
         if let Some(last) = t.page_last {
             if t.position >= last {
@@ -369,6 +388,26 @@ mod tests {
             t.advanced(&key(), 12, Some(13)),
             Some(PageDue { key: key(), from: 12 })
         );
+    }
+
+    #[test]
+    fn acks_above_the_position_outlive_the_session() {
+        let t = Tracks::default();
+        t.start(key(), 10, 1, FetchOpts::default());
+        t.start(("c".into(), "b".into()), 3, 1, FetchOpts::default());
+        t.delivered("c", "a/x", 11);
+        t.delivered("c", "a/x", 12);
+        t.acked("c", "a/x", 12);
+        t.forget_client("c");
+        assert_eq!(t.settings(&("c".into(), "b".into())), None, "nothing to remember");
+        assert_eq!(t.advanced(&key(), 10, Some(11)), None, "no session to page to");
+        assert_eq!(t.start(key(), 10, 1, FetchOpts::default()), 10);
+        assert_eq!(
+            t.acked_above(&key()),
+            HashSet::from([12]),
+            "left out of the next session's replay"
+        );
+        assert!(t.lock()[&key()].delivered.is_empty());
     }
 
     #[test]

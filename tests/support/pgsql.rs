@@ -45,3 +45,111 @@ pub async fn broker_with_pgsql(db: &TestDb, extra: &str) -> Broker {
     let conf = pgsql_conf(db, &format!("{EMQX_DEFAULT_RULES}\n{extra}"));
     Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await
 }
+
+/// The first column of the first row of `sql` as an `i64` (`None` for no row
+/// or NULL). Integer columns of any width and `numeric`-free expressions work:
+/// cast in the SQL (`::int8`) when needed.
+pub async fn query_opt_i64(client: &tokio_postgres::Client, sql: &str) -> Option<i64> {
+    let row = client
+        .query_opt(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("query failed: {}\n{sql}", error_chain(&e)))?;
+    row.get::<_, Option<i64>>(0)
+}
+
+/// Polls `sql` (see [`query_opt_i64`]) until it returns `want`; panics after
+/// [`TIMEOUT`] with the last value seen.
+pub async fn wait_for_db(client: &tokio_postgres::Client, sql: &str, want: Option<i64>) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let got = query_opt_i64(client, sql).await;
+        if got == want {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("`{sql}` is {got:?}, expected {want:?} within {TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `sql` quoted as a string literal (for test-built statements only).
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The read position `mqtt_acked.mid` of one client on one filter.
+pub async fn position(client: &tokio_postgres::Client, clientid: &str, filter: &str) -> Option<i64> {
+    query_opt_i64(
+        client,
+        &format!(
+            "select mid::int8 from mqtt_acked where clientid = {} and topic = {}",
+            sql_literal(clientid),
+            sql_literal(filter)
+        ),
+    )
+    .await
+}
+
+/// Waits until the read position of `clientid` on `filter` is `want`.
+pub async fn wait_for_position(client: &tokio_postgres::Client, clientid: &str, filter: &str, want: i64) {
+    wait_for_db(
+        client,
+        &format!(
+            "select mid::int8 from mqtt_acked where clientid = {} and topic = {}",
+            sql_literal(clientid),
+            sql_literal(filter)
+        ),
+        Some(want),
+    )
+    .await
+}
+
+/// The stored ids of the messages on `topic`, oldest first.
+pub async fn stored_ids(client: &tokio_postgres::Client, topic: &str) -> Vec<i64> {
+    client
+        .query(
+            &format!(
+                "select id::int8 from mqtt_msg where topic = {} order by id",
+                sql_literal(topic)
+            ),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("select mqtt_msg: {}", error_chain(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The payload of a received PUBLISH as text.
+pub fn text(p: &rumqttc::Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// Acknowledges a PUBLISH received with manual acks and polls until the
+/// PUBACK is written.
+pub async fn ack_now(c: &mut V4Client, p: &rumqttc::Publish) {
+    c.client.ack(p).await.expect("queue PUBACK");
+    let pkid = p.pkid;
+    c.poll_until(|ev| {
+        matches!(ev, rumqttc::Event::Outgoing(rumqttc::Outgoing::PubAck(id)) if *id == pkid).then_some(())
+    })
+    .await
+}
+
+/// Connects a 3.1.1 client (clean session) and publishes `payloads` to
+/// `topic` at QoS 1, each acknowledged before the next.
+pub async fn publish_all(addr: std::net::SocketAddr, id: &str, topic: &str, payloads: &[String]) {
+    let (mut p, _) = V4Client::connect(v4_options(addr, id, true)).await;
+    for payload in payloads {
+        p.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.clone())
+            .await;
+    }
+    p.disconnect().await;
+}
+
+/// `m{i}` for each i.
+pub fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
