@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
@@ -148,79 +148,60 @@ async fn run(
 }
 
 /// Writes one batch; returns the ids in batch order.
-async fn write_batch(
-    pool: &NamedPool,
-    schema: SchemaInfo,
-    batch: &[Pending],
-) -> Result<Vec<i64>, PgsqlError> {
-    let mut conn = pool.get().await?;
-    let tx = conn
-        .transaction()
-        .await
-        .map_err(PgsqlError::query("BEGIN (store)"))?;
-    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)])
-        .await
-        .map_err(PgsqlError::query("advisory lock (store)"))?;
+///
+/// BEGIN, the advisory lock, the INSERT and COMMIT are sent together
+/// (tokio-postgres pipelines requests polled at once): one round trip per
+/// batch. If the INSERT fails, PostgreSQL turns the COMMIT into a rollback.
+async fn write_batch(pool: &NamedPool, schema: SchemaInfo, batch: &[Pending]) -> Result<Vec<i64>, PgsqlError> {
+    let conn = pool.get().await?;
+    let client: &tokio_postgres::Client = &conn;
     let msgids: Vec<&str> = batch.iter().map(|p| p.req.msgid.as_str()).collect();
     let senders: Vec<Option<&str>> = batch.iter().map(|p| p.req.sender.as_deref()).collect();
     let topics: Vec<&str> = batch.iter().map(|p| p.req.topic.as_str()).collect();
     let qos: Vec<i32> = batch.iter().map(|p| p.req.qos).collect();
     let retain: Vec<i32> = batch.iter().map(|p| p.req.retain).collect();
-    let rows = if schema.payload_bytea {
-        let payloads: Vec<&[u8]> = batch.iter().map(|p| p.req.payload.as_ref()).collect();
-        tx.query_typed(
-            "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
-             SELECT m, s, t, q, r, p, now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::bytea[])
-                  WITH ORDINALITY AS u(m, s, t, q, r, p, o)
-             ORDER BY o
-             RETURNING id::int8",
-            &[
-                (&msgids, Type::TEXT_ARRAY),
-                (&senders, Type::TEXT_ARRAY),
-                (&topics, Type::TEXT_ARRAY),
-                (&qos, Type::INT4_ARRAY),
-                (&retain, Type::INT4_ARRAY),
-                (&payloads, Type::BYTEA_ARRAY),
-            ],
-        )
-        .await
+    let bytes: Vec<&[u8]>;
+    let texts: Vec<&str>;
+    let (payloads, payload_type, cast): (&(dyn ToSql + Sync), Type, &str) = if schema.payload_bytea {
+        bytes = batch.iter().map(|p| p.req.payload.as_ref()).collect();
+        (&bytes, Type::BYTEA_ARRAY, "bytea[]")
     } else {
         // EMQX's schema: payload text. Callers checked the payloads are UTF-8.
-        let payloads: Vec<&str> = batch
-            .iter()
-            .map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default())
-            .collect();
-        tx.query_typed(
-            "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
-             SELECT m, s, t, q, r, p, now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[])
-                  WITH ORDINALITY AS u(m, s, t, q, r, p, o)
-             ORDER BY o
-             RETURNING id::int8",
-            &[
-                (&msgids, Type::TEXT_ARRAY),
-                (&senders, Type::TEXT_ARRAY),
-                (&topics, Type::TEXT_ARRAY),
-                (&qos, Type::INT4_ARRAY),
-                (&retain, Type::INT4_ARRAY),
-                (&payloads, Type::TEXT_ARRAY),
-            ],
-        )
-        .await
-    }
-    .map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
-    tx.commit().await.map_err(PgsqlError::query("COMMIT (store)"))?;
+        texts = batch.iter().map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default()).collect();
+        (&texts, Type::TEXT_ARRAY, "text[]")
+    };
+    let insert = format!(
+        "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
+         SELECT m, s, t, q, r, p, now()
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::{cast})
+              WITH ORDINALITY AS u(m, s, t, q, r, p, o)
+         ORDER BY o
+         RETURNING id::int8"
+    );
+    let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        (&msgids, Type::TEXT_ARRAY),
+        (&senders, Type::TEXT_ARRAY),
+        (&topics, Type::TEXT_ARRAY),
+        (&qos, Type::INT4_ARRAY),
+        (&retain, Type::INT4_ARRAY),
+        (payloads, payload_type),
+    ];
+    let (begun, locked, inserted, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)]),
+        client.query_typed(&insert, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begun.map_err(PgsqlError::query("BEGIN (store)"))?;
+    locked.map_err(PgsqlError::query("advisory lock (store)"))?;
+    let rows = inserted.map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
+    committed.map_err(PgsqlError::query("COMMIT (store)"))?;
     // Under the lock nobody else takes ids, and rows are inserted in `o` order,
     // so ascending ids correspond to batch order.
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     if ids.len() != batch.len() {
-        return Err(PgsqlError::Store(format!(
-            "INSERT returned {} ids for {} rows",
-            ids.len(),
-            batch.len()
-        )));
+        return Err(PgsqlError::Store(format!("INSERT returned {} ids for {} rows", ids.len(), batch.len())));
     }
     Ok(ids)
 }
