@@ -226,13 +226,16 @@ impl Session {
     /// the window has room: PUBLISH with DUP, or PUBREL. One that is now too
     /// large for the client is dropped (as if delivered) and frees its slot.
     fn resend_unsent(&mut self) {
+        if self.unsent == 0 {
+            return;
+        }
         let Some(window) = self.conn.as_ref().map(|c| c.send_window) else {
             return;
         };
         let mut i = 0;
-        while i < self.inflight.len() {
-            let sent = self.inflight.iter().filter(|e| !e.unsent).count();
-            if sent >= window {
+        while i < self.inflight.len() && self.unsent > 0 {
+            // Entries not waiting are on the wire: they use the window.
+            if self.inflight.len() - self.unsent >= window {
                 return;
             }
             if !self.inflight[i].unsent {
@@ -240,6 +243,7 @@ impl Session {
                 continue;
             }
             self.inflight[i].unsent = false;
+            self.unsent -= 1;
             let (pkid, state) = (self.inflight[i].pkid, self.inflight[i].state);
             if state == AckState::PubComp {
                 self.send(Packet::PubRel(Ack::new(pkid)));
