@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use hooks_spec::{AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, ConnackArgs, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
 use crate::registry::SessionRef;
@@ -188,8 +187,8 @@ pub(crate) fn start_session(shared: &Arc<Shared>, attach: Attach) {
         let mut spawned = None;
         let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
             let uid = shared.next_uid();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (replay_tx, replay_rx) = mpsc::unbounded_channel();
+            let (tx, rx) = crate::mailbox::mailbox();
+            let (replay_tx, replay_rx) = crate::mailbox::mailbox();
             spawned = Some((uid, tx.clone(), rx, replay_rx));
             SessionRef {
                 uid,
@@ -213,7 +212,7 @@ pub(crate) fn start_session(shared: &Arc<Shared>, attach: Attach) {
         match entry.tx.send(SessionCmd::Attach(attach)) {
             Ok(()) => return,
             // The session ended between lookup and send: try again with a new one.
-            Err(mpsc::error::SendError(SessionCmd::Attach(back))) => attach = back,
+            Err(SessionCmd::Attach(back)) => attach = back,
             Err(_) => return,
         }
     }

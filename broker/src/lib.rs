@@ -29,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod handle;
 pub mod listener;
+pub mod mailbox;
 pub mod plugins;
 pub mod registry;
 pub mod retain;

@@ -96,7 +96,11 @@ impl Session {
         self.conn = Some(Conn {
             reader,
             writer,
-            inbuf: if attach.inbuf.is_empty() { bytes::BytesMut::new() } else { attach.inbuf },
+            inbuf: if attach.inbuf.is_empty() {
+                bytes::BytesMut::new()
+            } else {
+                attach.inbuf
+            },
             // Buffers grow with traffic; an idle connection keeps them empty.
             outbuf: bytes::BytesMut::new(),
             codec: crate::codec::Codec {
@@ -334,8 +338,7 @@ impl Session {
             }))
             .await;
         // A connection may have been handed to us after we left the registry: give it a new session.
-        self.rx.close();
-        while let Some(cmd) = self.rx.recv().await {
+        for cmd in self.rx.close() {
             if let super::SessionCmd::Attach(attach) = cmd {
                 crate::connection::start_session(&self.shared, *attach);
             }

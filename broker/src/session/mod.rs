@@ -30,19 +30,18 @@ use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, ConnProperties, Flow, Message,
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::codec::{Codec, Connect, Will};
 use crate::server::Shared;
 
 /// A session task's command channel.
-pub type SessionTx = mpsc::UnboundedSender<SessionCmd>;
+pub type SessionTx = crate::mailbox::Sender<SessionCmd>;
 
 /// A session task's replay channel: polled before [`SessionTx`], so stored
 /// messages a plugin replays from `session.subscribed` go out before anything
 /// routed after the subscription.
-pub type ReplayTx = mpsc::UnboundedSender<Replay>;
+pub type ReplayTx = crate::mailbox::Sender<Replay>;
 
 /// Stored messages replayed for one subscription (see `BrokerHandle::replay`).
 pub struct Replay {
@@ -168,10 +167,10 @@ enum Exit {
 pub(crate) struct Session {
     shared: Arc<Shared>,
     uid: u64,
-    rx: mpsc::UnboundedReceiver<SessionCmd>,
+    rx: crate::mailbox::Receiver<SessionCmd>,
     /// A sender to our own channel: what the router holds for our subscriptions.
     tx: SessionTx,
-    replay_rx: mpsc::UnboundedReceiver<Replay>,
+    replay_rx: crate::mailbox::Receiver<Replay>,
     /// True while a connection is attached (shared by this session's routes).
     online: Arc<std::sync::atomic::AtomicBool>,
     /// Stored messages: replays and live messages with a storage id.
@@ -213,7 +212,7 @@ pub(crate) struct Session {
 /// One turn of the loop: what happened.
 #[allow(clippy::large_enum_variant)] // lives on the stack for one turn; boxing would allocate per message
 enum Event {
-    Cmd(Option<SessionCmd>),
+    Cmd(SessionCmd),
     Replay(Replay),
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
@@ -237,8 +236,8 @@ impl Session {
         shared: Arc<Shared>,
         uid: u64,
         client: ClientInfo,
-        channel: (SessionTx, mpsc::UnboundedReceiver<SessionCmd>),
-        replay_rx: mpsc::UnboundedReceiver<Replay>,
+        channel: (SessionTx, crate::mailbox::Receiver<SessionCmd>),
+        replay_rx: crate::mailbox::Receiver<Replay>,
     ) -> Session {
         let (tx, rx) = channel;
         let shutdown = shared.shutdown_rx();
@@ -316,7 +315,7 @@ impl Session {
                     _ = self.shutdown.changed() => Event::Shutdown,
                     r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
-                    Some(r) = self.replay_rx.recv() => Event::Replay(r),
+                    r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
                     _ = sleep_until_opt(keepalive_at) => Event::KeepaliveTimeout,
@@ -328,7 +327,7 @@ impl Session {
                     biased;
                     _ = self.shutdown.changed() => Event::Shutdown,
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
-                    Some(r) = self.replay_rx.recv() => Event::Replay(r),
+                    r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     _ = sleep_until_opt(expires_at) => Event::Expired,
                     _ = sleep_until_opt(will_at) => Event::WillDue,
@@ -340,8 +339,7 @@ impl Session {
     async fn handle_event(&mut self, event: Event) -> Option<Exit> {
         match event {
             Event::Shutdown => return Some(Exit::Shutdown),
-            Event::Cmd(None) => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
-            Event::Cmd(Some(cmd)) => {
+            Event::Cmd(cmd) => {
                 let mut next = Some(cmd);
                 // Take the burst that is already queued, so its packets leave in
                 // one write instead of one write each.
@@ -357,7 +355,7 @@ impl Session {
                     }
                     budget -= 1;
                     if budget > 0 && self.replay_rx.is_empty() {
-                        next = self.rx.try_recv().ok();
+                        next = self.rx.try_recv();
                     }
                 }
             }

@@ -1,0 +1,139 @@
+//! A session's inbox: an unbounded queue that allocates nothing until
+//! something is sent.
+//!
+//! Every session has two (commands and replays). A tokio mpsc channel
+//! allocates a 32-slot block per channel up front, kilobytes per idle
+//! connection; this one is a `VecDeque` behind a `std` mutex (held only to
+//! push or pop, never across an await) and a [`Notify`] to wake the owner.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+struct Shared<T> {
+    queue: Mutex<VecDeque<T>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+/// The sending side; cheap to clone.
+pub struct Sender<T>(Arc<Shared<T>>);
+
+/// The receiving side, owned by the session task. Dropping it closes the mailbox.
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A new, empty mailbox.
+pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        notify: Notify::new(),
+        closed: AtomicBool::new(false),
+    });
+    (Sender(Arc::clone(&shared)), Receiver(shared))
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues a value; gives it back when the receiver is gone.
+    pub fn send(&self, value: T) -> Result<(), T> {
+        {
+            let mut queue = self.0.lock();
+            // Checked under the lock, so a value is never queued after the
+            // receiver drained the mailbox for the last time.
+            if self.0.closed.load(Ordering::Acquire) {
+                return Err(value);
+            }
+            queue.push_back(value);
+        }
+        self.0.notify.notify_one();
+        Ok(())
+    }
+
+    /// True once the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The next value, waiting for one.
+    pub async fn recv(&self) -> T {
+        loop {
+            if let Some(v) = self.0.lock().pop_front() {
+                return v;
+            }
+            // notify_one leaves a permit when nobody waits, so a send between
+            // the check above and this await is not missed.
+            self.0.notify.notified().await;
+        }
+    }
+
+    /// The next value if one is queued.
+    pub fn try_recv(&self) -> Option<T> {
+        self.0.lock().pop_front()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+
+    /// Refuses further sends and returns what is still queued.
+    pub fn close(&self) -> VecDeque<T> {
+        let mut queue = self.0.lock();
+        self.0.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *queue)
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn values_arrive_in_order_and_a_waiting_receiver_wakes() {
+        let (tx, rx) = mailbox();
+        let waiter = tokio::spawn(async move {
+            let a = rx.recv().await;
+            let b = rx.recv().await;
+            (a, b, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        let (a, b, rx) = waiter.await.unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_closed_mailbox_gives_values_back() {
+        let (tx, rx) = mailbox();
+        tx.send("queued").unwrap();
+        assert_eq!(rx.close().into_iter().collect::<Vec<_>>(), vec!["queued"]);
+        assert_eq!(tx.send("late"), Err("late"));
+        assert!(tx.is_closed());
+        let (tx2, rx2) = mailbox::<u8>();
+        drop(rx2);
+        assert!(tx2.is_closed());
+    }
+}
