@@ -862,6 +862,18 @@ pub async fn run_connections(target: &Target, p: &ConnParams) -> Result<Scenario
     })
 }
 
+/// A client with Nagle's algorithm off, as MQTT client libraries commonly
+/// configure it: otherwise a client's last small packet of a burst (a PUBACK)
+/// waits for the broker's delayed TCP acknowledgement (~40 ms on Linux), and
+/// every round-trip-bound figure measures that timer instead of the broker.
+fn new_client(options: rumqttc::MqttOptions, cap: usize) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, cap);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    (client, eventloop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,16 +910,4 @@ mod tests {
     fn own_rss_is_readable() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
-}
-
-/// A client with Nagle's algorithm off, as MQTT client libraries commonly
-/// configure it: otherwise a client's last small packet of a burst (a PUBACK)
-/// waits for the broker's delayed TCP acknowledgement (~40 ms on Linux), and
-/// every round-trip-bound figure measures that timer instead of the broker.
-fn new_client(options: rumqttc::MqttOptions, cap: usize) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, cap);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    eventloop.set_network_options(net);
-    (client, eventloop)
 }
