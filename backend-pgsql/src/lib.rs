@@ -35,6 +35,7 @@ pub mod retention;
 pub mod rules;
 pub mod schema;
 pub mod sql_template;
+pub mod tls;
 pub mod topic_match;
 pub mod writer;
 

@@ -38,12 +38,6 @@ impl NamedPool {
 
 /// Builds a pool (no connection is made yet).
 pub fn build(cfg: &PoolConfig) -> Result<NamedPool, String> {
-    if cfg.ssl.enabled {
-        return Err(format!(
-            "pool `{}`: ssl = true is not supported by this build yet; use a local socket or an SSL-terminating proxy",
-            cfg.name
-        ));
-    }
     let mut pg = tokio_postgres::Config::new();
     pg.host(&cfg.host)
         .port(cfg.port)
@@ -54,13 +48,17 @@ pub fn build(cfg: &PoolConfig) -> Result<NamedPool, String> {
     if let Some(pw) = &cfg.password {
         pg.password(pw);
     }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = if cfg.ssl.enabled {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls =
+            tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(&cfg.ssl, &cfg.name)?);
+        Manager::from_config(pg, tls, manager_config)
+    } else {
+        Manager::from_config(pg, NoTls, manager_config)
+    };
     let pool = Pool::builder(manager)
         .max_size(cfg.pool_size)
         .runtime(Runtime::Tokio1)

@@ -329,7 +329,9 @@ async fn advance(
             ],
         )
         .await
-        .map_err(PgsqlError::query(format!("find unacknowledged messages of `{clientid}` on `{filter}`")))?;
+        .map_err(PgsqlError::query(format!(
+            "find unacknowledged messages of `{clientid}` on `{filter}`"
+        )))?;
     let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
     let position = gap.map_or(c.high, |g| g - 1);
     let row = conn
@@ -337,10 +339,16 @@ async fn advance(
             "INSERT INTO mqtt_acked (clientid, topic, mid, created) VALUES ($1, $2, $3, now())
              ON CONFLICT (clientid, topic) DO UPDATE SET mid = GREATEST(mqtt_acked.mid, EXCLUDED.mid)
              RETURNING mid::int8",
-            &[(clientid, Type::TEXT), (filter, Type::TEXT), (&position, Type::INT8)],
+            &[
+                (clientid, Type::TEXT),
+                (filter, Type::TEXT),
+                (&position, Type::INT8),
+            ],
         )
         .await
-        .map_err(PgsqlError::query(format!("advance position of `{clientid}` on `{filter}`")))?;
+        .map_err(PgsqlError::query(format!(
+            "advance position of `{clientid}` on `{filter}`"
+        )))?;
     Ok((row.get(0), gap))
 }
 

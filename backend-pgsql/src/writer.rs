@@ -152,7 +152,11 @@ async fn run(
 /// BEGIN, the advisory lock, the INSERT and COMMIT are sent together
 /// (tokio-postgres pipelines requests polled at once): one round trip per
 /// batch. If the INSERT fails, PostgreSQL turns the COMMIT into a rollback.
-async fn write_batch(pool: &NamedPool, schema: SchemaInfo, batch: &[Pending]) -> Result<Vec<i64>, PgsqlError> {
+async fn write_batch(
+    pool: &NamedPool,
+    schema: SchemaInfo,
+    batch: &[Pending],
+) -> Result<Vec<i64>, PgsqlError> {
     let conn = pool.get().await?;
     let client: &tokio_postgres::Client = &conn;
     let msgids: Vec<&str> = batch.iter().map(|p| p.req.msgid.as_str()).collect();
@@ -167,7 +171,10 @@ async fn write_batch(pool: &NamedPool, schema: SchemaInfo, batch: &[Pending]) ->
         (&bytes, Type::BYTEA_ARRAY, "bytea[]")
     } else {
         // EMQX's schema: payload text. Callers checked the payloads are UTF-8.
-        texts = batch.iter().map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default()).collect();
+        texts = batch
+            .iter()
+            .map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default())
+            .collect();
         (&texts, Type::TEXT_ARRAY, "text[]")
     };
     let insert = format!(
@@ -201,7 +208,11 @@ async fn write_batch(pool: &NamedPool, schema: SchemaInfo, batch: &[Pending]) ->
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     if ids.len() != batch.len() {
-        return Err(PgsqlError::Store(format!("INSERT returned {} ids for {} rows", ids.len(), batch.len())));
+        return Err(PgsqlError::Store(format!(
+            "INSERT returned {} ids for {} rows",
+            ids.len(),
+            batch.len()
+        )));
     }
     Ok(ids)
 }
