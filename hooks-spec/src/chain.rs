@@ -210,8 +210,15 @@ where
         let mut acc = acc;
         for entry in entries.iter() {
             let saved = acc.clone();
-            let call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
-            let failure = match tokio::time::timeout(entry.timeout, call).await {
+            let mut call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
+            // Most callbacks finish on their first poll (in-memory work): only
+            // those that wait get a timer, which costs a clock read and a timer
+            // wheel entry per call.
+            let outcome = match (&mut call).now_or_never() {
+                Some(done) => Ok(done),
+                None => tokio::time::timeout(entry.timeout, call).await,
+            };
+            let failure = match outcome {
                 Ok(Ok(Ok(Flow::Continue(next)))) => {
                     acc = next;
                     continue;
