@@ -36,6 +36,8 @@ pub mod retain;
 pub mod router;
 pub mod server;
 pub mod session;
+#[cfg(test)]
+mod test_rng;
 pub mod topic;
 pub mod trie;
 

@@ -360,21 +360,7 @@ mod tests {
     use crate::topic::{matches, validate_filter};
     use std::collections::{BTreeSet, HashSet};
 
-    /// Tiny xorshift64* PRNG so the tests need no external crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     const FILTER_LEVELS: [&str; 6] = ["a", "b", "c", "", "+", "$s"];
     const TOPIC_LEVELS: [&str; 5] = ["a", "b", "c", "", "$s"];

@@ -118,14 +118,16 @@ pub trait BrokerHandle: Send + Sync {
     }
 
     /// Replays stored messages for one of the client's subscriptions, oldest
-    /// first. Each delivery must carry `headers.stored_id`. The session
-    /// delivers those above the highest stored id it already delivered for
-    /// `filter`, exempt from the queue bound (a page is bounded by the caller).
-    /// While `complete` is false the backlog is unfinished: live messages with a
-    /// stored id matching `filter` are skipped, because the next page will bring
-    /// them in order. Called from `session.subscribed`, the replay is applied
-    /// before any message routed after the subscription, so nothing arrives
-    /// twice or out of order at the seam.
+    /// first. Each delivery must carry `headers.stored_id`; the session skips
+    /// the storage ids it has already delivered (across all its
+    /// subscriptions), and replayed messages are exempt from the queue bound
+    /// (the caller bounds a page). While `complete` is false the backlog is
+    /// unfinished: live messages with a storage id matching `filter` are held
+    /// and delivered, in id order and without the ones the pages brought, when
+    /// a replay with `complete = true` arrives. Called from `session.subscribed`,
+    /// the replay is applied right after SUBACK and before any message routed
+    /// after the subscription. Replays for a filter the client is no longer
+    /// subscribed to are ignored.
     async fn replay(
         &self,
         clientid: &str,

@@ -9,23 +9,15 @@ use super::*;
 
 const ITERATIONS: usize = 200_000;
 
-/// xorshift64*: small, deterministic, good enough to drive mutations.
-struct Rng(u64);
+use crate::test_rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+/// Bytes biased towards the values that matter in MQTT headers.
+trait ByteSource {
+    fn byte(&mut self) -> u8;
+}
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
+impl ByteSource for Rng {
     fn byte(&mut self) -> u8 {
-        // Bias towards the values that matter in MQTT headers.
         match self.below(4) {
             0 => [0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF][self.below(6)],
             _ => self.next() as u8,
