@@ -47,6 +47,7 @@ impl Fetcher {
         filter: &str,
         qos: QoS,
         opts: FetchOpts,
+        first_position_cap: i64,
     ) -> Result<(), PgsqlError> {
         if qos == QoS::AtMostOnce {
             return Ok(());
@@ -68,12 +69,16 @@ impl Fetcher {
                     .query_typed_one(
                         "WITH ins AS (
                              INSERT INTO mqtt_acked (clientid, topic, mid, created)
-                             VALUES ($1, $2, (SELECT COALESCE(max(id), 0) FROM mqtt_msg), now())
+                             VALUES ($1, $2, LEAST((SELECT COALESCE(max(id), 0) FROM mqtt_msg), $3), now())
                              ON CONFLICT (clientid, topic) DO NOTHING
                              RETURNING mid)
                          SELECT COALESCE((SELECT mid FROM ins), (SELECT mid FROM mqtt_acked
                                 WHERE clientid = $1 AND topic = $2))::int8",
-                        &[(&clientid, Type::TEXT), (&filter, Type::TEXT)],
+                        &[
+                            (&clientid, Type::TEXT),
+                            (&filter, Type::TEXT),
+                            (&first_position_cap, Type::INT8),
+                        ],
                     )
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
@@ -171,6 +176,17 @@ impl Fetcher {
             // Everything on this page was acknowledged already: move on at once.
             let _ = self.dirty.send(key.clone());
         }
+        // QoS 0 deliveries are never acknowledged: they are done once sent.
+        let at_most_once: Vec<(String, i64)> = deliveries
+            .iter()
+            .filter(|d| d.qos == QoS::AtMostOnce)
+            .filter_map(|d| Some((d.message.topic.to_string(), d.message.headers.stored_id?)))
+            .collect();
+        for (topic, id) in at_most_once {
+            for k in self.tracks.acked(clientid, &topic, id) {
+                let _ = self.dirty.send(k);
+            }
+        }
         match self.handle.replay(clientid, filter, deliveries, !full).await {
             Ok(()) => Ok(()),
             // The client left; its next subscription starts again from the position.
@@ -181,8 +197,15 @@ impl Fetcher {
     /// Serves page requests from the position task until the plugin stops.
     pub async fn serve_pages(self: Arc<Self>, mut pages: mpsc::UnboundedReceiver<PageDue>) {
         while let Some(due) = pages.recv().await {
-            if let Err(e) = self.page(&due.key, due.from).await {
-                tracing::warn!(clientid = %due.key.0, filter = %due.key.1, "cannot fetch the next page: {e}");
+            // A page that cannot be read is read again until it can: the
+            // subscription waits for it (live messages are held meanwhile).
+            let mut logged = false;
+            while let Err(e) = self.page(&due.key, due.from).await {
+                if !logged {
+                    tracing::warn!(clientid = %due.key.0, filter = %due.key.1, "cannot fetch the next page (retrying): {e}");
+                    logged = true;
+                }
+                tokio::time::sleep(crate::positions::RETRY_DELAY).await;
             }
         }
     }

@@ -210,9 +210,10 @@ impl Engine {
 
     /// True when the pool's message payload column can hold this payload.
     pub(crate) fn payload_fits(&self, pool: &str, payload: &[u8]) -> bool {
-        self.pools
-            .get(pool)
-            .is_none_or(|s| s.schema.payload_bytea || std::str::from_utf8(payload).is_ok())
+        self.pools.get(pool).is_none_or(|s| {
+            // A text column takes UTF-8 without NUL (PostgreSQL refuses U+0000 in text).
+            s.schema.payload_bytea || (std::str::from_utf8(payload).is_ok() && !payload.contains(&0))
+        })
     }
 
     /// on_message_retain: upserts the retained message of the topic.

@@ -122,6 +122,9 @@ pub(crate) struct Engine {
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
     pub(crate) stats: Arc<Stats>,
+    /// Ids stored by this node whose message.publish chain has not finished
+    /// (so they are not routed yet).
+    pub(crate) route_pending: Mutex<std::collections::BTreeSet<i64>>,
 }
 
 impl BackendPgsql {
@@ -311,6 +314,7 @@ async fn start_engine(
         dirty,
         fetcher,
         stats,
+        route_pending: Mutex::default(),
     })
 }
 

@@ -198,7 +198,11 @@ impl Tracks {
             t.delivered.retain(|&id| id > position);
         }
         if !t.active {
-            // No session is subscribed: nothing to page to.
+            // No session is subscribed: nothing to page to; once nothing is left
+            // to record, the entry goes.
+            if t.acked.is_empty() {
+                map.remove(key);
+            }
             return None;
         }
         if let Some(last) = t.page_last {
@@ -234,8 +238,13 @@ struct Candidate {
     time_range_secs: Option<f64>,
 }
 
+/// How long a failed position write or page read waits before it is tried again.
+pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The task that writes positions.
 pub struct Flusher {
+    /// Our own queue: subscriptions whose write failed go back on it.
+    retry: mpsc::UnboundedSender<TrackKey>,
     pool: NamedPool,
     tracks: Arc<Tracks>,
     rx: mpsc::UnboundedReceiver<TrackKey>,
@@ -250,8 +259,10 @@ impl Flusher {
         pages: mpsc::UnboundedSender<PageDue>,
     ) -> mpsc::UnboundedSender<TrackKey> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let retry = tx.clone();
         tokio::spawn(
             Flusher {
+                retry,
                 pool,
                 tracks,
                 rx,
@@ -288,8 +299,15 @@ impl Flusher {
                     Err(e) => {
                         if !in_outage {
                             in_outage = true;
-                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried on the next acknowledgement): {e}");
+                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried until the database answers): {e}");
                         }
+                        // Retried by itself: waiting for the next acknowledgement
+                        // would stall a page whose acknowledgements all came in.
+                        let retry = self.retry.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RETRY_DELAY).await;
+                            let _ = retry.send(key);
+                        });
                     }
                 }
             }
@@ -335,9 +353,10 @@ async fn advance(
     let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
     let position = gap.map_or(c.high, |g| g - 1);
     let row = conn
-        .query_typed_one(
-            "INSERT INTO mqtt_acked (clientid, topic, mid, created) VALUES ($1, $2, $3, now())
-             ON CONFLICT (clientid, topic) DO UPDATE SET mid = GREATEST(mqtt_acked.mid, EXCLUDED.mid)
+        .query_typed_opt(
+            // UPDATE only: the row exists since the first subscription; an
+            // unsubscribe that deleted it meanwhile must not see it come back.
+            "UPDATE mqtt_acked SET mid = GREATEST(mid, $3) WHERE clientid = $1 AND topic = $2
              RETURNING mid::int8",
             &[
                 (clientid, Type::TEXT),
@@ -349,7 +368,8 @@ async fn advance(
         .map_err(PgsqlError::query(format!(
             "advance position of `{clientid}` on `{filter}`"
         )))?;
-    Ok((row.get(0), gap))
+    // No row: unsubscribed meanwhile; the position stays in memory only.
+    Ok((row.map_or(position, |r| r.get(0)), gap))
 }
 
 /// The first id of `matching` (ascending) that is not in `acked` (ascending).

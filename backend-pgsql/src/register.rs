@@ -15,6 +15,10 @@ use crate::positions::FetchOpts;
 use crate::rules::{Action, Function, Rule};
 use crate::{mqtt_matches, Engine, NAME};
 
+/// Attempts of an offline fetch that failed (RETRY_DELAY apart) before it
+/// waits for the client's next subscription.
+const FETCH_RETRIES: u32 = 240;
+
 fn topic_ok(rule: &Rule, topic: &str) -> bool {
     rule.topic.as_deref().is_none_or(|f| mqtt_matches(f, topic))
 }
@@ -106,12 +110,32 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
 
 /// Hooks that keep the per-subscription tracks in step with the sessions.
 fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
+    // Last on message.publish: the chain is done and the broker routes the
+    // message next, so it is no longer "stored but not routed".
+    let e = Arc::clone(engine);
+    hooks.message_publish.add(NAME, i32::MIN, move |_, m: Message| {
+        let e = Arc::clone(&e);
+        async move {
+            if let Some(id) = m.headers.stored_id {
+                e.route_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }
+            Ok(Flow::Continue(m))
+        }
+    });
     let e = Arc::clone(engine);
     hooks.message_delivered.add(NAME, -1000, move |args, m: Message| {
         let e = Arc::clone(&e);
         async move {
             if let Some(id) = m.headers.stored_id {
-                e.tracks.delivered(&args.client.clientid, &m.topic, id);
+                if m.qos == hooks_spec::QoS::AtMostOnce {
+                    // Never acknowledged: done once written.
+                    e.mark_done(&args.client.clientid, &m.topic, id);
+                } else {
+                    e.tracks.delivered(&args.client.clientid, &m.topic, id);
+                }
             }
             Ok(Flow::Continue(m))
         }
@@ -122,7 +146,11 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         async move {
             // Expired or too large for the client: it will never be delivered,
             // so it must not hold the position back.
-            if matches!(args.reason, DropReason::Expired | DropReason::TooLarge) {
+            // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
+            if matches!(
+                args.reason,
+                DropReason::Expired | DropReason::TooLarge | DropReason::Denied
+            ) {
                 if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
                     e.mark_done(client, &args.message.topic, id);
                 }
@@ -199,7 +227,35 @@ impl Engine {
                             .unwrap_or(self.cfg.max_returned_count),
                         time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
                     };
-                    f.on_subscribed(&client.clientid, filter, opts.qos, fetch).await
+                    let cap = self.first_position_cap();
+                    let result = f
+                        .on_subscribed(&client.clientid, filter, opts.qos, fetch, cap)
+                        .await;
+                    if result.is_err() {
+                        // The database did not answer: register (or replay) later,
+                        // from a position no later than what this node had stored
+                        // when the client subscribed, so nothing is skipped.
+                        let hint = cap.min(self.stats.store.last_id.load(Ordering::Relaxed));
+                        let (f, clientid, filter, qos) = (
+                            Arc::clone(f),
+                            client.clientid.to_string(),
+                            filter.to_string(),
+                            opts.qos,
+                        );
+                        tokio::spawn(async move {
+                            for _ in 0..FETCH_RETRIES {
+                                tokio::time::sleep(crate::positions::RETRY_DELAY).await;
+                                if f.on_subscribed(&clientid, &filter, qos, fetch, hint)
+                                    .await
+                                    .is_ok()
+                                {
+                                    return;
+                                }
+                            }
+                            tracing::error!(%clientid, %filter, "offline fetch kept failing; the client's next subscription retries");
+                        });
+                    }
+                    result
                 }
                 None => Ok(()),
             },
@@ -231,8 +287,12 @@ impl Engine {
         let empty_retained = m.retain && m.payload.is_empty();
         let result = match &rule.action {
             Action::Function(f @ (Function::OnMessagePublish | Function::OnMessageStore)) => {
-                let attach = *f == Function::OnMessagePublish;
-                if (attach && m.qos == hooks_spec::QoS::AtMostOnce) || empty_retained {
+                // on_message_store also attaches the id: acknowledgements and
+                // offline fetch need it to know the message was delivered.
+                let attach = true;
+                if (*f == Function::OnMessagePublish && m.qos == hooks_spec::QoS::AtMostOnce)
+                    || empty_retained
+                {
                     return Flow::Continue(m);
                 }
                 if !self.payload_fits(&rule.pool, &m.payload) {
@@ -244,6 +304,12 @@ impl Engine {
                     Ok(id) => {
                         if attach {
                             m.headers.stored_id = Some(id);
+                            if self.fetcher.is_some() {
+                                self.route_pending
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(id);
+                            }
                         }
                         Ok(())
                     }
@@ -323,6 +389,14 @@ impl Engine {
                 self.fail(i, &e);
             }
         }
+    }
+
+    /// The highest id a first subscription may start at: below every message
+    /// this node has stored but not yet routed (a subscriber must not count as
+    /// history a message that will reach it live and may go unacknowledged).
+    fn first_position_cap(&self) -> i64 {
+        let pending = self.route_pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.first().map_or(i64::MAX, |id| id - 1)
     }
 
     /// A stored message is done for a client (acknowledged, or undeliverable):

@@ -66,6 +66,8 @@ pub struct StoreStats {
     pub outages: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
+    /// The highest id this node committed.
+    pub last_id: std::sync::atomic::AtomicI64,
 }
 
 /// Handle to the writer task.
@@ -119,13 +121,52 @@ async fn run(
                 Err(_) => break,
             }
         }
-        match write_batch(&pool, schema, &batch).await {
+        // A publisher that stopped waiting (store_timeout) was told "not stored";
+        // storing its message now would make it arrive anyway, and again later.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let result = match write_batch(&pool, schema, &batch).await {
+            // One bad row (say, a value too long for an EMQX varchar column) must
+            // not fail its neighbours: retry them one by one before giving up.
+            // (Only for a statement that failed: a connection problem fails each row alike.)
+            Err(PgsqlError::Query { .. }) if batch.len() > 1 => {
+                let mut ids = Vec::with_capacity(batch.len());
+                let mut first_error = None;
+                for p in batch.drain(..) {
+                    match write_batch(&pool, schema, std::slice::from_ref(&p)).await {
+                        Ok(one) => {
+                            let id = one.first().copied().unwrap_or_default();
+                            ids.push(id);
+                            stats.last_id.fetch_max(id, Ordering::Relaxed);
+                            stats.stored.fetch_add(1, Ordering::Relaxed);
+                            let _ = p.reply.send(Ok(id));
+                        }
+                        Err(e) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            let _ = p.reply.send(Err(e.to_string()));
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                match first_error {
+                    Some(e) if ids.is_empty() => Err(e),
+                    _ => Ok(Vec::new()),
+                }
+            }
+            other => other,
+        };
+        match result {
             Ok(ids) => {
                 if in_outage {
                     in_outage = false;
                     tracing::warn!(pool = %pool.name, "storing messages again: PostgreSQL is back");
                 }
                 stats.stored.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                if let Some(&last) = ids.last() {
+                    stats.last_id.fetch_max(last, Ordering::Relaxed);
+                }
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 for (p, id) in batch.drain(..).zip(ids) {
                     let _ = p.reply.send(Ok(id));

@@ -314,7 +314,13 @@ impl Session {
         };
         if a.reason >= 0x80 {
             if let Some(entry) = self.take_inflight(a.pkid, AckState::PubRec) {
-                drop(entry);
+                // The client refused it: the delivery ends here (message.dropped,
+                // so a storage plugin does not wait for its acknowledgement).
+                self.shared.fire_dropped(
+                    &entry.routed.message,
+                    DropReason::Denied,
+                    Some(&self.client.clientid),
+                );
                 self.drain_queue().await;
             }
             return;
