@@ -316,7 +316,7 @@ impl Session {
         self.close_connection(DisconnectReason::SocketClosed).await;
         self.publish_delayed_will();
         // Finish publishes whose hooks are still running: they were accepted.
-        while let Some(done) = futures_util::StreamExt::next(&mut self.pending).await {
+        while let Some(done) = self.pending.next().await {
             self.publish_done(done).await;
         }
         self.shared.registry.remove(&self.client.clientid, self.uid);
@@ -348,7 +348,7 @@ impl Session {
     /// Broker shutdown: finish pending publishes, tell an MQTT 5 client why,
     /// flush and close.
     pub(super) async fn shutdown(mut self) {
-        while let Some(done) = futures_util::StreamExt::next(&mut self.pending).await {
+        while let Some(done) = self.pending.next().await {
             self.publish_done(done).await;
         }
         if self.conn.is_some() {

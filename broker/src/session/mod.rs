@@ -200,7 +200,7 @@ pub(crate) struct Session {
     /// earlier epoch are not sent (their packet ids mean nothing any more).
     epoch: u64,
     /// Publishes whose hook chain is running, completed in arrival order.
-    pending: FuturesOrdered<BoxFuture<PublishDone>>,
+    pending: PendingPublishes,
     /// Session expiry interval in seconds; `u32::MAX` never.
     expiry_secs: u32,
     /// When the session expires while disconnected.
@@ -221,6 +221,33 @@ enum Event {
     Expired,
     WillDue,
     Shutdown,
+}
+
+/// Publishes whose message.publish chain is running, completed in arrival
+/// order. The queue is created on first use: an idle session keeps none.
+#[derive(Default)]
+struct PendingPublishes(Option<FuturesOrdered<BoxFuture<PublishDone>>>);
+
+impl PendingPublishes {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, fut: BoxFuture<PublishDone>) {
+        self.0.get_or_insert_with(FuturesOrdered::new).push_back(fut);
+    }
+
+    /// The next finished publish; `None` when none is running.
+    async fn next(&mut self) -> Option<PublishDone> {
+        match self.0.as_mut() {
+            Some(q) => q.next().await,
+            None => None,
+        }
+    }
 }
 
 /// Commands handled per turn of the loop before the socket is looked at again.
@@ -264,7 +291,7 @@ impl Session {
             awaiting_rel: HashSet::new(),
             pending_qos2: HashSet::new(),
             epoch: 0,
-            pending: FuturesOrdered::new(),
+            pending: PendingPublishes::default(),
             expiry_secs: 0,
             expires_at: None,
             delayed_will: None,
