@@ -168,8 +168,14 @@ async fn run(
                     stats.last_id.fetch_max(last, Ordering::Relaxed);
                 }
                 stats.batches.fetch_add(1, Ordering::Relaxed);
+                let mut orphans = Vec::new();
                 for (p, id) in batch.drain(..).zip(ids) {
-                    let _ = p.reply.send(Ok(id));
+                    if p.reply.send(Ok(id)).is_err() {
+                        orphans.push(id);
+                    }
+                }
+                if !orphans.is_empty() {
+                    forget_orphans(&pool, &orphans, &stats).await;
                 }
             }
             Err(e) => {
@@ -185,6 +191,26 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Rows committed after their publisher stopped waiting (store_timeout) and
+/// was told "not stored": removed, so that stays true (the publisher sends
+/// again, or the message went out live without a storage id).
+async fn forget_orphans(pool: &NamedPool, ids: &[i64], stats: &StoreStats) {
+    stats.stored.fetch_sub(ids.len() as u64, Ordering::Relaxed);
+    let result = async {
+        let conn = pool.get().await?;
+        conn.execute_typed(
+            "DELETE FROM mqtt_msg WHERE id = ANY($1)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(PgsqlError::query("DELETE late rows from mqtt_msg"))
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(pool = %pool.name, ?ids, "cannot remove rows stored after their publisher gave up: {e}");
     }
 }
 
