@@ -346,31 +346,6 @@ async fn two_brokers_writing_one_database_lose_and_duplicate_nothing() {
     wait_for_position(&pg, "collector", filter, last).await;
 }
 
-/// Puts `ALLOW_CONNECTIONS` back even when the test fails.
-struct ReopenOnDrop {
-    db: String,
-}
-
-async fn set_allow_connections(db: &str, allow: bool) {
-    let admin = pg_connect(&pg_admin_url()).await;
-    admin
-        .batch_execute(&format!("ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {allow}"))
-        .await
-        .unwrap();
-}
-
-impl Drop for ReopenOnDrop {
-    fn drop(&mut self) {
-        let db = self.db.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(set_allow_connections(&db, true));
-            }
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn a_database_outage_refuses_to_acknowledge_but_still_delivers_live_and_heals() {
     let db = TestDb::create().await;
@@ -384,25 +359,7 @@ async fn a_database_outage_refuses_to_acknowledge_but_still_delivers_live_and_he
     assert_eq!(text(&sub.next_publish().await), "before");
 
     // The outage: no new connections, and the existing ones are cut.
-    let _reopen = ReopenOnDrop { db: db.name.clone() };
-    set_allow_connections(&db.name, false).await;
-    let admin = pg_connect(&pg_admin_url()).await;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            &[&db.name],
-        )
-        .await
-        .unwrap();
-    wait_for_db(
-        &admin,
-        &format!(
-            "select count(*) from pg_stat_activity where datname = {}",
-            sql_literal(&db.name)
-        ),
-        Some(0),
-    )
-    .await;
+    let _reopen = outage_start(&db).await;
 
     // MQTT 5: told the message was not stored.
     let ack = p5

@@ -153,3 +153,57 @@ pub async fn publish_all(addr: std::net::SocketAddr, id: &str, topic: &str, payl
 pub fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("m{i}")).collect()
 }
+
+// Database outages: the test database refuses connections and loses its
+// existing ones, and gets them back when the guard drops.
+
+/// `ALTER DATABASE .. WITH ALLOW_CONNECTIONS`.
+pub async fn set_allow_connections(db: &str, allow: bool) {
+    let admin = pg_connect(&pg_admin_url()).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {allow}"))
+        .await
+        .unwrap();
+}
+
+/// Puts `ALLOW_CONNECTIONS` back even when the test fails (so the database can be dropped).
+pub struct ReopenOnDrop {
+    /// The database.
+    pub db: String,
+}
+
+impl Drop for ReopenOnDrop {
+    fn drop(&mut self) {
+        let db = self.db.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(set_allow_connections(&db, true));
+            }
+        })
+        .join();
+    }
+}
+
+/// The database refuses new connections and every existing one is cut.
+pub async fn outage_start(db: &TestDb) -> ReopenOnDrop {
+    let guard = ReopenOnDrop { db: db.name.clone() };
+    set_allow_connections(&db.name, false).await;
+    let admin = pg_connect(&pg_admin_url()).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    wait_for_db(
+        &admin,
+        &format!(
+            "select count(*) from pg_stat_activity where datname = {}",
+            sql_literal(&db.name)
+        ),
+        Some(0),
+    )
+    .await;
+    guard
+}
