@@ -3,16 +3,17 @@
 //! The position only moves forward, and only over a contiguous range: it
 //! becomes the largest N such that every stored message matching the filter
 //! with an id in (position, N] has been acknowledged by the client. The
-//! database is the judge of which ids match (one statement computes the first
-//! unacknowledged matching id and upserts the new position with `GREATEST`),
-//! so out-of-order acknowledgements, messages written by another broker that
-//! never reached this one live, and messages a full queue dropped can never be
-//! skipped.
+//! database is the judge of which ids match (the flusher reads the matching
+//! ids in the range, the first one not acknowledged is the gap, and the
+//! position is updated with `GREATEST`), so out-of-order acknowledgements,
+//! messages written by another broker that never reached this one live, and
+//! messages a full queue dropped can never be skipped. Failed writes are
+//! retried until the database answers.
 //!
 //! The per-subscription bookkeeping ([`Track`]) lives behind a `std` mutex
 //! held only for short, await-free updates; one task ([`Flusher`]) owns the
 //! writes of positions and batches them: whatever acknowledgements arrived
-//! while it was writing are folded into the next statement per subscription.
+//! while it was writing are folded into the next write per subscription.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
