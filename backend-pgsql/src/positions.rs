@@ -69,7 +69,40 @@ impl Default for FetchOpts {
 /// Every tracked subscription.
 #[derive(Default)]
 pub struct Tracks {
-    map: Mutex<HashMap<TrackKey, Track>>,
+    map: Mutex<TrackMap>,
+}
+
+/// Tracks by client id, then filter: every stored message delivered or
+/// acknowledged looks only at its own client's subscriptions.
+#[derive(Default)]
+struct TrackMap(HashMap<String, HashMap<String, Track>>);
+
+impl TrackMap {
+    fn get(&self, (c, f): &TrackKey) -> Option<&Track> {
+        self.0.get(c)?.get(f)
+    }
+
+    fn get_mut(&mut self, (c, f): &TrackKey) -> Option<&mut Track> {
+        self.0.get_mut(c)?.get_mut(f)
+    }
+
+    fn entry(&mut self, (c, f): TrackKey) -> &mut Track {
+        self.0.entry(c).or_default().entry(f).or_default()
+    }
+
+    fn remove(&mut self, (c, f): &TrackKey) {
+        if let Some(by_filter) = self.0.get_mut(c) {
+            by_filter.remove(f);
+            if by_filter.is_empty() {
+                self.0.remove(c);
+            }
+        }
+    }
+
+    /// One client's tracks (filter, track).
+    fn client_mut(&mut self, clientid: &str) -> impl Iterator<Item = (&String, &mut Track)> {
+        self.0.get_mut(clientid).into_iter().flat_map(|m| m.iter_mut())
+    }
 }
 
 /// What a page fetch needs to know after a position moved.
@@ -82,7 +115,7 @@ pub struct PageDue {
 }
 
 impl Tracks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TrackKey, Track>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -91,7 +124,7 @@ impl Tracks {
     /// fetch from.
     pub fn start(&self, key: TrackKey, db_position: i64, qos: i32, opts: FetchOpts) -> i64 {
         let mut map = self.lock();
-        let t = map.entry(key).or_default();
+        let t = map.entry(key);
         t.opts = opts;
         t.position = t.position.max(db_position);
         let p = t.position;
@@ -125,8 +158,8 @@ impl Tracks {
     /// A stored message was written to the client.
     pub fn delivered(&self, clientid: &str, topic: &str, id: i64) {
         let mut map = self.lock();
-        for ((c, f), t) in map.iter_mut() {
-            if c == clientid && t.active && id > t.position && hooks_match(f, topic) {
+        for (f, t) in map.client_mut(clientid) {
+            if t.active && id > t.position && hooks_match(f, topic) {
                 t.delivered.insert(id);
             }
         }
@@ -138,12 +171,12 @@ impl Tracks {
     pub fn acked(&self, clientid: &str, topic: &str, id: i64) -> Vec<TrackKey> {
         let mut map = self.lock();
         let mut dirty = Vec::new();
-        for ((c, f), t) in map.iter_mut() {
-            if c == clientid && hooks_match(f, topic) {
+        for (f, t) in map.client_mut(clientid) {
+            if hooks_match(f, topic) {
                 t.delivered.remove(&id);
                 if id > t.position {
                     t.acked.insert(id);
-                    dirty.push((c.clone(), f.clone()));
+                    dirty.push((clientid.to_string(), f.clone()));
                 }
             }
         }
@@ -160,15 +193,18 @@ impl Tracks {
     /// position cannot pass an unacknowledged id below them); what was in
     /// flight or paged belonged to the session and is dropped.
     pub fn forget_client(&self, clientid: &str) {
-        self.lock().retain(|(c, _), t| {
-            if c != clientid {
-                return true;
+        let mut map = self.lock();
+        if let Some(by_filter) = map.0.get_mut(clientid) {
+            by_filter.retain(|_, t| {
+                t.active = false;
+                t.delivered.clear();
+                t.page_last = None;
+                !t.acked.is_empty()
+            });
+            if by_filter.is_empty() {
+                map.0.remove(clientid);
             }
-            t.active = false;
-            t.delivered.clear();
-            t.page_last = None;
-            !t.acked.is_empty()
-        });
+        }
     }
 
     /// The candidate advance of one subscription.
@@ -454,7 +490,7 @@ mod tests {
             HashSet::from([12]),
             "left out of the next session's replay"
         );
-        assert!(t.lock()[&key()].delivered.is_empty());
+        assert!(t.lock().get(&key()).unwrap().delivered.is_empty());
     }
 
     #[test]
