@@ -72,6 +72,9 @@ pub struct Config {
     /// `shutdown.timeout`: how long shutdown waits for connections and
     /// plugins to finish. Default `10s`.
     pub shutdown_timeout: Duration,
+    /// `sys.interval`: how often the counters are published under `$SYS`;
+    /// `0s` turns that off (`None`). Default `1m`.
+    pub sys_interval: Option<Duration>,
 }
 
 /// One MQTT/TCP listener (`listener.tcp.<name> = <ip:port>`).
@@ -232,6 +235,7 @@ impl Config {
             plugins_etc_dir: dir.clone(),
             hooks_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            sys_interval: Some(Duration::from_secs(60)),
         };
         // The entry each listener came from, for duplicate-address errors.
         let mut listener_entries: Vec<&ConfEntry> = Vec::new();
@@ -324,6 +328,10 @@ impl Config {
                 }
                 "hooks.timeout" => cfg.hooks_timeout = positive_duration(conf, e)?,
                 "shutdown.timeout" => cfg.shutdown_timeout = conf.parse_duration(e)?,
+                "sys.interval" => {
+                    let d = conf.parse_duration(e)?;
+                    cfg.sys_interval = (!d.is_zero()).then_some(d);
+                }
                 key if key.len() > LISTENER_PREFIX.len()
                     && key.starts_with(LISTENER_PREFIX)
                     && !key[LISTENER_PREFIX.len()..].contains('.') =>

@@ -14,6 +14,9 @@ use hooks_spec::{AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, Con
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::metrics::Metrics;
+use crate::transport::{Peer, Stream};
+
 use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
 use crate::registry::SessionRef;
 use crate::server::Shared;
@@ -30,9 +33,16 @@ mod rc {
 }
 
 /// Handles one accepted socket until it is handed to a session or refused.
-pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let _task = shared.tasks.enter();
+pub async fn handle(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    handle_stream(shared, Stream::Tcp(stream), Peer::plain(addr)).await;
+}
+
+/// Handles one accepted stream of any kind (TCP, TLS, in-memory) until it is
+/// handed to a session or refused.
+pub async fn handle_stream(shared: Arc<Shared>, mut stream: Stream, peer_info: Peer) {
+    let _task = shared.tasks.enter();
+    let peer = peer_info.addr;
     let max = shared.config.mqtt.max_packet_size as usize;
     let mut buf = BytesMut::with_capacity(1024);
     let timeout = shared.config.mqtt.connect_timeout;
@@ -131,6 +141,7 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         clean_start: connect.clean_start,
         session_expiry,
         keepalive,
+        cert_common_name: peer_info.cert_common_name.clone(),
     };
 
     let auth = if hooks.client_authenticate.is_empty() {
@@ -151,11 +162,13 @@ pub async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         AuthResult::Ignore if limits.allow_anonymous => {}
         AuthResult::Ignore => {
             tracing::info!(%peer, clientid = %clientid, "refused: anonymous access is off");
+            Metrics::bump(&shared.metrics.auth_failures);
             refuse_with_hook(&shared, &mut stream, &conn, rc::NOT_AUTHORIZED).await;
             return;
         }
         AuthResult::Deny => {
             tracing::info!(%peer, clientid = %clientid, "refused: authentication failed");
+            Metrics::bump(&shared.metrics.auth_failures);
             refuse_with_hook(&shared, &mut stream, &conn, rc::BAD_USERNAME_OR_PASSWORD).await;
             return;
         }
@@ -223,7 +236,7 @@ enum ReadError {
     Decode(DecodeError),
 }
 
-async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Result<Connect, ReadError> {
+async fn read_connect(stream: &mut Stream, buf: &mut BytesMut, max: usize) -> Result<Connect, ReadError> {
     loop {
         match codec::decode_connect(buf, max) {
             Ok(Some(c)) => return Ok(c),
@@ -238,7 +251,7 @@ async fn read_connect(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) ->
 }
 
 /// Runs client.connack for a refusal, sends the CONNACK and closes.
-async fn refuse_with_hook(shared: &Shared, stream: &mut TcpStream, conn: &ConnInfo, code: u8) {
+async fn refuse_with_hook(shared: &Shared, stream: &mut Stream, conn: &ConnInfo, code: u8) {
     if !shared.hooks.client_connack.is_empty() {
         let args = Arc::new(ConnackArgs {
             conn: conn.clone(),
@@ -253,7 +266,7 @@ async fn refuse_with_hook(shared: &Shared, stream: &mut TcpStream, conn: &ConnIn
     refuse(stream, conn.protocol, code).await;
 }
 
-async fn refuse(stream: &mut TcpStream, protocol: ProtocolVersion, code: u8) {
+async fn refuse(stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
     let codec = Codec {
         protocol,
         max_packet_size: usize::MAX,

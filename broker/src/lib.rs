@@ -30,6 +30,7 @@ pub mod connection;
 pub mod handle;
 pub mod listener;
 pub mod mailbox;
+pub mod metrics;
 pub mod plugins;
 pub mod registry;
 pub mod retain;
@@ -40,6 +41,7 @@ pub mod session;
 mod test_rng;
 pub mod topic;
 pub mod trie;
+pub mod transport;
 
 use std::net::SocketAddr;
 

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 use crate::handle::Handle;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::retain::RetainStore;
 use crate::router::Router;
@@ -56,15 +57,6 @@ impl Drop for TaskGuard {
             self.0.idle.notify_waiters();
         }
     }
-}
-
-/// Broker counters.
-#[derive(Default)]
-pub struct Metrics {
-    /// Messages dropped for any reason.
-    pub messages_dropped: AtomicU64,
-    /// Messages routed (each publish counts once).
-    pub messages_routed: AtomicU64,
 }
 
 /// State shared by every task of one broker.
@@ -153,6 +145,7 @@ impl Shared {
                 == hooks_spec::AclResult::Deny
             {
                 tracing::info!(clientid = %c.clientid, topic = %msg.topic, "will denied by ACL");
+                Metrics::bump(&self.metrics.acl_denied_publish);
                 self.fire_dropped(&Arc::new(msg), DropReason::Denied, None);
                 return 0;
             }
@@ -260,6 +253,9 @@ impl Server {
         }
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
+        if let Some(interval) = shared.config.sys_interval {
+            accept_tasks.push(tokio::spawn(crate::metrics::publish_loop(Arc::clone(&shared), interval)));
+        }
         for (listener, addr) in bound {
             addrs.push(addr);
             accept_tasks.push(tokio::spawn(listener::accept_loop(listener, Arc::clone(&shared))));
@@ -276,6 +272,18 @@ impl Server {
     /// The bound listener addresses, in config order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Serves one already-accepted stream as a listener would: the
+    /// handshake, then a session. For in-process tests and the connection
+    /// fuzz target, which feed the broker from memory.
+    pub fn serve_stream(
+        &self,
+        stream: impl crate::transport::Io,
+        peer: crate::transport::Peer,
+    ) -> tokio::task::JoinHandle<()> {
+        let stream = crate::transport::Stream::Boxed(Box::new(stream));
+        tokio::spawn(crate::connection::handle_stream(Arc::clone(&self.shared), stream, peer))
     }
 
     /// The shared state (for tests and the plugin handle).

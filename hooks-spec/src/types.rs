@@ -88,6 +88,9 @@ pub struct ClientInfo {
     pub session_expiry: u32,
     /// Keep alive in seconds in force (after any server override).
     pub keepalive: u16,
+    /// The common name of the client's verified TLS certificate, when it
+    /// connected over TLS with one.
+    pub cert_common_name: Option<Arc<str>>,
 }
 
 /// What a client sent in CONNECT, for `client.connect`/`client.connack`

@@ -155,6 +155,7 @@ async fn failing_authentication_callback_denies() {
             clean_start: true,
             session_expiry: 0,
             keepalive: 30,
+            cert_common_name: None,
         },
         password: None,
     });

@@ -43,6 +43,7 @@ fn defaults() -> Config {
         plugins_etc_dir: PathBuf::from("/opt/postbox/etc"),
         hooks_timeout: Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(10),
+        sys_interval: Some(Duration::from_secs(60)),
     }
 }
 
@@ -88,7 +89,8 @@ fn every_key() {
          plugins.load = backend_pgsql, other\n\
          plugins.etc_dir = plugins.d\n\
          hooks.timeout = 2s\n\
-         shutdown.timeout = 0s\n");
+         shutdown.timeout = 0s\n\
+         sys.interval = 250ms\n");
     assert_eq!(
         c,
         Config {
@@ -124,6 +126,7 @@ fn every_key() {
             plugins_etc_dir: PathBuf::from("/opt/postbox/etc/plugins.d"),
             hooks_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::ZERO,
+            sys_interval: Some(Duration::from_millis(250)),
         }
     );
 }

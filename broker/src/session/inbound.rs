@@ -118,6 +118,7 @@ impl Session {
 
         if !self.acl_allows(AclAction::Publish, &topic).await {
             tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
+            crate::metrics::Metrics::bump(&self.shared.metrics.acl_denied_publish);
             let pkid = p.pkid;
             let msg = Arc::new(self.message_from(topic, p));
             self.shared.fire_dropped(&msg, DropReason::Denied, None);
@@ -322,6 +323,7 @@ impl Session {
             };
             if !self.acl_allows(AclAction::Subscribe, &f.filter).await {
                 tracing::info!(clientid = %self.client.clientid, filter = %f.filter, "subscribe denied by ACL");
+                crate::metrics::Metrics::bump(&self.shared.metrics.acl_denied_subscribe);
                 codes[i] = Some(rc::NOT_AUTHORIZED);
                 continue;
             }

@@ -91,7 +91,7 @@ impl Session {
         let keepalive_secs = self.client.keepalive;
         let send_window =
             usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
-        let (reader, writer) = attach.stream.into_split();
+        let (reader, writer) = attach.stream.split();
         self.next_gen += 1;
         self.conn = Some(Conn {
             reader,

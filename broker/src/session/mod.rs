@@ -28,8 +28,6 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, ConnProperties, Flow, Message, QoS, SubOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::codec::{Codec, Connect, Will};
@@ -83,7 +81,7 @@ pub struct Routed {
 /// A connection that finished its handshake and is handed to a session.
 pub struct Attach {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: crate::transport::Stream,
     /// Bytes read after the CONNECT packet.
     pub inbuf: BytesMut,
     /// The decoded CONNECT.
@@ -120,8 +118,8 @@ struct Inflight {
 
 /// The attached connection.
 struct Conn {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: crate::transport::Reader,
+    writer: crate::transport::Writer,
     inbuf: BytesMut,
     outbuf: BytesMut,
     codec: Codec,
