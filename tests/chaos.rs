@@ -6,21 +6,32 @@
 //!
 //! * every message the broker acknowledged to a publisher (PUBACK received)
 //!   reached every subscriber (all subscribed before the first publish);
-//! * no subscriber received a message again after its PUBACK for that
-//!   message had been written to the socket (a redelivery of a message whose
-//!   PUBACK was not yet written is MQTT's at-least-once and is only counted).
+//! * no subscriber received a message again after the broker had recorded
+//!   its acknowledgement: neither without a crash in between, nor after a
+//!   crash when the subscriber's `mqtt_acked` position read just before the
+//!   SIGKILL already covered the message.
+//!
+//! What "acknowledged" means here is deliberate. A QoS 1 PUBACK has no reply:
+//! a subscriber cannot know whether the broker read and recorded it before a
+//! SIGKILL, so no broker can promise never to resend a message whose PUBACK
+//! died with it. Those redeliveries (MQTT's at-least-once) are counted and
+//! printed by cause, and do not fail the test; an acknowledgement the broker
+//! recorded and then forgot does. Out-of-order acknowledgements above a
+//! subscription's position are held in memory only (README, "Limits"), so
+//! they belong to the first kind.
 //!
 //! The fault schedule is pseudo-random from a seed that is printed;
 //! `POSTBOX_CHAOS_SEED` replays it (the interleaving with the traffic is not
 //! deterministic), `POSTBOX_CHAOS_SECS` sets how long faults are injected
-//! (default 40 s; a longer run is just a bigger value).
+//! (default 20 s, which keeps the test under a minute in CI; a longer run is
+//! just a bigger value, e.g. `POSTBOX_CHAOS_SECS=600`).
 //!
 //! Repeats are also sorted by cause ([`RepeatKind`]): against the SIGKILLs
 //! between the PUBACK and the repeat, and each subscriber's `mqtt_acked`
 //! position read just before each SIGKILL.
 //!
-//! Ignored for now (see the `ignore` reason); run it with
-//! `cargo test -p postbox-broker --test chaos -- --ignored --test-threads=2 --nocapture`.
+//! Part of the normal test suite; to watch the report run
+//! `cargo test -p postbox-broker --test chaos -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 mod support;
@@ -43,7 +54,7 @@ const PUBLISHERS: usize = 2;
 const FILTER: &str = "chaos/#";
 /// `max_returned_count` of the fetch rule: replays come in pages of this many.
 const PAGE: u64 = 20;
-const DEFAULT_SECS: u64 = 40;
+const DEFAULT_SECS: u64 = 20;
 /// A publish without PUBACK by then is given up (the connection is dropped
 /// and the message published again under a new attempt number).
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -502,7 +513,6 @@ fn classify(r: &Repeat, sub: usize, id: Option<i64>, kills: &[Kill]) -> (RepeatK
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "opt-in chaos run (~45 s; POSTBOX_CHAOS_SECS for longer): cargo test --test chaos -- --ignored"]
 async fn acknowledged_messages_reach_every_subscriber_once_through_drops_db_kills_and_crashes() {
     let seed = env_u64("POSTBOX_CHAOS_SEED").unwrap_or_else(|| {
         SystemTime::now()
@@ -851,10 +861,10 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_drops_db_kill
             late.join(", ")
         );
     }
-    // A repeat breaks the invariant unless its PUBACK was still in flight when
-    // the broker was SIGKILLed (written less than IN_FLIGHT before the kill, and
-    // not yet covered by the recorded position): an acknowledgement the broker
-    // never read, or had not yet recorded, cannot be honoured by any broker.
+    // A repeat breaks the invariant when the broker had recorded the
+    // acknowledgement: no crash in between, or a position that covered it just
+    // before the crash. An acknowledgement that died with the broker (in
+    // flight, or held in memory only) cannot be honoured by any broker.
     let mut violations = 0;
     if total_repeated > 0 {
         // Where each repeat comes from, judged by the SIGKILLs between the
@@ -875,7 +885,7 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_drops_db_kill
             let mut by_kind: Vec<(RepeatKind, usize, String, f64)> = Vec::new();
             for r in reps {
                 let (kind, why, lead) = classify(r, i, ids.get(&r.payload).copied(), &kills);
-                if kind != RepeatKind::AckInFlightAtCrash {
+                if matches!(kind, RepeatKind::NoCrashBetween | RepeatKind::DurablyAckedBeforeCrash) {
                     violations += 1;
                 }
                 let lead = lead.unwrap_or(0.0);
