@@ -45,7 +45,7 @@ const GLOBALS: &[&str] = &[
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
-const POOL_SETTINGS: &[&str] = &[
+pub(crate) const POOL_SETTINGS: &[&str] = &[
     "server",
     "pool_size",
     "username",
@@ -254,6 +254,56 @@ impl Reader<'_> {
     }
 }
 
+/// Builds one pool from its `server` entry and its settings (`(setting,
+/// entry)` pairs, the setting names of [`POOL_SETTINGS`]). `prefix` is how
+/// the pool's keys start (`backend.pgsql.pool1.`), for messages. Shared with
+/// the `auth_pgsql` plugin, whose keys are `auth.pgsql.<setting>`.
+pub(crate) fn pool_from_settings(
+    conf: &ConfFile,
+    name: &str,
+    prefix: &str,
+    server: &ConfEntry,
+    entries: &[(&str, &ConfEntry)],
+) -> Result<PoolConfig, ConfError> {
+    let r = Reader { conf };
+    let (host, port) = parse_server(&server.value).map_err(|m| conf.error(server, m))?;
+    let mut pool = PoolConfig {
+        name: name.to_string(),
+        host,
+        port,
+        pool_size: DEFAULT_POOL_SIZE,
+        username: DEFAULT_USERNAME.to_string(),
+        password: None,
+        database: DEFAULT_DATABASE.to_string(),
+        ssl: SslConfig::default(),
+        line: server.line,
+    };
+    for (setting, e) in entries {
+        match *setting {
+            "pool_size" => pool.pool_size = r.positive_usize(e)?,
+            "username" => pool.username = r.non_empty(e, "a user name")?,
+            "password" => pool.password = Some(e.value.clone()).filter(|p| !p.is_empty()),
+            "database" => pool.database = r.non_empty(e, "a database name")?,
+            "ssl" => pool.ssl.enabled = conf.parse_bool(e)?,
+            "ssl.cacertfile" => pool.ssl.cacertfile = Some(r.path(e)?),
+            "ssl.certfile" => pool.ssl.certfile = Some(r.path(e)?),
+            "ssl.keyfile" => pool.ssl.keyfile = Some(r.path(e)?),
+            "ssl.verify" => pool.ssl.verify = conf.parse_bool(e)?,
+            _ => {}
+        }
+    }
+    for (have, need) in [("ssl.certfile", "ssl.keyfile"), ("ssl.keyfile", "ssl.certfile")] {
+        let has = |s: &str| entries.iter().find(|(k, _)| *k == s).map(|(_, e)| *e);
+        if let (Some(e), None) = (has(have), has(need)) {
+            return Err(conf.error(
+                e,
+                format!("a client certificate needs both files: set `{prefix}{need}` as well"),
+            ));
+        }
+    }
+    Ok(pool)
+}
+
 impl PgsqlConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<PgsqlConfig, ConfError> {
@@ -369,43 +419,7 @@ impl PgsqlConfig {
                     ),
                 ));
             };
-            let (host, port) = parse_server(&server.value).map_err(|m| conf.error(server, m))?;
-            let mut pool = PoolConfig {
-                name: name.to_string(),
-                host,
-                port,
-                pool_size: DEFAULT_POOL_SIZE,
-                username: DEFAULT_USERNAME.to_string(),
-                password: None,
-                database: DEFAULT_DATABASE.to_string(),
-                ssl: SslConfig::default(),
-                line: server.line,
-            };
-            for (setting, e) in entries {
-                match *setting {
-                    "pool_size" => pool.pool_size = r.positive_usize(e)?,
-                    "username" => pool.username = r.non_empty(e, "a user name")?,
-                    "password" => pool.password = Some(e.value.clone()).filter(|p| !p.is_empty()),
-                    "database" => pool.database = r.non_empty(e, "a database name")?,
-                    "ssl" => pool.ssl.enabled = conf.parse_bool(e)?,
-                    "ssl.cacertfile" => pool.ssl.cacertfile = Some(r.path(e)?),
-                    "ssl.certfile" => pool.ssl.certfile = Some(r.path(e)?),
-                    "ssl.keyfile" => pool.ssl.keyfile = Some(r.path(e)?),
-                    "ssl.verify" => pool.ssl.verify = conf.parse_bool(e)?,
-                    _ => {}
-                }
-            }
-            for (have, need) in [("ssl.certfile", "ssl.keyfile"), ("ssl.keyfile", "ssl.certfile")] {
-                let has = |s: &str| entries.iter().find(|(k, _)| *k == s).map(|(_, e)| *e);
-                if let (Some(e), None) = (has(have), has(need)) {
-                    return Err(conf.error(
-                        e,
-                        format!(
-                            "a client certificate needs both files: set `backend.pgsql.{name}.{need}` as well"
-                        ),
-                    ));
-                }
-            }
+            let pool = pool_from_settings(conf, name, &format!("{KEY_PREFIX}{name}."), server, entries)?;
             cfg.pools.insert(name.to_string(), pool);
         }
 

@@ -16,6 +16,9 @@
 //!   range the database confirms.
 //! - [`fetch::Fetcher`]: offline replay, page by page, through the broker's
 //!   replay channel.
+//! - [`auth::AuthPgsql`]: a second plugin, `auth_pgsql` (EMQX 4's
+//!   `emqx_auth_pgsql`): authentication and ACL from PostgreSQL, on the same
+//!   pool and TLS code.
 //!
 //! ## Data flow
 //! PUBLISH → `message.publish` (on_message_publish) → writer → COMMIT → row
@@ -25,6 +28,7 @@
 //! → fetch → `BrokerHandle::replay` → the session delivers oldest first; the
 //! next page follows when the position reaches the end of the page.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fetch;
@@ -40,6 +44,8 @@ pub mod topic_match;
 pub mod writer;
 
 mod register;
+
+pub use auth::AuthPgsql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
