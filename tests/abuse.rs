@@ -75,7 +75,11 @@ async fn a_connect_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
         }
     }
     let sent = closed_after.expect("the whole CONNECT went through without the broker closing");
-    assert!(sent < connect.len(), "closed only after {sent} of {} bytes", connect.len());
+    assert!(
+        sent < connect.len(),
+        "closed only after {sent} of {} bytes",
+        connect.len()
+    );
     still_serving(broker.addr).await;
 }
 
@@ -109,7 +113,11 @@ async fn subscriptions_over_the_per_client_limit_are_refused() {
         assert_eq!(suback_codes(&v5.read_packet().await.unwrap(), true), vec![1]);
     }
     v5.send(&subscribe_v5_bytes(3, "three/#", 1)).await;
-    assert_eq!(suback_codes(&v5.read_packet().await.unwrap(), true), vec![0x97], "quota exceeded");
+    assert_eq!(
+        suback_codes(&v5.read_packet().await.unwrap(), true),
+        vec![0x97],
+        "quota exceeded"
+    );
     // Replacing a subscription it holds is not a new one.
     v5.send(&subscribe_v5_bytes(4, "two/#", 0)).await;
     assert_eq!(suback_codes(&v5.read_packet().await.unwrap(), true), vec![0]);

@@ -885,7 +885,10 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_drops_db_kill
             let mut by_kind: Vec<(RepeatKind, usize, String, f64)> = Vec::new();
             for r in reps {
                 let (kind, why, lead) = classify(r, i, ids.get(&r.payload).copied(), &kills);
-                if matches!(kind, RepeatKind::NoCrashBetween | RepeatKind::DurablyAckedBeforeCrash) {
+                if matches!(
+                    kind,
+                    RepeatKind::NoCrashBetween | RepeatKind::DurablyAckedBeforeCrash
+                ) {
                     violations += 1;
                 }
                 let lead = lead.unwrap_or(0.0);

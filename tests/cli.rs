@@ -61,6 +61,22 @@ async fn shipped_configs_start_the_broker_with_the_backend() {
         &format!("backend.pgsql.pool1.database = {}", db.name),
     );
     std::fs::write(dir.join("backend_pgsql.conf"), backend).unwrap();
+    for f in ["auth_file.conf", "acl", "passwd"] {
+        std::fs::copy(format!("{etc}/{f}"), dir.join(f)).unwrap();
+    }
+    // Anonymous access is off in the shipped config: add a user first.
+    let added = tokio::process::Command::new(env!("CARGO_BIN_EXE_postbox"))
+        .args([
+            "passwd",
+            "-b",
+            dir.join("passwd").to_str().unwrap(),
+            "dev",
+            "s3cret",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_postbox"))
         .args([
@@ -84,9 +100,26 @@ async fn shipped_configs_start_the_broker_with_the_backend() {
         .unwrap();
     let addr: std::net::SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
     assert_ne!(addr.port(), 1883);
-    let (mut c, _) = V4Client::connect(v4_options(addr, "shipped", true)).await;
-    c.subscribe("shipped/t", rumqttc::QoS::AtLeastOnce).await;
-    c.publish("shipped/t", rumqttc::QoS::AtLeastOnce, false, "stored")
+    let anonymous = V4Client::try_connect(v4_options(addr, "anonymous", true)).await;
+    assert!(
+        matches!(
+            anonymous,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::NotAuthorized
+            ))
+        ),
+        "anonymous client: {:?}",
+        anonymous.map(|(_, ack)| ack)
+    );
+    let mut opts = v4_options(addr, "shipped", true);
+    opts.set_credentials("dev", "s3cret");
+    let (mut c, _) = V4Client::connect(opts).await;
+    // etc/acl: every client reads and writes devices/<its client id>/#.
+    assert_eq!(
+        c.subscribe("devices/shipped/t", rumqttc::QoS::AtLeastOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
+    );
+    c.publish("devices/shipped/t", rumqttc::QoS::AtLeastOnce, false, "stored")
         .await;
     assert_eq!(&c.next_publish().await.payload[..], b"stored");
     // The plugin created the schema and stored the message.

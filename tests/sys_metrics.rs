@@ -29,14 +29,26 @@ impl Plugin for Gatekeeper {
     }
 
     async fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
-        ctx.hooks.client_authenticate.add("gatekeeper", 0, |args, _| async move {
-            let denied = args.client.username.as_deref() == Some("intruder");
-            Ok(Flow::Stop(if denied { AuthResult::Deny } else { AuthResult::Allow }))
-        });
-        ctx.hooks.client_check_acl.add("gatekeeper", 0, |args, _| async move {
-            let denied = args.topic.starts_with("secret/");
-            Ok(Flow::Stop(if denied { AclResult::Deny } else { AclResult::Allow }))
-        });
+        ctx.hooks
+            .client_authenticate
+            .add("gatekeeper", 0, |args, _| async move {
+                let denied = args.client.username.as_deref() == Some("intruder");
+                Ok(Flow::Stop(if denied {
+                    AuthResult::Deny
+                } else {
+                    AuthResult::Allow
+                }))
+            });
+        ctx.hooks
+            .client_check_acl
+            .add("gatekeeper", 0, |args, _| async move {
+                let denied = args.topic.starts_with("secret/");
+                Ok(Flow::Stop(if denied {
+                    AclResult::Deny
+                } else {
+                    AclResult::Allow
+                }))
+            });
         Ok(())
     }
 
@@ -73,25 +85,49 @@ async fn refusals_are_counted_under_sys() {
     let addr = server.local_addrs()[0];
     let (mut watcher, _) = V4Client::connect(v4_options(addr, "watcher", true)).await;
     assert_eq!(
-        watcher.subscribe("$SYS/brokers/pb@test/metrics/+", QoS::AtMostOnce).await,
+        watcher
+            .subscribe("$SYS/brokers/pb@test/metrics/+", QoS::AtMostOnce)
+            .await,
         vec![rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce)]
     );
-    await_value(&mut watcher, "$SYS/brokers/pb@test/metrics/client.auth.failure", "0").await;
+    await_value(
+        &mut watcher,
+        "$SYS/brokers/pb@test/metrics/client.auth.failure",
+        "0",
+    )
+    .await;
 
     let mut opts = v4_options(addr, "intruder-device", true);
     opts.set_credentials("intruder", "guess");
     let refused = V4Client::try_connect(opts).await;
     assert!(refused.is_err(), "the intruder was let in");
-    await_value(&mut watcher, "$SYS/brokers/pb@test/metrics/client.auth.failure", "1").await;
+    await_value(
+        &mut watcher,
+        "$SYS/brokers/pb@test/metrics/client.auth.failure",
+        "1",
+    )
+    .await;
 
     let (mut device, _) = V4Client::connect(v4_options(addr, "device", true)).await;
     assert_eq!(
         device.subscribe("secret/#", QoS::AtLeastOnce).await,
         vec![rumqttc::SubscribeReasonCode::Failure]
     );
-    await_value(&mut watcher, "$SYS/brokers/pb@test/metrics/client.acl.deny.subscribe", "1").await;
-    device.publish_acked("secret/plans", QoS::AtLeastOnce, false, "x").await;
-    await_value(&mut watcher, "$SYS/brokers/pb@test/metrics/client.acl.deny.publish", "1").await;
+    await_value(
+        &mut watcher,
+        "$SYS/brokers/pb@test/metrics/client.acl.deny.subscribe",
+        "1",
+    )
+    .await;
+    device
+        .publish_acked("secret/plans", QoS::AtLeastOnce, false, "x")
+        .await;
+    await_value(
+        &mut watcher,
+        "$SYS/brokers/pb@test/metrics/client.acl.deny.publish",
+        "1",
+    )
+    .await;
     server.shutdown().await;
 }
 
@@ -107,7 +143,9 @@ async fn connected_clients_are_published_and_sys_is_not_matched_by_a_leading_wil
         .await;
     await_value(&mut watcher, "$SYS/brokers/pb@test/clients/connected", "2").await;
     // Several intervals have passed by now: `#` saw none of them.
-    everything.publish("plain/topic", QoS::AtMostOnce, false, "hello").await;
+    everything
+        .publish("plain/topic", QoS::AtMostOnce, false, "hello")
+        .await;
     let p = everything.next_publish().await;
     assert_eq!(p.topic, "plain/topic");
     server.shutdown().await;

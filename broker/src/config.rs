@@ -9,6 +9,13 @@
 //! |---|---|---|
 //! | `node.name` | string | `postbox@127.0.0.1` |
 //! | `listener.tcp.<name>` | `ip:port` (one or more) | `listener.tcp.external = 0.0.0.0:1883` |
+//! | `listener.ssl.<name>` | `ip:port` (TLS; needs `.certfile` and `.keyfile`) | none |
+//! | `listener.<tcp\|ssl>.<name>.max_conn_rate` | connections per second, > 0 | unlimited |
+//! | `listener.ssl.<name>.certfile` / `.keyfile` | PEM file (relative to the config file's directory) | required |
+//! | `listener.ssl.<name>.cacertfile` | PEM file: CAs that sign client certificates | unset |
+//! | `listener.ssl.<name>.verify` | `verify_peer` or `verify_none` | `verify_none` |
+//! | `listener.ssl.<name>.fail_if_no_peer_cert` | boolean (with `verify_peer`) | `false` |
+//! | `listener.ssl.<name>.peer_cert_as_username` | `cn` (with `verify_peer`) | unset |
 //! | `mqtt.max_packet_size` | size, 64 bytes to 268435455 | `1MB` |
 //! | `mqtt.max_clients` | integer > 0 | `100000` |
 //! | `mqtt.max_inflight` | 1 to 65535 | `32` |
@@ -22,6 +29,7 @@
 //! | `mqtt.retain_available` | boolean | `true` |
 //! | `mqtt.max_subscriptions` | integer (0 = unlimited) | `0` |
 //! | `mqtt.max_topic_levels` | integer (0 = unlimited) | `0` |
+//! | `mqtt.publish_limit` | `<count>,<duration>` (e.g. `100,10s`) | unset (no limit) |
 //! | `log.level` | `error`, `warn`, `info`, `debug`, `trace` | `info` |
 //! | `plugins.load` | comma-separated plugin names | empty |
 //! | `plugins.etc_dir` | directory | the config file's directory |
@@ -34,14 +42,16 @@ use std::time::Duration;
 
 use hooks_spec::{ConfEntry, ConfError, ConfFile};
 
+use crate::rate_limit::Rate;
+
+mod listeners;
+
 /// The largest packet MQTT can express (the remaining length's maximum).
 const MAX_PACKET_SIZE_LIMIT: u64 = 268_435_455;
 /// The smallest `mqtt.max_packet_size` accepted.
 const MIN_PACKET_SIZE: u64 = 64;
 /// The log levels `log.level` accepts.
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
-/// The prefix of listener keys.
-const LISTENER_PREFIX: &str = "listener.tcp.";
 
 /// The broker's configuration, read from `etc/postbox.conf`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +61,10 @@ pub struct Config {
     /// `node.name`: this broker's name, given to plugins.
     /// Default `postbox@127.0.0.1`.
     pub node_name: String,
-    /// `listener.tcp.<name> = <ip:port>`: the MQTT/TCP listeners, in file
-    /// order. Default: one listener `external` on `0.0.0.0:1883`.
+    /// `listener.tcp.<name> = <ip:port>` and `listener.ssl.<name> = <ip:port>`:
+    /// the MQTT listeners, in the order of their address lines. Default:
+    /// one TCP listener `external` on `0.0.0.0:1883`, used only when no
+    /// listener is configured.
     pub listeners: Vec<Listener>,
     /// The `mqtt.*` limits and switches.
     pub mqtt: MqttLimits,
@@ -77,13 +89,94 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
 }
 
-/// One MQTT/TCP listener (`listener.tcp.<name> = <ip:port>`).
+/// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`) or
+/// TLS (`listener.ssl.<name> = <ip:port>`), with its settings
+/// (`listener.<tcp|ssl>.<name>.<setting>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The `<name>` part of the key (for example `external`).
     pub name: String,
-    /// The address to bind.
+    /// The address to bind (port 0: any free port).
     pub addr: SocketAddr,
+    /// `.max_conn_rate`: new connections accepted per second, in bursts of
+    /// up to as many; beyond it a connection is refused after its CONNECT
+    /// (CONNACK 0x9F, 3.1.1: 0x03). `None`: unlimited (the default).
+    pub max_conn_rate: Option<u32>,
+    /// `Some` for a `listener.ssl` listener: its TLS settings.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Listener {
+    /// A plain TCP listener with no limits.
+    pub fn tcp(name: impl Into<String>, addr: SocketAddr) -> Listener {
+        Listener {
+            name: name.into(),
+            addr,
+            max_conn_rate: None,
+            tls: None,
+        }
+    }
+
+    /// The listener's key: `listener.tcp.<name>` or `listener.ssl.<name>`.
+    pub fn key(&self) -> String {
+        let kind = if self.tls.is_some() { "ssl" } else { "tcp" };
+        format!("listener.{kind}.{}", self.name)
+    }
+}
+
+/// The TLS settings of a `listener.ssl.<name>` listener. The files are read
+/// when the broker starts ([`crate::tls`]); errors then name the key's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `.certfile`: the server's certificate chain (PEM, leaf first). Required.
+    pub certfile: ConfPath,
+    /// `.keyfile`: the server's private key (PEM). Required.
+    pub keyfile: ConfPath,
+    /// `.cacertfile`: the CA certificates client certificates must chain
+    /// to (PEM). Required by, and only allowed with, `verify = verify_peer`.
+    pub cacertfile: Option<ConfPath>,
+    /// `.verify = verify_peer`: ask clients for a certificate and verify it
+    /// against `cacertfile`. Default `verify_none`: no client certificates.
+    pub verify_peer: bool,
+    /// `.fail_if_no_peer_cert`: with `verify_peer`, refuse a client that
+    /// presents no certificate at the TLS handshake. Default `false` (such a
+    /// client is let through to MQTT authentication).
+    pub fail_if_no_peer_cert: bool,
+    /// `.peer_cert_as_username = cn`: the verified client certificate's
+    /// common name is the username authentication and ACLs see (the
+    /// CONNECT's username is ignored on this listener). Default: unset.
+    pub peer_cert_as_username: Option<PeerCertField>,
+}
+
+/// Which part of a client certificate `peer_cert_as_username` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCertField {
+    /// The subject's common name (`cn`).
+    Cn,
+}
+
+/// A file named by a configuration key, with the line that named it, so an
+/// error found when the file is read (at startup) names the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfPath {
+    /// The file (relative paths already joined to the config file's directory).
+    pub path: PathBuf,
+    /// The line of the key in the config file.
+    pub line: usize,
+    /// The key.
+    pub key: String,
+}
+
+impl ConfPath {
+    /// An error about this file, reported at the key that named it in `config_file`.
+    pub fn error(&self, config_file: &Path, message: impl Into<String>) -> ConfError {
+        ConfError {
+            file: config_file.to_path_buf(),
+            line: self.line,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The `mqtt.*` settings.
@@ -134,6 +227,11 @@ pub struct MqttLimits {
     /// `mqtt.max_topic_levels`: the most levels a topic name or filter may
     /// have; 0 is unlimited. Default `0`.
     pub max_topic_levels: usize,
+    /// `mqtt.publish_limit = <count>,<duration>`: the most PUBLISH packets one
+    /// client connection may send per `<duration>`, in bursts of up to
+    /// `<count>`. A PUBLISH beyond it is not processed and the client is
+    /// disconnected (MQTT 5: DISCONNECT 0x96). `None`: no limit (the default).
+    pub publish_limit: Option<Rate>,
 }
 
 impl Default for MqttLimits {
@@ -152,6 +250,7 @@ impl Default for MqttLimits {
             retain_available: true,
             max_subscriptions: 0,
             max_topic_levels: 0,
+            publish_limit: None,
         }
     }
 }
@@ -175,10 +274,38 @@ fn shown(value: &str) -> String {
 
 /// The default listener: `external` on `0.0.0.0:1883`.
 fn default_listener() -> Listener {
-    Listener {
-        name: "external".to_string(),
-        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1883),
+    Listener::tcp(
+        "external",
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1883),
+    )
+}
+
+/// `<count>,<duration>`, both greater than 0 (`mqtt.publish_limit`).
+fn parse_rate(conf: &ConfFile, e: &ConfEntry) -> Result<Rate, ConfError> {
+    let bad = || {
+        conf.error(
+            e,
+            format!(
+                "expected `<count>,<duration>` with both greater than 0, such as `100,10s`, got {}",
+                shown(&e.value)
+            ),
+        )
+    };
+    let (count, per) = e.value.split_once(',').ok_or_else(bad)?;
+    let count = ConfEntry {
+        value: count.trim().to_string(),
+        ..e.clone()
+    };
+    let per = ConfEntry {
+        value: per.trim().to_string(),
+        ..e.clone()
+    };
+    let count = conf.parse_u32(&count).map_err(|_| bad())?;
+    let per = conf.parse_duration(&per).map_err(|_| bad())?;
+    if count == 0 || per.is_zero() {
+        return Err(bad());
     }
+    Ok(Rate { count, per })
 }
 
 fn positive_usize(conf: &ConfFile, e: &ConfEntry) -> Result<usize, ConfError> {
@@ -237,8 +364,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(60)),
         };
-        // The entry each listener came from, for duplicate-address errors.
-        let mut listener_entries: Vec<&ConfEntry> = Vec::new();
+        let mut listeners = listeners::Listeners::new(&dir);
         for e in &conf.entries {
             let m = &mut cfg.mqtt;
             match e.key.as_str() {
@@ -285,6 +411,7 @@ impl Config {
                 "mqtt.retain_available" => m.retain_available = conf.parse_bool(e)?,
                 "mqtt.max_subscriptions" => m.max_subscriptions = conf.parse_usize(e)?,
                 "mqtt.max_topic_levels" => m.max_topic_levels = conf.parse_usize(e)?,
+                "mqtt.publish_limit" => m.publish_limit = Some(parse_rate(conf, e)?),
                 "log.level" => {
                     let level = e.value.to_ascii_lowercase();
                     if !LOG_LEVELS.contains(&level.as_str()) {
@@ -332,40 +459,11 @@ impl Config {
                     let d = conf.parse_duration(e)?;
                     cfg.sys_interval = (!d.is_zero()).then_some(d);
                 }
-                key if key.len() > LISTENER_PREFIX.len()
-                    && key.starts_with(LISTENER_PREFIX)
-                    && !key[LISTENER_PREFIX.len()..].contains('.') =>
-                {
-                    let name = &key[LISTENER_PREFIX.len()..];
-                    let addr: SocketAddr = e.value.parse().map_err(|_| {
-                        conf.error(
-                            e,
-                            format!(
-                                "expected a listen address `ip:port`, such as `0.0.0.0:1883` or \
-                                 `[::]:1883`, got {}",
-                                shown(&e.value)
-                            ),
-                        )
-                    })?;
-                    if let Some(other) = cfg.listeners.iter().position(|l| l.addr == addr) {
-                        let first = listener_entries[other];
-                        return Err(conf.error(
-                            e,
-                            format!(
-                                "address {addr} is already used by `{}` on line {}",
-                                first.key, first.line
-                            ),
-                        ));
-                    }
-                    cfg.listeners.push(Listener {
-                        name: name.to_string(),
-                        addr,
-                    });
-                    listener_entries.push(e);
-                }
+                _ if listeners.take(conf, e)? => {}
                 _ => return Err(conf.error(e, "unknown key")),
             }
         }
+        cfg.listeners = listeners.finish(conf)?;
         if cfg.listeners.is_empty() {
             cfg.listeners.push(default_listener());
         }

@@ -5,6 +5,11 @@
 //! clients) with the right CONNACK, and hands the socket to the session task
 //! of its client id, creating one if there is none. Everything after CONNACK
 //! happens in the session task.
+//!
+//! A connection over its listener's `max_conn_rate` still gets its CONNECT
+//! read, so it can be told why it is refused (CONNACK 0x9F, 3.1.1: 0x03);
+//! no hook runs for it. TLS connections arrive here after their handshake
+//! (`tls.rs`), which shares the `mqtt.connect_timeout` deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use bytes::BytesMut;
 use hooks_spec::{AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, ConnackArgs, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::transport::{Peer, Stream};
@@ -30,17 +36,49 @@ mod rc {
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
 
-/// Handles one accepted socket until it is handed to a session or refused.
-pub async fn handle(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+/// How a listener admitted a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// When the connection must have completed CONNECT (and, over TLS, the
+    /// handshake before it): accept time plus `mqtt.connect_timeout`.
+    pub deadline: Instant,
+    /// The listener's `max_conn_rate` was exceeded: refuse after CONNECT.
+    pub rate_limited: bool,
+    /// `peer_cert_as_username = cn`: the client certificate's common name
+    /// replaces the CONNECT's username.
+    pub cert_cn_as_username: bool,
+}
+
+impl Admission {
+    /// A connection accepted now, with no listener limits or options.
+    pub fn now(shared: &Shared) -> Admission {
+        Admission {
+            deadline: Instant::now() + shared.config.mqtt.connect_timeout,
+            rate_limited: false,
+            cert_cn_as_username: false,
+        }
+    }
+}
+
+/// Handles one socket a plain TCP listener accepted, as it admitted it,
+/// until it is handed to a session or refused.
+pub async fn handle_tcp(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr, admission: Admission) {
     let _ = stream.set_nodelay(true);
-    handle_stream(shared, Stream::Tcp(stream), Peer::plain(addr)).await;
+    handle_admitted(shared, Stream::Tcp(stream), Peer::plain(addr), admission).await;
 }
 
 /// Handles one accepted stream of any kind (TCP, TLS, in-memory) until it is
 /// handed to a session or refused.
-pub async fn handle_stream(shared: Arc<Shared>, mut stream: Stream, peer_info: Peer) {
+pub async fn handle_stream(shared: Arc<Shared>, stream: Stream, peer_info: Peer) {
+    let admission = Admission::now(&shared);
+    handle_admitted(shared, stream, peer_info, admission).await;
+}
+
+/// Handles one accepted stream, as its listener admitted it.
+pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info: Peer, admission: Admission) {
     let _task = shared.tasks.enter();
     let peer = peer_info.addr;
     let max = shared.config.mqtt.max_packet_size as usize;
@@ -48,11 +86,11 @@ pub async fn handle_stream(shared: Arc<Shared>, mut stream: Stream, peer_info: P
     let timeout = shared.config.mqtt.connect_timeout;
     let mut shutdown = shared.shutdown_rx();
     let read = tokio::select! {
-        r = tokio::time::timeout(timeout, read_connect(&mut stream, &mut buf, max)) => r,
+        r = tokio::time::timeout_at(admission.deadline, read_connect(&mut stream, &mut buf, max)) => r,
         // Shutdown does not wait for a client that has not finished connecting.
         _ = shutdown.changed() => return,
     };
-    let connect = match read {
+    let mut connect = match read {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within {timeout:?}, closing");
             return;
@@ -79,6 +117,16 @@ pub async fn handle_stream(shared: Arc<Shared>, mut stream: Stream, peer_info: P
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
+    if admission.rate_limited {
+        // Logged (throttled) and counted by the accept loop; this is the detail.
+        tracing::debug!(%peer, clientid = %connect.client_id, "refused: listener connection rate exceeded");
+        refuse(&mut stream, protocol, rc::CONNECTION_RATE_EXCEEDED).await;
+        return;
+    }
+    if admission.cert_cn_as_username {
+        // Only a verified certificate names the user: without one there is no username.
+        connect.username = peer_info.cert_common_name.as_deref().map(str::to_string);
+    }
     if let Some(will) = &connect.will {
         if let Err(e) = crate::topic::validate_topic_name(&will.topic, shared.config.mqtt.max_topic_levels) {
             tracing::info!(%peer, topic = %will.topic, "refused: invalid will topic: {e}");

@@ -24,6 +24,7 @@
 //! Shutdown is a `watch` channel every task listens to; tasks register in a
 //! counter so [`Server::shutdown`] can wait for them.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -32,6 +33,7 @@ pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod plugins;
+pub mod rate_limit;
 pub mod registry;
 pub mod retain;
 pub mod router;
@@ -39,9 +41,10 @@ pub mod server;
 pub mod session;
 #[cfg(test)]
 mod test_rng;
+pub mod tls;
 pub mod topic;
-pub mod trie;
 pub mod transport;
+pub mod trie;
 
 use std::net::SocketAddr;
 
@@ -56,7 +59,7 @@ pub enum BrokerError {
     /// A listener could not bind.
     #[error("listener `{name}` cannot bind {addr}: {source}")]
     Bind {
-        /// Listener name (`listener.tcp.<name>`).
+        /// The listener's key (`listener.tcp.<name>` or `listener.ssl.<name>`).
         name: String,
         /// The address.
         addr: SocketAddr,

@@ -1,23 +1,78 @@
 //! Accept loop: one task per listener, one handshake task per connection.
+//!
+//! The accept loop only accepts: it takes a token from the listener's
+//! connection-rate bucket (`max_conn_rate`; the loop is the bucket's only
+//! user, so it needs no lock), and spawns the connection's task, which does
+//! everything slow (the TLS handshake, reading CONNECT). A connection over
+//! the rate is counted here and logged at most once per
+//! [`RATE_LOG_EVERY`]; its task reads its CONNECT and refuses it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
-use crate::connection;
+use crate::connection::{self, Admission};
+use crate::metrics::Metrics;
+use crate::rate_limit::{LogThrottle, Rate, TokenBucket};
 use crate::server::Shared;
+use crate::tls::TlsListener;
+
+/// The most often the "connection rate exceeded" warning is logged per listener.
+pub const RATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What an accept loop needs to know about its listener.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    /// The listener's key (`listener.tcp.<name>`), for logs.
+    pub key: String,
+    /// `max_conn_rate`, when set.
+    pub max_conn_rate: Option<u32>,
+    /// The TLS side of a `listener.ssl` listener.
+    pub tls: Option<TlsListener>,
+}
 
 /// Accepts connections until the task is aborted at shutdown.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, spec: ListenerSpec) {
+    let mut bucket = spec
+        .max_conn_rate
+        .map(|n| TokenBucket::new(Rate::per_second(n), std::time::Instant::now()));
+    let mut log = LogThrottle::new(RATE_LOG_EVERY);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(connection::handle(Arc::clone(&shared), stream, peer));
+                let now = Instant::now();
+                let rate_limited = match bucket.as_mut() {
+                    Some(b) => !b.try_take(now.into_std()),
+                    None => false,
+                };
+                if rate_limited {
+                    Metrics::bump(&shared.metrics.connect_rate_limited);
+                    if let Some(n) = log.hit(now.into_std()) {
+                        tracing::warn!(
+                            listener = %spec.key,
+                            max_conn_rate = spec.max_conn_rate.unwrap_or(0),
+                            "connection rate exceeded: refusing connections ({n} since the last report)"
+                        );
+                    }
+                }
+                let admission = Admission {
+                    deadline: now + shared.config.mqtt.connect_timeout,
+                    rate_limited,
+                    cert_cn_as_username: false,
+                };
+                let shared = Arc::clone(&shared);
+                match &spec.tls {
+                    None => tokio::spawn(connection::handle_tcp(shared, stream, peer, admission)),
+                    Some(tls) => {
+                        tokio::spawn(crate::tls::serve(shared, tls.clone(), stream, peer, admission))
+                    }
+                };
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                tracing::warn!(listener = %spec.key, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -1,17 +1,20 @@
-//! The `postbox` command: runs the broker.
+//! The `postbox` command: runs the broker, or (`postbox passwd`) manages a
+//! Mosquitto-compatible password file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hooks_spec::{ConfError, ConfFile, Plugin};
 use postbox::config::{Config, Listener};
 use postbox::{BrokerError, Server};
 
 /// Postbox: an MQTT broker for devices that go offline.
 #[derive(Parser, Debug)]
-#[command(name = "postbox", version, about)]
+#[command(name = "postbox", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Configuration file.
     #[arg(short = 'c', long = "config", default_value = "etc/postbox.conf")]
     config: PathBuf,
@@ -23,8 +26,22 @@ struct Cli {
     log_level: Option<String>,
 }
 
+/// Subcommands; without one, `postbox` runs the broker.
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Add, change or delete a user in a password file (like mosquitto_passwd).
+    ///
+    /// `passwd [-c] FILE USER` asks for the password (twice on a terminal; otherwise it reads one
+    /// line from standard input); `passwd [-c] -b FILE USER PASSWORD` takes it from the command
+    /// line; `passwd -D FILE USER` deletes the user. `-c` creates (or overwrites) the file.
+    Passwd(postbox::auth::passwd_cli::PasswdArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Passwd(args)) = &cli.command {
+        return postbox::auth::passwd_cli::main(args);
+    }
     let mut config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -33,10 +50,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(addr) = cli.bind {
-        config.listeners = vec![Listener {
-            name: "external".into(),
-            addr,
-        }];
+        config.listeners = vec![Listener::tcp("external", addr)];
     }
     if let Some(level) = cli.log_level {
         config.log_level = level;

@@ -76,7 +76,11 @@ fn publish_once(shared: &Shared) {
     for (name, value) in shared.metrics.snapshot() {
         sys_publish(shared, format!("{prefix}/metrics/{name}"), value);
     }
-    sys_publish(shared, format!("{prefix}/clients/connected"), shared.connected() as u64);
+    sys_publish(
+        shared,
+        format!("{prefix}/clients/connected"),
+        shared.connected() as u64,
+    );
 }
 
 fn sys_publish(shared: &Shared, topic: String, value: u64) {

@@ -3,12 +3,14 @@
 use hooks_spec::Plugin;
 
 /// Names of the built-in plugins.
-pub const KNOWN: &[&str] = &[backend_pgsql::NAME];
+pub const KNOWN: &[&str] = &[backend_pgsql::NAME, crate::auth::NAME, backend_pgsql::auth::NAME];
 
 /// A new, unconfigured instance of the named plugin.
 pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
     match name {
         backend_pgsql::NAME => Some(Box::new(backend_pgsql::BackendPgsql::new())),
+        crate::auth::NAME => Some(Box::new(crate::auth::AuthFile::new())),
+        backend_pgsql::auth::NAME => Some(Box::new(backend_pgsql::AuthPgsql::new())),
         _ => None,
     }
 }

@@ -198,26 +198,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listeners, starts the plugins (already configured, in
-    /// order) and starts accepting connections.
+    /// Reads the TLS listeners' certificates, binds the listeners, starts
+    /// the plugins (already configured, in order) and starts accepting
+    /// connections.
     pub async fn start(config: Config, plugins: Vec<Box<dyn Plugin>>) -> Result<Server, BrokerError> {
         let hooks = Arc::new(Hooks::new(config.hooks_timeout));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.addr)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-                name: l.name.clone(),
+            let tls = match &l.tls {
+                Some(settings) => Some(crate::tls::TlsListener::load(&config.file, settings)?),
+                None => None,
+            };
+            let bind_error = |source| BrokerError::Bind {
+                name: l.key(),
                 addr: l.addr,
                 source,
-            })?;
-            bound.push((listener, addr));
+            };
+            let listener = TcpListener::bind(l.addr).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
+            let spec = listener::ListenerSpec {
+                key: l.key(),
+                max_conn_rate: l.max_conn_rate,
+                tls,
+            };
+            bound.push((listener, addr, spec));
         }
         let shared = Arc::new(Shared {
             config,
@@ -254,11 +259,18 @@ impl Server {
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         if let Some(interval) = shared.config.sys_interval {
-            accept_tasks.push(tokio::spawn(crate::metrics::publish_loop(Arc::clone(&shared), interval)));
+            accept_tasks.push(tokio::spawn(crate::metrics::publish_loop(
+                Arc::clone(&shared),
+                interval,
+            )));
         }
-        for (listener, addr) in bound {
+        for (listener, addr, spec) in bound {
             addrs.push(addr);
-            accept_tasks.push(tokio::spawn(listener::accept_loop(listener, Arc::clone(&shared))));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(
+                listener,
+                Arc::clone(&shared),
+                spec,
+            )));
         }
         Ok(Server {
             shared,
@@ -283,7 +295,11 @@ impl Server {
         peer: crate::transport::Peer,
     ) -> tokio::task::JoinHandle<()> {
         let stream = crate::transport::Stream::Boxed(Box::new(stream));
-        tokio::spawn(crate::connection::handle_stream(Arc::clone(&self.shared), stream, peer))
+        tokio::spawn(crate::connection::handle_stream(
+            Arc::clone(&self.shared),
+            stream,
+            peer,
+        ))
     }
 
     /// The shared state (for tests and the plugin handle).

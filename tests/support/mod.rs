@@ -1226,3 +1226,38 @@ pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
 pub mod pgsql;
+
+// ===========================================================================
+// Several listeners
+// ===========================================================================
+
+impl Broker {
+    /// The addresses of the first `n` `listening on` lines (one per
+    /// listener, in config order) of the current run, waiting (10 s) until
+    /// that many are printed.
+    pub async fn listener_addrs(&self, n: usize) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stdout = self.stdout();
+            let current = stdout
+                .rsplit("===== harness: broker restart =====")
+                .next()
+                .unwrap_or("");
+            let addrs: Vec<SocketAddr> = current
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("listening on "))
+                .filter_map(|a| a.trim().parse().ok())
+                .collect();
+            if addrs.len() >= n {
+                return addrs[..n].to_vec();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected {n} `listening on` lines within {TIMEOUT:?}, got:\n{}",
+                    self.stdout()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

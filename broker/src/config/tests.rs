@@ -33,10 +33,7 @@ fn defaults() -> Config {
     Config {
         file: PathBuf::from(FILE),
         node_name: "postbox@127.0.0.1".into(),
-        listeners: vec![Listener {
-            name: "external".into(),
-            addr: "0.0.0.0:1883".parse().unwrap(),
-        }],
+        listeners: vec![Listener::tcp("external", "0.0.0.0:1883".parse().unwrap())],
         mqtt: MqttLimits::default(),
         log_level: "info".into(),
         plugins: vec![],
@@ -65,6 +62,7 @@ fn empty_file_gives_defaults() {
     assert!(m.retain_available);
     assert_eq!(m.max_subscriptions, 0);
     assert_eq!(m.max_topic_levels, 0);
+    assert_eq!(m.publish_limit, None);
 }
 
 #[test]
@@ -97,14 +95,8 @@ fn every_key() {
             file: PathBuf::from(FILE),
             node_name: "pb1@10.0.0.1".into(),
             listeners: vec![
-                Listener {
-                    name: "internal".into(),
-                    addr: "127.0.0.1:11883".parse().unwrap()
-                },
-                Listener {
-                    name: "v6".into(),
-                    addr: "[::1]:1884".parse().unwrap()
-                },
+                Listener::tcp("internal", "127.0.0.1:11883".parse().unwrap()),
+                Listener::tcp("v6", "[::1]:1884".parse().unwrap()),
             ],
             mqtt: MqttLimits {
                 max_packet_size: 65536,
@@ -120,6 +112,7 @@ fn every_key() {
                 retain_available: false,
                 max_subscriptions: 20,
                 max_topic_levels: 8,
+                publish_limit: None,
             },
             log_level: "debug".into(),
             plugins: vec!["backend_pgsql".into(), "other".into()],
@@ -182,10 +175,7 @@ fn listeners() {
     let c = ok("listener.tcp.only = 127.0.0.1:2000\n");
     assert_eq!(
         c.listeners,
-        vec![Listener {
-            name: "only".into(),
-            addr: "127.0.0.1:2000".parse().unwrap()
-        }]
+        vec![Listener::tcp("only", "127.0.0.1:2000".parse().unwrap())]
     );
 }
 
@@ -215,13 +205,29 @@ fn malformed_listener_keys_are_unknown() {
     for key in [
         "listener.tcp",
         "listener.tcp.",
-        "listener.tcp.a.port",
-        "listener.ssl.a",
+        "listener.ssl",
+        "listener.ssl.",
+        "listener.ssl.a.",
+        "listener.ws.a",
         "listener.a",
     ] {
         let e = bad(key, "0.0.0.0:1883");
         assert_eq!(e.message, "unknown key");
     }
+    let e = bad("listener.tcp.a.port", "1883");
+    assert_eq!(
+        e.message,
+        "unknown key (a `listener.tcp` listener takes: max_conn_rate)"
+    );
+    let e = bad("listener.tcp.a.certfile", "cert.pem");
+    assert!(e.message.starts_with("unknown key"), "{e}");
+    let e = parse("listener.ssl.a = 0.0.0.0:8883\nlistener.ssl.a.password = x\n").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (2, "listener.ssl.a.password"));
+    assert!(
+        e.message
+            .starts_with("unknown key (a `listener.ssl` listener takes: max_conn_rate, keyfile, certfile"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -386,8 +392,13 @@ fn shipped_config_loads_and_matches_the_defaults() {
         Config {
             file: PathBuf::from(SHIPPED),
             plugins_etc_dir: dir.to_path_buf(),
-            // The one value that differs from the defaults: the backend is enabled.
-            plugins: vec!["backend_pgsql".to_string()],
+            // What differs from the defaults: the backend and the password file
+            // are enabled, and anonymous access is off.
+            plugins: vec!["backend_pgsql".to_string(), "auth_file".to_string()],
+            mqtt: MqttLimits {
+                allow_anonymous: false,
+                ..MqttLimits::default()
+            },
             ..defaults()
         }
     );
@@ -412,6 +423,16 @@ fn shipped_config_documents_every_key() {
         "mqtt.retain_available",
         "mqtt.max_subscriptions",
         "mqtt.max_topic_levels",
+        "mqtt.publish_limit",
+        "listener.tcp.external.max_conn_rate",
+        "listener.ssl.external",
+        "listener.ssl.external.keyfile",
+        "listener.ssl.external.certfile",
+        "listener.ssl.external.cacertfile",
+        "listener.ssl.external.verify",
+        "listener.ssl.external.fail_if_no_peer_cert",
+        "listener.ssl.external.peer_cert_as_username",
+        "listener.ssl.external.max_conn_rate",
         "log.level",
         "plugins.load",
         "plugins.etc_dir",
@@ -428,5 +449,10 @@ fn shipped_config_documents_every_key() {
         );
     }
     assert!(text.lines().any(|l| l == "listener.tcp.external = 0.0.0.0:1883"));
-    assert!(text.lines().any(|l| l == "plugins.load = backend_pgsql"));
+    assert!(text
+        .lines()
+        .any(|l| l == "plugins.load = backend_pgsql, auth_file"));
 }
+
+#[path = "tests_listeners.rs"]
+mod listeners;

@@ -23,6 +23,7 @@ mod rc {
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     pub const SHARED_NOT_SUPPORTED_WITH_NO_LOCAL: u8 = 0x82;
+    pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
 }
 
 impl Session {
@@ -74,6 +75,12 @@ impl Session {
     /// PUBLISH from the client: resolve the topic alias, validate, check the
     /// ACL, run message.publish (the acknowledgement waits for it), route.
     async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
+        let now = std::time::Instant::now();
+        if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
+            if !bucket.try_take(now) {
+                return self.publish_rate_exceeded(&p.topic).await;
+            }
+        }
         let limits = &self.shared.config.mqtt;
         let max_levels = limits.max_topic_levels;
         let max_alias = limits.max_topic_alias;
@@ -162,6 +169,17 @@ impl Session {
             }));
         }
         None
+    }
+
+    /// Over `mqtt.publish_limit`: this PUBLISH is neither acknowledged nor
+    /// routed (a QoS 1/2 client sends it again after reconnecting), and the
+    /// client is disconnected: MQTT 5 with DISCONNECT 0x96, 3.1.1 by closing.
+    async fn publish_rate_exceeded(&mut self, topic: &str) -> Option<Exit> {
+        tracing::info!(clientid = %self.client.clientid, topic, "disconnecting: publish rate over mqtt.publish_limit");
+        crate::metrics::Metrics::bump(&self.shared.metrics.publish_rate_limited);
+        let reason = hooks_spec::DisconnectReason::ProtocolError("message rate too high".into());
+        self.connection_lost(reason, Some(rc::MESSAGE_RATE_TOO_HIGH))
+            .await
     }
 
     /// Runs `client.check_acl`; true when access is allowed (or nobody checks).

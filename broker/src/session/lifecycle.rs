@@ -114,6 +114,9 @@ impl Session {
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             aliases: Default::default(),
             will: connect.will.clone(),
+            publish_bucket: limits
+                .publish_limit
+                .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
         });
         self.shared.connected_add(1);
         self.online.store(true, std::sync::atomic::Ordering::Relaxed);

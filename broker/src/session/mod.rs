@@ -134,6 +134,9 @@ struct Conn {
     /// Topic aliases the client set (MQTT 5).
     aliases: HashMap<u16, Arc<str>>,
     will: Option<Will>,
+    /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
+    /// client starts with a full bucket, so it can re-send what was refused.
+    publish_bucket: Option<crate::rate_limit::TokenBucket>,
 }
 
 /// One subscription of this session.

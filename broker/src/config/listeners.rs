@@ -1,0 +1,311 @@
+//! The `listener.*` keys: `listener.tcp.<name>` and `listener.ssl.<name>`,
+//! each an address line plus optional settings `listener.<kind>.<name>.<setting>`.
+//!
+//! A listener's settings may come before or after its address line (the file
+//! is read whole, then each listener is assembled); a setting whose listener
+//! has no address line is an error, and so is a setting the kind does not
+//! know. Listeners are kept in the order of their address lines.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hooks_spec::{ConfEntry, ConfError, ConfFile};
+
+use super::{shown, ConfPath, Listener, PeerCertField, TlsSettings};
+
+/// The settings a `listener.tcp.<name>` takes.
+const TCP_SETTINGS: &[&str] = &["max_conn_rate"];
+/// The settings a `listener.ssl.<name>` takes.
+const SSL_SETTINGS: &[&str] = &[
+    "max_conn_rate",
+    "keyfile",
+    "certfile",
+    "cacertfile",
+    "verify",
+    "fail_if_no_peer_cert",
+    "peer_cert_as_username",
+];
+
+/// One listener while the file is being read.
+struct Draft<'a> {
+    ssl: bool,
+    name: &'a str,
+    /// The address line and the address.
+    addr: Option<(&'a ConfEntry, SocketAddr)>,
+    /// The first line naming this listener (for "no address line" errors).
+    first: &'a ConfEntry,
+    max_conn_rate: Option<u32>,
+    certfile: Option<ConfPath>,
+    keyfile: Option<ConfPath>,
+    cacertfile: Option<(&'a ConfEntry, ConfPath)>,
+    verify_peer: Option<(&'a ConfEntry, bool)>,
+    fail_if_no_peer_cert: Option<(&'a ConfEntry, bool)>,
+    peer_cert_as_username: Option<(&'a ConfEntry, PeerCertField)>,
+}
+
+impl<'a> Draft<'a> {
+    fn new(ssl: bool, name: &'a str, first: &'a ConfEntry) -> Draft<'a> {
+        Draft {
+            ssl,
+            name,
+            addr: None,
+            first,
+            max_conn_rate: None,
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify_peer: None,
+            fail_if_no_peer_cert: None,
+            peer_cert_as_username: None,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("listener.{}.{}", if self.ssl { "ssl" } else { "tcp" }, self.name)
+    }
+}
+
+/// Collects the `listener.*` entries of one file.
+pub(super) struct Listeners<'a> {
+    dir: PathBuf,
+    drafts: Vec<Draft<'a>>,
+    /// (ssl, name) to its index in `drafts`.
+    index: HashMap<(bool, &'a str), usize>,
+}
+
+impl<'a> Listeners<'a> {
+    /// Relative file paths are taken relative to `dir` (the config file's directory).
+    pub(super) fn new(dir: &Path) -> Listeners<'a> {
+        Listeners {
+            dir: dir.to_path_buf(),
+            drafts: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Takes `e` if its key is a listener key (`Ok(true)`); `Ok(false)` for
+    /// any other key, which the caller reports as unknown.
+    pub(super) fn take(&mut self, conf: &ConfFile, e: &'a ConfEntry) -> Result<bool, ConfError> {
+        let Some((ssl, name, setting)) = split_key(&e.key) else {
+            return Ok(false);
+        };
+        let at = match self.index.get(&(ssl, name)) {
+            Some(&at) => at,
+            None => {
+                self.drafts.push(Draft::new(ssl, name, e));
+                self.index.insert((ssl, name), self.drafts.len() - 1);
+                self.drafts.len() - 1
+            }
+        };
+        let dir = self.dir.clone();
+        let d = &mut self.drafts[at];
+        match setting {
+            None => d.addr = Some((e, parse_addr(conf, e)?)),
+            Some("max_conn_rate") => {
+                d.max_conn_rate = Some(match conf.parse_u32(e) {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(conf.error(
+                            e,
+                            format!(
+                                "expected connections per second, an integer greater than 0, got {}",
+                                shown(&e.value)
+                            ),
+                        ))
+                    }
+                });
+            }
+            Some(_) if !ssl => return Err(unknown_setting(conf, e, ssl)),
+            Some("certfile") => d.certfile = Some(conf_path(conf, e, &dir)?),
+            Some("keyfile") => d.keyfile = Some(conf_path(conf, e, &dir)?),
+            Some("cacertfile") => d.cacertfile = Some((e, conf_path(conf, e, &dir)?)),
+            Some("verify") => {
+                let v = match e.value.as_str() {
+                    "verify_peer" => true,
+                    "verify_none" => false,
+                    _ => {
+                        return Err(conf.error(
+                            e,
+                            format!("expected `verify_peer` or `verify_none`, got {}", shown(&e.value)),
+                        ))
+                    }
+                };
+                d.verify_peer = Some((e, v));
+            }
+            Some("fail_if_no_peer_cert") => d.fail_if_no_peer_cert = Some((e, conf.parse_bool(e)?)),
+            Some("peer_cert_as_username") => {
+                if e.value != "cn" {
+                    return Err(conf.error(
+                        e,
+                        format!(
+                            "expected `cn` (the client certificate's common name), got {}",
+                            shown(&e.value)
+                        ),
+                    ));
+                }
+                d.peer_cert_as_username = Some((e, PeerCertField::Cn));
+            }
+            Some(_) => return Err(unknown_setting(conf, e, ssl)),
+        }
+        Ok(true)
+    }
+
+    /// Checks each listener as a whole and returns them in the order of
+    /// their address lines.
+    pub(super) fn finish(self, conf: &ConfFile) -> Result<Vec<Listener>, ConfError> {
+        let mut drafts = self.drafts;
+        for d in &drafts {
+            if d.addr.is_none() {
+                return Err(conf.error(
+                    d.first,
+                    format!(
+                        "this setting belongs to no listener: there is no `{} = <ip:port>` line",
+                        d.key()
+                    ),
+                ));
+            }
+        }
+        drafts.sort_by_key(|d| d.addr.map_or(0, |(e, _)| e.line));
+        let mut out: Vec<Listener> = Vec::new();
+        let mut lines: Vec<&ConfEntry> = Vec::new();
+        for d in drafts {
+            let Some((entry, addr)) = d.addr else { continue };
+            // Port 0 (any free port) may be given to several listeners.
+            if addr.port() != 0 {
+                if let Some(i) = out.iter().position(|l| l.addr == addr) {
+                    return Err(conf.error(
+                        entry,
+                        format!(
+                            "address {addr} is already used by `{}` on line {}",
+                            lines[i].key, lines[i].line
+                        ),
+                    ));
+                }
+            }
+            let tls = if d.ssl {
+                Some(tls_settings(conf, entry, &d)?)
+            } else {
+                None
+            };
+            out.push(Listener {
+                name: d.name.to_string(),
+                addr,
+                max_conn_rate: d.max_conn_rate,
+                tls,
+            });
+            lines.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+fn unknown_setting(conf: &ConfFile, e: &ConfEntry, ssl: bool) -> ConfError {
+    let (kind, known) = if ssl {
+        ("listener.ssl", SSL_SETTINGS)
+    } else {
+        ("listener.tcp", TCP_SETTINGS)
+    };
+    conf.error(
+        e,
+        format!("unknown key (a `{kind}` listener takes: {})", known.join(", ")),
+    )
+}
+
+/// `listener.<tcp|ssl>.<name>[.<setting>]` split into (ssl, name, setting).
+fn split_key(key: &str) -> Option<(bool, &str, Option<&str>)> {
+    let rest = key.strip_prefix("listener.")?;
+    let (ssl, rest) = if let Some(r) = rest.strip_prefix("tcp.") {
+        (false, r)
+    } else {
+        (true, rest.strip_prefix("ssl.")?)
+    };
+    let (name, setting) = match rest.split_once('.') {
+        Some((n, s)) => (n, Some(s)),
+        None => (rest, None),
+    };
+    if name.is_empty() || setting.is_some_and(str::is_empty) {
+        return None;
+    }
+    Some((ssl, name, setting))
+}
+
+fn parse_addr(conf: &ConfFile, e: &ConfEntry) -> Result<SocketAddr, ConfError> {
+    e.value.parse().map_err(|_| {
+        conf.error(
+            e,
+            format!(
+                "expected a listen address `ip:port`, such as `0.0.0.0:1883` or `[::]:1883`, got {}",
+                shown(&e.value)
+            ),
+        )
+    })
+}
+
+fn conf_path(conf: &ConfFile, e: &ConfEntry, dir: &Path) -> Result<ConfPath, ConfError> {
+    if e.value.is_empty() {
+        return Err(conf.error(
+            e,
+            "expected a PEM file (absolute, or relative to the config file's directory), got an empty value",
+        ));
+    }
+    Ok(ConfPath {
+        path: dir.join(&e.value),
+        line: e.line,
+        key: e.key.clone(),
+    })
+}
+
+/// The TLS settings of an ssl listener, checked as a whole.
+fn tls_settings(conf: &ConfFile, addr_entry: &ConfEntry, d: &Draft<'_>) -> Result<TlsSettings, ConfError> {
+    let key = d.key();
+    let missing = |setting: &str, what: &str| {
+        conf.error(
+            addr_entry,
+            format!("an ssl listener needs `{key}.{setting}` ({what}), and it is not set"),
+        )
+    };
+    let certfile = d
+        .certfile
+        .clone()
+        .ok_or_else(|| missing("certfile", "the server's certificate chain, PEM"))?;
+    let keyfile = d
+        .keyfile
+        .clone()
+        .ok_or_else(|| missing("keyfile", "the server's private key, PEM"))?;
+    let verify_peer = d.verify_peer.is_some_and(|(_, v)| v);
+    if !verify_peer {
+        // Client-certificate settings do nothing without verify_peer: refuse
+        // them rather than let an operator believe clients are checked.
+        let needs_verify = [
+            d.cacertfile.as_ref().map(|(e, _)| *e),
+            d.fail_if_no_peer_cert.filter(|(_, v)| *v).map(|(e, _)| e),
+            d.peer_cert_as_username.map(|(e, _)| e),
+        ];
+        if let Some(e) = needs_verify.into_iter().flatten().next() {
+            return Err(conf.error(
+                e,
+                format!(
+                    "takes effect only with `{key}.verify = verify_peer` (client certificates are \
+                     not requested with verify_none, the default)"
+                ),
+            ));
+        }
+    }
+    if let (Some((e, true)), None) = (d.verify_peer, &d.cacertfile) {
+        return Err(conf.error(
+            e,
+            format!(
+                "`verify_peer` needs `{key}.cacertfile` (the CA certificates that sign client certificates)"
+            ),
+        ));
+    }
+    Ok(TlsSettings {
+        certfile,
+        keyfile,
+        cacertfile: d.cacertfile.as_ref().map(|(_, p)| p.clone()),
+        verify_peer,
+        fail_if_no_peer_cert: d.fail_if_no_peer_cert.is_some_and(|(_, v)| v),
+        peer_cert_as_username: d.peer_cert_as_username.map(|(_, f)| f),
+    })
+}
