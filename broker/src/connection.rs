@@ -4,7 +4,10 @@
 //! (unknown protocol version, bad client id, failed authentication, too many
 //! clients) with the right CONNACK, and hands the socket to the session task
 //! of its client id, creating one if there is none. Everything after CONNACK
-//! happens in the session task.
+//! happens in the session task. A session last used under another user name
+//! is not resumed: the connection starts clean, so no one inherits the
+//! subscriptions (checked by the ACL for their maker) or queued messages of
+//! another user.
 //!
 //! A connection over its listener's `max_conn_rate` still gets its CONNECT
 //! read, so it can be told why it is refused (CONNACK 0x9F, 3.1.1: 0x03);
@@ -181,7 +184,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         _ if connect.clean_start => 0,
         _ => shared.cap_expiry(u32::MAX),
     };
-    let client = ClientInfo {
+    let mut client = ClientInfo {
         clientid: Arc::clone(&clientid),
         username: connect.username.clone(),
         peer,
@@ -221,7 +224,18 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
             return;
         }
     }
-    if shared.connected() >= limits.max_clients && shared.registry.get(&clientid).is_none() {
+    let existing = shared.registry.get(&clientid);
+    if let Some(session) = existing.as_ref().filter(|s| s.client.username != client.username) {
+        // The ACL decided the session's subscriptions (and so its queued
+        // messages) for the user who made them: another user name does not
+        // resume it, it starts clean.
+        if !client.clean_start {
+            tracing::info!(%peer, clientid = %clientid, previous = ?session.client.username, username = ?client.username,
+                "session of another user name: starting clean");
+            client.clean_start = true;
+        }
+    }
+    if shared.connected() >= limits.max_clients && existing.is_none() {
         tracing::warn!(%peer, clientid = %clientid, "refused: mqtt.max_clients reached");
         refuse_with_hook(&shared, &mut stream, &conn, rc::QUOTA_EXCEEDED).await;
         return;

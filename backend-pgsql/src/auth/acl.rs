@@ -14,15 +14,21 @@
 //!
 //! Rows are tried in the order the query returns them (write `ORDER BY`) and
 //! the first that matches decides. A PUBLISH topic matches an ACL filter as
-//! MQTT matches topics. A SUBSCRIBE filter matches when the ACL filter
-//! *covers* it: every topic the subscription could receive is matched by the
-//! ACL filter (`a/#` covers `a/+/b`; `a/+` does not cover `a/#`).
+//! MQTT matches topics. A SUBSCRIBE filter matches an allow row when the ACL
+//! filter *covers* it: every topic the subscription could receive is matched
+//! by the ACL filter (`a/#` covers `a/+/b`; `a/+` does not cover `a/#`); it
+//! matches a deny row when it could receive any topic the row's filter
+//! matches (a deny row `a/secret` refuses `a/#` and `a/+`, not `a/public`),
+//! because subscriptions are checked once and deliveries are not filtered.
 //!
 //! A row that names a `%u` placeholder does not match a client without a user
-//! name, nor one whose user name (or client id) contains `/`, `+` or `#`:
-//! substituted values never widen a rule. A malformed row (allow or access out
-//! of range, no topic, no who, a bad address) is an error: the check fails
-//! closed rather than skipping what might have been a deny.
+//! name. An allow row does not match a client whose user name (or client id,
+//! for `%c`) contains `/`, `+` or `#`: substituted values never widen what is
+//! allowed; a deny row takes such a value as it is, since it can only refuse
+//! more. Substituted values are not searched for placeholders again. A
+//! malformed row (allow or access out of range, no topic, no who, a bad
+//! address) is an error: the check fails closed rather than skipping what
+//! might have been a deny.
 
 use std::net::IpAddr;
 
@@ -229,10 +235,14 @@ impl AclRule {
         let hit = match &self.topic {
             AclTopic::Eq(literal) => literal == topic,
             AclTopic::Filter(pattern) => {
-                let filter = substitute(pattern, who)?;
+                let filter = substitute(pattern, who, !self.allow)?;
                 match action {
                     AclAction::Publish => mqtt_matches(&filter, topic),
-                    AclAction::Subscribe => filter_covers(&filter, topic),
+                    // Subscriptions are checked once, not each delivery: an
+                    // allow row must grant everything the filter can receive,
+                    // a deny row refuses a filter that could receive any of its topics.
+                    AclAction::Subscribe if self.allow => filter_covers(&filter, topic),
+                    AclAction::Subscribe => filters_overlap(&filter, topic),
                 }
             }
         };
@@ -261,32 +271,71 @@ pub fn evaluate(rules: &[AclRule], who: &Subject<'_>, action: AclAction, topic: 
 }
 
 /// The filter with the client's values put in; `None` (the row does not
-/// match) when a value it needs is missing, empty or would change the
-/// filter's structure.
-fn substitute(pattern: &str, who: &Subject<'_>) -> Option<String> {
+/// match) when a value it needs is missing, empty or, for an allow row
+/// (`deny` false), would change the filter's structure. A deny row takes
+/// such a value as it is: it can only refuse more, and skipping it would let
+/// a later row allow what it was written to refuse.
+fn substitute(pattern: &str, who: &Subject<'_>, deny: bool) -> Option<String> {
     if !pattern.contains('%') && !pattern.contains("${") {
         return Some(pattern.to_string());
     }
-    fn safe(v: Option<&str>) -> Option<&str> {
-        v.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
-    }
+    let safe = |v: Option<&str>| -> Option<String> {
+        v.filter(|s| !s.is_empty() && (deny || !s.contains(['/', '+', '#'])))
+            .map(str::to_string)
+    };
     let mut levels = Vec::new();
     for level in pattern.split('/') {
         // EMQX 4 replaces `%u` / `%c` only as a whole level; `${...}` anywhere.
-        let mut level = match level {
-            "%u" => safe(who.username)?.to_string(),
-            "%c" => safe(Some(who.clientid))?.to_string(),
-            other => other.to_string(),
+        // One pass over the pattern: a substituted value is never read for
+        // placeholders again (a user name `${clientid}` stays that text).
+        let level = match level {
+            "%u" => safe(who.username)?,
+            "%c" => safe(Some(who.clientid))?,
+            other => {
+                let mut out = String::with_capacity(other.len());
+                let mut rest = other;
+                while let Some(at) = rest.find("${") {
+                    out.push_str(&rest[..at]);
+                    let var = &rest[at..];
+                    if let Some(after) = var.strip_prefix("${username}") {
+                        out.push_str(&safe(who.username)?);
+                        rest = after;
+                    } else if let Some(after) = var.strip_prefix("${clientid}") {
+                        out.push_str(&safe(Some(who.clientid))?);
+                        rest = after;
+                    } else {
+                        out.push_str("${");
+                        rest = &var[2..];
+                    }
+                }
+                out.push_str(rest);
+                out
+            }
         };
-        if level.contains("${username}") {
-            level = level.replace("${username}", safe(who.username)?);
-        }
-        if level.contains("${clientid}") {
-            level = level.replace("${clientid}", safe(Some(who.clientid))?);
-        }
         levels.push(level);
     }
     Some(levels.join("/"))
+}
+
+/// True when some topic is matched by both filters.
+pub fn filters_overlap(x: &str, y: &str) -> bool {
+    // A wildcard at the first level does not reach `$` topics (MQTT 4.7.2).
+    let dollar_vs_wild = |a: &str, b: &str| a.starts_with('$') && (b.starts_with('+') || b.starts_with('#'));
+    if dollar_vs_wild(x, y) || dollar_vs_wild(y, x) {
+        return false;
+    }
+    let mut a = x.split('/');
+    let mut b = y.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            // `#` matches the rest, including the parent level (`a/#` matches `a`).
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            _ => return false,
+        }
+    }
 }
 
 /// True when every topic that filter `sub` matches is matched by filter `acl`.

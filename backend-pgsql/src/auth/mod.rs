@@ -14,7 +14,8 @@
 //!   and a failing authentication callback denies).
 //! - `super_query` (optional), run when this plugin admits a client: a true
 //!   first column makes it a superuser, whose publishes and subscriptions
-//!   skip the ACL.
+//!   skip the ACL: this plugin's and every other provider's (its check runs
+//!   first on `client.check_acl`).
 //! - `client.check_acl`: `acl_query` reads the client's rows of EMQX's
 //!   `mqtt_acl` ([`acl`]); the first matching row decides; none:
 //!   `acl_nomatch`. A database error denies.
@@ -54,6 +55,11 @@ const CONNECT_DELAY: Duration = Duration::from_millis(500);
 /// Hook priority: authentication and ACL providers run before plugins that
 /// only observe; equal priorities run in `plugins.load` order.
 const PRIORITY: i32 = 0;
+
+/// Priority of the superuser check on `client.check_acl`: above every ACL
+/// provider's, so a superuser skips them all (EMQX checks `is_superuser`
+/// before any ACL source), whatever their order in `plugins.load`.
+const SUPERUSER_PRIORITY: i32 = 1_000;
 
 /// The PostgreSQL authentication and ACL plugin.
 #[derive(Default)]
@@ -160,6 +166,19 @@ fn register(engine: &Arc<Engine>, hooks: &Hooks) {
             .add(NAME, PRIORITY, move |args: Arc<AuthArgs>, acc| {
                 let e = Arc::clone(&e);
                 async move { e.authenticate(&args, acc).await }
+            });
+    }
+    if engine.cfg.super_query.is_some() {
+        let e = Arc::clone(engine);
+        hooks
+            .client_check_acl
+            .add(NAME, SUPERUSER_PRIORITY, move |args: Arc<AclArgs>, acc| {
+                let flow = if e.cache.is_superuser(&args.client) {
+                    Flow::Stop(AclResult::Allow)
+                } else {
+                    Flow::Continue(acc)
+                };
+                std::future::ready(Ok(flow))
             });
     }
     if engine.cfg.acl_query.is_some() {

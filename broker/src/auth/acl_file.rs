@@ -21,8 +21,10 @@
 //! - `pattern [read|write|readwrite|deny] <topic>`: the same for every client,
 //!   wherever the line is, with `%c` and `%u` replaced. A pattern that uses
 //!   `%c` (`%u`) does not apply to a client whose id (user name) contains
-//!   `+`, `#` or `/`, which could widen the rule, nor does a `%u` pattern
-//!   apply to a client without a user name.
+//!   `+`, `#` or `/`, which could widen the rule, except a `deny` pattern,
+//!   which is applied with the value as it is (it can only refuse more); a
+//!   `%u` pattern does not apply to a client without a user name (or with an
+//!   empty one). Substituted values are not searched for `%c`/`%u` again.
 //!
 //! Decisions: a matching `deny` rule refuses, whatever else matches. A PUBLISH
 //! needs a `write`/`readwrite` rule whose filter matches the topic. A
@@ -200,11 +202,9 @@ impl AclFile {
         let rules = own
             .iter()
             .map(|r| (r.access, Cow::Borrowed(r.topic.as_str())))
-            .chain(
-                self.patterns
-                    .iter()
-                    .filter_map(|r| expand(&r.topic, clientid, username).map(|t| (r.access, t))),
-            );
+            .chain(self.patterns.iter().filter_map(|r| {
+                expand(&r.topic, clientid, username, r.access == Access::Deny).map(|t| (r.access, t))
+            }));
         let mut allowed = false;
         for (access, filter) in rules {
             if access == Access::Deny {
@@ -261,26 +261,42 @@ fn unsafe_for_pattern(s: &str) -> bool {
 
 /// A pattern with `%c` and `%u` replaced, or `None` when it does not apply
 /// to this client.
-fn expand<'a>(pattern: &'a str, clientid: &str, username: Option<&str>) -> Option<Cow<'a, str>> {
-    let uses_c = pattern.contains("%c");
-    let uses_u = pattern.contains("%u");
-    if !uses_c && !uses_u {
+///
+/// The pattern is read once: a substituted value is never searched for
+/// `%c`/`%u` again (a user name `%c` stays the text `%c`). An empty user
+/// name, like none, does not fill `%u`. A value with `+`, `#` or `/` makes
+/// the pattern not apply, unless it is a `deny` pattern (`deny`): a wider
+/// deny only refuses more, and skipping it would let other rules allow
+/// what it was written to refuse.
+fn expand<'a>(pattern: &'a str, clientid: &str, username: Option<&str>, deny: bool) -> Option<Cow<'a, str>> {
+    let skip = |s: &str| !deny && unsafe_for_pattern(s);
+    if !pattern.contains("%c") && !pattern.contains("%u") {
         return Some(Cow::Borrowed(pattern));
     }
-    if uses_c && unsafe_for_pattern(clientid) {
-        return None;
-    }
-    let mut out = pattern.to_string();
-    if uses_u {
-        let u = username?;
-        if unsafe_for_pattern(u) {
-            return None;
+    let mut out = String::with_capacity(pattern.len() + clientid.len());
+    let mut rest = pattern;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let var = &rest[at..];
+        if let Some(after) = var.strip_prefix("%c") {
+            if skip(clientid) {
+                return None;
+            }
+            out.push_str(clientid);
+            rest = after;
+        } else if let Some(after) = var.strip_prefix("%u") {
+            let u = username.filter(|u| !u.is_empty())?;
+            if skip(u) {
+                return None;
+            }
+            out.push_str(u);
+            rest = after;
+        } else {
+            out.push('%');
+            rest = &var[1..];
         }
-        out = out.replace("%u", u);
     }
-    if uses_c {
-        out = out.replace("%c", clientid);
-    }
+    out.push_str(rest);
     Some(Cow::Owned(out))
 }
 

@@ -194,7 +194,8 @@ pub fn check_username(username: &str) -> Result<(), PasswdError> {
             "the user name contains a control character".into(),
         ));
     }
-    if username.starts_with('#') {
+    // The file reader skips a line whose first non-blank character is `#`.
+    if username.trim_start().starts_with('#') {
         return Err(PasswdError::Usage(format!(
             "user name `{username}` starts with `#`, which starts a comment in the file"
         )));

@@ -369,7 +369,8 @@ impl Session {
         }
     }
 
-    /// A plugin subscribes the client (for example, restoring stored subscriptions).
+    /// A plugin subscribes the client (for example, restoring stored
+    /// subscriptions), subject to the ACL like a SUBSCRIBE.
     pub(super) async fn subscribe_for_plugin(&mut self, filter: String, mut opts: SubOpts) {
         let max_levels = self.shared.config.mqtt.max_topic_levels;
         let inner = match topic::parse_shared(&filter) {
@@ -385,6 +386,13 @@ impl Session {
         };
         if let Err(e) = topic::validate_filter(&inner, max_levels) {
             tracing::warn!(clientid = %self.client.clientid, %filter, "plugin subscription refused: {e}");
+            return;
+        }
+        // As if the client had sent SUBSCRIBE: the ACL decides (a stored
+        // subscription may have been made by another user of this client id).
+        if !self.acl_allows(AclAction::Subscribe, &filter).await {
+            tracing::info!(clientid = %self.client.clientid, %filter, "plugin subscription denied by ACL");
+            crate::metrics::Metrics::bump(&self.shared.metrics.acl_denied_subscribe);
             return;
         }
         let retained = self.add_subscription(filter, opts).await;

@@ -51,6 +51,39 @@ fn covers_as_filters() {
 }
 
 #[test]
+fn overlaps_as_filters() {
+    assert!(filters_overlap("a/secret", "a/#"));
+    assert!(filters_overlap("a/secret", "a/+"));
+    assert!(filters_overlap("a/#", "a"));
+    assert!(filters_overlap("a/+/c", "+/b/#"));
+    assert!(filters_overlap("#", "x/y"));
+    assert!(filters_overlap("$SYS/#", "$SYS/+"));
+    assert!(!filters_overlap("a/secret", "a/public"));
+    assert!(!filters_overlap("a/secret", "a/+/temp"));
+    assert!(!filters_overlap("a/+", "a"));
+    assert!(!filters_overlap("$SYS/#", "#"));
+    assert!(!filters_overlap("+/x", "$SYS/x"));
+}
+
+#[test]
+fn deny_rows_refuse_subscriptions_that_could_receive_their_topics() {
+    let rules = vec![
+        row(0, None, Some("$all"), None, 1, "sensors/secret"),
+        row(1, None, Some("$all"), None, 3, "sensors/#"),
+    ];
+    let who = subject(Some("u"), "c", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &who, SUB, "sensors/#"), Some(false));
+    assert_eq!(evaluate(&rules, &who, SUB, "sensors/+"), Some(false));
+    assert_eq!(evaluate(&rules, &who, SUB, "sensors/public"), Some(true));
+    assert_eq!(evaluate(&rules, &who, SUB, "sensors/+/temp"), Some(true));
+    assert_eq!(
+        evaluate(&rules, &who, PUB, "sensors/secret"),
+        Some(true),
+        "subscribe-only row"
+    );
+}
+
+#[test]
 fn first_matching_row_decides_in_query_order() {
     let rules = vec![
         row(0, None, Some("$all"), None, 1, "secret/#"),
@@ -59,8 +92,11 @@ fn first_matching_row_decides_in_query_order() {
     let who = subject(Some("u"), "c", "127.0.0.1");
     assert_eq!(evaluate(&rules, &who, SUB, "secret/a"), Some(false));
     assert_eq!(evaluate(&rules, &who, SUB, "secret/+"), Some(false));
-    // `secret/#` does not cover `#`, so the allow row decides that one.
-    assert_eq!(evaluate(&rules, &who, SUB, "#"), Some(true));
+    // `#` could receive `secret/...`: the deny row refuses it (deliveries
+    // are not filtered afterwards); `other/#` cannot, the allow row decides.
+    assert_eq!(evaluate(&rules, &who, SUB, "#"), Some(false));
+    assert_eq!(evaluate(&rules, &who, SUB, "+/a"), Some(false));
+    assert_eq!(evaluate(&rules, &who, SUB, "other/#"), Some(true));
     assert_eq!(
         evaluate(&rules, &who, PUB, "secret/a"),
         Some(true),
@@ -140,9 +176,35 @@ fn placeholders_in_topics() {
     let sneaky = subject(Some("+"), "#", "127.0.0.1");
     assert_eq!(evaluate(&rules, &sneaky, SUB, "users/bob/x"), Some(false));
     assert_eq!(evaluate(&rules, &sneaky, PUB, "devices/x"), Some(false));
+    // A value is not read for placeholders again: a user name `${clientid}`
+    // (or a client id `${username}`) is only text.
+    let forger = subject(Some("${clientid}"), "alice", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &forger, SUB, "users/alice/#"), Some(false));
+    let forger = subject(Some("alice"), "${username}", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &forger, PUB, "up/alice-data"), Some(false));
+    assert_eq!(evaluate(&rules, &forger, PUB, "up/${username}-data"), Some(true));
     // `%u` inside a level is EMQX 4 literal text.
     let literal = [row(1, None, Some("$all"), None, 2, "a/x%u")];
     assert_eq!(evaluate(&literal, &alice, PUB, "a/x%u"), Some(true));
+}
+
+#[test]
+fn deny_rows_apply_to_values_that_allow_rows_skip() {
+    let rules = [
+        row(0, None, Some("$all"), None, 3, "devices/%c/secret"),
+        row(0, None, Some("$all"), None, 3, "inbox/${username}"),
+        row(1, None, Some("$all"), None, 3, "devices/#"),
+        row(1, None, Some("$all"), None, 3, "inbox/#"),
+    ];
+    let slash = subject(Some("a/b"), "x/y", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &slash, PUB, "devices/x/y/secret"), Some(false));
+    assert_eq!(evaluate(&rules, &slash, SUB, "devices/#"), Some(false));
+    assert_eq!(evaluate(&rules, &slash, PUB, "inbox/a/b"), Some(false));
+    assert_eq!(evaluate(&rules, &slash, PUB, "devices/x/y/open"), Some(true));
+    let plus = subject(Some("u"), "+", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &plus, PUB, "devices/any/secret"), Some(false));
+    let plain = subject(Some("u"), "c", "127.0.0.1");
+    assert_eq!(evaluate(&rules, &plain, PUB, "devices/x/y/secret"), Some(true));
 }
 
 #[test]

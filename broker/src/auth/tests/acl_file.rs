@@ -296,9 +296,45 @@ fn patterns_skip_ids_that_would_widen_them() {
 
 #[test]
 fn deny_patterns_apply_even_to_unsafe_ids_that_skip_allow_patterns() {
-    // A deny pattern with %c is skipped like any pattern for an unsafe id,
-    // but then nothing allows that client either.
+    // The allow pattern is skipped for an unsafe id; the deny pattern is not:
+    // it refuses its topic even where another rule would allow it.
     let a = acl("pattern deny d/%c\npattern read d/%c\n");
-    assert_eq!(a.check("x/y", None, Subscribe, "d/x/y"), Decision::NoMatch);
+    assert_eq!(a.check("x/y", None, Subscribe, "d/x/y"), Decision::Deny);
     assert_eq!(a.check("ok", None, Subscribe, "d/ok"), Decision::Deny);
+    let a = acl("user u\ntopic readwrite d/#\npattern deny d/%c/secret\npattern deny inbox/%u\n");
+    assert_eq!(a.check("x/y", Some("u"), Subscribe, "d/#"), Decision::Deny);
+    assert_eq!(a.check("x/y", Some("u"), Publish, "d/x/y/secret"), Decision::Deny);
+    assert_eq!(a.check("+", Some("u"), Publish, "d/any/secret"), Decision::Deny);
+    assert_eq!(a.check("x/y", Some("u"), Publish, "d/x/y/open"), Decision::Allow);
+    assert_eq!(a.check("ok", Some("u"), Publish, "d/x/y/secret"), Decision::Allow);
+}
+
+#[test]
+fn substituted_values_are_not_substituted_again() {
+    let a = acl("pattern readwrite inbox/%u/%c\npattern read users/%c/%u\n");
+    // A user name `%c` is the text `%c`, not the client id again.
+    assert_eq!(
+        a.check("bob", Some("%c"), Publish, "inbox/bob/bob"),
+        Decision::NoMatch
+    );
+    assert_eq!(
+        a.check("bob", Some("%c"), Publish, "inbox/%c/bob"),
+        Decision::Allow
+    );
+    assert_eq!(
+        a.check("%u", Some("al"), Subscribe, "users/al/al"),
+        Decision::NoMatch
+    );
+    assert_eq!(
+        a.check("%u", Some("al"), Subscribe, "users/%u/al"),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn an_empty_user_name_does_not_fill_a_pattern() {
+    let a = acl("pattern readwrite %u/#\n");
+    assert_eq!(a.check("c", Some(""), Subscribe, "/#"), Decision::NoMatch);
+    assert_eq!(a.check("c", Some(""), Publish, "/x"), Decision::NoMatch);
+    assert_eq!(a.check("c", Some("al"), Publish, "al/x"), Decision::Allow);
 }
