@@ -459,3 +459,103 @@ async fn retention_deletes_expired_rows_and_keeps_newer_ones() {
     assert_eq!(stored_ids(&pg, "ret/t").await, &ids[2..], "newer rows stay");
     broker.wait_for_log("retention: deleted expired messages").await;
 }
+
+/// The writer keeps two batches in flight (the second waits for the write
+/// lock on the server). When the first fails on a bad row, its other rows
+/// are written again one by one; the second batch must not commit before
+/// them, or a publisher's later message would get a smaller id than its
+/// earlier one, and an offline subscriber would receive them out of order.
+#[tokio::test]
+async fn a_batch_behind_a_failed_one_commits_after_the_failed_ones_rows() {
+    use backend_pgsql::writer::{StoreRequest, StoreStats, Writer};
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    let db = TestDb::create().await;
+    let pg = db.client().await;
+    let mut schema_client = db.client().await;
+    backend_pgsql::schema::migrate(&mut schema_client).await.unwrap();
+    let schema = backend_pgsql::schema::detect(&schema_client).await.unwrap();
+    // A bad row fails its statement (after waiting for lock 43); a row on
+    // order/wait waits for lock 42. The test holds both to set the scene.
+    pg.batch_execute(
+        "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.topic = 'order/wait' THEN PERFORM pg_advisory_xact_lock_shared(42); END IF;
+           IF NEW.topic = 'order/bad' THEN
+             PERFORM pg_advisory_xact_lock_shared(43);
+             RAISE EXCEPTION 'a bad row';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_gate BEFORE INSERT ON mqtt_msg FOR EACH ROW EXECUTE FUNCTION test_gate();",
+    )
+    .await
+    .unwrap();
+    let server = pg_server();
+    let (host, port) = server.rsplit_once(':').unwrap();
+    let pool = backend_pgsql::pool::build(&backend_pgsql::config::PoolConfig {
+        name: "pool1".into(),
+        host: host.to_string(),
+        port: port.parse().unwrap(),
+        pool_size: 4,
+        username: "postgres".into(),
+        password: None,
+        database: db.name.clone(),
+        ssl: Default::default(),
+        line: 1,
+    })
+    .unwrap();
+    // Two rows per batch, so the three queued below form two batches.
+    let writer = Writer::spawn(pool, schema, 2, Arc::new(StoreStats::default()));
+    let req = |topic: &str, payload: &str| StoreRequest {
+        msgid: String::new(),
+        sender: Some(Arc::from("p")),
+        topic: Arc::from(topic),
+        qos: 1,
+        retain: 0,
+        payload: bytes::Bytes::from(payload.to_string()),
+    };
+    let timeout = Duration::from_secs(20);
+
+    let gate = db.client().await;
+    gate.batch_execute("SELECT pg_advisory_lock(42); SELECT pg_advisory_lock(43);")
+        .await
+        .unwrap();
+    let waiters = "select count(*) from pg_locks where locktype = 'advisory' and not granted";
+    let w = {
+        let writer = writer.clone();
+        let r = req("order/wait", "w");
+        tokio::spawn(async move { writer.store(r, timeout).await })
+    };
+    wait_for_db(&pg, waiters, Some(1)).await;
+    // The writer is busy with "w": these three queue up, in this order.
+    let mut queued = Vec::new();
+    for (topic, payload) in [("order/bad", "bad"), ("order/t", "x"), ("order/t", "y")] {
+        let mut f = Box::pin({
+            let writer = writer.clone();
+            let r = req(topic, payload);
+            async move { writer.store(r, timeout).await }
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending), "queued");
+        queued.push(f);
+    }
+    gate.execute("SELECT pg_advisory_unlock(42)", &[]).await.unwrap();
+    // "bad" and "x" form a batch that waits on lock 43 while holding the write
+    // lock; "y" forms the next batch, sent behind it: it waits for the write lock.
+    wait_for_db(&pg, waiters, Some(2)).await;
+    gate.execute("SELECT pg_advisory_unlock(43)", &[]).await.unwrap();
+
+    assert!(w.await.unwrap().is_ok(), "w is stored");
+    let mut results = Vec::new();
+    for f in queued {
+        results.push(f.await);
+    }
+    assert!(results[0].is_err(), "the bad row is refused");
+    let x = *results[1].as_ref().expect("x is stored");
+    let y = *results[2].as_ref().expect("y is stored");
+    assert!(x < y, "x was published before y: ids {x} and {y}");
+    assert_eq!(stored_ids(&pg, "order/t").await, vec![x, y]);
+}

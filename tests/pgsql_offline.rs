@@ -190,3 +190,63 @@ async fn binary_payloads_round_trip_through_the_database() {
     let mut c = device(&broker, "bin", "bin/t").await;
     assert_eq!(c.next_publish().await.payload.to_vec(), payload);
 }
+
+/// The next page is read as soon as the previous one is handed to the
+/// session (it does not wait for the acknowledgements: a backlog of 100,000
+/// took 8.8 s in pages of 500 that way), but the session never holds more
+/// than two pages the client has not acknowledged.
+#[tokio::test]
+async fn a_paged_replay_runs_at_most_two_pages_ahead_of_the_acknowledgements() {
+    let db = TestDb::create().await;
+    let conf = pgsql_conf(&db, &EMQX_DEFAULT_RULES.replace(
+        r##""action": {"function": "on_message_fetch"}, "pool""##,
+        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 3}, "pool""##,
+    ));
+    let broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    device(&broker, "ahead", "ahead/t").await.disconnect().await;
+    publish_n(&broker, "ahead/t", 0..12).await;
+
+    let mut opts = v4_options(broker.addr, "ahead", true);
+    opts.set_manual_acks(true);
+    let (mut c, _) = V4Client::connect(opts).await;
+    c.subscribe("ahead/t", QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(c.next_publish().await);
+    }
+    assert_eq!(
+        got.iter().map(text).collect::<Vec<_>>(),
+        expected(0..6),
+        "two pages without any acknowledgement"
+    );
+    c.expect_no_publish(Duration::from_millis(300)).await;
+
+    // Acknowledging the first page lets the third one come.
+    for p in &got[..3] {
+        ack_now(&mut c, p).await;
+    }
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(c.next_publish().await);
+    }
+    assert_eq!(more.iter().map(text).collect::<Vec<_>>(), expected(6..9));
+    c.expect_no_publish(Duration::from_millis(300)).await;
+
+    for p in got[3..].iter().chain(&more) {
+        ack_now(&mut c, p).await;
+    }
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        let p = c.next_publish().await;
+        ack_now(&mut c, &p).await;
+        last.push(p);
+    }
+    assert_eq!(last.iter().map(text).collect::<Vec<_>>(), expected(9..12));
+    c.expect_no_publish(Duration::from_millis(300)).await;
+    c.disconnect().await;
+
+    // Everything was acknowledged: nothing comes again.
+    let mut c = device(&broker, "ahead", "ahead/t").await;
+    c.expect_no_publish(Duration::from_millis(300)).await;
+}

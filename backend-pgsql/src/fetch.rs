@@ -6,24 +6,39 @@
 //!   matching the filter (wildcards included) with an id above the position
 //!   and inside `time_range` are replayed oldest first, one page of
 //!   `max_returned_count` at a time, through the session
-//!   ([`BrokerHandle::replay`]). The next page is read once the position has
-//!   reached the end of the page, that is when the client acknowledged it.
-//!   Ids this client acknowledged above its position are left out.
+//!   ([`BrokerHandle::replay`]). The next page is read as soon as the
+//!   previous one is in the session's mailbox, while fewer than
+//!   [`PAGES_AHEAD`](crate::positions::PAGES_AHEAD) handed pages wait for the
+//!   client's acknowledgements (see [`crate::positions`]), from the last id
+//!   handed out. Ids this client acknowledged above its position are left out.
+//!
+//! Page reads must stay one short index range scan whatever the planner
+//! believes: a freshly written backlog has no statistics yet (or ids above
+//! the last ANALYZE), the planner then expects a handful of rows and picks a
+//! bitmap scan plus a sort of *every* remaining row of the topic, which made
+//! each page of a 100,000-message backlog cost 60-85 ms instead of 0.3 ms
+//! (bench/ANALYSIS.md). The reads run in a transaction with bitmap scans and
+//! sorts off ([`ORDERED_SCAN`]), leaving the ordered index scans.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use hooks_spec::{BrokerHandle, Delivery, Headers, Message, QoS};
+use hooks_spec::{BrokerHandle, Delivery, Message, QoS};
 use tokio::sync::mpsc;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
 use crate::positions::{FetchOpts, PageDue, TrackKey, Tracks};
 use crate::schema::SchemaInfo;
 use crate::topic_match::{condition, TopicCondition};
+
+/// Opens a transaction whose plans read `mqtt_msg` in id order through an
+/// index (`SET LOCAL`: it ends with the transaction, so it also holds behind
+/// PgBouncer's transaction pooling). See the module documentation.
+pub(crate) const ORDERED_SCAN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
 
 /// Reads pages of stored messages and replays them into sessions.
 pub struct Fetcher {
@@ -88,18 +103,21 @@ impl Fetcher {
                 Ok(())
             }
             Some(row) => {
-                let from = self
+                let (from, epoch) = self
                     .tracks
                     .start(key.clone(), row.get(0), i32::from(qos.as_u8()), opts);
                 drop(conn);
-                self.page(&key, from).await
+                self.tracks.begin_read(&key, epoch);
+                self.page(&key, from, epoch).await
             }
         }
     }
 
-    /// Reads one page above `from` and replays it.
-    pub async fn page(&self, key: &TrackKey, from: i64) -> Result<(), PgsqlError> {
-        let Some((qos, opts)) = self.tracks.settings(key) else {
+    /// Reads one page above `from` and replays it, then queues the next read
+    /// if it is due already. Nothing happens when `epoch` is no longer the
+    /// subscription's (it was unsubscribed, or subscribed again since).
+    pub async fn page(&self, key: &TrackKey, from: i64, epoch: u64) -> Result<(), PgsqlError> {
+        let Some((qos, opts)) = self.tracks.settings(key, epoch) else {
             return Ok(());
         };
         let (clientid, filter) = key;
@@ -113,100 +131,168 @@ impl Fetcher {
             "convert_to(payload, 'UTF8')"
         };
         let sql = format!(
-            "SELECT id::int8, msgid, sender, topic, qos, {payload} FROM mqtt_msg
+            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
              ORDER BY id LIMIT $4"
         );
         let limit = i64::try_from(opts.max_returned_count).unwrap_or(i64::MAX);
         let conn = self.pool.get().await?;
-        let rows = conn
-            .query_typed(
-                &sql,
-                &[
-                    (&from, Type::INT8),
-                    (&value, Type::TEXT),
-                    (&opts.time_range_secs, Type::FLOAT8),
-                    (&limit, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(PgsqlError::query(format!(
-                "fetch offline messages for `{clientid}` on `{filter}`"
-            )))?;
+        let client: &tokio_postgres::Client = &conn;
+        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&from, Type::INT8),
+            (&value, Type::TEXT),
+            (&opts.time_range_secs, Type::FLOAT8),
+            (&limit, Type::INT8),
+        ];
+        // One round trip: the three requests are pipelined.
+        let (begun, rows, committed) = tokio::join!(
+            client.batch_execute(ORDERED_SCAN),
+            client.query_typed(&sql, &params),
+            client.batch_execute("COMMIT"),
+        );
+        let what = || format!("fetch offline messages for `{clientid}` on `{filter}`");
+        begun.map_err(|e| PgsqlError::query(what())(e))?;
+        let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
+        committed.map_err(|e| PgsqlError::query(what())(e))?;
         drop(conn);
         let full = rows.len() as i64 >= limit;
-        let last = rows.last().map(|r| r.get::<_, i64>(0));
-        let acked: HashSet<i64> = self.tracks.acked_above(key);
+        let first = rows.first().map(|r| r.try_get::<_, i64>(0)).transpose();
+        let last = rows.last().map(|r| r.try_get::<_, i64>(0)).transpose();
+        let (first, last) = (
+            first.map_err(|e| PgsqlError::query(what())(e))?,
+            last.map_err(|e| PgsqlError::query(what())(e))?,
+        );
+        let acked: HashSet<i64> = match (first, last) {
+            (Some(a), Some(b)) => self.tracks.acked_within(key, a, b),
+            _ => HashSet::new(),
+        };
         let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
+        let mut decoder = RowDecoder::new(sub_qos);
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = row.get(0);
+            let id: i64 = row.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
             if acked.contains(&id) {
                 continue;
             }
-            let msg_qos =
-                QoS::from_u8(u8::try_from(row.get::<_, i32>(4)).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
-            let msgid: Option<String> = row.get(1);
-            let mut message = Message::new(
-                row.get::<_, String>(3),
-                Bytes::from(row.get::<_, Option<Vec<u8>>>(5).unwrap_or_default()),
-                msg_qos,
-                false,
+            deliveries.push(
+                decoder
+                    .decode(id, row)
+                    .map_err(|e| PgsqlError::query(what())(e))?,
             );
-            if let Some(original) = msgid.as_deref().and_then(|h| u128::from_str_radix(h, 16).ok()) {
-                message.id = original;
-            }
-            message.publisher = row.get::<_, Option<String>>(2).map(Arc::from);
-            message.timestamp = SystemTime::now();
-            message.headers = Headers {
-                stored_id: Some(id),
-                ..Headers::default()
-            };
-            deliveries.push(Delivery {
-                message,
-                qos: sub_qos.min(msg_qos),
-                retain: false,
-                filter: Some(filter.clone()),
-            });
         }
-        let page_last = if full { last } else { None };
-        self.tracks.set_page(key, page_last);
+        let ids: Vec<i64> = deliveries
+            .iter()
+            .filter_map(|d| d.message.headers.stored_id)
+            .collect();
+        self.tracks
+            .page_read(key, epoch, &ids, if full { last } else { None });
         if full && deliveries.is_empty() {
-            // Everything on this page was acknowledged already: move on at once.
+            // Everything on this page was acknowledged already: the position moves on.
             let _ = self.dirty.send(key.clone());
         }
-        // QoS 0 deliveries are never acknowledged: they are done once sent.
+        // QoS 0 deliveries are never acknowledged: done for the position once read.
         let at_most_once: Vec<(String, i64)> = deliveries
             .iter()
             .filter(|d| d.qos == QoS::AtMostOnce)
             .filter_map(|d| Some((d.message.topic.to_string(), d.message.headers.stored_id?)))
             .collect();
         for (topic, id) in at_most_once {
-            for k in self.tracks.acked(clientid, &topic, id) {
+            for k in self.tracks.done_unsent(clientid, &topic, id) {
                 let _ = self.dirty.send(k);
             }
         }
-        match self.handle.replay(clientid, filter, deliveries, !full).await {
-            Ok(()) => Ok(()),
-            // The client left; its next subscription starts again from the position.
-            Err(_) => Ok(()),
+        // Err: the client left; its next subscription starts again from the position.
+        let handed = self
+            .handle
+            .replay(clientid, filter, deliveries, !full)
+            .await
+            .is_ok();
+        // Only now, with this page in the session's mailbox, may the next be read.
+        if let Some(due) = self.tracks.page_handed(key, epoch, handed) {
+            self.tracks.queue_page(due);
         }
+        Ok(())
     }
 
-    /// Serves page requests from the position task until the plugin stops.
+    /// Serves page requests until the plugin stops.
     pub async fn serve_pages(self: Arc<Self>, mut pages: mpsc::UnboundedReceiver<PageDue>) {
         while let Some(due) = pages.recv().await {
             // A page that cannot be read is read again until it can: the
             // subscription waits for it (live messages are held meanwhile).
             let mut logged = false;
-            while let Err(e) = self.page(&due.key, due.from).await {
+            while let Err(e) = self.page(&due.key, due.from, due.epoch).await {
                 if !logged {
                     tracing::warn!(clientid = %due.key.0, filter = %due.key.1, "cannot fetch the next page (retrying): {e}");
                     logged = true;
                 }
                 tokio::time::sleep(crate::positions::RETRY_DELAY).await;
             }
+        }
+    }
+}
+
+/// Builds the deliveries of one page. A page holds up to thousands of rows,
+/// usually of one topic and a few publishers: their `Arc<str>`s are shared
+/// between consecutive rows, and the clock is read once per page.
+struct RowDecoder {
+    sub_qos: QoS,
+    template: Message,
+    topic: Option<Arc<str>>,
+    publisher: Option<Arc<str>>,
+}
+
+impl RowDecoder {
+    fn new(sub_qos: QoS) -> RowDecoder {
+        let mut template = Message::new("", Bytes::new(), QoS::AtLeastOnce, false);
+        template.timestamp = SystemTime::now();
+        RowDecoder {
+            sub_qos,
+            template,
+            topic: None,
+            publisher: None,
+        }
+    }
+
+    /// `id, msgid, sender, topic, qos, payload` (text, text, text, int4, bytea).
+    fn decode(&mut self, id: i64, row: &tokio_postgres::Row) -> Result<Delivery, tokio_postgres::Error> {
+        let msgid: Option<&str> = row.try_get(1)?;
+        let sender: Option<&str> = row.try_get(2)?;
+        let topic: &str = row.try_get(3)?;
+        let qos: Option<i32> = row.try_get(4)?;
+        let payload: Option<&[u8]> = row.try_get(5)?;
+        let msg_qos = qos
+            .and_then(|q| u8::try_from(q).ok())
+            .and_then(QoS::from_u8)
+            .unwrap_or(QoS::AtLeastOnce);
+        let mut message = self.template.clone();
+        message.id = match msgid.and_then(|h| u128::from_str_radix(h, 16).ok()) {
+            Some(original) => original,
+            None => hooks_spec::new_message_id(),
+        };
+        message.topic = shared(&mut self.topic, topic);
+        message.publisher = sender.map(|s| shared(&mut self.publisher, s));
+        message.payload = Bytes::copy_from_slice(payload.unwrap_or_default());
+        message.qos = msg_qos;
+        message.headers.stored_id = Some(id);
+        Ok(Delivery {
+            message,
+            qos: self.sub_qos.min(msg_qos),
+            retain: false,
+            // The replay names its subscription once for the whole page.
+            filter: None,
+        })
+    }
+}
+
+/// `value` as an `Arc<str>`, reusing the previous one when it is the same.
+fn shared(last: &mut Option<Arc<str>>, value: &str) -> Arc<str> {
+    match last {
+        Some(a) if &**a == value => Arc::clone(a),
+        _ => {
+            let a: Arc<str> = Arc::from(value);
+            *last = Some(Arc::clone(&a));
+            a
         }
     }
 }

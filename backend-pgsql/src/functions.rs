@@ -199,8 +199,8 @@ impl Engine {
             .ok_or_else(|| PgsqlError::Store(format!("no writer for pool `{pool}`")))?;
         let req = StoreRequest {
             msgid: m.id_hex(),
-            sender: m.publisher.as_deref().map(str::to_string),
-            topic: m.topic.to_string(),
+            sender: m.publisher.clone(),
+            topic: Arc::clone(&m.topic),
             qos: i32::from(m.qos.as_u8()),
             retain: i32::from(m.retain),
             payload: m.payload.clone(),

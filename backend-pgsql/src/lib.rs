@@ -26,7 +26,8 @@
 //! routes. Subscriber ACK → `message.acked` → tracks → flusher →
 //! `mqtt_acked`. SUBSCRIBE (or a restored subscription) → `session.subscribed`
 //! → fetch → `BrokerHandle::replay` → the session delivers oldest first; the
-//! next page follows when the position reaches the end of the page.
+//! next page is read once the previous one is in the session's mailbox, at
+//! most two unacknowledged pages ahead ([`positions::PAGES_AHEAD`]).
 
 pub mod auth;
 pub mod config;

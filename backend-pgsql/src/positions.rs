@@ -14,16 +14,19 @@
 //! held only for short, await-free updates; one task ([`Flusher`]) owns the
 //! writes of positions and batches them: whatever acknowledgements arrived
 //! while it was writing are folded into the next write per subscription.
+//!
+//! A backlog is replayed in pages, pipelined: the next page is read as soon
+//! as the previous one has been handed to the session, as long as fewer than
+//! [`PAGES_AHEAD`] handed pages still wait for acknowledgements (counted in
+//! memory, so paging never waits for a position write). Pages are read one
+//! after another from the last id handed out, so each stored message is
+//! handed over once and in order; the position, as above, only follows what
+//! the database confirms.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::mpsc;
-use tokio_postgres::types::Type;
-
-use crate::error::PgsqlError;
-use crate::pool::NamedPool;
-use crate::topic_match::{condition, TopicCondition};
 
 /// (client id, subscription filter).
 pub type TrackKey = (String, String);
@@ -37,8 +40,11 @@ pub struct Track {
     pub delivered: BTreeSet<i64>,
     /// Stored ids above the position acknowledged.
     pub acked: BTreeSet<i64>,
-    /// While a backlog is replayed page by page: the last id of the page out.
-    pub page_last: Option<i64>,
+    /// The backlog being replayed, page by page.
+    pub paging: Paging,
+    /// Counts the subscriptions started on this key: a page read queued for an
+    /// earlier one is dropped.
+    pub epoch: u64,
     /// The subscription's QoS (for the deliveries of later pages).
     pub qos: i32,
     /// Page size and age limit of the rule that fetches for it.
@@ -46,6 +52,103 @@ pub struct Track {
     /// A session is subscribed (false: kept after the session ended only to
     /// remember what the client acknowledged above the position).
     pub active: bool,
+    /// In the flusher's queue (sent, not yet taken): further acknowledgements
+    /// need not queue it again.
+    pub queued: bool,
+}
+
+/// Full pages handed to a session that may wait for acknowledgements at
+/// once: the session holds at most this many pages (plus the one being
+/// read), and the next read overlaps the delivery of the previous page.
+pub const PAGES_AHEAD: usize = 2;
+
+/// Where the replay of one subscription's backlog stands.
+#[derive(Debug, Default, Clone)]
+pub struct Paging {
+    /// Full pages handed to the session whose messages are not all
+    /// acknowledged yet, oldest first.
+    pub out: VecDeque<PageOut>,
+    /// The next page starts above this id (the last one handed out); `None`
+    /// when no backlog is paging (the last page read was not full).
+    pub next_from: Option<i64>,
+    /// A page read is queued or running, and its page not yet handed over:
+    /// no other read may start (pages must reach the session in order).
+    pub reading: bool,
+}
+
+/// A page handed to the session.
+#[derive(Debug, Clone)]
+pub struct PageOut {
+    /// Its last stored id.
+    pub last: i64,
+    /// Its ids to wait for, ascending (a page is read in id order), each
+    /// with whether it is done (acknowledged, or otherwise finished).
+    ids: Vec<(i64, bool)>,
+    /// How many of `ids` are not done.
+    left: usize,
+}
+
+impl PageOut {
+    fn new(last: i64, mut ids: Vec<i64>) -> PageOut {
+        ids.sort_unstable();
+        ids.dedup();
+        PageOut {
+            last,
+            left: ids.len(),
+            ids: ids.into_iter().map(|id| (id, false)).collect(),
+        }
+    }
+
+    /// Marks `id` done; true when that finished the page. (Called for every
+    /// acknowledgement of a replay: a binary search, no hashing.)
+    fn done(&mut self, id: i64) -> bool {
+        if let Ok(i) = self.ids.binary_search_by_key(&id, |e| e.0) {
+            if !self.ids[i].1 {
+                self.ids[i].1 = true;
+                self.left -= 1;
+                return self.left == 0;
+            }
+        }
+        false
+    }
+
+    /// Every id is done.
+    pub fn is_done(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl Paging {
+    /// A backlog is being replayed (a page out, or more to read).
+    fn active(&self) -> bool {
+        self.next_from.is_some() || self.reading || !self.out.is_empty()
+    }
+
+    /// The next page read, when one is due: more to read, no read running,
+    /// and room ahead.
+    fn due(&mut self, key: &TrackKey, epoch: u64) -> Option<PageDue> {
+        let from = self.next_from?;
+        if self.reading || self.out.len() >= PAGES_AHEAD {
+            return None;
+        }
+        self.reading = true;
+        Some(PageDue {
+            key: key.clone(),
+            from,
+            epoch,
+        })
+    }
+
+    /// Drops the pages that are done: all acknowledged, or at or below the position.
+    fn retire(&mut self, position: i64) {
+        while self
+            .out
+            .front()
+            .is_some_and(|p| p.is_done() || p.last <= position)
+        {
+            self.out.pop_front();
+        }
+    }
 }
 
 /// `offline_opts` of a fetch rule, with the globals filled in.
@@ -70,6 +173,9 @@ impl Default for FetchOpts {
 #[derive(Default)]
 pub struct Tracks {
     map: Mutex<TrackMap>,
+    /// The page server's queue (set once by [`Flusher::spawn`]): pages that
+    /// become due when an acknowledgement completes a page go there.
+    pages: OnceLock<mpsc::UnboundedSender<PageDue>>,
 }
 
 /// Tracks by client id, then filter: every stored message delivered or
@@ -105,13 +211,15 @@ impl TrackMap {
     }
 }
 
-/// What a page fetch needs to know after a position moved.
+/// A page read that is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageDue {
     /// The subscription.
     pub key: TrackKey,
     /// Fetch ids above this.
     pub from: i64,
+    /// The subscription it is for ([`Track::epoch`]).
+    pub epoch: u64,
 }
 
 impl Tracks {
@@ -121,8 +229,9 @@ impl Tracks {
 
     /// Starts (or restarts, on a re-subscribe) tracking. The position never
     /// goes back below what this node already knew; returns the position to
-    /// fetch from.
-    pub fn start(&self, key: TrackKey, db_position: i64, qos: i32, opts: FetchOpts) -> i64 {
+    /// fetch from and the subscription's epoch (any paging of an earlier
+    /// subscription on this key is abandoned).
+    pub fn start(&self, key: TrackKey, db_position: i64, qos: i32, opts: FetchOpts) -> (i64, u64) {
         let mut map = self.lock();
         let t = map.entry(key);
         t.opts = opts;
@@ -132,27 +241,75 @@ impl Tracks {
         t.acked.retain(|&id| id > p);
         t.qos = qos;
         t.active = true;
-        p
+        t.epoch += 1;
+        t.paging = Paging::default();
+        (p, t.epoch)
     }
 
-    /// Ids above the position this client already acknowledged (left out of pages).
-    pub fn acked_above(&self, key: &TrackKey) -> HashSet<i64> {
+    /// Marks the first page read of a subscription as running (its caller
+    /// reads it now), so that no other read starts before it is handed over.
+    pub fn begin_read(&self, key: &TrackKey, epoch: u64) {
+        if let Some(t) = self.lock().get_mut(key) {
+            if t.epoch == epoch {
+                t.paging.reading = true;
+            }
+        }
+    }
+
+    /// Ids in `first..=last` this client already acknowledged above its
+    /// position (left out of pages).
+    pub fn acked_within(&self, key: &TrackKey, first: i64, last: i64) -> HashSet<i64> {
         self.lock()
             .get(key)
-            .map(|t| t.acked.iter().copied().collect())
+            .filter(|_| first <= last)
+            .map(|t| t.acked.range(first..=last).copied().collect())
             .unwrap_or_default()
     }
 
-    /// The subscription's QoS and fetch options.
-    pub fn settings(&self, key: &TrackKey) -> Option<(i32, FetchOpts)> {
-        self.lock().get(key).map(|t| (t.qos, t.opts))
+    /// The subscription's QoS and fetch options, if `epoch` is still its
+    /// current subscription.
+    pub fn settings(&self, key: &TrackKey, epoch: u64) -> Option<(i32, FetchOpts)> {
+        self.lock()
+            .get(key)
+            .filter(|t| t.active && t.epoch == epoch)
+            .map(|t| (t.qos, t.opts))
     }
 
-    /// Records the page now out (None when the backlog is drained).
-    pub fn set_page(&self, key: &TrackKey, page_last: Option<i64>) {
-        if let Some(t) = self.lock().get_mut(key) {
-            t.page_last = page_last;
+    /// A page was read: `ids` are the stored ids it hands to the session,
+    /// `last` its last id when it was full (more may follow), `None` when it
+    /// drained the backlog. Reading stays marked until [`Tracks::page_handed`].
+    pub fn page_read(&self, key: &TrackKey, epoch: u64, ids: &[i64], last: Option<i64>) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(key).filter(|t| t.epoch == epoch) else {
+            return;
+        };
+        t.paging.next_from = last;
+        if let Some(last) = last {
+            // An id acknowledged meanwhile (a live copy) is done already; if one
+            // slips through, the position passing the page end retires it.
+            let pending: Vec<i64> = ids
+                .iter()
+                .copied()
+                .filter(|id| *id > t.position && !t.acked.contains(id))
+                .collect();
+            t.paging.out.push_back(PageOut::new(last, pending));
+            let position = t.position;
+            t.paging.retire(position);
         }
+    }
+
+    /// The page read last was handed to the session (`handed`: the session
+    /// took it); returns the next read if it is due now. Call it after the
+    /// page is in the session's mailbox, so pages arrive in order.
+    pub fn page_handed(&self, key: &TrackKey, epoch: u64, handed: bool) -> Option<PageDue> {
+        let mut map = self.lock();
+        let t = map.get_mut(key).filter(|t| t.epoch == epoch)?;
+        t.paging.reading = false;
+        if !handed || !t.active {
+            t.paging = Paging::default();
+            return None;
+        }
+        t.paging.due(key, epoch)
     }
 
     /// A stored message was written to the client.
@@ -167,20 +324,63 @@ impl Tracks {
 
     /// The client acknowledged (or the broker gave up on, for a reason that
     /// makes it undeliverable) a stored message; returns the subscriptions
-    /// whose position should be recomputed.
+    /// whose position should be recomputed. A page this completes lets the
+    /// next page be read (queued to the page server).
     pub fn acked(&self, clientid: &str, topic: &str, id: i64) -> Vec<TrackKey> {
+        self.ack(clientid, topic, id, true)
+    }
+
+    /// A QoS 0 replay read from the database: done for the position (it is
+    /// never acknowledged), but its page waits until the session wrote it
+    /// (`message.delivered`, then [`Tracks::acked`]), so QoS 0 replays are
+    /// paced by the client too.
+    pub fn done_unsent(&self, clientid: &str, topic: &str, id: i64) -> Vec<TrackKey> {
+        self.ack(clientid, topic, id, false)
+    }
+
+    fn ack(&self, clientid: &str, topic: &str, id: i64, settle_page: bool) -> Vec<TrackKey> {
         let mut map = self.lock();
         let mut dirty = Vec::new();
+        let mut due = Vec::new();
         for (f, t) in map.client_mut(clientid) {
             if hooks_match(f, topic) {
                 t.delivered.remove(&id);
                 if id > t.position {
                     t.acked.insert(id);
-                    dirty.push((clientid.to_string(), f.clone()));
+                    if !t.queued {
+                        t.queued = true;
+                        dirty.push((clientid.to_string(), f.clone()));
+                    }
+                }
+                if !settle_page {
+                    continue;
+                }
+                if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
+                    if page.done(id) {
+                        t.paging.retire(t.position);
+                        let key = (clientid.to_string(), f.clone());
+                        due.extend(t.paging.due(&key, t.epoch));
+                    }
                 }
             }
         }
+        drop(map);
+        for d in due {
+            self.queue_page(d);
+        }
         dirty
+    }
+
+    /// Queues a page read to the page server.
+    pub fn queue_page(&self, due: PageDue) {
+        if let Some(pages) = self.pages.get() {
+            let _ = pages.send(due);
+        }
+    }
+
+    #[cfg(test)]
+    fn paging_of(&self, key: &TrackKey) -> Paging {
+        self.lock().get(key).map(|t| t.paging.clone()).unwrap_or_default()
     }
 
     /// Forgets one subscription (unsubscribe).
@@ -198,7 +398,7 @@ impl Tracks {
             by_filter.retain(|_, t| {
                 t.active = false;
                 t.delivered.clear();
-                t.page_last = None;
+                t.paging = Paging::default();
                 !t.acked.is_empty()
             });
             if by_filter.is_empty() {
@@ -209,11 +409,13 @@ impl Tracks {
 
     /// The candidate advance of one subscription.
     fn candidate(&self, key: &TrackKey) -> Option<Candidate> {
-        let map = self.lock();
-        let t = map.get(key)?;
+        let mut map = self.lock();
+        let t = map.get_mut(key)?;
+        // Acknowledgements from now on are not in this candidate: they queue it again.
+        t.queued = false;
         // With a page out and nothing newly acknowledged, the page end is the candidate
         // (a page whose messages were all acknowledged before must still move on).
-        let high = t.acked.last().copied().or(t.page_last)?;
+        let high = t.acked.last().copied().or(t.paging.out.back().map(|p| p.last))?;
         Some(Candidate {
             from: t.position,
             high,
@@ -222,10 +424,10 @@ impl Tracks {
         })
     }
 
-    /// Applies a verified position; returns a page fetch that is due, if any:
-    /// the next page when the page out is fully acknowledged, or a page from
-    /// the new position when the first unacknowledged matching id is not on
-    /// its way to the client (a gap nothing else will fill).
+    /// Applies a verified position; returns a page read that is due, if any:
+    /// the next page of a backlog when the position passed a page out, or a
+    /// page from the new position when the first unacknowledged matching id
+    /// is not on its way to the client (a gap nothing else will fill).
     fn advanced(&self, key: &TrackKey, position: i64, first_gap: Option<i64>) -> Option<PageDue> {
         let mut map = self.lock();
         let t = map.get_mut(key)?;
@@ -242,28 +444,33 @@ impl Tracks {
             }
             return None;
         }
-        if let Some(last) = t.page_last {
-            if t.position >= last {
-                t.page_last = None;
-                return Some(PageDue {
-                    key: key.clone(),
-                    from: t.position,
-                });
-            }
-            return None;
+        let epoch = t.epoch;
+        if t.paging.active() {
+            t.paging.retire(t.position);
+            return t.paging.due(key, epoch);
         }
         match first_gap {
-            Some(gap) if !t.delivered.contains(&gap) => Some(PageDue {
-                key: key.clone(),
-                from: t.position,
-            }),
+            Some(gap) if !t.delivered.contains(&gap) => {
+                t.paging.reading = true;
+                Some(PageDue {
+                    key: key.clone(),
+                    from: t.position,
+                    epoch,
+                })
+            }
             _ => None,
         }
     }
 }
 
+/// Runs for every stored message delivered or acknowledged, once per
+/// subscription of its client: a filter without wildcards is a plain comparison.
 fn hooks_match(filter: &str, topic: &str) -> bool {
-    crate::mqtt_matches(filter, topic)
+    if filter.contains(['+', '#']) {
+        crate::mqtt_matches(filter, topic)
+    } else {
+        filter == topic
+    }
 }
 
 /// A position to verify and write.
@@ -275,230 +482,9 @@ struct Candidate {
     time_range_secs: Option<f64>,
 }
 
-/// How long a failed position write or page read waits before it is tried again.
-pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+mod flusher;
 
-/// The task that writes positions.
-pub struct Flusher {
-    /// Our own queue: subscriptions whose write failed go back on it.
-    retry: mpsc::UnboundedSender<TrackKey>,
-    pool: NamedPool,
-    tracks: Arc<Tracks>,
-    rx: mpsc::UnboundedReceiver<TrackKey>,
-    pages: mpsc::UnboundedSender<PageDue>,
-}
-
-impl Flusher {
-    /// Starts the task; send dirty subscriptions to the returned sender.
-    pub fn spawn(
-        pool: NamedPool,
-        tracks: Arc<Tracks>,
-        pages: mpsc::UnboundedSender<PageDue>,
-    ) -> mpsc::UnboundedSender<TrackKey> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let retry = tx.clone();
-        tokio::spawn(
-            Flusher {
-                retry,
-                pool,
-                tracks,
-                rx,
-                pages,
-            }
-            .run(),
-        );
-        tx
-    }
-
-    async fn run(mut self) {
-        let mut in_outage = false;
-        while let Some(first) = self.rx.recv().await {
-            let mut dirty: Vec<TrackKey> = vec![first];
-            while let Ok(k) = self.rx.try_recv() {
-                if !dirty.contains(&k) {
-                    dirty.push(k);
-                }
-            }
-            for key in dirty {
-                let Some(c) = self.tracks.candidate(&key) else {
-                    continue;
-                };
-                match advance(&self.pool, &key, &c).await {
-                    Ok((position, gap)) => {
-                        if in_outage {
-                            in_outage = false;
-                            tracing::warn!(pool = %self.pool.name, "recording read positions again");
-                        }
-                        if let Some(due) = self.tracks.advanced(&key, position, gap) {
-                            let _ = self.pages.send(due);
-                        }
-                    }
-                    Err(e) => {
-                        if !in_outage {
-                            in_outage = true;
-                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried until the database answers): {e}");
-                        }
-                        // Retried by itself: waiting for the next acknowledgement
-                        // would stall a page whose acknowledgements all came in.
-                        let retry = self.retry.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(RETRY_DELAY).await;
-                            let _ = retry.send(key);
-                        });
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One statement: the first matching id in (from, high] not acknowledged
-/// decides the new position; the upsert never moves it backwards.
-async fn advance(
-    pool: &NamedPool,
-    (clientid, filter): &TrackKey,
-    c: &Candidate,
-) -> Result<(i64, Option<i64>), PgsqlError> {
-    let conn = pool.get().await?;
-    let (op, value) = match condition(filter) {
-        TopicCondition::Exact(t) => ("=", t),
-        TopicCondition::Regex(r) => ("~", r),
-    };
-    // The matching ids in (from, high], in order; the first one not
-    // acknowledged is the gap. (Compared here: a large acknowledged set as an
-    // SQL array would be scanned once per row.)
-    let sql = format!(
-        "SELECT id::int8 FROM mqtt_msg
-         WHERE id > $1 AND id <= $2 AND topic {op} $3
-           AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
-         ORDER BY id"
-    );
-    let rows = conn
-        .query_typed(
-            &sql,
-            &[
-                (&c.from, Type::INT8),
-                (&c.high, Type::INT8),
-                (&value, Type::TEXT),
-                (&c.time_range_secs, Type::FLOAT8),
-            ],
-        )
-        .await
-        .map_err(PgsqlError::query(format!(
-            "find unacknowledged messages of `{clientid}` on `{filter}`"
-        )))?;
-    let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
-    let position = gap.map_or(c.high, |g| g - 1);
-    let row = conn
-        .query_typed_opt(
-            // UPDATE only: the row exists since the first subscription; an
-            // unsubscribe that deleted it meanwhile must not see it come back.
-            "UPDATE mqtt_acked SET mid = GREATEST(mid, $3) WHERE clientid = $1 AND topic = $2
-             RETURNING mid::int8",
-            &[
-                (clientid, Type::TEXT),
-                (filter, Type::TEXT),
-                (&position, Type::INT8),
-            ],
-        )
-        .await
-        .map_err(PgsqlError::query(format!(
-            "advance position of `{clientid}` on `{filter}`"
-        )))?;
-    // No row: unsubscribed meanwhile; the position stays in memory only.
-    Ok((row.map_or(position, |r| r.get(0)), gap))
-}
-
-/// The first id of `matching` (ascending) that is not in `acked` (ascending).
-fn first_gap(matching: impl Iterator<Item = i64>, acked: &[i64]) -> Option<i64> {
-    let mut matching = matching;
-    matching.find(|id| acked.binary_search(id).is_err())
-}
+pub use flusher::{Flusher, RETRY_DELAY};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_unacknowledged_matching_id_is_the_gap() {
-        assert_eq!(first_gap([3, 5, 8].into_iter(), &[3, 5, 8]), None);
-        assert_eq!(first_gap([3, 5, 8].into_iter(), &[3, 8]), Some(5));
-        assert_eq!(first_gap([3, 5, 8].into_iter(), &[4, 5, 8, 9]), Some(3));
-        assert_eq!(first_gap(std::iter::empty(), &[1]), None);
-    }
-
-    fn key() -> TrackKey {
-        ("c".into(), "a/#".into())
-    }
-
-    #[test]
-    fn positions_never_go_back_on_restart() {
-        let t = Tracks::default();
-        assert_eq!(t.start(key(), 10, 1, FetchOpts::default()), 10);
-        assert_eq!(
-            t.start(key(), 4, 1, FetchOpts::default()),
-            10,
-            "a stale database position does not move it back"
-        );
-    }
-
-    #[test]
-    fn acks_are_tracked_per_matching_subscription() {
-        let t = Tracks::default();
-        t.start(key(), 10, 1, FetchOpts::default());
-        t.start(("c".into(), "b".into()), 0, 1, FetchOpts::default());
-        t.delivered("c", "a/x", 12);
-        assert_eq!(t.acked("c", "a/x", 12), vec![key()]);
-        assert!(
-            t.acked("c", "a/x", 9).is_empty(),
-            "an id at or below the position changes nothing"
-        );
-        let c = t.candidate(&key()).unwrap();
-        assert_eq!((c.from, c.high, c.acked), (10, 12, vec![12]));
-    }
-
-    #[test]
-    fn a_gap_not_in_flight_asks_for_a_page_and_an_in_flight_one_does_not() {
-        let t = Tracks::default();
-        t.start(key(), 10, 1, FetchOpts::default());
-        t.delivered("c", "a/x", 11);
-        t.acked("c", "a/x", 12);
-        assert_eq!(t.advanced(&key(), 10, Some(11)), None, "11 is on its way");
-        t.acked("c", "a/x", 11);
-        assert_eq!(t.advanced(&key(), 12, None), None);
-        t.acked("c", "a/x", 15);
-        assert_eq!(
-            t.advanced(&key(), 12, Some(13)),
-            Some(PageDue { key: key(), from: 12 })
-        );
-    }
-
-    #[test]
-    fn acks_above_the_position_outlive_the_session() {
-        let t = Tracks::default();
-        t.start(key(), 10, 1, FetchOpts::default());
-        t.start(("c".into(), "b".into()), 3, 1, FetchOpts::default());
-        t.delivered("c", "a/x", 11);
-        t.delivered("c", "a/x", 12);
-        t.acked("c", "a/x", 12);
-        t.forget_client("c");
-        assert_eq!(t.settings(&("c".into(), "b".into())), None, "nothing to remember");
-        assert_eq!(t.advanced(&key(), 10, Some(11)), None, "no session to page to");
-        assert_eq!(t.start(key(), 10, 1, FetchOpts::default()), 10);
-        assert_eq!(
-            t.acked_above(&key()),
-            HashSet::from([12]),
-            "left out of the next session's replay"
-        );
-        assert!(t.lock().get(&key()).unwrap().delivered.is_empty());
-    }
-
-    #[test]
-    fn the_next_page_is_due_when_the_page_is_acknowledged() {
-        let t = Tracks::default();
-        t.start(key(), 0, 1, FetchOpts::default());
-        t.set_page(&key(), Some(5));
-        assert_eq!(t.advanced(&key(), 4, None), None);
-        assert_eq!(t.advanced(&key(), 5, None), Some(PageDue { key: key(), from: 5 }));
-    }
-}
+mod tests;

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hooks_spec::{ClientInfo, DropReason, Flow, HookPoint, Hooks, Message, Registration};
+use hooks_spec::{
+    BoxFuture, ClientInfo, DropReason, Flow, HookError, HookPoint, Hooks, Message, Registration,
+};
 
 use crate::functions::{secs, PlaceholderValues};
 use crate::positions::FetchOpts;
@@ -21,6 +23,33 @@ const FETCH_RETRIES: u32 = 240;
 
 fn topic_ok(rule: &Rule, topic: &str) -> bool {
     rule.topic.as_deref().is_none_or(|f| mqtt_matches(f, topic))
+}
+
+/// A callback's result when it is known without waiting: callbacks decide
+/// synchronously what they can (a rule that does not apply, in-memory
+/// bookkeeping) and build an `async` state machine only for database work.
+/// They run for every message, so this saves each message a large future
+/// moved into a box per rule.
+fn ready<Acc: Send + 'static>(flow: Flow<Acc>) -> BoxFuture<Result<Flow<Acc>, HookError>> {
+    Box::pin(std::future::ready(Ok(flow)))
+}
+
+/// Registers a callback with the chain's default time limit and failure policy.
+fn plain<A, Acc>(
+    chain: &hooks_spec::Chain<A, Acc>,
+    priority: i32,
+    callback: impl Fn(Arc<A>, Acc) -> BoxFuture<Result<Flow<Acc>, HookError>> + Send + Sync + 'static,
+) where
+    A: Send + Sync + 'static,
+    Acc: Clone + Send + 'static,
+{
+    chain.register(Registration {
+        owner: NAME.to_string(),
+        priority,
+        timeout: None,
+        on_failure: None,
+        callback: Arc::new(callback),
+    });
 }
 
 /// Registers every rule, then the bookkeeping offline delivery needs.
@@ -76,28 +105,55 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                             Flow::Continue(m)
                         }) as hooks_spec::FailurePolicy<Message>
                     }),
-                    callback: Arc::new(move |args, m| {
-                        let e = Arc::clone(&e);
-                        Box::pin(async move { Ok(e.publish_rule(i, args.client.as_ref(), m).await) })
+                    callback: Arc::new(move |args, m| match e.publish_work(i, &m) {
+                        Work::Skip => ready(Flow::Continue(m)),
+                        Work::Refuse => ready(Flow::Stop(m)),
+                        Work::Store => {
+                            let e = Arc::clone(&e);
+                            Box::pin(async move { Ok(Flow::Continue(e.store_rule(i, m).await)) })
+                        }
+                        Work::Other => {
+                            let e = Arc::clone(&e);
+                            Box::pin(async move { Ok(e.publish_rule(i, args.client.as_ref(), m).await) })
+                        }
                     }),
                 });
             }
             HookPoint::MessageAcked => {
-                hooks.message_acked.add(NAME, 0, move |args, ()| {
-                    let e = Arc::clone(&e);
-                    async move {
-                        e.acked_rule(i, &args.client, &args.message).await;
-                        Ok(Flow::Continue(()))
+                plain(&hooks.message_acked, 0, move |args, ()| {
+                    let rule = e.rule(i);
+                    if !topic_ok(rule, &args.message.topic) {
+                        return ready(Flow::Continue(()));
+                    }
+                    match &rule.action {
+                        Action::Function(Function::OnMessageAcked) => {
+                            if let Some(id) = args.message.headers.stored_id {
+                                e.mark_done(&args.client.clientid, &args.message.topic, id);
+                            }
+                            ready(Flow::Continue(()))
+                        }
+                        Action::Function(_) => ready(Flow::Continue(())),
+                        Action::Sql(_) => {
+                            let e = Arc::clone(&e);
+                            Box::pin(async move {
+                                e.sql_rule(i, &args.client, &args.message).await;
+                                Ok(Flow::Continue(()))
+                            })
+                        }
                     }
                 });
             }
             HookPoint::MessageDelivered => {
-                hooks.message_delivered.add(NAME, 0, move |args, m: Message| {
-                    let e = Arc::clone(&e);
-                    async move {
-                        e.delivered_rule(i, &args.client, &m).await;
-                        Ok(Flow::Continue(m))
+                plain(&hooks.message_delivered, 0, move |args, m: Message| {
+                    let rule = e.rule(i);
+                    if !matches!(rule.action, Action::Sql(_)) || !topic_ok(rule, &m.topic) {
+                        return ready(Flow::Continue(m));
                     }
+                    let e = Arc::clone(&e);
+                    Box::pin(async move {
+                        e.sql_rule(i, &args.client, &m).await;
+                        Ok(Flow::Continue(m))
+                    })
                 });
             }
             other => tracing::warn!(rule = %rule.key, "rules cannot bind to {other}; ignored"),
@@ -108,73 +164,71 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
     }
 }
 
-/// Hooks that keep the per-subscription tracks in step with the sessions.
+/// Hooks that keep the per-subscription tracks in step with the sessions
+/// (all in memory: they answer at once).
 fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
     // Last on message.publish: the chain is done and the broker routes the
     // message next, so it is no longer "stored but not routed".
     let e = Arc::clone(engine);
-    hooks.message_publish.add(NAME, i32::MIN, move |_, m: Message| {
-        let e = Arc::clone(&e);
-        async move {
-            if let Some(id) = m.headers.stored_id {
-                e.route_pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+    plain(&hooks.message_publish, i32::MIN, move |_, m: Message| {
+        if let Some(id) = m.headers.stored_id {
+            e.route_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        ready(Flow::Continue(m))
+    });
+    let e = Arc::clone(engine);
+    plain(&hooks.message_delivered, -1000, move |args, m: Message| {
+        if let Some(id) = m.headers.stored_id {
+            if m.qos == hooks_spec::QoS::AtMostOnce {
+                // Never acknowledged: done once written.
+                e.mark_done(&args.client.clientid, &m.topic, id);
+            } else {
+                e.tracks.delivered(&args.client.clientid, &m.topic, id);
             }
-            Ok(Flow::Continue(m))
         }
+        ready(Flow::Continue(m))
     });
     let e = Arc::clone(engine);
-    hooks.message_delivered.add(NAME, -1000, move |args, m: Message| {
-        let e = Arc::clone(&e);
-        async move {
-            if let Some(id) = m.headers.stored_id {
-                if m.qos == hooks_spec::QoS::AtMostOnce {
-                    // Never acknowledged: done once written.
-                    e.mark_done(&args.client.clientid, &m.topic, id);
-                } else {
-                    e.tracks.delivered(&args.client.clientid, &m.topic, id);
-                }
+    plain(&hooks.message_dropped, -1000, move |args, ()| {
+        // Expired or too large for the client: it will never be delivered,
+        // so it must not hold the position back.
+        // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
+        if matches!(
+            args.reason,
+            DropReason::Expired | DropReason::TooLarge | DropReason::Denied
+        ) {
+            if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
+                e.mark_done(client, &args.message.topic, id);
             }
-            Ok(Flow::Continue(m))
         }
+        ready(Flow::Continue(()))
     });
     let e = Arc::clone(engine);
-    hooks.message_dropped.add(NAME, -1000, move |args, ()| {
-        let e = Arc::clone(&e);
-        async move {
-            // Expired or too large for the client: it will never be delivered,
-            // so it must not hold the position back.
-            // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
-            if matches!(
-                args.reason,
-                DropReason::Expired | DropReason::TooLarge | DropReason::Denied
-            ) {
-                if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
-                    e.mark_done(client, &args.message.topic, id);
-                }
-            }
-            Ok(Flow::Continue(()))
-        }
+    plain(&hooks.session_unsubscribed, -1000, move |args, ()| {
+        e.tracks
+            .forget(&(args.client.clientid.to_string(), args.filter.clone()));
+        ready(Flow::Continue(()))
     });
     let e = Arc::clone(engine);
-    hooks.session_unsubscribed.add(NAME, -1000, move |args, ()| {
-        let e = Arc::clone(&e);
-        async move {
-            e.tracks
-                .forget(&(args.client.clientid.to_string(), args.filter.clone()));
-            Ok(Flow::Continue(()))
-        }
+    plain(&hooks.session_terminated, -1000, move |args, ()| {
+        e.tracks.forget_client(&args.client.clientid);
+        ready(Flow::Continue(()))
     });
-    let e = Arc::clone(engine);
-    hooks.session_terminated.add(NAME, -1000, move |args, ()| {
-        let e = Arc::clone(&e);
-        async move {
-            e.tracks.forget_client(&args.client.clientid);
-            Ok(Flow::Continue(()))
-        }
-    });
+}
+
+/// What a `message.publish` rule has to do with one message.
+enum Work {
+    /// Nothing (its topic does not match, or it does not apply to this message).
+    Skip,
+    /// Stop the chain: the message cannot be stored (payload not UTF-8 for a text column).
+    Refuse,
+    /// Store it (on_message_publish, on_message_store).
+    Store,
+    /// Anything else that talks to the database.
+    Other,
 }
 
 impl Engine {
@@ -279,56 +333,67 @@ impl Engine {
         }
     }
 
-    async fn publish_rule(&self, i: usize, client: Option<&ClientInfo>, mut m: Message) -> Flow<Message> {
+    /// Decides, without waiting, what rule `i` does with a published message
+    /// (the checks `publish_rule` makes first).
+    fn publish_work(&self, i: usize, m: &Message) -> Work {
         let rule = self.rule(i);
         if !topic_ok(rule, &m.topic) {
-            return Flow::Continue(m);
+            return Work::Skip;
         }
         let empty_retained = m.retain && m.payload.is_empty();
-        let result = match &rule.action {
+        match &rule.action {
             Action::Function(f @ (Function::OnMessagePublish | Function::OnMessageStore)) => {
-                // on_message_store also attaches the id: acknowledgements and
-                // offline fetch need it to know the message was delivered.
-                let attach = true;
                 if (*f == Function::OnMessagePublish && m.qos == hooks_spec::QoS::AtMostOnce)
                     || empty_retained
                 {
-                    return Flow::Continue(m);
-                }
-                if !self.payload_fits(&rule.pool, &m.payload) {
+                    Work::Skip
+                } else if !self.payload_fits(&rule.pool, &m.payload) {
                     self.stats.refused_not_utf8.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(rule = %rule.key, topic = %m.topic, "refusing a message whose payload is not UTF-8: mqtt_msg.payload is text");
-                    return Flow::Stop(m);
-                }
-                match self.store_message(&rule.pool, &m).await {
-                    Ok(id) => {
-                        if attach {
-                            m.headers.stored_id = Some(id);
-                            if self.fetcher.is_some() {
-                                self.route_pending
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(id);
-                            }
-                        }
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // Logged once per outage by the writer; the publisher is not told "stored".
-                        if attach {
-                            m.headers.not_stored = true;
-                        }
-                        tracing::debug!(rule = %rule.key, "not stored: {e}");
-                        return Flow::Continue(m);
-                    }
+                    Work::Refuse
+                } else {
+                    Work::Store
                 }
             }
-            Action::Function(Function::OnMessageRetain) if m.retain && !m.payload.is_empty() => {
-                self.retain_store(&rule.pool, &m).await
+            Action::Function(Function::OnMessageRetain) if m.retain && !m.payload.is_empty() => Work::Other,
+            Action::Function(Function::OnRetainDelete) if empty_retained => Work::Other,
+            Action::Function(_) => Work::Skip,
+            Action::Sql(_) => Work::Other,
+        }
+    }
+
+    /// Stores a message for rule `i` (on_message_publish, on_message_store)
+    /// and attaches its row id; the checks of [`Engine::publish_work`] passed.
+    async fn store_rule(&self, i: usize, mut m: Message) -> Message {
+        let rule = self.rule(i);
+        match self.store_message(&rule.pool, &m).await {
+            Ok(id) => {
+                // on_message_store also attaches the id: acknowledgements and
+                // offline fetch need it to know the message was delivered.
+                m.headers.stored_id = Some(id);
+                if self.fetcher.is_some() {
+                    self.route_pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id);
+                }
             }
-            Action::Function(Function::OnRetainDelete) if empty_retained => {
-                self.retain_delete(&rule.pool, &m.topic).await
+            Err(e) => {
+                // Logged once per outage by the writer; the publisher is not told "stored".
+                m.headers.not_stored = true;
+                tracing::debug!(rule = %rule.key, "not stored: {e}");
             }
+        }
+        m
+    }
+
+    /// The database work of a `message.publish` rule other than storing
+    /// ([`Work::Other`]: retained messages, `sql` actions).
+    async fn publish_rule(&self, i: usize, client: Option<&ClientInfo>, m: Message) -> Flow<Message> {
+        let rule = self.rule(i);
+        let result = match &rule.action {
+            Action::Function(Function::OnMessageRetain) => self.retain_store(&rule.pool, &m).await,
+            Action::Function(Function::OnRetainDelete) => self.retain_delete(&rule.pool, &m.topic).await,
             Action::Function(_) => Ok(()),
             Action::Sql(_) => {
                 let base = match client {
@@ -347,47 +412,16 @@ impl Engine {
         Flow::Continue(m)
     }
 
-    async fn acked_rule(&self, i: usize, client: &ClientInfo, m: &Message) {
-        let rule = self.rule(i);
-        if !topic_ok(rule, &m.topic) {
-            return;
-        }
-        let result = match &rule.action {
-            Action::Function(Function::OnMessageAcked) => {
-                if let Some(id) = m.headers.stored_id {
-                    self.mark_done(&client.clientid, &m.topic, id);
-                }
-                Ok(())
-            }
-            Action::Function(_) => Ok(()),
-            Action::Sql(_) => {
-                self.run_sql(
-                    i,
-                    &PlaceholderValues::for_client(client, &self.node).with_message(m),
-                )
-                .await
-            }
-        };
-        if let Err(e) = result {
+    /// Runs the `sql` action of rule `i` for a delivered or acknowledged message.
+    async fn sql_rule(&self, i: usize, client: &ClientInfo, m: &Message) {
+        if let Err(e) = self
+            .run_sql(
+                i,
+                &PlaceholderValues::for_client(client, &self.node).with_message(m),
+            )
+            .await
+        {
             self.fail(i, &e);
-        }
-    }
-
-    async fn delivered_rule(&self, i: usize, client: &ClientInfo, m: &Message) {
-        let rule = self.rule(i);
-        if !topic_ok(rule, &m.topic) {
-            return;
-        }
-        if let Action::Sql(_) = &rule.action {
-            if let Err(e) = self
-                .run_sql(
-                    i,
-                    &PlaceholderValues::for_client(client, &self.node).with_message(m),
-                )
-                .await
-            {
-                self.fail(i, &e);
-            }
         }
     }
 

@@ -1,26 +1,43 @@
 //! The message writer: one task owns the writes to `mqtt_msg`.
 //!
 //! Publishers' `message.publish` callbacks send a [`StoreRequest`] and wait
-//! for the row id. The task takes whatever has queued up while the previous
-//! batch was committing (up to `backend.pgsql.batch_size`) and writes it as
-//! one multi-row `INSERT ... SELECT FROM unnest(...)` in one transaction:
-//! group commit, so throughput is not one round trip per message.
+//! for the row id. The task takes whatever has queued up (up to
+//! `backend.pgsql.batch_size`) and writes it as one multi-row
+//! `INSERT ... SELECT FROM unnest(...)` in one transaction: group commit, so
+//! throughput is not one round trip per message.
 //!
 //! Ids are assigned and committed while holding a transaction-scoped advisory
 //! lock, so across every broker sharing the database, ids become visible in
 //! increasing order: a reader that has seen id N can never later find a
 //! smaller id committed (no gaps for positions to skip).
 //!
-//! A failed batch fails every request in it; the task logs once when an
-//! outage starts and once when it ends, and counts what was not stored.
+//! Two batches are in flight at most, on two connections: as soon as a batch
+//! holds the lock, the next one is sent and waits for the lock on the server,
+//! so the database goes from one commit straight to the next batch instead of
+//! waiting for the broker to answer publishers and send more (that turnaround
+//! made each batch take about three times its database time,
+//! `bench/ANALYSIS.md`). The second batch writes only if the first committed
+//! ([`batch::write`]), so batches commit in the order they were formed, and
+//! rows a failed batch writes again come before the next batch's.
+//!
+//! A batch whose statement fails is written again row by row (one bad row
+//! must not fail its neighbours); one that fails otherwise fails every request
+//! in it. The task logs once when an outage starts and once when it ends, and
+//! counts what was not stored.
 
+mod batch;
+
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::{ToSql, Type};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
+
+use self::batch::Outcome;
 
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
@@ -38,10 +55,10 @@ const QUEUE_BOUND: usize = 100_000;
 pub struct StoreRequest {
     /// `${msgid}`: the message id as hex.
     pub msgid: String,
-    /// Publisher client id.
-    pub sender: Option<String>,
-    /// Topic.
-    pub topic: String,
+    /// Publisher client id (shared with the message: no copy per message).
+    pub sender: Option<Arc<str>>,
+    /// Topic (shared with the message).
+    pub topic: Arc<str>,
     /// QoS.
     pub qos: i32,
     /// Retain flag as 0/1.
@@ -104,6 +121,47 @@ impl Writer {
     }
 }
 
+type Reply = oneshot::Sender<Result<i64, String>>;
+
+/// A batch handed to the database (its own task, on its own connection).
+struct Sent {
+    /// The publishers waiting, in batch order.
+    replies: Vec<Reply>,
+    /// Its transaction id, once it holds the write lock.
+    locked: oneshot::Receiver<i64>,
+    txid: Option<i64>,
+    /// The outcome, with the requests back (for retries or another try).
+    done: JoinHandle<(Vec<StoreRequest>, Result<Outcome, PgsqlError>)>,
+}
+
+fn send(pool: &NamedPool, schema: SchemaInfo, batch: Vec<Pending>, after: Option<i64>) -> Sent {
+    let (reqs, replies): (Vec<StoreRequest>, Vec<Reply>) =
+        batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+    let (locked_tx, locked) = oneshot::channel();
+    let pool = pool.clone();
+    let done = tokio::spawn(async move {
+        let result = batch::write(&pool, schema, &reqs, after, Some(locked_tx)).await;
+        (reqs, result)
+    });
+    Sent {
+        replies,
+        locked,
+        txid: None,
+        done,
+    }
+}
+
+/// The writer task's state.
+struct Run {
+    pool: NamedPool,
+    schema: SchemaInfo,
+    stats: Arc<StoreStats>,
+    in_outage: bool,
+    /// Requests to write before anything queued: a batch that wrote nothing
+    /// because the one before it failed. Oldest first.
+    carry: VecDeque<Pending>,
+}
+
 async fn run(
     pool: NamedPool,
     schema: SchemaInfo,
@@ -111,10 +169,32 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<StoreStats>,
 ) {
-    let mut in_outage = false;
-    let mut batch: Vec<Pending> = Vec::with_capacity(batch_size);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    // Open the two connections the batches in flight use now, not when the
+    // first publishes wait for them (errors show on the first batch).
+    let _ = tokio::join!(pool.get(), pool.get());
+    let mut w = Run {
+        pool,
+        schema,
+        stats,
+        in_outage: false,
+        carry: VecDeque::new(),
+    };
+    // The older batch in flight: it holds (or held) the lock.
+    let mut ahead: Option<Sent> = None;
+    loop {
+        let mut batch: Vec<Pending> = Vec::with_capacity(batch_size);
+        while batch.len() < batch_size {
+            match w.carry.pop_front() {
+                Some(p) => batch.push(p),
+                None => break,
+            }
+        }
+        if batch.is_empty() && ahead.is_none() {
+            match rx.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+        }
         while batch.len() < batch_size {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
@@ -124,72 +204,141 @@ async fn run(
         // A publisher that stopped waiting (store_timeout) was told "not stored";
         // storing its message now would make it arrive anyway, and again later.
         batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        let after = ahead.as_ref().and_then(|a| a.txid);
+        let mut next = (!batch.is_empty()).then(|| send(&w.pool, w.schema, batch, after));
+        if let Some(prev) = ahead.take() {
+            if !w.settle(prev).await {
+                // The batch sent behind it wrote nothing (or failed itself): its
+                // requests go again, after the retries just made.
+                if let Some(n) = next.take() {
+                    w.settle(n).await;
+                }
+            }
         }
-        let result = match write_batch(&pool, schema, &batch).await {
+        if let Some(mut n) = next {
+            match (&mut n.locked).await {
+                Ok(txid) => {
+                    n.txid = Some(txid);
+                    ahead = Some(n);
+                }
+                // It ended without the lock (no connection, BEGIN failed).
+                Err(_) => {
+                    w.settle(n).await;
+                }
+            }
+        }
+    }
+}
+
+impl Run {
+    /// Waits for a batch and answers its publishers; true when it committed.
+    async fn settle(&mut self, sent: Sent) -> bool {
+        let Sent { replies, done, .. } = sent;
+        let (reqs, result) = match done.await {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch's task panicked or was cancelled: nothing is known stored.
+                self.fail(replies, &PgsqlError::Store(format!("writer batch task: {e}")));
+                return false;
+            }
+        };
+        match result {
+            Ok(Outcome::Stored(ids)) => {
+                self.stored(replies, ids).await;
+                true
+            }
+            Ok(Outcome::PredecessorFailed) => {
+                let again = reqs
+                    .into_iter()
+                    .zip(replies)
+                    .map(|(req, reply)| Pending { req, reply });
+                // Before anything carried later: these are older.
+                for p in again.rev() {
+                    self.carry.push_front(p);
+                }
+                false
+            }
             // One bad row (say, a value too long for an EMQX varchar column) must
             // not fail its neighbours: retry them one by one before giving up.
             // (Only for a statement that failed: a connection problem fails each row alike.)
-            Err(PgsqlError::Query { .. }) if batch.len() > 1 => {
-                let mut ids = Vec::with_capacity(batch.len());
-                let mut first_error = None;
-                for p in batch.drain(..) {
-                    match write_batch(&pool, schema, std::slice::from_ref(&p)).await {
-                        Ok(one) => {
-                            let id = one.first().copied().unwrap_or_default();
-                            ids.push(id);
-                            stats.last_id.fetch_max(id, Ordering::Relaxed);
-                            stats.stored.fetch_add(1, Ordering::Relaxed);
-                            let _ = p.reply.send(Ok(id));
-                        }
-                        Err(e) => {
-                            stats.failed.fetch_add(1, Ordering::Relaxed);
-                            let _ = p.reply.send(Err(e.to_string()));
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                match first_error {
-                    Some(e) if ids.is_empty() => Err(e),
-                    _ => Ok(Vec::new()),
-                }
-            }
-            other => other,
-        };
-        match result {
-            Ok(ids) => {
-                if in_outage {
-                    in_outage = false;
-                    tracing::warn!(pool = %pool.name, "storing messages again: PostgreSQL is back");
-                }
-                stats.stored.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                if let Some(&last) = ids.last() {
-                    stats.last_id.fetch_max(last, Ordering::Relaxed);
-                }
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                let mut orphans = Vec::new();
-                for (p, id) in batch.drain(..).zip(ids) {
-                    if p.reply.send(Ok(id)).is_err() {
-                        orphans.push(id);
-                    }
-                }
-                if !orphans.is_empty() {
-                    forget_orphans(&pool, &orphans, &stats).await;
-                }
+            Err(PgsqlError::Query { .. }) if reqs.len() > 1 => {
+                self.one_by_one(reqs, replies).await;
+                false
             }
             Err(e) => {
-                if !in_outage {
-                    in_outage = true;
-                    stats.outages.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(pool = %pool.name, "cannot store messages (publishers are not acknowledged until this recovers): {e}");
+                self.fail(replies, &e);
+                false
+            }
+        }
+    }
+
+    async fn stored(&mut self, replies: Vec<Reply>, ids: Vec<i64>) {
+        if self.in_outage {
+            self.in_outage = false;
+            tracing::warn!(pool = %self.pool.name, "storing messages again: PostgreSQL is back");
+        }
+        let stats = &self.stats;
+        stats.stored.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        if let Some(&last) = ids.last() {
+            stats.last_id.fetch_max(last, Ordering::Relaxed);
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let mut orphans = Vec::new();
+        for (reply, id) in replies.into_iter().zip(ids) {
+            if reply.send(Ok(id)).is_err() {
+                orphans.push(id);
+            }
+        }
+        if !orphans.is_empty() {
+            forget_orphans(&self.pool, &orphans, stats).await;
+        }
+    }
+
+    async fn one_by_one(&mut self, reqs: Vec<StoreRequest>, replies: Vec<Reply>) {
+        let mut first_error = None;
+        let mut any = false;
+        for (req, reply) in reqs.into_iter().zip(replies) {
+            if reply.is_closed() {
+                continue;
+            }
+            match batch::write(&self.pool, self.schema, std::slice::from_ref(&req), None, None).await {
+                Ok(Outcome::Stored(one)) => {
+                    any = true;
+                    self.stored(vec![reply], one).await;
                 }
-                stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let msg = e.to_string();
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(msg.clone()));
+                Ok(Outcome::PredecessorFailed) => {
+                    // Not sent behind anything: cannot happen.
+                    self.fail(vec![reply], &PgsqlError::Store("not written".into()));
+                }
+                Err(e) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(e.to_string()));
+                    first_error.get_or_insert(e);
                 }
             }
+        }
+        if let (Some(e), false) = (first_error, any) {
+            // Every row failed: treat it as an outage (logged once).
+            self.note_outage(&e);
+        }
+    }
+
+    fn fail(&mut self, replies: Vec<Reply>, e: &PgsqlError) {
+        self.note_outage(e);
+        self.stats
+            .failed
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        let msg = e.to_string();
+        for reply in replies {
+            let _ = reply.send(Err(msg.clone()));
+        }
+    }
+
+    fn note_outage(&mut self, e: &PgsqlError) {
+        if !self.in_outage {
+            self.in_outage = true;
+            self.stats.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %self.pool.name, "cannot store messages (publishers are not acknowledged until this recovers): {e}");
         }
     }
 }
@@ -212,74 +361,4 @@ async fn forget_orphans(pool: &NamedPool, ids: &[i64], stats: &StoreStats) {
     if let Err(e) = result {
         tracing::warn!(pool = %pool.name, ?ids, "cannot remove rows stored after their publisher gave up: {e}");
     }
-}
-
-/// Writes one batch; returns the ids in batch order.
-///
-/// BEGIN, the advisory lock, the INSERT and COMMIT are sent together
-/// (tokio-postgres pipelines requests polled at once): one round trip per
-/// batch. If the INSERT fails, PostgreSQL turns the COMMIT into a rollback.
-async fn write_batch(
-    pool: &NamedPool,
-    schema: SchemaInfo,
-    batch: &[Pending],
-) -> Result<Vec<i64>, PgsqlError> {
-    let conn = pool.get().await?;
-    let client: &tokio_postgres::Client = &conn;
-    let msgids: Vec<&str> = batch.iter().map(|p| p.req.msgid.as_str()).collect();
-    let senders: Vec<Option<&str>> = batch.iter().map(|p| p.req.sender.as_deref()).collect();
-    let topics: Vec<&str> = batch.iter().map(|p| p.req.topic.as_str()).collect();
-    let qos: Vec<i32> = batch.iter().map(|p| p.req.qos).collect();
-    let retain: Vec<i32> = batch.iter().map(|p| p.req.retain).collect();
-    let bytes: Vec<&[u8]>;
-    let texts: Vec<&str>;
-    let (payloads, payload_type, cast): (&(dyn ToSql + Sync), Type, &str) = if schema.payload_bytea {
-        bytes = batch.iter().map(|p| p.req.payload.as_ref()).collect();
-        (&bytes, Type::BYTEA_ARRAY, "bytea[]")
-    } else {
-        // EMQX's schema: payload text. Callers checked the payloads are UTF-8.
-        texts = batch
-            .iter()
-            .map(|p| std::str::from_utf8(&p.req.payload).unwrap_or_default())
-            .collect();
-        (&texts, Type::TEXT_ARRAY, "text[]")
-    };
-    let insert = format!(
-        "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
-         SELECT m, s, t, q, r, p, now()
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::{cast})
-              WITH ORDINALITY AS u(m, s, t, q, r, p, o)
-         ORDER BY o
-         RETURNING id::int8"
-    );
-    let params: [(&(dyn ToSql + Sync), Type); 6] = [
-        (&msgids, Type::TEXT_ARRAY),
-        (&senders, Type::TEXT_ARRAY),
-        (&topics, Type::TEXT_ARRAY),
-        (&qos, Type::INT4_ARRAY),
-        (&retain, Type::INT4_ARRAY),
-        (payloads, payload_type),
-    ];
-    let (begun, locked, inserted, committed) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)]),
-        client.query_typed(&insert, &params),
-        client.batch_execute("COMMIT"),
-    );
-    begun.map_err(PgsqlError::query("BEGIN (store)"))?;
-    locked.map_err(PgsqlError::query("advisory lock (store)"))?;
-    let rows = inserted.map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
-    committed.map_err(PgsqlError::query("COMMIT (store)"))?;
-    // Under the lock nobody else takes ids, and rows are inserted in `o` order,
-    // so ascending ids correspond to batch order.
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    if ids.len() != batch.len() {
-        return Err(PgsqlError::Store(format!(
-            "INSERT returned {} ids for {} rows",
-            ids.len(),
-            batch.len()
-        )));
-    }
-    Ok(ids)
 }

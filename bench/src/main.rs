@@ -46,13 +46,21 @@
 //!   times and, with `--broker-pid`, the broker's resident memory per
 //!   connection (VmRSS before and after).
 //! - `copy`: the raw PostgreSQL ingest baseline: the same rows the broker
-//!   stores, written with binary COPY straight into `mqtt_msg`, in batches.
+//!   stores, written with binary COPY straight into `mqtt_msg`, in batches
+//!   (`--method insert|copy-ids`: the plugin's ways of writing a batch).
+//!
+//! `--cpu-pids` (load and replay) reports the CPU time other processes (the
+//! broker, PostgreSQL's server processes) used during the measured phase,
+//! and every load and replay result carries the bench's own (`bench_cpu_s`):
+//! on a shared machine, CPU per message compares builds better than
+//! throughput does.
 //!
 //! The whole comparison (Mosquitto, Postbox without and with the
 //! PostgreSQL plugin, COPY) is run by `bench/run-all`, which writes
 //! `BENCHMARKS.md`.
 
 mod copy;
+mod cpu;
 mod payload;
 mod report;
 mod scenarios;
@@ -88,7 +96,8 @@ enum Command {
     Replay(ReplayArgs),
     /// N idle connections: connect rate and broker memory per connection.
     Connections(ConnArgs),
-    /// Raw PostgreSQL ingest: binary COPY into mqtt_msg, in batches.
+    /// Raw PostgreSQL ingest: binary COPY into mqtt_msg, in batches (or the
+    /// plugin's ways of writing a batch, for comparison).
     Copy(CopyArgs),
 }
 
@@ -128,6 +137,10 @@ struct LoadArgs {
     /// Unacknowledged publishes per publisher (QoS 1/2).
     #[arg(long, default_value_t = 100)]
     inflight: u16,
+    /// Processes (comma separated ids, e.g. the broker's and its database
+    /// server's) whose CPU time during the run is reported (`cpu_s`).
+    #[arg(long, value_name = "PIDS", default_value = "")]
+    cpu_pids: String,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +166,11 @@ struct ReplayArgs {
     /// Unacknowledged publishes of the storing publisher.
     #[arg(long, default_value_t = 100)]
     inflight: u16,
+    /// Processes (comma separated ids) whose CPU time during the replay
+    /// phase (from the reconnect to the last acknowledgement) is reported
+    /// (`cpu_s`).
+    #[arg(long, value_name = "PIDS", default_value = "")]
+    cpu_pids: String,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +213,12 @@ struct CopyArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// How each batch is written: `copy` (binary COPY, the baseline),
+    /// `insert` (the plugin's multi-row INSERT through unnest with RETURNING
+    /// id, under its advisory lock) or `copy-ids` (the plugin's COPY path:
+    /// ids reserved under the advisory lock, then binary COPY with them).
+    #[arg(long, default_value = "copy", value_parser = ["copy", "insert", "copy-ids"])]
+    method: String,
 }
 
 fn target(t: &TargetArgs) -> Result<Target, BenchError> {
@@ -216,6 +240,7 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
                 persistent: a.persistent_session,
                 settle: Duration::from_millis(a.settle_ms),
                 inflight: a.inflight,
+                cpu_pids: cpu::parse_pids(&a.cpu_pids)?,
                 run_id,
             };
             scenarios::run_replay(&t, &p).await
@@ -239,6 +264,7 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
                 count: a.count,
                 batch: a.batch,
                 payload: a.payload,
+                method: copy::Method::parse(&a.method)?,
                 run_id,
             };
             copy::run_copy(&p).await
@@ -260,6 +286,7 @@ async fn load(shape: Shape, a: LoadArgs, run_id: String) -> Result<report::Scena
         rate: a.rate,
         timeout: Duration::from_secs(a.timeout),
         inflight: a.inflight.max(1),
+        cpu_pids: cpu::parse_pids(&a.cpu_pids)?,
         run_id,
     };
     scenarios::run_load(&t, &p).await

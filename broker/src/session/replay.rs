@@ -19,10 +19,36 @@ use crate::topic;
 /// How many storage ids a session remembers as delivered.
 const SEEN_WINDOW: usize = 100_000;
 
+/// Hashes a storage id with one multiplication (Fibonacci hashing): every
+/// replayed or live stored message is looked up here, and the default
+/// SipHash showed in the replay profile. Ids come from the plugin, not from
+/// clients, so there is nothing to defend against.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only integers are hashed; this keeps any other use correct.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i64(&mut self, id: i64) {
+        self.0 = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdSet = HashSet<i64, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A bounded set of recently delivered storage ids.
 #[derive(Default)]
 pub(super) struct SeenIds {
-    set: HashSet<i64>,
+    set: IdSet,
     order: VecDeque<i64>,
 }
 

@@ -1,0 +1,169 @@
+//! The position flusher: the one task that verifies and writes read
+//! positions (`mqtt_acked.mid`), and asks for page reads a position makes due.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::{Candidate, PageDue, TrackKey, Tracks};
+use crate::error::PgsqlError;
+use crate::pool::NamedPool;
+use crate::topic_match::{condition, TopicCondition};
+
+/// Shortest time between the starts of two rounds of position writes.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a failed position write or page read waits before it is tried again.
+pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The task that writes positions.
+pub struct Flusher {
+    /// Our own queue: subscriptions whose write failed go back on it.
+    retry: mpsc::UnboundedSender<TrackKey>,
+    pool: NamedPool,
+    tracks: Arc<Tracks>,
+    rx: mpsc::UnboundedReceiver<TrackKey>,
+    pages: mpsc::UnboundedSender<PageDue>,
+}
+
+impl Flusher {
+    /// Starts the task; send dirty subscriptions to the returned sender.
+    pub fn spawn(
+        pool: NamedPool,
+        tracks: Arc<Tracks>,
+        pages: mpsc::UnboundedSender<PageDue>,
+    ) -> mpsc::UnboundedSender<TrackKey> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let retry = tx.clone();
+        let _ = tracks.pages.set(pages.clone());
+        tokio::spawn(
+            Flusher {
+                retry,
+                pool,
+                tracks,
+                rx,
+                pages,
+            }
+            .run(),
+        );
+        tx
+    }
+
+    async fn run(mut self) {
+        let mut in_outage = false;
+        let mut last_round = tokio::time::Instant::now();
+        while let Some(first) = self.rx.recv().await {
+            // Under a stream of acknowledgements, rounds start at most every
+            // FLUSH_EVERY: each round costs the database two statements per
+            // subscription whatever it covers, and paging does not wait for it.
+            let since = last_round.elapsed();
+            if since < FLUSH_EVERY {
+                tokio::time::sleep(FLUSH_EVERY - since).await;
+            }
+            last_round = tokio::time::Instant::now();
+            let mut dirty: Vec<TrackKey> = vec![first];
+            while let Ok(k) = self.rx.try_recv() {
+                if !dirty.contains(&k) {
+                    dirty.push(k);
+                }
+            }
+            for key in dirty {
+                let Some(c) = self.tracks.candidate(&key) else {
+                    continue;
+                };
+                match advance(&self.pool, &key, &c).await {
+                    Ok((position, gap)) => {
+                        if in_outage {
+                            in_outage = false;
+                            tracing::warn!(pool = %self.pool.name, "recording read positions again");
+                        }
+                        if let Some(due) = self.tracks.advanced(&key, position, gap) {
+                            let _ = self.pages.send(due);
+                        }
+                    }
+                    Err(e) => {
+                        if !in_outage {
+                            in_outage = true;
+                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried until the database answers): {e}");
+                        }
+                        // Retried by itself: waiting for the next acknowledgement
+                        // would stall a page whose acknowledgements all came in.
+                        let retry = self.retry.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RETRY_DELAY).await;
+                            let _ = retry.send(key);
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One statement: the first matching id in (from, high] not acknowledged
+/// decides the new position; the upsert never moves it backwards.
+async fn advance(
+    pool: &NamedPool,
+    (clientid, filter): &TrackKey,
+    c: &Candidate,
+) -> Result<(i64, Option<i64>), PgsqlError> {
+    let conn = pool.get().await?;
+    let (op, value) = match condition(filter) {
+        TopicCondition::Exact(t) => ("=", t),
+        TopicCondition::Regex(r) => ("~", r),
+    };
+    // The matching ids in (from, high], in order; the first one not
+    // acknowledged is the gap. (Compared here: a large acknowledged set as an
+    // SQL array would be scanned once per row.)
+    let sql = format!(
+        "SELECT id::int8 FROM mqtt_msg
+         WHERE id > $1 AND id <= $2 AND topic {op} $3
+           AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+         ORDER BY id"
+    );
+    // Read in id order through an index whatever the statistics say (see
+    // fetch::ORDERED_SCAN); BEGIN, the read and COMMIT go in one round trip.
+    let client: &tokio_postgres::Client = &conn;
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&c.from, Type::INT8),
+        (&c.high, Type::INT8),
+        (&value, Type::TEXT),
+        (&c.time_range_secs, Type::FLOAT8),
+    ];
+    let (begun, rows, committed) = tokio::join!(
+        client.batch_execute(crate::fetch::ORDERED_SCAN),
+        client.query_typed(&sql, &params),
+        client.batch_execute("COMMIT"),
+    );
+    let what = || format!("find unacknowledged messages of `{clientid}` on `{filter}`");
+    begun.map_err(|e| PgsqlError::query(what())(e))?;
+    let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
+    committed.map_err(|e| PgsqlError::query(what())(e))?;
+    let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
+    let position = gap.map_or(c.high, |g| g - 1);
+    let row = conn
+        .query_typed_opt(
+            // UPDATE only: the row exists since the first subscription; an
+            // unsubscribe that deleted it meanwhile must not see it come back.
+            "UPDATE mqtt_acked SET mid = GREATEST(mid, $3) WHERE clientid = $1 AND topic = $2
+             RETURNING mid::int8",
+            &[
+                (clientid, Type::TEXT),
+                (filter, Type::TEXT),
+                (&position, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(PgsqlError::query(format!(
+            "advance position of `{clientid}` on `{filter}`"
+        )))?;
+    // No row: unsubscribed meanwhile; the position stays in memory only.
+    Ok((row.map_or(position, |r| r.get(0)), gap))
+}
+
+/// The first id of `matching` (ascending) that is not in `acked` (ascending).
+pub(super) fn first_gap(matching: impl Iterator<Item = i64>, acked: &[i64]) -> Option<i64> {
+    let mut matching = matching;
+    matching.find(|id| acked.binary_search(id).is_err())
+}

@@ -1,0 +1,196 @@
+//! Unit tests of the position bookkeeping.
+
+use super::flusher::first_gap;
+use super::*;
+
+#[test]
+fn the_first_unacknowledged_matching_id_is_the_gap() {
+    assert_eq!(first_gap([3, 5, 8].into_iter(), &[3, 5, 8]), None);
+    assert_eq!(first_gap([3, 5, 8].into_iter(), &[3, 8]), Some(5));
+    assert_eq!(first_gap([3, 5, 8].into_iter(), &[4, 5, 8, 9]), Some(3));
+    assert_eq!(first_gap(std::iter::empty(), &[1]), None);
+}
+
+fn key() -> TrackKey {
+    ("c".into(), "a/#".into())
+}
+
+#[test]
+fn positions_never_go_back_on_restart() {
+    let t = Tracks::default();
+    assert_eq!(t.start(key(), 10, 1, FetchOpts::default()).0, 10);
+    assert_eq!(
+        t.start(key(), 4, 1, FetchOpts::default()).0,
+        10,
+        "a stale database position does not move it back"
+    );
+}
+
+#[test]
+fn acks_are_tracked_per_matching_subscription() {
+    let t = Tracks::default();
+    t.start(key(), 10, 1, FetchOpts::default());
+    t.start(("c".into(), "b".into()), 0, 1, FetchOpts::default());
+    t.delivered("c", "a/x", 12);
+    assert_eq!(t.acked("c", "a/x", 12), vec![key()]);
+    assert!(
+        t.acked("c", "a/x", 9).is_empty(),
+        "an id at or below the position changes nothing"
+    );
+    let c = t.candidate(&key()).unwrap();
+    assert_eq!((c.from, c.high, c.acked), (10, 12, vec![12]));
+}
+
+#[test]
+fn a_gap_not_in_flight_asks_for_a_page_and_an_in_flight_one_does_not() {
+    let t = Tracks::default();
+    t.start(key(), 10, 1, FetchOpts::default());
+    t.delivered("c", "a/x", 11);
+    t.acked("c", "a/x", 12);
+    assert_eq!(t.advanced(&key(), 10, Some(11)), None, "11 is on its way");
+    t.acked("c", "a/x", 11);
+    assert_eq!(t.advanced(&key(), 12, None), None);
+    t.acked("c", "a/x", 15);
+    assert_eq!(
+        t.advanced(&key(), 12, Some(13)),
+        Some(PageDue {
+            key: key(),
+            from: 12,
+            epoch: 1
+        })
+    );
+}
+
+#[test]
+fn acks_above_the_position_outlive_the_session() {
+    let t = Tracks::default();
+    t.start(key(), 10, 1, FetchOpts::default());
+    t.start(("c".into(), "b".into()), 3, 1, FetchOpts::default());
+    t.delivered("c", "a/x", 11);
+    t.delivered("c", "a/x", 12);
+    t.acked("c", "a/x", 12);
+    t.forget_client("c");
+    assert_eq!(
+        t.settings(&("c".into(), "b".into()), 1),
+        None,
+        "nothing to remember"
+    );
+    assert_eq!(t.advanced(&key(), 10, Some(11)), None, "no session to page to");
+    assert_eq!(t.start(key(), 10, 1, FetchOpts::default()).0, 10);
+    assert_eq!(
+        t.acked_within(&key(), 11, 20),
+        HashSet::from([12]),
+        "left out of the next session's replay"
+    );
+    assert!(t.acked_within(&key(), 13, 20).is_empty());
+    assert!(t.lock().get(&key()).unwrap().delivered.is_empty());
+}
+
+/// Reads page `ids` (full when `last` is set) for `key` and hands it over.
+fn read_page(t: &Tracks, epoch: u64, ids: &[i64], last: Option<i64>) -> Option<PageDue> {
+    t.page_read(&key(), epoch, ids, last);
+    t.page_handed(&key(), epoch, true)
+}
+
+fn due(from: i64, epoch: u64) -> Option<PageDue> {
+    Some(PageDue {
+        key: key(),
+        from,
+        epoch,
+    })
+}
+
+#[test]
+fn the_next_page_is_read_while_the_previous_one_is_delivered() {
+    let t = Tracks::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = t.pages.set(tx);
+    let (from, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    assert_eq!(from, 0);
+    t.begin_read(&key(), epoch);
+    assert_eq!(
+        read_page(&t, epoch, &[1, 2], Some(2)),
+        due(2, epoch),
+        "a second page is read at once"
+    );
+    assert_eq!(
+        read_page(&t, epoch, &[3, 4], Some(4)),
+        None,
+        "two pages out: wait"
+    );
+    t.acked("c", "a/x", 1);
+    assert_eq!(t.paging_of(&key()).out.len(), 2);
+    t.acked("c", "a/x", 2);
+    assert_eq!(t.paging_of(&key()).out.len(), 1, "the first page is done");
+    assert_eq!(rx.try_recv().ok(), due(4, epoch), "and the third page was queued");
+    assert_eq!(read_page(&t, epoch, &[5], None), None, "the backlog is drained");
+    t.acked("c", "a/x", 4);
+    t.acked("c", "a/x", 3);
+    let p = t.paging_of(&key());
+    assert!(p.out.is_empty() && p.next_from.is_none() && !p.reading);
+}
+
+#[test]
+fn no_page_is_read_while_another_is_on_its_way_to_the_session() {
+    let t = Tracks::default();
+    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), epoch);
+    assert_eq!(read_page(&t, epoch, &[1], Some(1)), due(1, epoch));
+    // Page 2 is read but not yet handed over when page 1 completes: no read
+    // of page 3 may start before page 2 is in the session's mailbox.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = t.pages.set(tx);
+    t.page_read(&key(), epoch, &[2], Some(2));
+    t.acked("c", "a/x", 1);
+    assert!(
+        rx.try_recv().is_err(),
+        "no read queued while page 2 is on its way"
+    );
+    assert_eq!(t.page_handed(&key(), epoch, true), due(2, epoch));
+}
+
+#[test]
+fn pages_of_an_earlier_subscription_are_dropped() {
+    let t = Tracks::default();
+    let (_, old) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), old);
+    let (_, new) = t.start(key(), 0, 1, FetchOpts::default());
+    assert_ne!(old, new);
+    assert_eq!(
+        t.settings(&key(), old),
+        None,
+        "a queued read for the old one is skipped"
+    );
+    assert_eq!(read_page(&t, old, &[1], Some(1)), None);
+    assert!(t.paging_of(&key()).out.is_empty());
+}
+
+#[test]
+fn a_page_acknowledged_before_it_was_read_does_not_hold_the_next() {
+    let t = Tracks::default();
+    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), epoch);
+    assert_eq!(read_page(&t, epoch, &[1, 2], Some(2)), due(2, epoch));
+    t.acked("c", "a/x", 3);
+    assert_eq!(
+        read_page(&t, epoch, &[3], Some(3)),
+        None,
+        "page 1 is still out; page 2 holds nothing to wait for"
+    );
+    t.acked("c", "a/x", 1);
+    t.acked("c", "a/x", 2);
+    assert!(t.paging_of(&key()).out.is_empty(), "both retired");
+}
+
+#[test]
+fn the_position_passing_a_page_retires_it() {
+    let t = Tracks::default();
+    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), epoch);
+    assert_eq!(read_page(&t, epoch, &[1, 2], Some(2)), due(2, epoch));
+    assert_eq!(read_page(&t, epoch, &[3, 4], Some(4)), None);
+    // Say id 2 was deleted by retention: never acknowledged, the database
+    // position still passes it.
+    t.acked("c", "a/x", 1);
+    assert_eq!(t.advanced(&key(), 2, None), due(4, epoch));
+}

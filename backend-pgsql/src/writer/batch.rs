@@ -1,0 +1,123 @@
+//! One batch's transaction: the statements the writer sends for a batch.
+
+use tokio::sync::oneshot;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::{StoreRequest, WRITE_LOCK};
+use crate::error::PgsqlError;
+use crate::pool::NamedPool;
+use crate::schema::SchemaInfo;
+
+/// What became of a batch.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Committed; the row ids in batch order.
+    Stored(Vec<i64>),
+    /// Nothing was written because the batch it was sent behind did not
+    /// commit: its requests go again, after that batch's retries.
+    PredecessorFailed,
+}
+
+/// Writes one batch in one transaction; returns the ids in batch order.
+///
+/// BEGIN, the advisory lock, `txid_current()`, the INSERT and COMMIT are
+/// sent together (tokio-postgres pipelines requests polled at once): one
+/// round trip per batch. If the INSERT fails, PostgreSQL turns the COMMIT
+/// into a rollback.
+///
+/// `locked` receives the transaction id as soon as the batch holds the lock
+/// (the writer then sends the next batch, which queues behind it on the
+/// server). `after`: the transaction id of the batch sent just before; the
+/// INSERT writes nothing unless that transaction committed. The lock orders
+/// the two, so when this batch gets it the other one has ended, and its
+/// outcome is final: a batch never commits ahead of rows its predecessor
+/// will write again (one by one, after a failed statement).
+pub(super) async fn write(
+    pool: &NamedPool,
+    schema: SchemaInfo,
+    batch: &[StoreRequest],
+    after: Option<i64>,
+    locked: Option<oneshot::Sender<i64>>,
+) -> Result<Outcome, PgsqlError> {
+    let conn = pool.get().await?;
+    let client: &tokio_postgres::Client = &conn;
+    let msgids: Vec<&str> = batch.iter().map(|r| r.msgid.as_str()).collect();
+    let senders: Vec<Option<&str>> = batch.iter().map(|r| r.sender.as_deref()).collect();
+    let topics: Vec<&str> = batch.iter().map(|r| &*r.topic).collect();
+    let qos: Vec<i32> = batch.iter().map(|r| r.qos).collect();
+    let retain: Vec<i32> = batch.iter().map(|r| r.retain).collect();
+    let bytes: Vec<&[u8]>;
+    let texts: Vec<&str>;
+    let (payloads, payload_type, cast): (&(dyn ToSql + Sync), Type, &str) = if schema.payload_bytea {
+        bytes = batch.iter().map(|r| r.payload.as_ref()).collect();
+        (&bytes, Type::BYTEA_ARRAY, "bytea[]")
+    } else {
+        // EMQX's schema: payload text. Callers checked the payloads are UTF-8.
+        texts = batch
+            .iter()
+            .map(|r| std::str::from_utf8(&r.payload).unwrap_or_default())
+            .collect();
+        (&texts, Type::TEXT_ARRAY, "text[]")
+    };
+    // The predecessor's status is read once (an InitPlan), not per row.
+    let insert = format!(
+        "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
+         SELECT m, s, t, q, r, p, now()
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::{cast})
+              WITH ORDINALITY AS u(m, s, t, q, r, p, o)
+         WHERE $7::int8 IS NULL OR (SELECT txid_status($7::int8)) = 'committed'
+         ORDER BY o
+         RETURNING id::int8"
+    );
+    let params: [(&(dyn ToSql + Sync), Type); 7] = [
+        (&msgids, Type::TEXT_ARRAY),
+        (&senders, Type::TEXT_ARRAY),
+        (&topics, Type::TEXT_ARRAY),
+        (&qos, Type::INT4_ARRAY),
+        (&retain, Type::INT4_ARRAY),
+        (payloads, payload_type),
+        (&after, Type::INT8),
+    ];
+    let txid = async {
+        let row = client.query_typed_one("SELECT txid_current()", &[]).await;
+        if let (Ok(row), Some(tx)) = (&row, locked) {
+            if let Ok(id) = row.try_get::<_, i64>(0) {
+                let _ = tx.send(id);
+            }
+        }
+        row
+    };
+    let (begun, lock, txid, inserted, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)]),
+        txid,
+        client.query_typed(&insert, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begun.map_err(PgsqlError::query("BEGIN (store)"))?;
+    lock.map_err(PgsqlError::query("advisory lock (store)"))?;
+    txid.map_err(PgsqlError::query("txid_current (store)"))?;
+    let rows = inserted.map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
+    committed.map_err(PgsqlError::query("COMMIT (store)"))?;
+    if rows.is_empty() && after.is_some() && !batch.is_empty() {
+        return Ok(Outcome::PredecessorFailed);
+    }
+    // Under the lock nobody else takes ids, and rows are inserted in `o` order,
+    // so ascending ids correspond to batch order.
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in &rows {
+        ids.push(
+            r.try_get::<_, i64>(0)
+                .map_err(PgsqlError::query("INSERT INTO mqtt_msg: id"))?,
+        );
+    }
+    ids.sort_unstable();
+    if ids.len() != batch.len() {
+        return Err(PgsqlError::Store(format!(
+            "INSERT returned {} ids for {} rows",
+            ids.len(),
+            batch.len()
+        )));
+    }
+    Ok(Outcome::Stored(ids))
+}

@@ -1,0 +1,264 @@
+//! Offline replay: K messages stored while a subscriber is away, replayed
+//! when it comes back.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS, SubscribeReasonCode};
+use serde_json::{json, Map};
+
+use super::{connect, new_client, options, subscribe, BenchError, Target};
+use crate::cpu::CpuWatch;
+use crate::payload::{self, Clock, Header};
+use crate::report::{Counters, Progress, ScenarioResult};
+use crate::stats::{Latency, Tracker};
+
+/// Parameters of the offline-replay scenario.
+#[derive(Debug, Clone)]
+pub struct ReplayParams {
+    /// Messages stored while the subscriber is away (K).
+    pub count: u32,
+    /// Payload size in bytes.
+    pub payload: usize,
+    /// Limit for each phase.
+    pub timeout: Duration,
+    /// Use a persistent session (clean session 0) instead of a clean one:
+    /// for brokers that queue in the session rather than in a database.
+    pub persistent: bool,
+    /// Pause after registering and after disconnecting.
+    pub settle: Duration,
+    /// Publisher in-flight window.
+    pub inflight: u16,
+    /// Processes whose CPU time during the replay phase is reported.
+    pub cpu_pids: Vec<u32>,
+    /// Prefix for client ids and topics.
+    pub run_id: String,
+}
+
+/// Offline replay: register, go away, K messages are published, come back;
+/// the clock runs from the SUBSCRIBE to the K-th message acknowledged.
+pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioResult, BenchError> {
+    if p.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let topic = format!("bench/{}/replay", p.run_id);
+    let sub_id = format!("{}-replay-sub", p.run_id);
+    let clock = Clock::new();
+    let counters = Arc::new(Counters::default());
+
+    // 1. Register: subscribe QoS 1, then disconnect cleanly.
+    let mut o = options(target, &sub_id, p.payload, 10);
+    o.set_clean_session(!p.persistent);
+    let (client, mut el) = new_client(o, 16);
+    connect(&mut el).await?;
+    subscribe(&client, &mut el, &topic, QoS::AtLeastOnce, |_| {}).await?;
+    tokio::time::sleep(p.settle).await;
+    disconnect(&client, &mut el).await;
+    drop(el);
+    tokio::time::sleep(p.settle).await;
+
+    // 2. Publish K messages at QoS 1 and wait for every PUBACK.
+    let (pclient, mut pel) = new_client(
+        options(target, &format!("{}-replay-pub", p.run_id), p.payload, p.inflight),
+        16,
+    );
+    connect(&mut pel).await?;
+    let progress = Progress::start(format!("replay {} store", target.label), counters.clone(), 0);
+    let store_start = Instant::now();
+    let size = p.payload;
+    let n = p.count;
+    let ptopic = topic.clone();
+    let pc = counters.clone();
+    let sender = tokio::spawn(async move {
+        for seq in 0..n {
+            let body = payload::encode(
+                Header {
+                    sent_ns: clock.now_ns(),
+                    publisher: 0,
+                    seq,
+                },
+                size,
+            );
+            if pclient
+                .publish(ptopic.clone(), QoS::AtLeastOnce, false, body)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            pc.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        pclient
+    });
+    let store = async {
+        let mut acked = 0u32;
+        while acked < n {
+            match pel.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    acked += 1;
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(BenchError::from(format!("replay publisher: {e}"))),
+            }
+        }
+        Ok(())
+    };
+    let stored = tokio::time::timeout(p.timeout, store).await;
+    let store_secs = store_start.elapsed().as_secs_f64();
+    sender.abort();
+    drop(progress);
+    match stored {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(format!(
+                "replay: only {} of {n} publishes acknowledged within {:?}",
+                counters.acked.load(Ordering::Relaxed),
+                p.timeout
+            )
+            .into())
+        }
+    }
+    drop(pel);
+    tokio::time::sleep(p.settle).await;
+
+    // 3. Come back, subscribe again, acknowledge every message by hand.
+    let mut o = options(target, &sub_id, p.payload, 10);
+    o.set_clean_session(!p.persistent).set_manual_acks(true);
+    // Room for every acknowledgement: try_ack never finds the channel full.
+    let (client, mut el) = new_client(o, n as usize + 64);
+    let mut tracker = Tracker::new(0, &[n]);
+    let rcounters = Arc::new(Counters::default());
+    let progress = Progress::start(
+        format!("replay {} fetch", target.label),
+        rcounters.clone(),
+        n.into(),
+    );
+    let cpu = CpuWatch::start(&p.cpu_pids);
+    let own_cpu = CpuWatch::start(&[std::process::id()]);
+    // A persistent session may deliver right after CONNACK: start the clock
+    // at CONNECT there.
+    let mut t0 = Instant::now();
+    connect(&mut el).await?;
+    if !p.persistent {
+        t0 = Instant::now();
+    }
+    let t0_ns = clock.ns_at(t0);
+    client
+        .subscribe(topic.clone(), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let mut copies = 0u64;
+    let mut acks_out = 0u64;
+    let mut end: Option<Instant> = None;
+    let fetch = async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(msg))) => {
+                    let now = clock.now_ns();
+                    // Latency here is the time since the SUBSCRIBE.
+                    let h = payload::decode(&msg.payload).map(|h| Header { sent_ns: t0_ns, ..h });
+                    if tracker.record(h, now) {
+                        rcounters.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    copies += 1;
+                    if msg.qos != QoS::AtMostOnce {
+                        client.try_ack(&msg).map_err(|e| format!("ack: {e}"))?;
+                    }
+                }
+                Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
+                        return Err(BenchError::from("replay SUBSCRIBE refused"));
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
+                    acks_out += 1;
+                    rcounters.acked.fetch_add(1, Ordering::Relaxed);
+                    if tracker.unique >= u64::from(n) && acks_out >= copies {
+                        end = Some(Instant::now());
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(BenchError::from(format!("replay subscriber: {e}"))),
+            }
+        }
+    };
+    let fetched = tokio::time::timeout(p.timeout, fetch).await;
+    let cpu_s = cpu.finish();
+    let own_cpu_s = own_cpu.finish();
+    drop(progress);
+    let timed_out = match fetched {
+        Ok(r) => {
+            r?;
+            false
+        }
+        Err(_) => true,
+    };
+    disconnect(&client, &mut el).await;
+    let end = end.unwrap_or_else(Instant::now);
+    let secs = (end - t0).as_secs_f64();
+    let latency = Latency::of(std::mem::take(&mut tracker.latencies_us));
+    let mut extra = Map::new();
+    extra.insert("replay_s".into(), json!(secs));
+    extra.insert("stored".into(), json!(n));
+    extra.insert("store_s".into(), json!(store_secs));
+    extra.insert("store_rate".into(), json!(f64::from(n) / store_secs.max(1e-9)));
+    extra.insert("acks_sent".into(), json!(acks_out));
+    extra.insert("persistent_session".into(), json!(p.persistent));
+    extra.insert("timed_out".into(), json!(timed_out));
+    if !cpu.is_empty() {
+        extra.insert("cpu_s".into(), cpu_s);
+    }
+    // The subscriber's own CPU time (this process): it shares the machine.
+    extra.insert("bench_cpu_s".into(), own_cpu_s["total"].clone());
+    let mut note = format!(
+        "replay {secs:.3} s{}; latency = since {}",
+        if timed_out { " (timed out)" } else { "" },
+        if p.persistent { "CONNECT" } else { "SUBSCRIBE" }
+    );
+    if p.persistent {
+        note.push_str("; persistent session");
+    }
+    Ok(ScenarioResult {
+        scenario: "replay".into(),
+        target: target.label.clone(),
+        clients: "1/1".into(),
+        qos: Some(1),
+        payload: Some(p.payload.max(payload::HEADER_LEN)),
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: tracker.unique,
+        lost: tracker.lost(),
+        dup: tracker.duplicates(),
+        rate: if secs > 0.0 {
+            tracker.unique as f64 / secs
+        } else {
+            0.0
+        },
+        latency: Some(latency),
+        duration_s: secs,
+        note,
+        extra,
+    })
+}
+
+/// Sends DISCONNECT and polls until it is written (bounded).
+async fn disconnect(client: &AsyncClient, el: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let fut = async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+}
