@@ -14,6 +14,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{ConnectReturnCode as V4Code, QoS, SubscribeReasonCode};
+use support::auth::*;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -67,47 +68,6 @@ async fn broker(extra: &str, files: &[(&str, &str)]) -> Broker {
     Broker::start_with_files(&format!("{ENABLE}{extra}"), files).await
 }
 
-fn v4_login(b: &Broker, id: &str, user: &str, pw: &str) -> rumqttc::MqttOptions {
-    let mut o = v4_options(b.addr, id, true);
-    o.set_credentials(user, pw);
-    o
-}
-
-fn v5_login(b: &Broker, id: &str, user: &str, pw: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(b.addr, id, true);
-    o.set_credentials(user, pw);
-    o
-}
-
-async fn v4_refusal(o: rumqttc::MqttOptions) -> V4Code {
-    match V4Client::try_connect(o).await {
-        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => code,
-        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
-        Ok((_, ack)) => panic!("expected a refusal, got {ack:?}"),
-    }
-}
-
-async fn v5_refusal(o: rumqttc::v5::MqttOptions) -> V5Code {
-    match V5Client::try_connect(o).await {
-        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => code,
-        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
-        Ok((_, ack)) => panic!("expected a refusal, got {ack:?}"),
-    }
-}
-
-/// CONNACK code for a 3.1.1 CONNECT with a user name and no password.
-async fn connack_without_password(b: &Broker, user: &str) -> u8 {
-    let mut body = Vec::new();
-    encode_str("MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x82, 0, 30]); // level 4; user name flag, clean session; keep alive 30
-    encode_str("nopw", &mut body);
-    encode_str(user, &mut body);
-    let mut raw = RawClient::connect(b.addr).await;
-    raw.send(&packet(0x10, &body)).await;
-    let ack = raw.read_packet().await.expect("CONNACK");
-    assert_eq!(packet_type(&ack), ptype::CONNACK, "{ack:02x?}");
-    ack[3]
-}
 
 #[tokio::test]
 async fn mosquitto_passwd_files_authenticate() {

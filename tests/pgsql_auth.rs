@@ -15,6 +15,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{ConnectReturnCode as V4Code, QoS, SubscribeReasonCode};
 use support::pgsql::*;
+use support::auth::*;
 use support::*;
 
 const SCHEMA: &str = include_str!("../sql/auth_pgsql.sql");
@@ -52,47 +53,6 @@ async fn broker(db: &TestDb, extra: &str, postbox_extra: &str) -> Broker {
     .await
 }
 
-fn v4_login(b: &Broker, id: &str, user: &str, pw: &str) -> rumqttc::MqttOptions {
-    let mut o = v4_options(b.addr, id, true);
-    o.set_credentials(user, pw);
-    o
-}
-
-fn v5_login(b: &Broker, id: &str, user: &str, pw: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(b.addr, id, true);
-    o.set_credentials(user, pw);
-    o
-}
-
-async fn v4_refusal(o: rumqttc::MqttOptions) -> V4Code {
-    match V4Client::try_connect(o).await {
-        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => code,
-        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
-        Ok((_, ack)) => panic!("expected a refusal, got {ack:?}"),
-    }
-}
-
-async fn v5_refusal(o: rumqttc::v5::MqttOptions) -> V5Code {
-    match V5Client::try_connect(o).await {
-        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => code,
-        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
-        Ok((_, ack)) => panic!("expected a refusal, got {ack:?}"),
-    }
-}
-
-/// CONNACK return code for a 3.1.1 CONNECT with a user name and no password.
-async fn connack_without_password(b: &Broker, user: &str) -> u8 {
-    let mut body = Vec::new();
-    encode_str("MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x82, 0, 30]); // level 4; user name flag, clean session; keep alive 30
-    encode_str("nopw", &mut body);
-    encode_str(user, &mut body);
-    let mut raw = RawClient::connect(b.addr).await;
-    raw.send(&packet(0x10, &body)).await;
-    let ack = raw.read_packet().await.expect("CONNACK");
-    assert_eq!(packet_type(&ack), ptype::CONNACK, "{ack:02x?}");
-    ack[3]
-}
 
 /// `alice` / `secret` with a salted SHA-256 hash computed by PostgreSQL itself.
 const ALICE: &str = "INSERT INTO mqtt_user (username, password_hash, salt) VALUES \

@@ -9,6 +9,7 @@ use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as V5SubCode;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{QoS, SubscribeReasonCode};
 use support::pgsql::*;
+use support::auth::v5_login;
 use support::*;
 
 const AUTH_SCHEMA: &str = include_str!("../sql/auth_pgsql.sql");
@@ -40,14 +41,9 @@ async fn password_file(users: &[(&str, &str)]) -> String {
     text
 }
 
+/// Like `support::auth::v4_login`, with the clean-session flag chosen.
 fn v4_login(b: &Broker, id: &str, clean: bool, user: &str, pw: &str) -> rumqttc::MqttOptions {
     let mut o = v4_options(b.addr, id, clean);
-    o.set_credentials(user, pw);
-    o
-}
-
-fn v5_login(b: &Broker, id: &str, user: &str, pw: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = v5_options(b.addr, id, true);
     o.set_credentials(user, pw);
     o
 }

@@ -1225,6 +1225,7 @@ pub fn pingreq_bytes() -> Vec<u8> {
 pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
+pub mod auth;
 pub mod pgsql;
 
 // ===========================================================================
