@@ -809,3 +809,76 @@ async fn out_of_order_acks_across_a_broker_restart_lose_nothing() {
         "the unacknowledged ones, in order: {again:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Review of 49e21ad (read-ahead): a page read for a session that has ended
+// ---------------------------------------------------------------------------
+
+/// Old behaviour (read-ahead): a page read that was running when the session
+/// ended was still handed over when it returned. The client, reconnected with
+/// a clean session and subscribed at QoS 0 (no offline messages), received the
+/// dead subscription's page, and from then on every live stored message on
+/// the topic was held for a replay that never completed: lost.
+#[tokio::test]
+async fn a_page_read_in_flight_when_the_session_ends_is_not_handed_to_the_next_session() {
+    let db = TestDb::create().await;
+    let broker = paged_broker(&db, 3).await;
+    let pg = db.client().await;
+    device(&broker, "pager", &["st/t"], false)
+        .await
+        .disconnect()
+        .await;
+    publish_all(broker.addr, "p", "st/t", &numbered(0..9)).await;
+
+    // Pages 1 and 2 (read ahead) arrive; page 3 waits for page 1's acknowledgements.
+    let mut c = device(&broker, "pager", &["st/t"], true).await;
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(c.next_publish().await);
+    }
+    assert_eq!(first.iter().map(text).collect::<Vec<_>>(), numbered(0..6));
+
+    // Hold page 3's read in the database, then end the session.
+    let admin = db.client().await;
+    admin
+        .batch_execute("BEGIN; LOCK TABLE mqtt_msg IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    for p in &first[..3] {
+        ack_now(&mut c, p).await;
+    }
+    wait_for_db(
+        &pg,
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'
+            and query like '%ORDER BY id LIMIT%'",
+        Some(1),
+    )
+    .await;
+    c.disconnect().await;
+
+    // A new clean session subscribes at QoS 0: no offline messages for it.
+    let opts = v4_options(broker.addr, "pager", true);
+    let (mut c, _) = V4Client::connect(opts).await;
+    c.subscribe("st/t", QoS::AtMostOnce).await;
+    admin.batch_execute("COMMIT").await.unwrap();
+    // The held read has returned once the table can be read again.
+    wait_for_db(
+        &pg,
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and query like '%ORDER BY id LIMIT%'
+            and state <> 'idle' and pid <> pg_backend_pid()",
+        Some(0),
+    )
+    .await;
+
+    for live in ["live-1", "live-2"] {
+        publish_all(broker.addr, "p2", "st/t", &strings(&[live])).await;
+        let got = c.next_publish().await;
+        assert_eq!(
+            text(&got),
+            live,
+            "the new session gets live messages only, none from the ended one's page"
+        );
+    }
+}

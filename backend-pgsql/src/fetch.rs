@@ -185,8 +185,16 @@ impl Fetcher {
             .iter()
             .filter_map(|d| d.message.headers.stored_id)
             .collect();
-        self.tracks
-            .page_read(key, epoch, &ids, if full { last } else { None });
+        if !self
+            .tracks
+            .page_read(key, epoch, &ids, if full { last } else { None })
+        {
+            // The subscription ended (or was made again) while the page was
+            // read: the page belongs to no session. Handed over, the client's
+            // next session, subscribed to the same filter, would receive it
+            // out of order (and wait for the rest of a replay that never comes).
+            return Ok(());
+        }
         if full && deliveries.is_empty() {
             // Everything on this page was acknowledged already: the position moves on.
             let _ = self.dirty.send(key.clone());

@@ -278,10 +278,15 @@ impl Tracks {
     /// A page was read: `ids` are the stored ids it hands to the session,
     /// `last` its last id when it was full (more may follow), `None` when it
     /// drained the backlog. Reading stays marked until [`Tracks::page_handed`].
-    pub fn page_read(&self, key: &TrackKey, epoch: u64, ids: &[i64], last: Option<i64>) {
+    ///
+    /// Returns false when `epoch` is no longer a subscribed session's
+    /// subscription (it ended, was unsubscribed or made again while the page
+    /// was read): the page must not be handed over.
+    #[must_use]
+    pub fn page_read(&self, key: &TrackKey, epoch: u64, ids: &[i64], last: Option<i64>) -> bool {
         let mut map = self.lock();
-        let Some(t) = map.get_mut(key).filter(|t| t.epoch == epoch) else {
-            return;
+        let Some(t) = map.get_mut(key).filter(|t| t.active && t.epoch == epoch) else {
+            return false;
         };
         t.paging.next_from = last;
         if let Some(last) = last {
@@ -296,6 +301,7 @@ impl Tracks {
             let position = t.position;
             t.paging.retire(position);
         }
+        true
     }
 
     /// The page read last was handed to the session (`handed`: the session

@@ -88,7 +88,7 @@ fn acks_above_the_position_outlive_the_session() {
 
 /// Reads page `ids` (full when `last` is set) for `key` and hands it over.
 fn read_page(t: &Tracks, epoch: u64, ids: &[i64], last: Option<i64>) -> Option<PageDue> {
-    t.page_read(&key(), epoch, ids, last);
+    let _ = t.page_read(&key(), epoch, ids, last);
     t.page_handed(&key(), epoch, true)
 }
 
@@ -140,7 +140,7 @@ fn no_page_is_read_while_another_is_on_its_way_to_the_session() {
     // of page 3 may start before page 2 is in the session's mailbox.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _ = t.pages.set(tx);
-    t.page_read(&key(), epoch, &[2], Some(2));
+    assert!(t.page_read(&key(), epoch, &[2], Some(2)));
     t.acked("c", "a/x", 1);
     assert!(
         rx.try_recv().is_err(),
@@ -193,4 +193,21 @@ fn the_position_passing_a_page_retires_it() {
     // position still passes it.
     t.acked("c", "a/x", 1);
     assert_eq!(t.advanced(&key(), 2, None), due(4, epoch));
+}
+
+#[test]
+fn a_page_read_for_an_ended_or_replaced_subscription_is_not_handed_over() {
+    let t = Tracks::default();
+    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), epoch);
+    t.forget_client("c");
+    assert!(!t.page_read(&key(), epoch, &[1], Some(1)), "the session ended");
+    let (_, old) = t.start(key(), 0, 1, FetchOpts::default());
+    t.begin_read(&key(), old);
+    let (_, new) = t.start(key(), 0, 1, FetchOpts::default());
+    assert!(!t.page_read(&key(), old, &[1], Some(1)), "subscribed again");
+    t.begin_read(&key(), new);
+    assert!(t.page_read(&key(), new, &[1], Some(1)));
+    t.forget(&key());
+    assert!(!t.page_read(&key(), new, &[2], Some(2)), "unsubscribed");
 }
