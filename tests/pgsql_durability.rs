@@ -559,3 +559,64 @@ async fn a_batch_behind_a_failed_one_commits_after_the_failed_ones_rows() {
     assert!(x < y, "x was published before y: ids {x} and {y}");
     assert_eq!(stored_ids(&pg, "order/t").await, vec![x, y]);
 }
+
+/// A graceful shutdown records the acknowledgements of its last moments. The
+/// position write of the last three acknowledgements is held by a row lock
+/// until the broker is stopping; PostgreSQL is told to drop statements whose
+/// client went away, so only a broker that waits for that write records it.
+/// After the restart the device gets the next new message, not those three
+/// again.
+#[tokio::test]
+async fn acknowledgements_just_before_a_graceful_shutdown_are_not_delivered_again() {
+    let db = TestDb::create().await;
+    db.batch_execute(&format!(
+        "ALTER DATABASE \"{}\" SET client_connection_check_interval = '20ms'",
+        db.name
+    ))
+    .await;
+    let mut broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let (mut dev, _) = V4Client::connect(v4_options(broker.addr, "dev", false)).await;
+    dev.subscribe("last/#", QoS::AtLeastOnce).await;
+    publish_all(broker.addr, "p1", "last/t", &numbered(0..3)).await;
+    for _ in 0..3 {
+        dev.next_publish().await;
+    }
+    let stored = stored_ids(&pg, "last/t").await;
+    wait_for_position(&pg, "dev", "last/#", stored[2]).await;
+
+    // Hold the position row; the next write waits on it.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM mqtt_acked WHERE clientid = 'dev' FOR UPDATE")
+        .await
+        .unwrap();
+    publish_all(broker.addr, "p2", "last/t", &numbered(3..6)).await;
+    for _ in 0..3 {
+        dev.next_publish().await; // rumqttc acknowledges each
+    }
+    let waiting = format!(
+        "select count(*)::int8 from pg_stat_activity where datname = '{}' \
+         and wait_event_type = 'Lock' and query like 'UPDATE mqtt_acked%'",
+        db.name
+    );
+    wait_for_db(&pg, &waiting, Some(1)).await;
+
+    let pid = broker.pid().unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    broker.wait_for_log("stopping: recording the last read positions").await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(broker.terminate().await.success(), "{}", broker.logs());
+
+    let stored = stored_ids(&pg, "last/t").await;
+    assert_eq!(position(&pg, "dev", "last/#").await, Some(stored[5]));
+    broker.restart().await;
+    let (mut dev, _) = V4Client::connect(v4_options(broker.addr, "dev", false)).await;
+    dev.subscribe("last/#", QoS::AtLeastOnce).await;
+    publish_all(broker.addr, "p3", "last/t", &["after".to_string()]).await;
+    assert_eq!(text(&dev.next_publish().await), "after");
+}

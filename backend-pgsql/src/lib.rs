@@ -96,6 +96,8 @@ pub struct BackendPgsql {
 
 struct Running {
     tasks: Vec<JoinHandle<()>>,
+    /// The position flusher's last round, run at stop.
+    drain: Option<positions::DrainHandle>,
 }
 
 /// One pool and what runs on it.
@@ -127,6 +129,7 @@ pub(crate) struct Engine {
     pub(crate) sql_actions: HashMap<usize, SqlAction>,
     pub(crate) tracks: Arc<Tracks>,
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
+    pub(crate) drain: Option<positions::DrainHandle>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
     pub(crate) stats: Arc<Stats>,
     /// Ids stored by this node whose message.publish chain has not finished
@@ -173,13 +176,24 @@ impl Plugin for BackendPgsql {
             }
         };
         register::all(&engine, &ctx.hooks);
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks });
+        let drain = engine.drain.clone();
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks, drain });
         Ok(())
     }
 
     async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError> {
         hooks.remove_owner(NAME);
-        if let Some(running) = self.running.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(running) = running {
+            // Record the acknowledgements of the last moments before the
+            // sessions ended; bounded, so an unreachable database cannot hold
+            // shutdown (those messages then come again: never a loss).
+            if let Some(drain) = &running.drain {
+                tracing::info!("stopping: recording the last read positions");
+                if tokio::time::timeout(DRAIN_TIMEOUT, drain.drain()).await.is_err() {
+                    tracing::warn!("read positions not all recorded within {DRAIN_TIMEOUT:?} at shutdown");
+                }
+            }
             for t in running.tasks {
                 t.abort();
             }
@@ -187,6 +201,9 @@ impl Plugin for BackendPgsql {
         Ok(())
     }
 }
+
+/// How long stop waits for the last position writes.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects, migrates, prepares and starts the tasks.
 async fn start_engine(
@@ -293,13 +310,15 @@ async fn start_engine(
         .iter()
         .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)))
         .map(|r| r.pool.clone());
-    let (mut dirty, mut fetcher) = (None, None);
+    let (mut dirty, mut fetcher, mut drain) = (None, None, None);
     if let Some(pool_name) = fetch_pool {
         let state = pools
             .get(&pool_name)
             .ok_or_else(|| format!("unknown pool `{pool_name}`"))?;
         let (pages_tx, pages_rx) = tokio::sync::mpsc::unbounded_channel();
-        let dirty_tx = positions::Flusher::spawn(state.pool.clone(), Arc::clone(&tracks), pages_tx);
+        let (dirty_tx, drain_handle) =
+            positions::Flusher::spawn(state.pool.clone(), Arc::clone(&tracks), pages_tx);
+        drain = Some(drain_handle);
         let f = Arc::new(Fetcher {
             pool: state.pool.clone(),
             schema: state.schema,
@@ -319,6 +338,7 @@ async fn start_engine(
         sql_actions,
         tracks,
         dirty,
+        drain,
         fetcher,
         stats,
         route_pending: Mutex::default(),

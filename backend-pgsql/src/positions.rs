@@ -490,7 +490,7 @@ struct Candidate {
 
 mod flusher;
 
-pub use flusher::{Flusher, RETRY_DELAY};
+pub use flusher::{DrainHandle, Flusher, RETRY_DELAY};
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
 //! The position flusher: the one task that verifies and writes read
 //! positions (`mqtt_acked.mid`), and asks for page reads a position makes due.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{Candidate, PageDue, TrackKey, Tracks};
@@ -21,10 +22,31 @@ pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50
 pub struct Flusher {
     /// Our own queue: subscriptions whose write failed go back on it.
     retry: mpsc::UnboundedSender<TrackKey>,
+    /// Subscriptions waiting out RETRY_DELAY after a failed write (so a
+    /// drain at shutdown writes them too).
+    retrying: HashSet<TrackKey>,
     pool: NamedPool,
     tracks: Arc<Tracks>,
     rx: mpsc::UnboundedReceiver<TrackKey>,
+    drain: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     pages: mpsc::UnboundedSender<PageDue>,
+}
+
+/// Asks the flusher for a last round at shutdown.
+#[derive(Clone, Debug)]
+pub struct DrainHandle(mpsc::UnboundedSender<oneshot::Sender<()>>);
+
+impl DrainHandle {
+    /// Writes every position still pending (one attempt each) and stops the
+    /// flusher; returns when that is done, or at once if it already stopped.
+    /// Without it, acknowledgements received in the last rounds before a
+    /// graceful shutdown would be delivered again after the restart.
+    pub async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(tx).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 impl Flusher {
@@ -33,27 +55,42 @@ impl Flusher {
         pool: NamedPool,
         tracks: Arc<Tracks>,
         pages: mpsc::UnboundedSender<PageDue>,
-    ) -> mpsc::UnboundedSender<TrackKey> {
+    ) -> (mpsc::UnboundedSender<TrackKey>, DrainHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (drain_tx, drain) = mpsc::unbounded_channel();
         let retry = tx.clone();
         let _ = tracks.pages.set(pages.clone());
         tokio::spawn(
             Flusher {
                 retry,
+                retrying: HashSet::new(),
                 pool,
                 tracks,
                 rx,
+                drain,
                 pages,
             }
             .run(),
         );
-        tx
+        (tx, DrainHandle(drain_tx))
     }
 
     async fn run(mut self) {
         let mut in_outage = false;
         let mut last_round = tokio::time::Instant::now();
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                k = self.rx.recv() => match k {
+                    Some(k) => k,
+                    None => return,
+                },
+                Some(done) = self.drain.recv() => {
+                    self.final_round().await;
+                    let _ = done.send(());
+                    return;
+                }
+            };
+            self.retrying.remove(&first);
             // Under a stream of acknowledgements, rounds start at most every
             // FLUSH_EVERY: each round costs the database two statements per
             // subscription whatever it covers, and paging does not wait for it.
@@ -62,12 +99,7 @@ impl Flusher {
                 tokio::time::sleep(FLUSH_EVERY - since).await;
             }
             last_round = tokio::time::Instant::now();
-            let mut dirty: Vec<TrackKey> = vec![first];
-            while let Ok(k) = self.rx.try_recv() {
-                if !dirty.contains(&k) {
-                    dirty.push(k);
-                }
-            }
+            let dirty = self.take_dirty(vec![first]);
             for key in dirty {
                 let Some(c) = self.tracks.candidate(&key) else {
                     continue;
@@ -89,6 +121,7 @@ impl Flusher {
                         }
                         // Retried by itself: waiting for the next acknowledgement
                         // would stall a page whose acknowledgements all came in.
+                        self.retrying.insert(key.clone());
                         let retry = self.retry.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(RETRY_DELAY).await;
@@ -97,6 +130,45 @@ impl Flusher {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Flusher {
+    /// `dirty` plus every key queued since, without repeats.
+    fn take_dirty(&mut self, mut dirty: Vec<TrackKey>) -> Vec<TrackKey> {
+        while let Ok(k) = self.rx.try_recv() {
+            self.retrying.remove(&k);
+            if !dirty.contains(&k) {
+                dirty.push(k);
+            }
+        }
+        dirty
+    }
+
+    /// At shutdown: one attempt for every pending subscription, including
+    /// those waiting to be retried; what fails stays unrecorded (those
+    /// messages are delivered again after the restart: a duplicate, never a
+    /// loss) and is logged.
+    async fn final_round(&mut self) {
+        let retrying: Vec<TrackKey> = self.retrying.drain().collect();
+        let dirty = self.take_dirty(retrying);
+        let mut failed = 0usize;
+        for key in dirty {
+            let Some(c) = self.tracks.candidate(&key) else {
+                continue;
+            };
+            if advance(&self.pool, &key, &c).await.is_err() {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(
+                pool = %self.pool.name,
+                failed,
+                "shutdown: read positions of {failed} subscriptions could not be recorded; \
+                 their acknowledged messages will be delivered again"
+            );
         }
     }
 }
