@@ -197,6 +197,9 @@ impl Session {
         self.pending_qos2.clear();
         self.epoch += 1;
         self.stored.clear();
+        // Pages a plugin replayed for the old subscriptions and not yet taken:
+        // a new subscription to the same filter gets its own from its position.
+        while self.replay_rx.try_recv().is_some() {}
     }
 
     /// Closes the attached connection after a failure (no DISCONNECT from
