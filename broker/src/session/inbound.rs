@@ -42,7 +42,7 @@ impl Session {
                     self.conn.as_ref()?;
                 }
                 Ok(None) => return None,
-                Err(e) => return self.decode_failed(e).await,
+                Err(e) => return Box::pin(self.decode_failed(e)).await,
             }
         }
     }
@@ -59,14 +59,16 @@ impl Session {
             Packet::PubRec(a) => self.client_pubrec(a).await,
             Packet::PubRel(a) => self.client_pubrel(a),
             Packet::PubComp(a) => self.client_pubcomp(a).await,
-            Packet::Subscribe(s) => self.client_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.client_unsubscribe(u).await,
+            // The rare packets are boxed: an idle session's task is as large
+            // as its largest inline await (see Session::run).
+            Packet::Subscribe(s) => Box::pin(self.client_subscribe(s)).await,
+            Packet::Unsubscribe(u) => Box::pin(self.client_unsubscribe(u)).await,
             Packet::PingReq => self.send(Packet::PingResp),
-            Packet::Disconnect(d) => return self.client_disconnect(d).await,
-            Packet::Connect(_) => return self.protocol_error("second CONNECT", 0x82).await,
+            Packet::Disconnect(d) => return Box::pin(self.client_disconnect(d)).await,
+            Packet::Connect(_) => return Box::pin(self.protocol_error("second CONNECT", 0x82)).await,
             other => {
                 let what = format!("unexpected packet from client: {}", packet_name(&other));
-                return self.protocol_error(&what, 0x82).await;
+                return Box::pin(self.protocol_error(&what, 0x82)).await;
             }
         }
         None
@@ -178,8 +180,7 @@ impl Session {
         tracing::info!(clientid = %self.client.clientid, topic, "disconnecting: publish rate over mqtt.publish_limit");
         crate::metrics::Metrics::bump(&self.shared.metrics.publish_rate_limited);
         let reason = hooks_spec::DisconnectReason::ProtocolError("message rate too high".into());
-        self.connection_lost(reason, Some(rc::MESSAGE_RATE_TOO_HIGH))
-            .await
+        Box::pin(self.connection_lost(reason, Some(rc::MESSAGE_RATE_TOO_HIGH))).await
     }
 
     /// Runs `client.check_acl`; true when access is allowed (or nobody checks).
@@ -193,9 +194,8 @@ impl Session {
             action,
             topic: topic.to_string(),
         });
-        hooks
-            .client_check_acl
-            .run_fold(args, AclResult::Allow)
+        // Boxed: only sessions with an ACL plugin pay for it (see Session::run).
+        Box::pin(hooks.client_check_acl.run_fold(args, AclResult::Allow))
             .await
             .into_inner()
             == AclResult::Allow

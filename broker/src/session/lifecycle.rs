@@ -247,8 +247,8 @@ impl Session {
     /// Closes on a protocol violation with an MQTT 5 reason code.
     pub(super) async fn protocol_error(&mut self, what: &str, code: u8) -> Option<Exit> {
         tracing::info!(clientid = %self.client.clientid, reason_code = code, "closing connection: {what}");
-        self.connection_lost(DisconnectReason::ProtocolError(what.to_string()), Some(code))
-            .await
+        // Boxed: callers are on hot paths, and closing is rare (see Session::run).
+        Box::pin(self.connection_lost(DisconnectReason::ProtocolError(what.to_string()), Some(code))).await
     }
 
     fn after_close(&mut self, reason: DisconnectReason) -> Option<Exit> {

@@ -308,9 +308,11 @@ impl Session {
                 break exit;
             }
         };
+        // Boxed, like the other rare paths below: an idle session's task is
+        // as large as its largest inline await, and these are kilobytes.
         match exit {
-            Exit::Terminated(reason) => self.terminate(reason).await,
-            Exit::Shutdown => self.shutdown().await,
+            Exit::Terminated(reason) => Box::pin(self.terminate(reason)).await,
+            Exit::Shutdown => Box::pin(self.shutdown()).await,
         }
     }
 
@@ -374,11 +376,11 @@ impl Session {
                 let mut budget = CMD_BURST;
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        SessionCmd::Attach(attach) => return self.attach(*attach).await,
+                        SessionCmd::Attach(attach) => return Box::pin(self.attach(*attach)).await,
                         SessionCmd::Deliver(routed) => self.deliver(routed).await,
                         SessionCmd::Subscribe(sub) => {
                             let (filter, opts) = *sub;
-                            self.subscribe_for_plugin(filter, opts).await
+                            Box::pin(self.subscribe_for_plugin(filter, opts)).await
                         }
                     }
                     budget -= 1;
@@ -389,8 +391,7 @@ impl Session {
             }
             Event::Replay(r) => self.apply_replay(r).await,
             Event::Read(Ok(0)) => {
-                return self
-                    .connection_lost(hooks_spec::DisconnectReason::SocketClosed, None)
+                return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
             Event::Read(Ok(_)) => {
@@ -401,8 +402,7 @@ impl Session {
             }
             Event::Read(Err(e)) | Event::Wrote(Err(e)) => {
                 tracing::debug!(clientid = %self.client.clientid, "socket error: {e}");
-                return self
-                    .connection_lost(hooks_spec::DisconnectReason::SocketClosed, None)
+                return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
             Event::Wrote(Ok(_)) => {
@@ -417,9 +417,10 @@ impl Session {
             Event::Published(done) => self.publish_done(done).await,
             Event::KeepaliveTimeout => {
                 tracing::info!(clientid = %self.client.clientid, "keepalive timeout");
-                return self
-                    .connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D))
-                    .await;
+                return Box::pin(
+                    self.connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D)),
+                )
+                .await;
             }
             Event::Expired => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
             Event::WillDue => self.publish_delayed_will(),
