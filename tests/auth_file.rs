@@ -68,7 +68,6 @@ async fn broker(extra: &str, files: &[(&str, &str)]) -> Broker {
     Broker::start_with_files(&format!("{ENABLE}{extra}"), files).await
 }
 
-
 #[tokio::test]
 async fn mosquitto_passwd_files_authenticate() {
     let dir = temp_dir("mosq-pw");

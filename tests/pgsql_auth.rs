@@ -14,8 +14,8 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{ConnectReturnCode as V4Code, QoS, SubscribeReasonCode};
-use support::pgsql::*;
 use support::auth::*;
+use support::pgsql::*;
 use support::*;
 
 const SCHEMA: &str = include_str!("../sql/auth_pgsql.sql");
@@ -52,7 +52,6 @@ async fn broker(db: &TestDb, extra: &str, postbox_extra: &str) -> Broker {
     )
     .await
 }
-
 
 /// `alice` / `secret` with a salted SHA-256 hash computed by PostgreSQL itself.
 const ALICE: &str = "INSERT INTO mqtt_user (username, password_hash, salt) VALUES \

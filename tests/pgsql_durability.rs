@@ -608,7 +608,9 @@ async fn acknowledgements_just_before_a_graceful_shutdown_are_not_delivered_agai
         .status()
         .unwrap();
     assert!(sent.success());
-    broker.wait_for_log("stopping: recording the last read positions").await;
+    broker
+        .wait_for_log("stopping: recording the last read positions")
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
     assert!(broker.terminate().await.success(), "{}", broker.logs());
 

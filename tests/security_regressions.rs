@@ -8,8 +8,8 @@ mod support;
 use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as V5SubCode;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{QoS, SubscribeReasonCode};
-use support::pgsql::*;
 use support::auth::v5_login;
+use support::pgsql::*;
 use support::*;
 
 const AUTH_SCHEMA: &str = include_str!("../sql/auth_pgsql.sql");
