@@ -9,9 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode as V5Code, Packet as V5Packet, PubAckReason, SubscribeReasonCode as V5SubCode,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, SubscribeReasonCode as V5SubCode};
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{ConnectReturnCode as V4Code, QoS, SubscribeReasonCode};
 use support::auth::*;
@@ -370,15 +368,7 @@ async fn denied_publishes_are_not_delivered() {
 
     // MQTT 5: PUBACK 0x87 for the denied one, then the allowed one goes through.
     let (mut bob5, _) = V5Client::connect(v5_login(&b, "bob5", "bob", "-")).await;
-    match bob5
-        .publish_acked("sensors/alice/temp", V5QoS::AtLeastOnce, false, "forged")
-        .await
-    {
-        Some(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-            assert_eq!(a.reason, PubAckReason::NotAuthorized)
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    expect_v5_publish_denied(&mut bob5, "sensors/alice/temp", "forged").await;
     bob5.publish("sensors/bob/temp", V5QoS::AtLeastOnce, false, "v5 allowed")
         .await;
     assert_eq!(&alice.next_publish().await.payload[..], b"v5 allowed");
@@ -397,15 +387,7 @@ async fn denied_publishes_are_not_delivered() {
     let (mut admin, _) = V4Client::connect(v4_login(&b, "admin", "admin", "-")).await;
     admin.subscribe("sensors/#", QoS::AtLeastOnce).await;
     let (mut alice_pub, _) = V5Client::connect(v5_login(&b, "alice-pub", "alice", "-")).await;
-    match alice_pub
-        .publish_acked("sensors/secret", V5QoS::AtLeastOnce, false, "x")
-        .await
-    {
-        Some(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-            assert_eq!(a.reason, PubAckReason::NotAuthorized)
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    expect_v5_publish_denied(&mut alice_pub, "sensors/secret", "x").await;
     alice_pub
         .publish("sensors/open", V5QoS::AtLeastOnce, false, "ok")
         .await;
@@ -432,15 +414,7 @@ async fn patterns_use_the_client_id_and_user_name() {
         dev.subscribe("inbox/bob/#", V5QoS::AtLeastOnce).await,
         vec![V5SubCode::NotAuthorized]
     );
-    match dev
-        .publish_acked("devices/dev8/cmd", V5QoS::AtLeastOnce, false, "other's")
-        .await
-    {
-        Some(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-            assert_eq!(a.reason, PubAckReason::NotAuthorized)
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    expect_v5_publish_denied(&mut dev, "devices/dev8/cmd", "other's").await;
     dev.publish("devices/dev7/cmd", V5QoS::AtLeastOnce, false, "own")
         .await;
     assert_eq!(&dev.next_publish().await.payload[..], b"own");

@@ -9,9 +9,7 @@
 
 mod support;
 
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode as V5Code, Packet as V5Packet, PubAckReason, SubscribeReasonCode as V5SubCode,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, SubscribeReasonCode as V5SubCode};
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{ConnectReturnCode as V4Code, QoS, SubscribeReasonCode};
 use support::auth::*;
@@ -262,15 +260,7 @@ async fn denied_publishes_are_not_delivered() {
 
     // MQTT 5: PUBACK 0x87 for the denied one, then the allowed one goes through.
     let (mut bob5, _) = V5Client::connect(v5_login(&b, "bob5", "bob", "secret")).await;
-    match bob5
-        .publish_acked("sensors/alice/temp", V5QoS::AtLeastOnce, false, "forged")
-        .await
-    {
-        Some(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-            assert_eq!(a.reason, PubAckReason::NotAuthorized)
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    expect_v5_publish_denied(&mut bob5, "sensors/alice/temp", "forged").await;
     bob5.publish("sensors/bob/temp", V5QoS::AtLeastOnce, false, "v5 allowed")
         .await;
     assert_eq!(text_of(&alice.next_publish().await.payload), "v5 allowed");
@@ -321,15 +311,7 @@ async fn client_id_and_user_name_in_acl_topics() {
         dev.subscribe("devices/dev2/+", V5QoS::AtLeastOnce).await,
         vec![V5SubCode::NotAuthorized]
     );
-    match dev
-        .publish_acked("devices/dev2/cmd", V5QoS::AtLeastOnce, false, "no")
-        .await
-    {
-        Some(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-            assert_eq!(a.reason, PubAckReason::NotAuthorized)
-        }
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
+    expect_v5_publish_denied(&mut dev, "devices/dev2/cmd", "no").await;
     dev.publish("devices/dev1/cmd", V5QoS::AtLeastOnce, false, "mine")
         .await;
     assert_eq!(text_of(&dev.next_publish().await.payload), "mine");

@@ -53,3 +53,21 @@ pub async fn connack_without_password(b: &Broker, user: &str) -> u8 {
     assert_eq!(packet_type(&ack), ptype::CONNACK, "{ack:02x?}");
     ack[3]
 }
+
+/// Publishes at QoS 1 (MQTT 5) and asserts the PUBACK refuses it with 0x87
+/// "not authorized".
+pub async fn expect_v5_publish_denied(c: &mut V5Client, topic: &str, payload: &str) {
+    match c
+        .publish_acked(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+        .await
+    {
+        Some(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a))) => {
+            assert_eq!(
+                a.reason,
+                rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized,
+                "PUBACK for {topic}"
+            )
+        }
+        other => panic!("expected PUBACK for {topic}, got {other:?}"),
+    }
+}
