@@ -303,6 +303,8 @@ async fn run_connections(server: &Server, data: &[u8]) -> Vec<Vec<u8>> {
 /// A client connection whose bytes are written and whose writing side is
 /// still open.
 struct Open {
+    /// What the client sent (to know its protocol and maximum packet size).
+    sent: Vec<u8>,
     writer: tokio::io::WriteHalf<tokio::io::DuplexStream>,
     reader: tokio::task::JoinHandle<Vec<u8>>,
     handshake: tokio::task::JoinHandle<()>,
@@ -332,6 +334,7 @@ impl Open {
         // The broker may close first (malformed input): a failed write is expected.
         let _ = writer.write_all(stream).await;
         Open {
+            sent: stream.to_vec(),
             writer,
             reader,
             handshake,
@@ -349,7 +352,52 @@ impl Open {
         if let Err(e) = self.handshake.await {
             panic!("the connection task failed: {e}");
         }
+        check_output(&self.sent, &output);
         output
+    }
+}
+
+/// What the broker sent on a connection must be what a client can read:
+/// CONNACK first, then well-formed packets of the client's protocol, none
+/// larger than the maximum packet size the client set in CONNECT (MQTT 5).
+/// Only checked when the client sent a valid CONNECT; a stream cut at the
+/// 64 KiB kept, or by the close, may end in part of a packet.
+///
+/// One exception, left as it is: a refusing CONNACK (5 bytes) is sent even
+/// to a client whose maximum packet size is smaller than that.
+fn check_output(sent: &[u8], output: &[u8]) {
+    let Ok(Some(connect)) = decode_connect(&mut BytesMut::from(sent), usize::MAX) else {
+        return;
+    };
+    let max = connect
+        .max_packet_size
+        .and_then(|m| usize::try_from(m).ok())
+        .unwrap_or(usize::MAX);
+    let codec = Codec::new(connect.protocol, usize::MAX);
+    let mut buf = BytesMut::from(output);
+    let mut first = true;
+    loop {
+        let before = buf.len();
+        match codec.decode(&mut buf) {
+            Ok(Some(packet)) => {
+                let size = before - buf.len();
+                let refusal = matches!(&packet, Packet::ConnAck(c) if c.code >= 0x80);
+                assert!(
+                    size <= max || (first && refusal),
+                    "the broker sent {size} bytes to a client that accepts {max}: {packet:?}"
+                );
+                assert!(
+                    !first || matches!(packet, Packet::ConnAck(_)),
+                    "the broker's first packet is not CONNACK: {packet:?}"
+                );
+                first = false;
+            }
+            Ok(None) => return,
+            Err(e) => panic!(
+                "the broker sent a packet a {:?} client cannot read ({e}); output: {output:02x?}",
+                connect.protocol
+            ),
+        }
     }
 }
 

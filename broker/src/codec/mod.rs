@@ -97,9 +97,28 @@ impl Codec {
     /// and properties are omitted where the protocol allows when they have
     /// their default values.
     ///
-    /// When `max_size` is given and the packet would be larger, or when the
-    /// packet cannot be encoded, `out` is left as it was.
+    /// When `max_size` is given (the client's maximum packet size) and the
+    /// packet would be larger, a CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP,
+    /// SUBACK or DISCONNECT is encoded without its reason string and user
+    /// properties, as MQTT 5 requires (e.g. 3.2.2-19/20, 3.4.2-2/3, 3.9.2-1/2);
+    /// when it is still too large, or when the packet cannot be encoded,
+    /// `out` is left as it was.
     pub fn encode(
+        &self,
+        packet: &Packet,
+        out: &mut BytesMut,
+        max_size: Option<usize>,
+    ) -> Result<(), EncodeError> {
+        let res = self.encode_once(packet, out, max_size);
+        if matches!(res, Err(EncodeError::TooLarge { .. })) {
+            if let Some(slim) = without_diagnostics(packet) {
+                return self.encode_once(&slim, out, max_size);
+            }
+        }
+        res
+    }
+
+    fn encode_once(
         &self,
         packet: &Packet,
         out: &mut BytesMut,
@@ -122,6 +141,30 @@ impl Codec {
         }
         res
     }
+}
+
+/// `packet` without the reason string and user properties the receiver may
+/// go without; `None` when it has none (or is of a type whose user
+/// properties are part of the message, such as PUBLISH).
+fn without_diagnostics(packet: &Packet) -> Option<Packet> {
+    let mut slim = packet.clone();
+    let (reason_string, user_properties) = match &mut slim {
+        Packet::ConnAck(c) => (&mut c.props.reason_string, &mut c.props.user_properties),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            (&mut a.reason_string, &mut a.user_properties)
+        }
+        Packet::Disconnect(d) => (&mut d.reason_string, &mut d.user_properties),
+        Packet::SubAck(s) => {
+            return s.reason_string.take().map(|_| slim);
+        }
+        _ => return None,
+    };
+    if reason_string.is_none() && user_properties.is_empty() {
+        return None;
+    }
+    *reason_string = None;
+    user_properties.clear();
+    Some(slim)
 }
 
 pub(crate) fn qos_from_mb(q: mqttbytes::QoS) -> QoS {

@@ -437,3 +437,77 @@ fn encode_details() {
         );
     }
 }
+
+/// Found by the `connection` fuzz target's output check: a SUBACK (and other
+/// server packets) went out larger than the client's MQTT 5 maximum packet
+/// size. With a limit, diagnostics are dropped first (MQTT 5 allows exactly
+/// that); a packet that still does not fit is refused and nothing is written.
+#[test]
+fn encode_within_the_clients_maximum_packet_size() {
+    let codec = Codec::new(ProtocolVersion::V5, MAX);
+    let fits = |p: &Packet, max: usize| {
+        let mut out = BytesMut::from(&b"kept"[..]);
+        let res = codec.encode(p, &mut out, Some(max));
+        (res, out)
+    };
+    // PUBACK with a long reason string: sent without it.
+    let ack = Packet::PubAck(Ack {
+        pkid: 7,
+        reason: 0x80,
+        reason_string: Some("x".repeat(100)),
+        user_properties: vec![("k".into(), "v".into())],
+    });
+    let (res, out) = fits(&ack, 16);
+    assert!(res.is_ok());
+    assert_eq!(&out[..], b"kept\x40\x03\x00\x07\x80");
+    // No limit: everything is sent.
+    assert!(encode(ProtocolVersion::V5, &ack).len() > 100);
+    // SUBACK: the reason string goes; too many codes still do not fit.
+    let suback = |n: usize| {
+        Packet::SubAck(SubAck {
+            pkid: 1,
+            codes: vec![0x8F; n],
+            reason_string: Some("invalid filters".into()),
+        })
+    };
+    let (res, out) = fits(&suback(8), 16);
+    assert!(res.is_ok());
+    assert_eq!(&out[4..], b"\x90\x0b\x00\x01\x00\x8f\x8f\x8f\x8f\x8f\x8f\x8f\x8f");
+    let (res, out) = fits(&suback(520), 512);
+    assert!(matches!(res, Err(EncodeError::TooLarge { .. })), "{res:?}");
+    assert_eq!(&out[..], b"kept");
+    // CONNACK and DISCONNECT lose their diagnostics the same way.
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: 0,
+        props: ConnAckProps {
+            reason_string: Some("welcome".repeat(10)),
+            user_properties: vec![("k".into(), "v".repeat(50))],
+            receive_maximum: Some(10),
+            ..ConnAckProps::default()
+        },
+    });
+    let (res, out) = fits(&connack, 12);
+    assert!(res.is_ok());
+    assert_eq!(&out[4..], b"\x20\x06\x00\x00\x03\x21\x00\x0a");
+    let disconnect = Packet::Disconnect(Disconnect {
+        reason: 0x8E,
+        reason_string: Some("taken over".into()),
+        ..Disconnect::default()
+    });
+    let (res, out) = fits(&disconnect, 4);
+    assert!(res.is_ok());
+    assert_eq!(&out[4..], b"\xe0\x02\x8e\x00");
+    // PUBLISH user properties are the message's: never dropped to fit.
+    let publish = Packet::Publish(Publish {
+        topic: "t".into(),
+        properties: hooks_spec::PublishProperties {
+            user_properties: vec![("k".into(), "v".repeat(50))],
+            ..hooks_spec::PublishProperties::default()
+        },
+        ..Publish::default()
+    });
+    let (res, out) = fits(&publish, 16);
+    assert!(matches!(res, Err(EncodeError::TooLarge { .. })), "{res:?}");
+    assert_eq!(&out[..], b"kept");
+}

@@ -16,9 +16,14 @@ impl Session {
     }
 
     /// Encodes a packet into the output buffer; the loop flushes it.
+    ///
+    /// Within the client's maximum packet size (MQTT 5 3.1.2-24: the server
+    /// must not send more): the codec drops the reason string and user
+    /// properties to fit, and a packet that still does not fit (a SUBACK for
+    /// hundreds of filters to a client that accepts 512 bytes) is not sent.
     pub(super) fn send(&mut self, packet: Packet) {
         if let Some(c) = self.conn.as_mut() {
-            if let Err(e) = c.codec.encode(&packet, &mut c.outbuf, None) {
+            if let Err(e) = c.codec.encode(&packet, &mut c.outbuf, c.client_max_packet) {
                 tracing::warn!(clientid = %self.client.clientid, "cannot encode packet: {e}");
             }
         }
