@@ -921,6 +921,17 @@ pub mod seeds {
                     out.push((format!("{}-{name}", proto_name(protocol)), encode_connect(&c)));
                 }
             }
+            // A client that takes small packets only: what the broker sends
+            // it must fit (checked on every output), so acknowledgements with
+            // diagnostics, SUBACKs and deliveries meet the limit quickly.
+            let small = Connect {
+                clean_start: false,
+                session_expiry: Some(60),
+                max_packet_size: Some(64),
+                receive_maximum: Some(1),
+                ..plain_connect(ProtocolVersion::V5, "fz-small")
+            };
+            out.push(("v5-connect-small-max".to_string(), encode_connect(&small)));
             out
         })
     }
