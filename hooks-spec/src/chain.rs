@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -101,6 +101,9 @@ pub struct Chain<A, Acc> {
     default_failure: FailurePolicy<Acc>,
     next_seq: AtomicU64,
     failures: AtomicU64,
+    /// Callbacks registered: read on every message by `is_empty`, so it is
+    /// one relaxed load instead of a lock and a shared reference count.
+    len: AtomicUsize,
 }
 
 impl<A, Acc> Chain<A, Acc>
@@ -126,6 +129,7 @@ where
             default_failure: policy,
             next_seq: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -165,6 +169,7 @@ where
         next.push(entry);
         // Stable order: priority descending, then registration order.
         next.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
+        self.len.store(next.len(), Ordering::Release);
         *guard = Arc::new(next);
     }
 
@@ -177,18 +182,19 @@ where
             .map(Entry::clone_entry)
             .collect();
         let removed = guard.len() - next.len();
+        self.len.store(next.len(), Ordering::Release);
         *guard = Arc::new(next);
         removed
     }
 
     /// Number of registered callbacks.
     pub fn len(&self) -> usize {
-        self.snapshot().len()
+        self.len.load(Ordering::Acquire)
     }
 
     /// True when no callback is registered (the broker skips the hook then).
     pub fn is_empty(&self) -> bool {
-        self.snapshot().is_empty()
+        self.len() == 0
     }
 
     /// Failed calls (errors, panics, time-outs) since start.
