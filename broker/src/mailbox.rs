@@ -4,17 +4,21 @@
 //! Every session has two (commands and replays). A tokio mpsc channel
 //! allocates a 32-slot block per channel up front, kilobytes per idle
 //! connection; this one is a `VecDeque` behind a `std` mutex (held only to
-//! push or pop, never across an await) and a [`Notify`] to wake the owner.
+//! push or pop, never across an await) and an [`AtomicWaker`] to wake the
+//! owner. The session polls its mailboxes on every turn of its loop, so
+//! waiting must be cheap: registering the waker is an atomic exchange, where
+//! a `tokio::sync::Notify` waiter takes a lock to enter and leave a list.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 struct Shared<T> {
     queue: Mutex<VecDeque<T>>,
-    notify: Notify,
+    waker: AtomicWaker,
     closed: AtomicBool,
 }
 
@@ -28,7 +32,7 @@ pub struct Receiver<T>(Arc<Shared<T>>);
 pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
-        notify: Notify::new(),
+        waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
     });
     (Sender(Arc::clone(&shared)), Receiver(shared))
@@ -58,7 +62,7 @@ impl<T> Sender<T> {
             }
             queue.push_back(value);
         }
-        self.0.notify.notify_one();
+        self.0.waker.wake();
         Ok(())
     }
 
@@ -71,13 +75,20 @@ impl<T> Sender<T> {
 impl<T> Receiver<T> {
     /// The next value, waiting for one.
     pub async fn recv(&self) -> T {
-        loop {
-            if let Some(v) = self.0.lock().pop_front() {
-                return v;
-            }
-            // notify_one leaves a permit when nobody waits, so a send between
-            // the check above and this await is not missed.
-            self.0.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next value, or `Pending` with the task registered for a wake-up.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(v) = self.0.lock().pop_front() {
+            return Poll::Ready(v);
+        }
+        self.0.waker.register(cx.waker());
+        // Looked at again after registering: a value sent between the first
+        // look and the registration found no waker to wake.
+        match self.0.lock().pop_front() {
+            Some(v) => Poll::Ready(v),
+            None => Poll::Pending,
         }
     }
 
