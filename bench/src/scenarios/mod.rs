@@ -6,6 +6,7 @@
 mod connections;
 mod load;
 mod replay;
+mod wire;
 
 use std::time::Duration;
 
@@ -14,14 +15,14 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Subscri
 use crate::payload;
 
 pub use connections::{run_connections, ConnParams};
-pub use load::{run_load, LoadParams, Shape};
+pub use load::{run_load, ClientKind, LoadParams, Shape};
 pub use replay::{run_replay, ReplayParams};
 
 /// The error type of the tool.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a client may take to connect and subscribe.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker a scenario runs against.
 #[derive(Debug, Clone)]

@@ -1,22 +1,51 @@
-//! Message load: one-to-one, fan-in and fan-out at a chosen QoS and rate.
+//! Message load: one-to-one, fan-in and fan-out at a chosen QoS and rate,
+//! driven by the lean clients (`with_wire`, the default) or by rumqttc
+//! (`with_rumqttc`, for cross-checks). This module holds the run: it
+//! connects subscribers, then publishers, starts them together, waits for
+//! everything expected and merges what the subscribers recorded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod with_rumqttc;
+mod with_wire;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Event, Incoming, QoS};
+use rumqttc::QoS;
 use serde_json::{json, Map};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{connect, new_client, options, subscribe, BenchError, Target};
+use super::{BenchError, Target};
 use crate::cpu::CpuWatch;
-use crate::payload::{self, Clock, Header};
+use crate::payload::{self, Clock};
 use crate::report::{Counters, Progress, ScenarioResult};
 use crate::stats::{self, Tracker};
 
 /// A run whose publishers are done ends after this long without progress.
 const IDLE_END: Duration = Duration::from_secs(5);
+
+/// How long a client task may take to disconnect at the end of a run.
+const TASK_END: Duration = Duration::from_secs(2);
+
+/// Which MQTT client drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The bench's own lean client (`scenarios::wire`).
+    Lean,
+    /// rumqttc, an independent client library.
+    Rumqttc,
+}
+
+impl ClientKind {
+    /// The name used on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Lean => "lean",
+            ClientKind::Rumqttc => "rumqttc",
+        }
+    }
+}
 
 /// Which clients send to which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +88,8 @@ pub struct LoadParams {
     pub timeout: Duration,
     /// Publisher in-flight window (QoS 1/2).
     pub inflight: u16,
+    /// The client that drives the load.
+    pub client: ClientKind,
     /// Processes whose CPU time during the run is reported.
     pub cpu_pids: Vec<u32>,
     /// Prefix for client ids and topics.
@@ -80,6 +111,39 @@ struct Shared {
     counters: Arc<Counters>,
     /// Clock time of the last first-copy receive or acknowledgement.
     last_event_ns: AtomicU64,
+    /// Publishers that have sent all their messages.
+    publishers_done: AtomicU32,
+}
+
+/// What one subscriber does.
+struct SubSpec {
+    client_id: String,
+    topic: String,
+    qos: u8,
+    payload: usize,
+    tracker: Tracker,
+}
+
+/// What one publisher does.
+struct PubSpec {
+    /// Its index: the publisher field of its payloads.
+    index: u32,
+    client_id: String,
+    topic: String,
+    qos: u8,
+    payload: usize,
+    /// Messages it publishes.
+    count: u32,
+    /// Unacknowledged publishes at most (QoS 1/2).
+    inflight: u16,
+    /// Messages per second; 0 = as fast as possible.
+    rate: f64,
+}
+
+/// A connected publisher waiting for the start.
+enum Publisher {
+    Lean(with_wire::Publisher),
+    Rumqttc(with_rumqttc::Publisher),
 }
 
 impl Shared {
@@ -101,7 +165,7 @@ fn split(count: u64, n: u32) -> Result<Vec<u32>, BenchError> {
 
 /// Runs one message-load scenario.
 pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult, BenchError> {
-    let qos = qos_of(p.qos)?;
+    qos_of(p.qos)?;
     if p.clients == 0 {
         return Err("--clients must be at least 1".into());
     }
@@ -121,6 +185,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
         clock: Clock::new(),
         counters: Arc::new(Counters::default()),
         last_event_ns: AtomicU64::new(0),
+        publishers_done: AtomicU32::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -133,89 +198,54 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
             Shape::FanIn => (0, per_pub.clone()),
             Shape::FanOut => (0, per_pub.clone()),
         };
-        let topic = topic_of(s);
-        let (client, mut el) = new_client(options(target, &format!("{}-s{s}", p.run_id), p.payload, 10), 16);
-        let shared = shared.clone();
-        let mut stop = stop_rx.clone();
+        let spec = SubSpec {
+            client_id: format!("{}-s{s}", p.run_id),
+            topic: topic_of(s),
+            qos: p.qos,
+            payload: p.payload,
+            tracker: Tracker::new(first, &expect),
+        };
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), BenchError>>();
         ready.push(ready_rx);
-        sub_tasks.push(tokio::spawn(async move {
-            let mut tracker = Tracker::new(first, &expect);
-            let setup = async {
-                connect(&mut el).await?;
-                subscribe(&client, &mut el, &topic, qos, |_| {}).await
-            };
-            match setup.await {
-                Ok(()) => {
-                    let _ = ready_tx.send(Ok(()));
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    let _ = ready_tx.send(Err(e));
-                    return Err(msg.into());
-                }
+        let (target, shared, stop) = (target.clone(), shared.clone(), stop_rx.clone());
+        sub_tasks.push(match p.client {
+            ClientKind::Lean => tokio::spawn(with_wire::subscriber(target, spec, shared, stop, ready_tx)),
+            ClientKind::Rumqttc => {
+                tokio::spawn(with_rumqttc::subscriber(target, spec, shared, stop, ready_tx))
             }
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Incoming::Publish(msg))) => {
-                            let now = shared.clock.now_ns();
-                            if tracker.record(payload::decode(&msg.payload), now) {
-                                shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                                shared.mark(now);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("bench: subscriber {s}: {e}");
-                            break;
-                        }
-                    },
-                }
-            }
-            let _ = client.try_disconnect();
-            Ok(tracker)
-        }));
+        });
     }
     for r in ready {
         r.await.map_err(|_| "subscriber task ended")??;
     }
 
     // Publishers: connect all, then start together.
-    let mut drivers = Vec::new();
-    let mut clients = Vec::new();
+    let rate_per_pub = if p.rate > 0.0 {
+        p.rate / f64::from(pubs)
+    } else {
+        0.0
+    };
+    let mut publishers = Vec::new();
     for i in 0..pubs {
-        let (client, mut el) = new_client(
-            options(target, &format!("{}-p{i}", p.run_id), p.payload, p.inflight),
-            16,
-        );
-        connect(&mut el).await?;
-        let shared = shared.clone();
-        let mut stop = stop_rx.clone();
-        drivers.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => break,
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_))) => {
-                            shared.counters.acked.fetch_add(1, Ordering::Relaxed);
-                            shared.mark(shared.clock.now_ns());
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("bench: publisher {i}: {e}");
-                            break;
-                        }
-                    },
-                }
+        let spec = PubSpec {
+            index: i,
+            client_id: format!("{}-p{i}", p.run_id),
+            topic: topic_of(i),
+            qos: p.qos,
+            payload: p.payload,
+            count: per_pub[i as usize],
+            inflight: p.inflight,
+            rate: rate_per_pub,
+        };
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        publishers.push(match p.client {
+            ClientKind::Lean => {
+                Publisher::Lean(with_wire::connect_publisher(target, spec, shared, stop).await?)
             }
-        }));
-        clients.push(client);
+            ClientKind::Rumqttc => {
+                Publisher::Rumqttc(with_rumqttc::connect_publisher(target, spec, shared, stop).await?)
+            }
+        });
     }
 
     let expected: u64 = per_pub.iter().map(|n| u64::from(*n)).sum::<u64>()
@@ -229,41 +259,12 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     let own_cpu = CpuWatch::start(&[std::process::id()]);
     let start = Instant::now();
     let start_ns = shared.clock.ns_at(start);
-    let rate_per_pub = if p.rate > 0.0 {
-        p.rate / f64::from(pubs)
-    } else {
-        0.0
-    };
-    let mut senders = Vec::new();
-    for (i, client) in clients.into_iter().enumerate() {
-        let n = per_pub[i];
-        let topic = topic_of(i as u32);
-        let shared = shared.clone();
-        let size = p.payload;
-        senders.push(tokio::spawn(async move {
-            let tstart = tokio::time::Instant::from_std(start);
-            for seq in 0..n {
-                if rate_per_pub > 0.0 {
-                    let due = tstart + Duration::from_secs_f64(f64::from(seq) / rate_per_pub);
-                    if due > tokio::time::Instant::now() {
-                        tokio::time::sleep_until(due).await;
-                    }
-                }
-                let header = Header {
-                    sent_ns: shared.clock.now_ns(),
-                    publisher: i as u32,
-                    seq,
-                };
-                let body = payload::encode(header, size);
-                if let Err(e) = client.publish(topic.clone(), qos, false, body).await {
-                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("bench: publisher {i}: {e}");
-                    break;
-                }
-                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            client
-        }));
+    let mut tasks = Vec::new();
+    for publisher in publishers {
+        tasks.extend(match publisher {
+            Publisher::Lean(p) => p.start(start),
+            Publisher::Rumqttc(p) => p.start(start),
+        });
     }
 
     // Wait for everything expected, or the timeout.
@@ -285,7 +286,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
         }
         if (rcv, ack) != (last_progress.1, last_progress.2) {
             last_progress = (now, rcv, ack);
-        } else if senders.iter().all(|s| s.is_finished()) && now - last_progress.0 > IDLE_END {
+        } else if shared.publishers_done.load(Ordering::Relaxed) == pubs && now - last_progress.0 > IDLE_END {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -295,11 +296,10 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     let own_cpu_s = own_cpu.finish();
     drop(progress);
     let _ = stop_tx.send(true);
-    for s in &senders {
-        s.abort();
-    }
-    for d in drivers {
-        let _ = d.await;
+    for mut t in tasks {
+        if tokio::time::timeout(TASK_END, &mut t).await.is_err() {
+            t.abort();
+        }
     }
     let mut trackers = Vec::new();
     for t in sub_tasks {
@@ -318,6 +318,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     extra.insert("copies".into(), json!(totals.received));
     extra.insert("foreign".into(), json!(totals.foreign));
     extra.insert("errors".into(), json!(counters.errors.load(Ordering::Relaxed)));
+    extra.insert("client".into(), json!(p.client.name()));
     extra.insert("rate_limit".into(), json!(p.rate));
     extra.insert("timed_out".into(), json!(timed_out));
     if !cpu.is_empty() {
