@@ -36,8 +36,8 @@ use hooks_spec::{ProtocolVersion, QoS};
 pub use connect::decode_connect;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, ConnAck, ConnAckProps, Connect, Disconnect, Packet, Publish, SubAck, Subscribe, SubscribeFilter,
-    UnsubAck, Unsubscribe, Will,
+    Ack, ConnAck, ConnAckProps, Connect, Disconnect, Packet, Publish, PublishRef, SubAck, Subscribe,
+    SubscribeFilter, UnsubAck, Unsubscribe, Will,
 };
 
 /// Decoder and encoder for the packets after CONNECT on one connection.
@@ -116,6 +116,20 @@ impl Codec {
             }
         }
         res
+    }
+
+    /// Encodes a PUBLISH given by reference, for a 3.1/3.1.1 connection
+    /// (a 5.0 one carries properties: it goes through [`Codec::encode`]).
+    /// On error `out` is left as it was.
+    pub fn encode_publish_ref(
+        &self,
+        publish: &PublishRef<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        if self.protocol == ProtocolVersion::V5 {
+            return Err(EncodeError::invalid("a 5.0 PUBLISH is encoded from a Publish"));
+        }
+        v4::encode_publish(publish, out, usize::MAX)
     }
 
     fn encode_once(

@@ -145,6 +145,24 @@ pub struct Publish {
     pub subscription_ids: Vec<u32>,
 }
 
+/// A PUBLISH without MQTT 5 properties, borrowing its topic and payload:
+/// what a delivery to a 3.1/3.1.1 client encodes ([`super::Codec::encode_publish_ref`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// DUP flag (only with QoS 1 and 2).
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name (not empty).
+    pub topic: &'a str,
+    /// Packet identifier (ignored for QoS 0).
+    pub pkid: u16,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
 impl Default for Publish {
     fn default() -> Self {
         Publish {

@@ -427,3 +427,96 @@ fn every_split_point_is_incomplete() {
         assert_eq!(got, want);
     }
 }
+
+#[test]
+fn a_borrowed_v4_publish_encodes_as_mqttbytes_does_and_decodes_back() {
+    let codec = Codec {
+        protocol: ProtocolVersion::V311,
+        max_packet_size: MAX,
+    };
+    // Remaining lengths on both sides of the 1-, 2- and 3-byte varint limits.
+    for payload_len in [0usize, 1, 100, 123, 124, 200, 16_370, 16_400, 70_000] {
+        for (qos, dup, retain) in [
+            (QoS::AtMostOnce, false, false),
+            (QoS::AtMostOnce, false, true),
+            (QoS::AtLeastOnce, true, false),
+            (QoS::ExactlyOnce, false, true),
+        ] {
+            let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+            let p = PublishRef {
+                dup,
+                qos,
+                retain,
+                topic: "a/b/ç",
+                pkid: 77,
+                payload: &payload,
+            };
+            let mut ours = BytesMut::from(&b"before"[..]);
+            codec.encode_publish_ref(&p, &mut ours).unwrap();
+            let mut reference = BytesMut::from(&b"before"[..]);
+            let mut mp = mqttbytes::v4::Publish::new("a/b/ç", qos_to_mb(qos), payload.clone());
+            mp.dup = dup;
+            mp.retain = retain;
+            if qos != QoS::AtMostOnce {
+                mp.pkid = 77;
+            }
+            mp.write(&mut reference).unwrap();
+            assert_eq!(
+                ours, reference,
+                "payload {payload_len}, {qos:?}, dup {dup}, retain {retain}"
+            );
+            let mut wire = ours.split_off(6);
+            match codec.decode(&mut wire).unwrap() {
+                Some(Packet::Publish(back)) => {
+                    assert_eq!(
+                        (back.topic.as_str(), back.qos, back.retain, back.payload.as_ref()),
+                        ("a/b/ç", qos, retain, payload.as_slice())
+                    );
+                }
+                other => panic!("decoded {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_borrowed_publish_that_breaks_the_rules_writes_nothing() {
+    let codec = Codec {
+        protocol: ProtocolVersion::V311,
+        max_packet_size: MAX,
+    };
+    let ok = PublishRef {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "t",
+        pkid: 1,
+        payload: b"x",
+    };
+    let long_topic = "t".repeat(70_000);
+    for bad in [
+        PublishRef { topic: "", ..ok },
+        PublishRef { pkid: 0, ..ok },
+        PublishRef {
+            qos: QoS::AtMostOnce,
+            dup: true,
+            ..ok
+        },
+        PublishRef {
+            topic: &long_topic,
+            ..ok
+        },
+    ] {
+        let mut out = BytesMut::from(&b"kept"[..]);
+        assert!(codec.encode_publish_ref(&bad, &mut out).is_err(), "{bad:?}");
+        assert_eq!(&out[..], b"kept");
+    }
+    let v5 = Codec {
+        protocol: ProtocolVersion::V5,
+        max_packet_size: MAX,
+    };
+    assert!(
+        v5.encode_publish_ref(&ok, &mut BytesMut::new()).is_err(),
+        "5.0 carries properties"
+    );
+}

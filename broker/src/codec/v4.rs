@@ -5,13 +5,13 @@
 //! packet id 0, SUBSCRIBE / UNSUBSCRIBE without filters, empty topic names and
 //! U+0000 in strings.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use mqttbytes::v4;
 
 use super::error::{encode_err, from_mqttbytes, DecodeError, EncodeError};
 use super::frame::{self, check_len, no_nul, Header};
 use super::packet::{
-    Ack, ConnAck, Packet, Publish, SubAck, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
+    Ack, ConnAck, Packet, Publish, PublishRef, SubAck, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
 };
 use super::{check_publish_size, exact_len, need_filters, need_pkid, pkid_nonzero, qos_from_mb, qos_to_mb};
 
@@ -181,29 +181,18 @@ pub(crate) fn encode(packet: &Packet, out: &mut BytesMut, max: usize) -> Result<
         Packet::Connect(_) => return Err(EncodeError::invalid("CONNECT is encoded by the connect module")),
         Packet::ConnAck(c) => v4::ConnAck::new(code_to_v4(c.code), c.session_present).write(out),
         Packet::Publish(p) => {
-            if p.topic.is_empty() {
-                return Err(EncodeError::invalid(
-                    "empty topic name (topic aliases need MQTT 5)",
-                ));
-            }
-            check_len(p.topic.as_bytes(), "topic name")?;
-            let qos0 = p.qos == hooks_spec::QoS::AtMostOnce;
-            if qos0 && p.dup {
-                return Err(EncodeError::invalid("DUP set on a QoS 0 PUBLISH"));
-            }
-            if !qos0 {
-                need_pkid(p.pkid, "PUBLISH")?;
-            }
-            let mp = v4::Publish {
-                dup: p.dup,
-                qos: qos_to_mb(p.qos),
-                retain: p.retain,
-                topic: p.topic.clone(),
-                pkid: if qos0 { 0 } else { p.pkid },
-                payload: p.payload.clone(),
-            };
-            check_publish_size(mp.len(), max)?;
-            mp.write(out)
+            return encode_publish(
+                &PublishRef {
+                    dup: p.dup,
+                    qos: p.qos,
+                    retain: p.retain,
+                    topic: &p.topic,
+                    pkid: p.pkid,
+                    payload: &p.payload,
+                },
+                out,
+                max,
+            )
         }
         Packet::PubAck(a) => v4::PubAck::new(need_pkid(a.pkid, "PUBACK")?).write(out),
         Packet::PubRec(a) => v4::PubRec::new(need_pkid(a.pkid, "PUBREC")?).write(out),
@@ -263,4 +252,39 @@ pub(crate) fn encode(packet: &Packet, out: &mut BytesMut, max: usize) -> Result<
     }
     .map(|_| ())
     .map_err(encode_err)
+}
+
+/// Encodes a 3.1/3.1.1 PUBLISH from borrowed parts, straight into `out`:
+/// every delivery goes through here, and building a packet struct cost a
+/// copy of the topic and two reference-count round trips on the payload per
+/// message. The layout (MQTT 3.1.1 section 3.3): the fixed header with the
+/// DUP, QoS and RETAIN flags and the remaining length, the topic name with
+/// its length, the packet identifier (QoS 1 and 2 only), the payload.
+pub(crate) fn encode_publish(p: &PublishRef<'_>, out: &mut BytesMut, max: usize) -> Result<(), EncodeError> {
+    if p.topic.is_empty() {
+        return Err(EncodeError::invalid(
+            "empty topic name (topic aliases need MQTT 5)",
+        ));
+    }
+    check_len(p.topic.as_bytes(), "topic name")?;
+    let qos0 = p.qos == hooks_spec::QoS::AtMostOnce;
+    if qos0 && p.dup {
+        return Err(EncodeError::invalid("DUP set on a QoS 0 PUBLISH"));
+    }
+    if !qos0 {
+        need_pkid(p.pkid, "PUBLISH")?;
+    }
+    let remaining = 2 + p.topic.len() + if qos0 { 0 } else { 2 } + p.payload.len();
+    check_publish_size(remaining, max)?;
+    out.reserve(1 + frame::varint_len(remaining) + remaining);
+    out.put_u8(0x30 | (u8::from(p.dup) << 3) | (p.qos.as_u8() << 1) | u8::from(p.retain));
+    frame::write_varint(out, remaining);
+    // check_len bounds the topic to 65,535 bytes.
+    out.put_u16(p.topic.len() as u16);
+    out.put_slice(p.topic.as_bytes());
+    if !qos0 {
+        out.put_u16(p.pkid);
+    }
+    out.put_slice(p.payload);
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use hooks_spec::{AckedArgs, DeliveredArgs, DropReason, ProtocolVersion, QoS};
 
 use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
-use crate::codec::{Ack, EncodeError, Packet, Publish};
+use crate::codec::{Ack, EncodeError, Packet, Publish, PublishRef};
 
 impl Session {
     /// This session's own command channel (what the router holds).
@@ -187,32 +187,37 @@ impl Session {
         let Some(c) = self.conn.as_mut() else { return false };
         let m = &routed.message;
         let v5 = c.codec.protocol == ProtocolVersion::V5;
-        let publish = Publish {
-            dup,
-            qos: routed.qos,
-            retain: routed.retain,
-            topic: m.topic.to_string(),
-            pkid,
-            payload: m.payload.clone(),
-            properties: if v5 {
-                m.properties.clone()
-            } else {
-                Default::default()
-            },
-            message_expiry: m
-                .remaining_expiry(SystemTime::now())
-                .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
-            topic_alias: None,
-            subscription_ids: if v5 {
-                routed.subscription_ids.clone()
-            } else {
-                Vec::new()
-            },
+        let encoded = if v5 {
+            let publish = Publish {
+                dup,
+                qos: routed.qos,
+                retain: routed.retain,
+                topic: m.topic.to_string(),
+                pkid,
+                payload: m.payload.clone(),
+                properties: m.properties.clone(),
+                message_expiry: m
+                    .remaining_expiry(SystemTime::now())
+                    .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
+                topic_alias: None,
+                subscription_ids: routed.subscription_ids.clone(),
+            };
+            c.codec
+                .encode(&Packet::Publish(publish), &mut c.outbuf, c.client_max_packet)
+        } else {
+            // 3.1/3.1.1: no properties; encoded from the shared message, with
+            // no copy of topic or payload on the way.
+            let publish = PublishRef {
+                dup,
+                qos: routed.qos,
+                retain: routed.retain,
+                topic: &m.topic,
+                pkid,
+                payload: &m.payload,
+            };
+            c.codec.encode_publish_ref(&publish, &mut c.outbuf)
         };
-        match c
-            .codec
-            .encode(&Packet::Publish(publish), &mut c.outbuf, c.client_max_packet)
-        {
+        match encoded {
             Ok(()) => true,
             Err(EncodeError::TooLarge { .. }) => {
                 // MQTT 5 3.1.2.25: discard what the client cannot take, as if delivered.
