@@ -527,7 +527,11 @@ async fn a_batch_behind_a_failed_one_commits_after_the_failed_ones_rows() {
     let w = {
         let writer = writer.clone();
         let r = req("order/wait", "w");
-        tokio::spawn(async move { writer.store(r, timeout).await })
+        tokio::spawn(async move {
+            tokio::time::timeout(timeout, writer.store(r))
+                .await
+                .expect("the writer answers within the test's limit")
+        })
     };
     wait_for_db(&pg, waiters, Some(1)).await;
     // The writer is busy with "w": these three queue up, in this order.
@@ -536,7 +540,11 @@ async fn a_batch_behind_a_failed_one_commits_after_the_failed_ones_rows() {
         let mut f = Box::pin({
             let writer = writer.clone();
             let r = req(topic, payload);
-            async move { writer.store(r, timeout).await }
+            async move {
+                tokio::time::timeout(timeout, writer.store(r))
+                    .await
+                    .expect("the writer answers within the test's limit")
+            }
         });
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending), "queued");

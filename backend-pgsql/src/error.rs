@@ -27,9 +27,6 @@ pub enum PgsqlError {
     /// The writer task is gone (plugin stopping) or its queue is full.
     #[error("the message writer is not accepting messages")]
     WriterGone,
-    /// Storing did not finish within `backend.pgsql.store_timeout`.
-    #[error("storing took longer than {0:?}")]
-    Timeout(std::time::Duration),
 }
 
 impl PgsqlError {

@@ -205,7 +205,7 @@ impl Engine {
             retain: i32::from(m.retain),
             payload: m.payload.clone(),
         };
-        writer.store(req, self.cfg.store_timeout).await
+        writer.store(req).await
     }
 
     /// True when the pool's message payload column can hold this payload.

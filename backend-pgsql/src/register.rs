@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hooks_spec::{
     BoxFuture, ClientInfo, DropReason, Flow, HookError, HookPoint, Hooks, Message, Registration,
@@ -97,7 +96,8 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                 hooks.message_publish.register(Registration {
                     owner: NAME.to_string(),
                     priority: 0,
-                    timeout: Some(engine.cfg.store_timeout + Duration::from_secs(1)),
+                    // The store itself is bounded by this limit (Writer::store).
+                    timeout: Some(engine.cfg.store_timeout),
                     // If this callback fails, the message must not be acknowledged as stored.
                     on_failure: stores.then(|| {
                         Arc::new(|mut m: Message| {

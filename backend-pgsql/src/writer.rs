@@ -30,7 +30,6 @@ mod batch;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -77,7 +76,8 @@ struct Pending {
 pub struct StoreStats {
     /// Rows written.
     pub stored: AtomicU64,
-    /// Messages that could not be stored (database errors, time-outs).
+    /// Messages that could not be stored (database errors, a full queue;
+    /// time-outs are the hook chain's failures).
     pub failed: AtomicU64,
     /// Outages seen (a run of failures counts once).
     pub outages: AtomicU64,
@@ -103,20 +103,23 @@ impl Writer {
     }
 
     /// Stores one message; returns its row id once committed.
-    pub async fn store(&self, req: StoreRequest, timeout: Duration) -> Result<i64, PgsqlError> {
+    ///
+    /// Not bounded in time here: the caller's `message.publish` callback is
+    /// registered with `store_timeout` as its limit, and the hook chain drops
+    /// it when that passes (one timer per message, not two). Dropping this
+    /// future drops the reply's receiver, which the writer sees: a request
+    /// not yet written is skipped, a row committed after all is deleted again
+    /// (`forget_orphans`).
+    pub async fn store(&self, req: StoreRequest) -> Result<i64, PgsqlError> {
         let (reply, rx) = oneshot::channel();
         if self.tx.try_send(Pending { req, reply }).is_err() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(PgsqlError::WriterGone);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(id))) => Ok(id),
-            Ok(Ok(Err(msg))) => Err(PgsqlError::Store(msg)),
-            Ok(Err(_)) => Err(PgsqlError::WriterGone),
-            Err(_) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                Err(PgsqlError::Timeout(timeout))
-            }
+        match rx.await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(msg)) => Err(PgsqlError::Store(msg)),
+            Err(_) => Err(PgsqlError::WriterGone),
         }
     }
 }

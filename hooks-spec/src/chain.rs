@@ -19,7 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
@@ -104,7 +104,18 @@ pub struct Chain<A, Acc> {
     /// Callbacks registered: read on every message by `is_empty`, so it is
     /// one relaxed load instead of a lock and a shared reference count.
     len: AtomicUsize,
+    /// Failure logging: at most one line per [`FAILURE_LOG_EVERY`]. A
+    /// database outage fails a storage callback for every message; the log
+    /// says so once a second with the count, not once per message.
+    created: Instant,
+    /// Milliseconds after `created` of the last logged failure (`u64::MAX`: none yet).
+    logged_at_ms: AtomicU64,
+    /// `failures` when a failure was last logged.
+    logged_failures: AtomicU64,
 }
+
+/// How often a chain logs its failed callbacks at most.
+pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl<A, Acc> Chain<A, Acc>
 where
@@ -130,6 +141,9 @@ where
             next_seq: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             len: AtomicUsize::new(0),
+            created: Instant::now(),
+            logged_at_ms: AtomicU64::new(u64::MAX),
+            logged_failures: AtomicU64::new(0),
         }
     }
 
@@ -202,6 +216,33 @@ where
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// Counts a failed call and logs it, unless another was logged less than
+    /// [`FAILURE_LOG_EVERY`] ago (the next line then says how many were not).
+    fn log_failure(&self, owner: &str, failure: &str) {
+        let total = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = self.logged_at_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= FAILURE_LOG_EVERY.as_millis() as u64;
+        if !due
+            || self
+                .logged_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let unlogged = total - self.logged_failures.swap(total, Ordering::Relaxed) - 1;
+        if unlogged == 0 {
+            tracing::warn!(hook = %self.point, owner = %owner, "hook callback {failure}");
+        } else {
+            tracing::warn!(
+                hook = %self.point,
+                owner = %owner,
+                "hook callback {failure} ({unlogged} more failed calls of this hook since the last such message)"
+            );
+        }
+    }
+
     fn snapshot(&self) -> Arc<Vec<Entry<A, Acc>>> {
         self.entries
             .read()
@@ -234,8 +275,7 @@ where
                 Ok(Err(panic)) => format!("panicked: {}", panic_text(&panic)),
                 Err(_) => format!("exceeded its time limit of {:?}", entry.timeout),
             };
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(hook = %self.point, owner = %entry.owner, "hook callback {failure}");
+            self.log_failure(&entry.owner, &failure);
             let policy = entry.on_failure.as_ref().unwrap_or(&self.default_failure);
             match policy(saved) {
                 Flow::Continue(next) => acc = next,

@@ -234,3 +234,48 @@ async fn remove_owner_unregisters_only_that_owner() {
     assert_eq!(hooks.message_acked.len(), 1);
     assert!(hooks.message_publish.is_empty());
 }
+
+/// Counts the log events emitted while it is the thread's subscriber.
+struct CountEvents(Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A database outage fails a storage callback for every message: each
+/// failure is counted, but the log gets one line, not one per message.
+#[test]
+fn a_burst_of_failures_is_counted_every_time_and_logged_once() {
+    let events = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let chain: Chain<(), ()> = Chain::new(HookPoint::ClientConnected, Duration::from_secs(1));
+    chain.add("p", 0, |_, ()| async { Err(HookError::new("db down")) });
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    tracing::subscriber::with_default(CountEvents(Arc::clone(&events)), || {
+        runtime.block_on(async {
+            for _ in 0..100 {
+                assert!(
+                    !chain.run(Arc::new(())).await,
+                    "a failed callback continues the chain"
+                );
+            }
+        })
+    });
+    assert_eq!(chain.failures(), 100);
+    assert_eq!(
+        events.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one line within a second"
+    );
+}
