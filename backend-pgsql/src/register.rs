@@ -33,10 +33,15 @@ fn ready<Acc: Send + 'static>(flow: Flow<Acc>) -> BoxFuture<Result<Flow<Acc>, Ho
     Box::pin(std::future::ready(Ok(flow)))
 }
 
-/// Registers a callback with the chain's default time limit and failure policy.
+/// Registers a callback with the chain's default time limit and failure
+/// policy, called only where `filter` applies: most of these callbacks have
+/// nothing to do for most messages (a retain rule, a message without a
+/// storage id), and a filtered-out callback costs the chain no copy of the
+/// message and no boxed future.
 fn plain<A, Acc>(
     chain: &hooks_spec::Chain<A, Acc>,
     priority: i32,
+    filter: impl Fn(&A, &Acc) -> bool + Send + Sync + 'static,
     callback: impl Fn(Arc<A>, Acc) -> BoxFuture<Result<Flow<Acc>, HookError>> + Send + Sync + 'static,
 ) where
     A: Send + Sync + 'static,
@@ -47,6 +52,7 @@ fn plain<A, Acc>(
         priority,
         timeout: None,
         on_failure: None,
+        filter: Some(Arc::new(filter)),
         callback: Arc::new(callback),
     });
 }
@@ -105,6 +111,10 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                             Flow::Continue(m)
                         }) as hooks_spec::FailurePolicy<Message>
                     }),
+                    filter: Some({
+                        let e = Arc::clone(&e);
+                        Arc::new(move |_, m: &Message| e.publish_applies(i, m))
+                    }),
                     callback: Arc::new(move |args, m| match e.publish_work(i, &m) {
                         Work::Skip => ready(Flow::Continue(m)),
                         Work::Refuse => ready(Flow::Stop(m)),
@@ -120,7 +130,19 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                 });
             }
             HookPoint::MessageAcked => {
-                plain(&hooks.message_acked, 0, move |args, ()| {
+                let f = Arc::clone(&e);
+                let applies = move |args: &hooks_spec::AckedArgs, _: &()| {
+                    let rule = f.rule(i);
+                    topic_ok(rule, &args.message.topic)
+                        && match &rule.action {
+                            Action::Function(Function::OnMessageAcked) => {
+                                args.message.headers.stored_id.is_some()
+                            }
+                            Action::Function(_) => false,
+                            Action::Sql(_) => true,
+                        }
+                };
+                plain(&hooks.message_acked, 0, applies, move |args, ()| {
                     let rule = e.rule(i);
                     if !topic_ok(rule, &args.message.topic) {
                         return ready(Flow::Continue(()));
@@ -144,7 +166,12 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                 });
             }
             HookPoint::MessageDelivered => {
-                plain(&hooks.message_delivered, 0, move |args, m: Message| {
+                let f = Arc::clone(&e);
+                let applies = move |_: &hooks_spec::DeliveredArgs, m: &Message| {
+                    let rule = f.rule(i);
+                    matches!(rule.action, Action::Sql(_)) && topic_ok(rule, &m.topic)
+                };
+                plain(&hooks.message_delivered, 0, applies, move |args, m: Message| {
                     let rule = e.rule(i);
                     if !matches!(rule.action, Action::Sql(_)) || !topic_ok(rule, &m.topic) {
                         return ready(Flow::Continue(m));
@@ -170,7 +197,8 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
     // Last on message.publish: the chain is done and the broker routes the
     // message next, so it is no longer "stored but not routed".
     let e = Arc::clone(engine);
-    plain(&hooks.message_publish, i32::MIN, move |_, m: Message| {
+    let stored = |_: &hooks_spec::PublishArgs, m: &Message| m.headers.stored_id.is_some();
+    plain(&hooks.message_publish, i32::MIN, stored, move |_, m: Message| {
         if let Some(id) = m.headers.stored_id {
             e.route_pending
                 .lock()
@@ -180,43 +208,64 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         ready(Flow::Continue(m))
     });
     let e = Arc::clone(engine);
-    plain(&hooks.message_delivered, -1000, move |args, m: Message| {
-        if let Some(id) = m.headers.stored_id {
-            if m.qos == hooks_spec::QoS::AtMostOnce {
-                // Never acknowledged: done once written.
-                e.mark_done(&args.client.clientid, &m.topic, id);
-            } else {
-                e.tracks.delivered(&args.client.clientid, &m.topic, id);
+    let stored = |_: &hooks_spec::DeliveredArgs, m: &Message| m.headers.stored_id.is_some();
+    plain(
+        &hooks.message_delivered,
+        -1000,
+        stored,
+        move |args, m: Message| {
+            if let Some(id) = m.headers.stored_id {
+                if m.qos == hooks_spec::QoS::AtMostOnce {
+                    // Never acknowledged: done once written.
+                    e.mark_done(&args.client.clientid, &m.topic, id);
+                } else {
+                    e.tracks.delivered(&args.client.clientid, &m.topic, id);
+                }
             }
-        }
-        ready(Flow::Continue(m))
-    });
+            ready(Flow::Continue(m))
+        },
+    );
     let e = Arc::clone(engine);
-    plain(&hooks.message_dropped, -1000, move |args, ()| {
-        // Expired or too large for the client: it will never be delivered,
-        // so it must not hold the position back.
-        // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
-        if matches!(
-            args.reason,
-            DropReason::Expired | DropReason::TooLarge | DropReason::Denied
-        ) {
-            if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
-                e.mark_done(client, &args.message.topic, id);
+    plain(
+        &hooks.message_dropped,
+        -1000,
+        |_, _| true,
+        move |args, ()| {
+            // Expired or too large for the client: it will never be delivered,
+            // so it must not hold the position back.
+            // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
+            if matches!(
+                args.reason,
+                DropReason::Expired | DropReason::TooLarge | DropReason::Denied
+            ) {
+                if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
+                    e.mark_done(client, &args.message.topic, id);
+                }
             }
-        }
-        ready(Flow::Continue(()))
-    });
+            ready(Flow::Continue(()))
+        },
+    );
     let e = Arc::clone(engine);
-    plain(&hooks.session_unsubscribed, -1000, move |args, ()| {
-        e.tracks
-            .forget(&(args.client.clientid.to_string(), args.filter.clone()));
-        ready(Flow::Continue(()))
-    });
+    plain(
+        &hooks.session_unsubscribed,
+        -1000,
+        |_, _| true,
+        move |args, ()| {
+            e.tracks
+                .forget(&(args.client.clientid.to_string(), args.filter.clone()));
+            ready(Flow::Continue(()))
+        },
+    );
     let e = Arc::clone(engine);
-    plain(&hooks.session_terminated, -1000, move |args, ()| {
-        e.tracks.forget_client(&args.client.clientid);
-        ready(Flow::Continue(()))
-    });
+    plain(
+        &hooks.session_terminated,
+        -1000,
+        |_, _| true,
+        move |args, ()| {
+            e.tracks.forget_client(&args.client.clientid);
+            ready(Flow::Continue(()))
+        },
+    );
 }
 
 /// What a `message.publish` rule has to do with one message.
@@ -330,6 +379,28 @@ impl Engine {
         };
         if let Err(e) = result {
             self.fail(i, &e);
+        }
+    }
+
+    /// False when rule `i` has nothing to do with a published message (its
+    /// topic does not match, or its function does not apply): the chain's
+    /// filter, so it must have no side effects ([`Engine::publish_work`] has:
+    /// it counts and logs a refused payload).
+    fn publish_applies(&self, i: usize, m: &Message) -> bool {
+        let rule = self.rule(i);
+        if !topic_ok(rule, &m.topic) {
+            return false;
+        }
+        let empty_retained = m.retain && m.payload.is_empty();
+        match &rule.action {
+            Action::Function(Function::OnMessagePublish) => {
+                m.qos != hooks_spec::QoS::AtMostOnce && !empty_retained
+            }
+            Action::Function(Function::OnMessageStore) => !empty_retained,
+            Action::Function(Function::OnMessageRetain) => m.retain && !m.payload.is_empty(),
+            Action::Function(Function::OnRetainDelete) => empty_retained,
+            Action::Function(_) => false,
+            Action::Sql(_) => true,
         }
     }
 

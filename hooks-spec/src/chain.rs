@@ -69,6 +69,14 @@ pub type Callback<A, Acc> = Arc<dyn Fn(Arc<A>, Acc) -> BoxFuture<Result<Flow<Acc
 /// What replaces a failed callback's result, given the accumulator it was called with.
 pub type FailurePolicy<Acc> = Arc<dyn Fn(Acc) -> Flow<Acc> + Send + Sync>;
 
+/// A callback's filter (EMQX's hook filter): the chain calls the callback
+/// only when it returns true, and otherwise passes the accumulator on
+/// untouched. It runs synchronously and must not fail: a callback that does
+/// not apply to most calls (a rule for retained messages, say) then costs a
+/// function call, not a copy of the accumulator, a boxed future and a move
+/// of the accumulator in and out.
+pub type Filter<A, Acc> = Arc<dyn Fn(&A, &Acc) -> bool + Send + Sync>;
+
 /// How a callback is registered.
 pub struct Registration<A, Acc> {
     /// Who registered it (a plugin name); [`Chain::remove_owner`] removes by it.
@@ -79,6 +87,8 @@ pub struct Registration<A, Acc> {
     pub timeout: Option<Duration>,
     /// Outcome when the call fails; `None`: the chain's default.
     pub on_failure: Option<FailurePolicy<Acc>>,
+    /// Call only when this returns true; `None`: always.
+    pub filter: Option<Filter<A, Acc>>,
     /// The callback itself.
     pub callback: Callback<A, Acc>,
 }
@@ -89,6 +99,7 @@ struct Entry<A, Acc> {
     seq: u64,
     timeout: Duration,
     on_failure: Option<FailurePolicy<Acc>>,
+    filter: Option<Filter<A, Acc>>,
     callback: Callback<A, Acc>,
 }
 
@@ -163,6 +174,7 @@ where
             priority,
             timeout: None,
             on_failure: None,
+            filter: None,
             callback: Arc::new(move |a, acc| Box::pin(f(a, acc))),
         });
     }
@@ -176,6 +188,7 @@ where
             seq,
             timeout: reg.timeout.unwrap_or(self.default_timeout),
             on_failure: reg.on_failure,
+            filter: reg.filter,
             callback: reg.callback,
         };
         let mut guard = self.entries.write().unwrap_or_else(|p| p.into_inner());
@@ -256,6 +269,9 @@ where
         let entries = self.snapshot();
         let mut acc = acc;
         for entry in entries.iter() {
+            if entry.filter.as_ref().is_some_and(|applies| !applies(&args, &acc)) {
+                continue;
+            }
             let saved = acc.clone();
             let mut call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
             // Most callbacks finish on their first poll (in-memory work): only
@@ -307,6 +323,7 @@ impl<A, Acc> Entry<A, Acc> {
             seq: self.seq,
             timeout: self.timeout,
             on_failure: self.on_failure.clone(),
+            filter: self.filter.clone(),
             callback: Arc::clone(&self.callback),
         }
     }

@@ -54,7 +54,7 @@ pub mod hooks;
 pub mod plugin;
 pub mod types;
 
-pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Flow, HookError, Registration};
+pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration};
 pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;

@@ -178,6 +178,7 @@ async fn a_callback_can_bring_its_own_failure_policy() {
             m.headers.not_stored = true;
             Flow::Continue(m)
         })),
+        filter: None,
         callback: Arc::new(|_, m: Message| {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -278,4 +279,44 @@ fn a_burst_of_failures_is_counted_every_time_and_logged_once() {
         1,
         "one line within a second"
     );
+}
+
+/// EMQX's hook filter: a callback whose filter says no is skipped, and the
+/// accumulator goes on to the next callback unchanged.
+#[tokio::test]
+async fn a_filtered_callback_runs_only_where_its_filter_applies() {
+    let chain: Chain<(), Message> = Chain::new(HookPoint::MessagePublish, Duration::from_secs(1));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    chain.register(Registration {
+        owner: "retained-only".into(),
+        priority: 10,
+        timeout: None,
+        on_failure: None,
+        filter: Some(Arc::new(|_: &(), m: &Message| m.retain)),
+        callback: Arc::new(move |_, mut m: Message| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            m.headers.extra.insert("seen".into(), "retained".into());
+            Box::pin(async move { Ok(Flow::Continue(m)) })
+        }),
+    });
+    chain.add("every", 0, |_, mut m: Message| async move {
+        m.headers.extra.insert("every".into(), "yes".into());
+        Ok(Flow::Continue(m))
+    });
+    let plain = Message::new("t", "x", QoS::AtLeastOnce, false);
+    let out = chain.run_fold(Arc::new(()), plain).await.into_inner();
+    assert_eq!(out.headers.extra.get("seen"), None, "skipped");
+    assert_eq!(
+        out.headers.extra.get("every").map(String::as_str),
+        Some("yes"),
+        "the next one ran"
+    );
+    let retained = Message::new("t", "x", QoS::AtLeastOnce, true);
+    let out = chain.run_fold(Arc::new(()), retained).await.into_inner();
+    assert_eq!(
+        out.headers.extra.get("seen").map(String::as_str),
+        Some("retained")
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
