@@ -4,9 +4,10 @@
 //!
 //! - [`HookPoint`]: the hook points, named as in EMQX (`message.publish`, ...).
 //! - [`Chain`]: an ordered list of async callbacks for one hook point, with
-//!   EMQX's semantics (priority, registration order, stop, fold) and failure
-//!   isolation (errors, panics and time-outs are logged, counted and replaced by
-//!   the callback's failure policy).
+//!   EMQX's semantics (priority, registration order, stop, fold, and a filter
+//!   per callback: a callback whose [`Filter`] says no is skipped) and failure
+//!   isolation (errors, panics and time-outs are counted, logged at most once
+//!   a second per chain, and replaced by the callback's failure policy).
 //! - [`Hooks`]: one chain per hook point, each typed with its arguments and
 //!   accumulator.
 //! - [`Plugin`]: what a plugin implements; [`BrokerHandle`]: what a plugin can
