@@ -1,7 +1,7 @@
 //! The position flusher: the one task that verifies and writes read
 //! positions (`mqtt_acked.mid`), and asks for page reads a position makes due.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -99,35 +99,38 @@ impl Flusher {
                 tokio::time::sleep(FLUSH_EVERY - since).await;
             }
             last_round = tokio::time::Instant::now();
-            let dirty = self.take_dirty(vec![first]);
-            for key in dirty {
-                let Some(c) = self.tracks.candidate(&key) else {
-                    continue;
-                };
-                match advance(&self.pool, &key, &c).await {
-                    Ok((position, gap)) => {
-                        if in_outage {
-                            in_outage = false;
-                            tracing::warn!(pool = %self.pool.name, "recording read positions again");
-                        }
-                        if let Some(due) = self.tracks.advanced(&key, position, gap) {
+            let round = self.candidates(vec![first]);
+            if round.is_empty() {
+                continue;
+            }
+            match advance(&self.pool, &round).await {
+                Ok(advanced) => {
+                    if in_outage {
+                        in_outage = false;
+                        tracing::warn!(pool = %self.pool.name, "recording read positions again");
+                    }
+                    for ((key, _), (position, gap)) in round.iter().zip(advanced) {
+                        if let Some(due) = self.tracks.advanced(key, position, gap) {
                             let _ = self.pages.send(due);
                         }
                     }
-                    Err(e) => {
-                        if !in_outage {
-                            in_outage = true;
-                            tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried until the database answers): {e}");
-                        }
-                        // Retried by itself: waiting for the next acknowledgement
-                        // would stall a page whose acknowledgements all came in.
-                        self.retrying.insert(key.clone());
-                        let retry = self.retry.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(RETRY_DELAY).await;
-                            let _ = retry.send(key);
-                        });
+                }
+                Err(e) => {
+                    if !in_outage {
+                        in_outage = true;
+                        tracing::error!(pool = %self.pool.name, "cannot record read positions (kept in memory, retried until the database answers): {e}");
                     }
+                    // Retried by themselves: waiting for the next acknowledgement
+                    // would stall a page whose acknowledgements all came in.
+                    let keys: Vec<TrackKey> = round.into_iter().map(|(key, _)| key).collect();
+                    self.retrying.extend(keys.iter().cloned());
+                    let retry = self.retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RETRY_DELAY).await;
+                        for key in keys {
+                            let _ = retry.send(key);
+                        }
+                    });
                 }
             }
         }
@@ -146,22 +149,27 @@ impl Flusher {
         dirty
     }
 
+    /// The subscriptions of `dirty` plus every one queued since, each with the
+    /// position it may move to (those with nothing to write are left out).
+    fn candidates(&mut self, dirty: Vec<TrackKey>) -> Vec<(TrackKey, Candidate)> {
+        self.take_dirty(dirty)
+            .into_iter()
+            .filter_map(|key| self.tracks.candidate(&key).map(|c| (key, c)))
+            .collect()
+    }
+
     /// At shutdown: one attempt for every pending subscription, including
     /// those waiting to be retried; what fails stays unrecorded (those
     /// messages are delivered again after the restart: a duplicate, never a
     /// loss) and is logged.
     async fn final_round(&mut self) {
         let retrying: Vec<TrackKey> = self.retrying.drain().collect();
-        let dirty = self.take_dirty(retrying);
-        let mut failed = 0usize;
-        for key in dirty {
-            let Some(c) = self.tracks.candidate(&key) else {
-                continue;
-            };
-            if advance(&self.pool, &key, &c).await.is_err() {
-                failed += 1;
-            }
-        }
+        let round = self.candidates(retrying);
+        let failed = if round.is_empty() || advance(&self.pool, &round).await.is_ok() {
+            0
+        } else {
+            round.len()
+        };
         if failed > 0 {
             tracing::warn!(
                 pool = %self.pool.name,
@@ -173,65 +181,107 @@ impl Flusher {
     }
 }
 
-/// One statement: the first matching id in (from, high] not acknowledged
-/// decides the new position; the upsert never moves it backwards.
+/// Verifies and writes the positions of one round of subscriptions; returns
+/// each one's recorded position and first unacknowledged id, in `round`'s
+/// order. Two round trips whatever the number of subscriptions: one
+/// read-only transaction with every subscription's read (pipelined), then one
+/// UPDATE for all of them (one commit, so one WAL flush, per round: they were
+/// one each, and competed with the message writer's commits).
+///
+/// For each subscription, the first matching id in (from, high] not
+/// acknowledged decides the new position; the update never moves it back.
 async fn advance(
     pool: &NamedPool,
-    (clientid, filter): &TrackKey,
-    c: &Candidate,
-) -> Result<(i64, Option<i64>), PgsqlError> {
+    round: &[(TrackKey, Candidate)],
+) -> Result<Vec<(i64, Option<i64>)>, PgsqlError> {
     let conn = pool.get().await?;
-    let (op, value) = match condition(filter) {
-        TopicCondition::Exact(t) => ("=", t),
-        TopicCondition::Regex(r) => ("~", r),
-    };
-    // The matching ids in (from, high], in order; the first one not
-    // acknowledged is the gap. (Compared here: a large acknowledged set as an
-    // SQL array would be scanned once per row.)
-    let sql = format!(
-        "SELECT id::int8 FROM mqtt_msg
-         WHERE id > $1 AND id <= $2 AND topic {op} $3
-           AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
-         ORDER BY id"
-    );
-    // Read in id order through an index whatever the statistics say (see
-    // fetch::ORDERED_SCAN); BEGIN, the read and COMMIT go in one round trip.
     let client: &tokio_postgres::Client = &conn;
-    let params: [(&(dyn ToSql + Sync), Type); 4] = [
-        (&c.from, Type::INT8),
-        (&c.high, Type::INT8),
-        (&value, Type::TEXT),
-        (&c.time_range_secs, Type::FLOAT8),
-    ];
-    let (begun, rows, committed) = tokio::join!(
+    let reads: Vec<(String, String)> = round
+        .iter()
+        .map(|((_, filter), _)| {
+            let (op, value) = match condition(filter) {
+                TopicCondition::Exact(t) => ("=", t),
+                TopicCondition::Regex(r) => ("~", r),
+            };
+            // The matching ids in (from, high], in order; the first one not
+            // acknowledged is the gap. (Compared here: a large acknowledged
+            // set as an SQL array would be scanned once per row.)
+            let sql = format!(
+                "SELECT id::int8 FROM mqtt_msg
+                 WHERE id > $1 AND id <= $2 AND topic {op} $3
+                   AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                 ORDER BY id"
+            );
+            (sql, value)
+        })
+        .collect();
+    let queries = round.iter().zip(&reads).map(|((_, c), (sql, value))| async move {
+        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&c.from, Type::INT8),
+            (&c.high, Type::INT8),
+            (value, Type::TEXT),
+            (&c.time_range_secs, Type::FLOAT8),
+        ];
+        client.query_typed(sql, &params).await
+    });
+    // Read in id order through an index whatever the statistics say (see
+    // fetch::ORDERED_SCAN). Requests go out in the order they are first
+    // polled, so BEGIN, the reads and COMMIT are one pipelined round trip.
+    let (begun, read, committed) = tokio::join!(
         client.batch_execute(crate::fetch::ORDERED_SCAN),
-        client.query_typed(&sql, &params),
+        futures_util::future::join_all(queries),
         client.batch_execute("COMMIT"),
     );
-    let what = || format!("find unacknowledged messages of `{clientid}` on `{filter}`");
+    let what = || format!("find unacknowledged messages of {} subscriptions", round.len());
     begun.map_err(|e| PgsqlError::query(what())(e))?;
-    let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
+    let mut computed = Vec::with_capacity(round.len());
+    for ((_, c), rows) in round.iter().zip(read) {
+        let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
+        let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
+        computed.push((gap.map_or(c.high, |g| g - 1), gap));
+    }
     committed.map_err(|e| PgsqlError::query(what())(e))?;
-    let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
-    let position = gap.map_or(c.high, |g| g - 1);
-    let row = conn
-        .query_typed_opt(
+    let clientids: Vec<&str> = round.iter().map(|((clientid, _), _)| clientid.as_str()).collect();
+    let filters: Vec<&str> = round.iter().map(|((_, filter), _)| filter.as_str()).collect();
+    let mids: Vec<i64> = computed.iter().map(|(position, _)| *position).collect();
+    let rows = client
+        .query_typed(
             // UPDATE only: the row exists since the first subscription; an
             // unsubscribe that deleted it meanwhile must not see it come back.
-            "UPDATE mqtt_acked SET mid = GREATEST(mid, $3) WHERE clientid = $1 AND topic = $2
-             RETURNING mid::int8",
+            "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid)
+             FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(clientid, topic, mid)
+             WHERE a.clientid = u.clientid AND a.topic = u.topic
+             RETURNING a.clientid::text, a.topic::text, a.mid::int8",
             &[
-                (clientid, Type::TEXT),
-                (filter, Type::TEXT),
-                (&position, Type::INT8),
+                (&clientids, Type::TEXT_ARRAY),
+                (&filters, Type::TEXT_ARRAY),
+                (&mids, Type::INT8_ARRAY),
             ],
         )
         .await
         .map_err(PgsqlError::query(format!(
-            "advance position of `{clientid}` on `{filter}`"
+            "advance the positions of {} subscriptions",
+            round.len()
         )))?;
+    let mut recorded = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let clientid: &str = row.try_get(0).map_err(PgsqlError::query("mqtt_acked.clientid"))?;
+        let filter: &str = row.try_get(1).map_err(PgsqlError::query("mqtt_acked.topic"))?;
+        let mid: i64 = row.try_get(2).map_err(PgsqlError::query("mqtt_acked.mid"))?;
+        recorded.insert((clientid, filter), mid);
+    }
     // No row: unsubscribed meanwhile; the position stays in memory only.
-    Ok((row.map_or(position, |r| r.get(0)), gap))
+    Ok(round
+        .iter()
+        .zip(computed)
+        .map(|(((clientid, filter), _), (position, gap))| {
+            let mid = recorded
+                .get(&(clientid.as_str(), filter.as_str()))
+                .copied()
+                .unwrap_or(position);
+            (mid, gap)
+        })
+        .collect())
 }
 
 /// The first id of `matching` (ascending) that is not in `acked` (ascending).
