@@ -630,3 +630,39 @@ async fn acknowledgements_just_before_a_graceful_shutdown_are_not_delivered_agai
     publish_all(broker.addr, "p3", "last/t", &["after".to_string()]).await;
     assert_eq!(text(&dev.next_publish().await), "after");
 }
+
+/// Ten devices acknowledge at about the same time, so the position flusher
+/// writes their positions in shared rounds (one UPDATE for many rows): each
+/// subscription's row gets its own device's position, not a neighbour's.
+#[tokio::test]
+async fn positions_written_in_one_round_each_land_on_their_own_subscription() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let mut devices = Vec::new();
+    for i in 0..10 {
+        let (mut d, _) = V4Client::connect(v4_options(broker.addr, &format!("round{i}"), false)).await;
+        d.subscribe(&format!("round/{i}"), QoS::AtLeastOnce).await;
+        devices.push(d);
+    }
+    // Device i gets i + 1 messages of its own topic.
+    for i in 0..10 {
+        publish_all(
+            broker.addr,
+            &format!("rp{i}"),
+            &format!("round/{i}"),
+            &numbered(0..i + 1),
+        )
+        .await;
+    }
+    for (i, d) in devices.iter_mut().enumerate() {
+        for _ in 0..=i {
+            d.next_publish().await; // rumqttc acknowledges each
+        }
+    }
+    for i in 0..10 {
+        let ids = stored_ids(&pg, &format!("round/{i}")).await;
+        assert_eq!(ids.len(), i + 1);
+        wait_for_position(&pg, &format!("round{i}"), &format!("round/{i}"), ids[i]).await;
+    }
+}
