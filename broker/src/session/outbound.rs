@@ -173,11 +173,11 @@ impl Session {
             let args = Arc::new(DeliveredArgs {
                 client: self.client.clone(),
             });
-            let msg = hooks
-                .message_delivered
-                .run_fold(args, (*routed.message).clone())
-                .await
-                .into_inner();
+            // The fold takes the message by value: this delivery's copy is
+            // usually the only one left (one subscriber), and then it is not
+            // copied again.
+            let message = Arc::try_unwrap(routed.message).unwrap_or_else(|shared| (*shared).clone());
+            let msg = hooks.message_delivered.run_fold(args, message).await.into_inner();
             routed.message = Arc::new(msg);
         }
         self.encode_publish(&routed, pkid, dup)
