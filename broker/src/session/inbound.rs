@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hooks_spec::{
-    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, PublishArgs, QoS, SubOpts,
+    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, QoS, SubOpts,
     SubscribedArgs, TopicFilter,
 };
 
@@ -153,9 +153,7 @@ impl Session {
             })
             .await;
         } else {
-            let args = Arc::new(PublishArgs {
-                client: Some(self.client.clone()),
-            });
+            let args = self.hook_args.publish(&self.client);
             self.pending.push_back(Box::pin(async move {
                 let flow = if hooks.message_publish.is_empty() {
                     Flow::Continue(msg)

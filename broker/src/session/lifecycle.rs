@@ -9,7 +9,7 @@ use hooks_spec::{
 };
 use tokio::time::Instant;
 
-use super::{Attach, Conn, Exit, Session};
+use super::{Attach, Conn, Exit, HookArgs, Session};
 use crate::codec::{ConnAck, ConnAckProps, Disconnect, Packet, Will};
 
 impl Session {
@@ -77,6 +77,7 @@ impl Session {
             session_present = false;
         }
         self.client = attach.client.clone();
+        self.hook_args = HookArgs::default();
         self.expiry_secs = attach.client.session_expiry;
         self.shared.registry.update_client(self.uid, &self.client);
         if fresh || !session_present {
@@ -233,6 +234,7 @@ impl Session {
             }
             self.expiry_secs = self.shared.cap_expiry(expiry);
             self.client.session_expiry = self.expiry_secs;
+            self.hook_args = HookArgs::default();
         }
         if d.reason != 0x04 {
             // Normal disconnect: the will is discarded.

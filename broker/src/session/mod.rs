@@ -181,6 +181,9 @@ pub(crate) struct Session {
     retained_sent: HashMap<u128, Instant>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     client: ClientInfo,
+    /// Hook arguments built from `client`, reused for every message (reset
+    /// whenever `client` changes).
+    hook_args: HookArgs,
     created_at: SystemTime,
     conn: Option<Conn>,
     /// Connections attached so far (0: the session is new).
@@ -251,6 +254,33 @@ impl PendingPublishes {
     }
 }
 
+/// The `message.publish` and `message.delivered` arguments of this session's
+/// client, built on first use: every message would otherwise copy the client
+/// information into a new allocation for each hook.
+#[derive(Default)]
+pub(crate) struct HookArgs {
+    publish: Option<Arc<hooks_spec::PublishArgs>>,
+    delivered: Option<Arc<hooks_spec::DeliveredArgs>>,
+}
+
+impl HookArgs {
+    fn publish(&mut self, client: &ClientInfo) -> Arc<hooks_spec::PublishArgs> {
+        Arc::clone(self.publish.get_or_insert_with(|| {
+            Arc::new(hooks_spec::PublishArgs {
+                client: Some(client.clone()),
+            })
+        }))
+    }
+
+    fn delivered(&mut self, client: &ClientInfo) -> Arc<hooks_spec::DeliveredArgs> {
+        Arc::clone(self.delivered.get_or_insert_with(|| {
+            Arc::new(hooks_spec::DeliveredArgs {
+                client: client.clone(),
+            })
+        }))
+    }
+}
+
 /// Commands handled per turn of the loop before the socket is looked at again.
 const CMD_BURST: usize = 64;
 
@@ -280,6 +310,7 @@ impl Session {
             retained_sent: HashMap::new(),
             shutdown,
             client,
+            hook_args: HookArgs::default(),
             created_at: SystemTime::now(),
             conn: None,
             next_gen: 1,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hooks_spec::{AckedArgs, DeliveredArgs, DropReason, ProtocolVersion, QoS};
+use hooks_spec::{AckedArgs, DropReason, ProtocolVersion, QoS};
 
 use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
 use crate::codec::{Ack, EncodeError, Packet, Publish, PublishRef};
@@ -170,9 +170,7 @@ impl Session {
     async fn write_publish(&mut self, mut routed: Routed, pkid: u16, dup: bool) -> bool {
         let hooks = Arc::clone(&self.shared.hooks);
         if !hooks.message_delivered.is_empty() {
-            let args = Arc::new(DeliveredArgs {
-                client: self.client.clone(),
-            });
+            let args = self.hook_args.delivered(&self.client);
             // The fold takes the message by value: this delivery's copy is
             // usually the only one left (one subscriber), and then it is not
             // copied again.
