@@ -7,7 +7,7 @@
 //! `shutdown.timeout`, then stops the plugins in reverse order.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hooks_spec::{DropReason, DroppedArgs, Hooks, Message, Plugin, PluginContext, PublishArgs};
@@ -78,12 +78,28 @@ pub struct Shared {
     connected: AtomicI64,
     next_uid: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// Set when shutdown begins; sessions look at it on every turn.
+    shutting_down: AtomicBool,
 }
 
 impl Shared {
     /// A receiver that changes when the broker shuts down.
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// True once the broker has begun to shut down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Marks the broker as shutting down and tells every registered session
+    /// (one registered after this sees the mark on its first turn).
+    fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for session in self.registry.all() {
+            let _ = session.tx.send(crate::session::SessionCmd::Shutdown);
+        }
     }
 
     /// A fresh session uid.
@@ -235,6 +251,7 @@ impl Server {
             connected: AtomicI64::new(0),
             next_uid: AtomicU64::new(1),
             shutdown: shutdown_rx,
+            shutting_down: AtomicBool::new(false),
         });
         let handle: Arc<dyn hooks_spec::BrokerHandle> = Arc::new(Handle::new(Arc::clone(&shared)));
         let mut started: Vec<Box<dyn Plugin>> = Vec::new();
@@ -313,6 +330,7 @@ impl Server {
             t.abort();
         }
         let _ = self.shutdown_tx.send(true);
+        self.shared.begin_shutdown();
         let timeout = self.shared.config.shutdown_timeout;
         if tokio::time::timeout(timeout, self.shared.tasks.wait_idle())
             .await

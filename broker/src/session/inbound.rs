@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hooks_spec::{
-    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, QoS, SubOpts,
-    SubscribedArgs, TopicFilter,
+    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, QoS, SubOpts, SubscribedArgs,
+    TopicFilter,
 };
 
 use super::{Exit, PublishDone, Session, Subscription};

@@ -93,6 +93,7 @@ impl Session {
         let send_window =
             usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
         let (reader, writer) = attach.stream.split();
+        let keepalive = (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
         self.next_gen += 1;
         self.conn = Some(Conn {
             reader,
@@ -109,7 +110,8 @@ impl Session {
                 max_packet_size: limits.max_packet_size as usize,
             },
             info: attach.conn.clone(),
-            keepalive: (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500)),
+            keepalive,
+            keepalive_timer: keepalive.map(|k| Box::pin(tokio::time::sleep(k))),
             last_seen: Instant::now(),
             send_window: send_window.max(1),
             client_max_packet: connect.max_packet_size.map(|m| m as usize),

@@ -61,6 +61,10 @@ pub enum SessionCmd {
     /// with a `$share/<group>/` prefix) and the requested options. Boxed to keep
     /// every command, and so every channel block, small.
     Subscribe(Box<(String, SubOpts)>),
+    /// The broker is shutting down (sent to every registered session; a
+    /// session also checks `Shared::is_shutting_down` on every turn, so one
+    /// that registers after the message went out stops too).
+    Shutdown,
 }
 
 /// A message routed to one session.
@@ -127,6 +131,11 @@ struct Conn {
     /// 1.5 times the keep alive in force; `None` when it is 0.
     keepalive: Option<Duration>,
     last_seen: Instant,
+    /// Fires at the keep-alive deadline as it was when last armed; the
+    /// deadline moves with every packet, but the timer is re-armed only when
+    /// it fires early (a timer re-registered on every packet costs the
+    /// timer wheel's lock each time).
+    keepalive_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// How many QoS>0 messages may be unacknowledged towards the client.
     send_window: usize,
     /// The client's maximum packet size (MQTT 5).
@@ -179,7 +188,6 @@ pub(crate) struct Session {
     /// Ids of retained messages recently delivered: the broker's retained
     /// store and a storage plugin's retained lookup may both offer one.
     retained_sent: HashMap<u128, Instant>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     client: ClientInfo,
     /// Hook arguments built from `client`, reused for every message (reset
     /// whenever `client` changes).
@@ -221,7 +229,8 @@ enum Event {
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
     Published(PublishDone),
-    KeepaliveTimeout,
+    /// The keep-alive timer fired: a timeout, or re-armed if packets came since.
+    KeepaliveDue,
     Expired,
     WillDue,
     Shutdown,
@@ -298,7 +307,6 @@ impl Session {
         replay_rx: crate::mailbox::Receiver<Replay>,
     ) -> Session {
         let (tx, rx) = channel;
-        let shutdown = shared.shutdown_rx();
         Session {
             shared,
             uid,
@@ -308,7 +316,6 @@ impl Session {
             online: Arc::default(),
             stored: replay::StoredState::default(),
             retained_sent: HashMap::new(),
-            shutdown,
             client,
             hook_args: HookArgs::default(),
             created_at: SystemTime::now(),
@@ -348,10 +355,11 @@ impl Session {
     }
 
     async fn next_event(&mut self) -> Event {
-        let keepalive_at = self
-            .conn
-            .as_ref()
-            .and_then(|c| c.keepalive.map(|k| c.last_seen + k));
+        // One atomic load a turn, where a shutdown signal polled in the
+        // select below entered and left a shared waiter list every turn.
+        if self.shared.is_shutting_down() {
+            return Event::Shutdown;
+        }
         let expires_at = if self.conn.is_none() {
             self.expires_at
         } else {
@@ -367,26 +375,25 @@ impl Session {
                     writer,
                     inbuf,
                     outbuf,
+                    keepalive_timer,
                     ..
                 } = c;
                 let want_write = !outbuf.is_empty();
                 // Not biased: a flood of deliveries must not starve the client's
                 // input (PINGREQ, acknowledgements), nor the other way round.
                 tokio::select! {
-                    _ = self.shutdown.changed() => Event::Shutdown,
                     r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
                     r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
-                    _ = sleep_until_opt(keepalive_at) => Event::KeepaliveTimeout,
+                    _ = wait_timer(keepalive_timer) => Event::KeepaliveDue,
                     _ = sleep_until_opt(will_at) => Event::WillDue,
                 }
             }
             None => {
                 tokio::select! {
                     biased;
-                    _ = self.shutdown.changed() => Event::Shutdown,
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
                     r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
@@ -413,6 +420,7 @@ impl Session {
                             let (filter, opts) = *sub;
                             Box::pin(self.subscribe_for_plugin(filter, opts)).await
                         }
+                        SessionCmd::Shutdown => return Some(Exit::Shutdown),
                     }
                     budget -= 1;
                     if budget > 0 && self.replay_rx.is_empty() {
@@ -446,7 +454,16 @@ impl Session {
                 }
             }
             Event::Published(done) => self.publish_done(done).await,
-            Event::KeepaliveTimeout => {
+            Event::KeepaliveDue => {
+                let now = Instant::now();
+                if let Some(c) = self.conn.as_mut() {
+                    if let (Some(k), Some(timer)) = (c.keepalive, c.keepalive_timer.as_mut()) {
+                        if c.last_seen + k > now {
+                            timer.as_mut().reset(c.last_seen + k);
+                            return None;
+                        }
+                    }
+                }
                 tracing::info!(clientid = %self.client.clientid, "keepalive timeout");
                 return Box::pin(
                     self.connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D)),
@@ -468,6 +485,14 @@ impl Session {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;
         }
+    }
+}
+
+/// Waits for the timer, if there is one; never returns otherwise.
+async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
