@@ -502,3 +502,49 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::Path;
+
+    use hooks_spec::{ConfFile, ProtocolVersion};
+
+    use super::*;
+
+    /// Every connection's session task is one future of this size (idle
+    /// connections: < 10 KiB each, BENCHMARKS.md), and the loop moves its
+    /// per-turn part at every turn: a regression here costs memory per
+    /// connection and copying per message.
+    #[tokio::test]
+    async fn the_session_task_stays_small() {
+        let conf = ConfFile::parse(Path::new("t.conf"), "listener.tcp.external = 127.0.0.1:0\n").unwrap();
+        let server = crate::Server::start(crate::config::Config::from_conf(&conf).unwrap(), Vec::new())
+            .await
+            .unwrap();
+        let client = ClientInfo {
+            clientid: Arc::from("size"),
+            username: None,
+            peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            protocol: ProtocolVersion::V311,
+            clean_start: true,
+            session_expiry: 0,
+            keepalive: 60,
+            cert_common_name: None,
+        };
+        let session = Session::new(
+            Arc::clone(server.shared()),
+            1,
+            client,
+            crate::mailbox::mailbox(),
+            crate::mailbox::mailbox().1,
+        );
+        let task = session.run();
+        let size = std::mem::size_of_val(&task);
+        eprintln!("session task future: {size} bytes");
+        // 5,376 bytes when written (6,672 before the delivered fold was boxed).
+        assert!(size <= 5632, "the session task future is {size} bytes");
+        drop(task);
+        server.shutdown().await;
+    }
+}

@@ -175,7 +175,12 @@ impl Session {
             // usually the only one left (one subscriber), and then it is not
             // copied again.
             let message = Arc::try_unwrap(routed.message).unwrap_or_else(|shared| (*shared).clone());
-            let msg = hooks.message_delivered.run_fold(args, message).await.into_inner();
+            // Boxed: the fold's future is over a kilobyte, and inline it makes
+            // the future of every delivery, and of every turn of the session
+            // loop, that much larger (futures are moved whole when created).
+            let msg = Box::pin(hooks.message_delivered.run_fold(args, message))
+                .await
+                .into_inner();
             routed.message = Arc::new(msg);
         }
         self.encode_publish(&routed, pkid, dup)
