@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, ConnProperties, Flow, Message, QoS, SubOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -453,7 +453,18 @@ impl Session {
                     self.drain_queue().await;
                 }
             }
-            Event::Published(done) => self.publish_done(done).await,
+            Event::Published(done) => {
+                self.publish_done(done).await;
+                // A storage commit finishes many publishes at once: take the
+                // ones already done in this turn (their acknowledgements then
+                // leave in one write), not one turn of the loop each.
+                for _ in 1..CMD_BURST {
+                    match self.pending.next().now_or_never() {
+                        Some(Some(done)) => self.publish_done(done).await,
+                        _ => break,
+                    }
+                }
+            }
             Event::KeepaliveDue => {
                 let now = Instant::now();
                 if let Some(c) = self.conn.as_mut() {
