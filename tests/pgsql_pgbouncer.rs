@@ -38,7 +38,8 @@ impl Bouncer {
         let ini = format!(
             "[databases]\n* = host={host} port={pg_port} user=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
              auth_type = any\npool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 3\nunix_socket_dir =\n\
-             ignore_startup_parameters = extra_float_digits,application_name\nlogfile = {dir}/pgbouncer.log\n",
+             ignore_startup_parameters = extra_float_digits,application_name\nlogfile = {dir}/pgbouncer.log\n\
+             pidfile = {dir}/pgbouncer.pid\n",
             dir = dir.display()
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
@@ -74,6 +75,18 @@ impl Bouncer {
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        // As root the child is `runuser`, which cannot pass a SIGKILL on:
+        // pgbouncer itself is stopped through its pid file, else it outlives
+        // the test.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", pid.trim()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
