@@ -116,7 +116,6 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                         Arc::new(move |_, m: &Message| e.publish_applies(i, m))
                     }),
                     callback: Arc::new(move |args, m| match e.publish_work(i, &m) {
-                        Work::Skip => ready(Flow::Continue(m)),
                         Work::Refuse => ready(Flow::Stop(m)),
                         Work::Store => {
                             let e = Arc::clone(&e);
@@ -142,19 +141,15 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                             Action::Sql(_) => true,
                         }
                 };
+                // Called only where `applies` said yes.
                 plain(&hooks.message_acked, 0, applies, move |args, ()| {
-                    let rule = e.rule(i);
-                    if !topic_ok(rule, &args.message.topic) {
-                        return ready(Flow::Continue(()));
-                    }
-                    match &rule.action {
-                        Action::Function(Function::OnMessageAcked) => {
+                    match &e.rule(i).action {
+                        Action::Function(_) => {
                             if let Some(id) = args.message.headers.stored_id {
                                 e.mark_done(&args.client.clientid, &args.message.topic, id);
                             }
                             ready(Flow::Continue(()))
                         }
-                        Action::Function(_) => ready(Flow::Continue(())),
                         Action::Sql(_) => {
                             let e = Arc::clone(&e);
                             Box::pin(async move {
@@ -171,11 +166,8 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                     let rule = f.rule(i);
                     matches!(rule.action, Action::Sql(_)) && topic_ok(rule, &m.topic)
                 };
+                // Called only for `sql` rules whose topic matches (`applies`).
                 plain(&hooks.message_delivered, 0, applies, move |args, m: Message| {
-                    let rule = e.rule(i);
-                    if !matches!(rule.action, Action::Sql(_)) || !topic_ok(rule, &m.topic) {
-                        return ready(Flow::Continue(m));
-                    }
                     let e = Arc::clone(&e);
                     Box::pin(async move {
                         e.sql_rule(i, &args.client, &m).await;
@@ -270,8 +262,6 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
 
 /// What a `message.publish` rule has to do with one message.
 enum Work {
-    /// Nothing (its topic does not match, or it does not apply to this message).
-    Skip,
     /// Stop the chain: the message cannot be stored (payload not UTF-8 for a text column).
     Refuse,
     /// Store it (on_message_publish, on_message_store).
@@ -384,8 +374,8 @@ impl Engine {
 
     /// False when rule `i` has nothing to do with a published message (its
     /// topic does not match, or its function does not apply): the chain's
-    /// filter, so it must have no side effects ([`Engine::publish_work`] has:
-    /// it counts and logs a refused payload).
+    /// filter, so it has no side effects ([`Engine::publish_work`], which
+    /// runs after it, counts and logs a refused payload).
     fn publish_applies(&self, i: usize, m: &Message) -> bool {
         let rule = self.rule(i);
         if !topic_ok(rule, &m.topic) {
@@ -405,31 +395,21 @@ impl Engine {
     }
 
     /// Decides, without waiting, what rule `i` does with a published message
-    /// (the checks `publish_rule` makes first).
+    /// it applies to (the chain calls the rule only where
+    /// [`Engine::publish_applies`] said yes).
     fn publish_work(&self, i: usize, m: &Message) -> Work {
         let rule = self.rule(i);
-        if !topic_ok(rule, &m.topic) {
-            return Work::Skip;
-        }
-        let empty_retained = m.retain && m.payload.is_empty();
         match &rule.action {
-            Action::Function(f @ (Function::OnMessagePublish | Function::OnMessageStore)) => {
-                if (*f == Function::OnMessagePublish && m.qos == hooks_spec::QoS::AtMostOnce)
-                    || empty_retained
-                {
-                    Work::Skip
-                } else if !self.payload_fits(&rule.pool, &m.payload) {
+            Action::Function(Function::OnMessagePublish | Function::OnMessageStore) => {
+                if self.payload_fits(&rule.pool, &m.payload) {
+                    Work::Store
+                } else {
                     self.stats.refused_not_utf8.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(rule = %rule.key, topic = %m.topic, "refusing a message whose payload is not UTF-8: mqtt_msg.payload is text");
                     Work::Refuse
-                } else {
-                    Work::Store
                 }
             }
-            Action::Function(Function::OnMessageRetain) if m.retain && !m.payload.is_empty() => Work::Other,
-            Action::Function(Function::OnRetainDelete) if empty_retained => Work::Other,
-            Action::Function(_) => Work::Skip,
-            Action::Sql(_) => Work::Other,
+            _ => Work::Other,
         }
     }
 
