@@ -128,14 +128,13 @@ struct Conn {
     outbuf: BytesMut,
     codec: Codec,
     info: ConnInfo,
-    /// 1.5 times the keep alive in force; `None` when it is 0.
-    keepalive: Option<Duration>,
     last_seen: Instant,
-    /// Fires at the keep-alive deadline as it was when last armed; the
-    /// deadline moves with every packet, but the timer is re-armed only when
-    /// it fires early (a timer re-registered on every packet costs the
-    /// timer wheel's lock each time).
-    keepalive_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// 1.5 times the keep alive in force, and a timer at the deadline as it
+    /// was when last armed; `None` when the keep alive is 0. The deadline
+    /// moves with every packet, but the timer is re-armed only when it fires
+    /// early (a timer re-registered on every packet costs the timer wheel's
+    /// lock each time).
+    keepalive: Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
     /// How many QoS>0 messages may be unacknowledged towards the client.
     send_window: usize,
     /// The client's maximum packet size (MQTT 5).
@@ -375,7 +374,7 @@ impl Session {
                     writer,
                     inbuf,
                     outbuf,
-                    keepalive_timer,
+                    keepalive,
                     ..
                 } = c;
                 let want_write = !outbuf.is_empty();
@@ -387,7 +386,7 @@ impl Session {
                     r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
                     r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
-                    _ = wait_timer(keepalive_timer) => Event::KeepaliveDue,
+                    _ = wait_timer(keepalive) => Event::KeepaliveDue,
                     _ = sleep_until_opt(will_at) => Event::WillDue,
                 }
             }
@@ -468,7 +467,8 @@ impl Session {
             Event::KeepaliveDue => {
                 let now = Instant::now();
                 if let Some(c) = self.conn.as_mut() {
-                    if let (Some(k), Some(timer)) = (c.keepalive, c.keepalive_timer.as_mut()) {
+                    if let Some((k, timer)) = c.keepalive.as_mut() {
+                        let k = *k;
                         if c.last_seen + k > now {
                             timer.as_mut().reset(c.last_seen + k);
                             return None;
@@ -499,10 +499,10 @@ impl Session {
     }
 }
 
-/// Waits for the timer, if there is one; never returns otherwise.
-async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
+/// Waits for the keep-alive timer, if there is one; never returns otherwise.
+async fn wait_timer(keepalive: &mut Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>) {
+    match keepalive {
+        Some((_, t)) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
