@@ -24,6 +24,14 @@ use tokio::time::Instant;
 const WRITE_LOCK: i64 = 0x706f_7374_626f_7832;
 
 /// Connects a clean-session 3.1.1 device and subscribes it to `filters` at QoS 1.
+/// "pager", subscribed to `st/t` at QoS 1, offline while `n` messages are
+/// stored there, then back (acknowledging by hand): its backlog is paging.
+async fn pager_with_backlog(broker: &Broker, n: usize) -> V4Client {
+    device(broker, "pager", &["st/t"], false).await.disconnect().await;
+    publish_all(broker.addr, "p", "st/t", &numbered(0..n)).await;
+    device(broker, "pager", &["st/t"], true).await
+}
+
 async fn device(broker: &Broker, id: &str, filters: &[&str], manual_acks: bool) -> V4Client {
     let mut opts = v4_options(broker.addr, id, true);
     opts.set_manual_acks(manual_acks);
@@ -156,13 +164,7 @@ async fn wait_for_lock_waiter(pg: &tokio_postgres::Client, condition: &str) {
 async fn a_failed_position_write_during_a_paged_replay_is_retried_and_the_backlog_resumes() {
     let db = TestDb::create().await;
     let broker = paged_broker(&db, 3).await;
-    device(&broker, "pager", &["st/t"], false)
-        .await
-        .disconnect()
-        .await;
-    publish_all(broker.addr, "p", "st/t", &numbered(0..10)).await;
-
-    let mut c = device(&broker, "pager", &["st/t"], true).await;
+    let mut c = pager_with_backlog(&broker, 10).await;
     let mut page1 = Vec::new();
     for _ in 0..3 {
         page1.push(c.next_publish().await);
@@ -194,13 +196,7 @@ async fn a_failed_next_page_read_is_retried_and_the_backlog_resumes() {
     let db = TestDb::create().await;
     let broker = paged_broker(&db, 3).await;
     let pg = db.client().await;
-    device(&broker, "pager", &["st/t"], false)
-        .await
-        .disconnect()
-        .await;
-    publish_all(broker.addr, "p", "st/t", &numbered(0..10)).await;
-
-    let mut c = device(&broker, "pager", &["st/t"], true).await;
+    let mut c = pager_with_backlog(&broker, 10).await;
     let mut page1 = Vec::new();
     for _ in 0..3 {
         page1.push(c.next_publish().await);
@@ -824,14 +820,8 @@ async fn a_page_read_in_flight_when_the_session_ends_is_not_handed_to_the_next_s
     let db = TestDb::create().await;
     let broker = paged_broker(&db, 3).await;
     let pg = db.client().await;
-    device(&broker, "pager", &["st/t"], false)
-        .await
-        .disconnect()
-        .await;
-    publish_all(broker.addr, "p", "st/t", &numbered(0..9)).await;
-
     // Pages 1 and 2 (read ahead) arrive; page 3 waits for page 1's acknowledgements.
-    let mut c = device(&broker, "pager", &["st/t"], true).await;
+    let mut c = pager_with_backlog(&broker, 9).await;
     let mut first = Vec::new();
     for _ in 0..6 {
         first.push(c.next_publish().await);
