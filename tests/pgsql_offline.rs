@@ -136,12 +136,7 @@ async fn paging_drains_a_backlog_larger_than_a_page() {
 #[tokio::test]
 async fn live_messages_during_a_paged_replay_arrive_once_in_order() {
     let db = TestDb::create().await;
-    let conf = pgsql_conf(&db, &EMQX_DEFAULT_RULES.replace(
-        r##""action": {"function": "on_message_fetch"}, "pool""##,
-        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 5}, "pool""##,
-    ));
-    let broker =
-        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    let broker = paged_broker(&db, 5).await;
     device(&broker, "seam", "seam/t").await.disconnect().await;
     publish_n(&broker, "seam/t", 0..30).await;
     // Reconnect and, while the backlog is being paged, keep publishing.
@@ -198,12 +193,7 @@ async fn binary_payloads_round_trip_through_the_database() {
 #[tokio::test]
 async fn a_paged_replay_runs_at_most_two_pages_ahead_of_the_acknowledgements() {
     let db = TestDb::create().await;
-    let conf = pgsql_conf(&db, &EMQX_DEFAULT_RULES.replace(
-        r##""action": {"function": "on_message_fetch"}, "pool""##,
-        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 3}, "pool""##,
-    ));
-    let broker =
-        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    let broker = paged_broker(&db, 3).await;
     device(&broker, "ahead", "ahead/t").await.disconnect().await;
     publish_n(&broker, "ahead/t", 0..12).await;
 

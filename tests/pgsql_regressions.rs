@@ -108,23 +108,6 @@ async fn gather_for(c: &mut V4Client, within: Duration) -> Vec<String> {
 }
 
 /// EMQX's default rules with a page size of `n` for `on_message_fetch`.
-fn paged_conf(db: &TestDb, n: usize) -> String {
-    pgsql_conf(
-        db,
-        &EMQX_DEFAULT_RULES.replace(
-            r##""action": {"function": "on_message_fetch"}, "pool""##,
-            &format!(
-                r##""action": {{"function": "on_message_fetch"}}, "offline_opts": {{"max_returned_count": {n}}}, "pool""##
-            ),
-        ),
-    )
-}
-
-async fn paged_broker(db: &TestDb, n: usize) -> Broker {
-    let conf = paged_conf(db, n);
-    Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await
-}
-
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_string()).collect()
 }

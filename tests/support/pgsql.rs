@@ -207,3 +207,23 @@ pub async fn outage_start(db: &TestDb) -> ReopenOnDrop {
     .await;
     guard
 }
+
+/// The plugin config with EMQX's default rules and pages of `n` messages
+/// (`max_returned_count`) for offline fetch.
+pub fn paged_conf(db: &TestDb, n: usize) -> String {
+    pgsql_conf(
+        db,
+        &EMQX_DEFAULT_RULES.replace(
+            r##""action": {"function": "on_message_fetch"}, "pool""##,
+            &format!(
+                r##""action": {{"function": "on_message_fetch"}}, "offline_opts": {{"max_returned_count": {n}}}, "pool""##
+            ),
+        ),
+    )
+}
+
+/// A broker with that plugin config.
+pub async fn paged_broker(db: &TestDb, n: usize) -> Broker {
+    let conf = paged_conf(db, n);
+    Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await
+}
