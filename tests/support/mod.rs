@@ -1226,6 +1226,7 @@ pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
 pub mod auth;
+pub mod pg_cluster;
 pub mod pgsql;
 
 // ===========================================================================
