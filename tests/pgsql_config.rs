@@ -1,6 +1,6 @@
 //! A wrong `backend_pgsql.conf` stops the broker with an error naming the
-//! file, the line and the key; an unreachable database stops it naming the
-//! address.
+//! file, the line and the key; a database that refuses the plugin stops it
+//! naming the address.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 mod support;
@@ -116,12 +116,20 @@ async fn sql_that_does_not_prepare_is_refused_at_start_with_its_line() {
     assert!(out.contains("no_such_table"), "{out}");
 }
 
+/// A database that answers with a refusal waiting cannot fix (here: no
+/// such database) stops startup, naming the server. (One that does not
+/// answer at all does not: tests/pgsql_faults.rs.)
 #[tokio::test]
-async fn an_unreachable_database_refuses_startup_naming_it() {
-    let conf = format!("backend.pgsql.pool1.server = 127.0.0.1:1\n{}", EMQX_DEFAULT_RULES);
+async fn a_database_that_refuses_stops_startup_naming_it() {
+    let conf = format!(
+        "backend.pgsql.pool1.server = {}\nbackend.pgsql.pool1.database = no_such_database_here\n{}",
+        pg_server(),
+        EMQX_DEFAULT_RULES
+    );
     let (code, out) = refused(&conf).await;
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("127.0.0.1:1"), "{out}");
+    assert!(out.contains(&pg_server()), "{out}");
     assert!(out.contains("cannot reach PostgreSQL"), "{out}");
+    assert!(out.contains("no_such_database_here"), "{out}");
     assert!(!out.contains("listening on"), "{out}");
 }

@@ -824,7 +824,7 @@ async fn a_page_read_in_flight_when_the_session_ends_is_not_handed_to_the_next_s
         &pg,
         "select count(*) from pg_stat_activity
           where datname = current_database() and wait_event_type = 'Lock'
-            and query like '%ORDER BY id LIMIT%'",
+            and (query like '%ORDER BY id LIMIT%' or query like '%max(id), 0)::int8 FROM mqtt_msg%')",
         Some(1),
     )
     .await;
@@ -839,7 +839,8 @@ async fn a_page_read_in_flight_when_the_session_ends_is_not_handed_to_the_next_s
     wait_for_db(
         &pg,
         "select count(*) from pg_stat_activity
-          where datname = current_database() and query like '%ORDER BY id LIMIT%'
+          where datname = current_database()
+            and (query like '%ORDER BY id LIMIT%' or query like '%max(id), 0)::int8 FROM mqtt_msg%')
             and state <> 'idle' and pid <> pg_backend_pid()",
         Some(0),
     )

@@ -154,16 +154,14 @@ impl Plugin for TestPlugin {
                         let probe = Arc::clone(&probe);
                         tokio::spawn(async move {
                             probe.page_go.notified().await;
-                            let _ = h
-                                .replay(&cid, "r/#", vec![stored("r/old", 1, "r/#")], false)
-                                .await;
+                            let _ = h.replay(&cid, "r/#", vec![stored("r/old", 1, "r/#")], None).await;
                             probe.page_sent.notify_one();
                         });
                     } else if f.starts_with("o/") {
-                        let _ = h.replay(&cid, &f, vec![stored("o/a", 5, &f)], true).await;
+                        let _ = h.replay(&cid, &f, vec![stored("o/a", 5, &f)], Some(5)).await;
                     } else {
                         // Nothing stored: an empty, complete replay.
-                        let _ = h.replay(&cid, &f, Vec::new(), true).await;
+                        let _ = h.replay(&cid, &f, Vec::new(), Some(0)).await;
                     }
                     Ok(Flow::Continue(()))
                 }

@@ -32,7 +32,7 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
 use crate::positions::{FetchOpts, PageDue, TrackKey, Tracks};
-use crate::schema::SchemaInfo;
+use crate::schema::SchemaCell;
 use crate::topic_match::{condition, TopicCondition};
 
 /// Opens a transaction whose plans read `mqtt_msg` in id order through an
@@ -44,8 +44,8 @@ pub(crate) const ORDERED_SCAN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off;
 pub struct Fetcher {
     /// Pool of the fetch rule.
     pub pool: NamedPool,
-    /// Column types.
-    pub schema: SchemaInfo,
+    /// Column types, once the database has answered.
+    pub schema: SchemaCell,
     /// To replay into sessions.
     pub handle: Arc<dyn BrokerHandle>,
     /// Per-subscription bookkeeping.
@@ -97,9 +97,13 @@ impl Fetcher {
                     )
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
-                self.tracks.start(key, row.get(0), i32::from(qos.as_u8()), opts);
+                let position: i64 = row.get(0);
+                self.tracks.start(key, position, i32::from(qos.as_u8()), opts);
                 // An empty, complete replay: the session tracks stored ids for this filter from now on.
-                let _ = self.handle.replay(clientid, filter, Vec::new(), true).await;
+                let _ = self
+                    .handle
+                    .replay(clientid, filter, Vec::new(), Some(position))
+                    .await;
                 Ok(())
             }
             Some(row) => {
@@ -125,7 +129,7 @@ impl Fetcher {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
-        let payload = if self.schema.payload_bytea {
+        let payload = if self.schema.ready(&self.pool.name)?.payload_bytea {
             "payload"
         } else {
             "convert_to(payload, 'UTF8')"
@@ -145,14 +149,20 @@ impl Fetcher {
             (&opts.time_range_secs, Type::FLOAT8),
             (&limit, Type::INT8),
         ];
-        // One round trip: the three requests are pipelined.
-        let (begun, rows, committed) = tokio::join!(
+        // One round trip: the requests are pipelined. The newest id is read
+        // first: ids become visible in increasing order, so the page (a later
+        // snapshot) sees every id up to it (see Tracks::page_read).
+        let (begun, newest, rows, committed) = tokio::join!(
             client.batch_execute(ORDERED_SCAN),
+            client.query_typed_one("SELECT COALESCE(max(id), 0)::int8 FROM mqtt_msg", &[]),
             client.query_typed(&sql, &params),
             client.batch_execute("COMMIT"),
         );
         let what = || format!("fetch offline messages for `{clientid}` on `{filter}`");
         begun.map_err(|e| PgsqlError::query(what())(e))?;
+        let through: i64 = newest
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| PgsqlError::query(what())(e))?;
         let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
         committed.map_err(|e| PgsqlError::query(what())(e))?;
         drop(conn);
@@ -185,16 +195,16 @@ impl Fetcher {
             .iter()
             .filter_map(|d| d.message.headers.stored_id)
             .collect();
-        if !self
-            .tracks
-            .page_read(key, epoch, &ids, if full { last } else { None })
-        {
+        let Some(complete_through) =
+            self.tracks
+                .page_read(key, epoch, &ids, if full { last } else { None }, through)
+        else {
             // The subscription ended (or was made again) while the page was
             // read: the page belongs to no session. Handed over, the client's
             // next session, subscribed to the same filter, would receive it
             // out of order (and wait for the rest of a replay that never comes).
             return Ok(());
-        }
+        };
         if full && deliveries.is_empty() {
             // Everything on this page was acknowledged already: the position moves on.
             let _ = self.dirty.send(key.clone());
@@ -213,7 +223,7 @@ impl Fetcher {
         // Err: the client left; its next subscription starts again from the position.
         let handed = self
             .handle
-            .replay(clientid, filter, deliveries, !full)
+            .replay(clientid, filter, deliveries, complete_through)
             .await
             .is_ok();
         // Only now, with this page in the session's mailbox, may the next be read.

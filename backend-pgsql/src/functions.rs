@@ -212,7 +212,10 @@ impl Engine {
     pub(crate) fn payload_fits(&self, pool: &str, payload: &[u8]) -> bool {
         self.pools.get(pool).is_none_or(|s| {
             // A text column takes UTF-8 without NUL (PostgreSQL refuses U+0000 in text).
-            s.schema.payload_bytea || (std::str::from_utf8(payload).is_ok() && !payload.contains(&0))
+            // Not known yet (no answer since startup): our migrations make it
+            // bytea; the writer checks again once it knows.
+            s.schema.get().is_none_or(|info| info.payload_bytea)
+                || (std::str::from_utf8(payload).is_ok() && !payload.contains(&0))
         })
     }
 
@@ -222,6 +225,7 @@ impl Engine {
             .pools
             .get(pool)
             .ok_or_else(|| PgsqlError::Store(format!("no pool `{pool}`")))?;
+        let schema = state.schema.ready(pool)?;
         let conn = state.pool.get().await?;
         let qos = i32::from(m.qos.as_u8());
         let msgid = m.id_hex();
@@ -232,7 +236,7 @@ impl Engine {
              ON CONFLICT (topic) DO UPDATE SET msgid = EXCLUDED.msgid, sender = EXCLUDED.sender,
                  qos = EXCLUDED.qos, payload = EXCLUDED.payload, arrived = now()";
         let text_payload;
-        let payload: (&(dyn ToSql + Sync), Type) = if state.schema.retain_payload_bytea {
+        let payload: (&(dyn ToSql + Sync), Type) = if schema.retain_payload_bytea {
             (&m.payload.as_ref() as &(dyn ToSql + Sync), Type::BYTEA)
         } else {
             text_payload = std::str::from_utf8(&m.payload).map_err(|_| {
@@ -284,7 +288,7 @@ impl Engine {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
-        let payload = if state.schema.retain_payload_bytea {
+        let payload = if state.schema.ready(pool)?.retain_payload_bytea {
             "payload"
         } else {
             "convert_to(payload, 'UTF8')"
@@ -330,15 +334,30 @@ impl Engine {
             return Ok(());
         };
         let mut conn = self.pool(&action.pool)?.get().await?;
+        // Prepared at start, or here on first use when the database did not
+        // answer at start (then a statement that does not prepare fails the rule).
+        for stmt in &action.statements {
+            if stmt.types.get().is_none() {
+                let prepared = conn
+                    .prepare(&stmt.template.sql)
+                    .await
+                    .map_err(PgsqlError::query(format!(
+                        "{}: prepare `{}`",
+                        action.key, stmt.template.original
+                    )))?;
+                let _ = stmt.types.set(prepared.params().to_vec());
+            }
+        }
         let tx = conn
             .transaction()
             .await
             .map_err(PgsqlError::query(format!("BEGIN ({})", action.key)))?;
         for stmt in &action.statements {
             let params: Vec<SqlValue> = stmt.template.params.iter().map(|p| values.value(*p)).collect();
+            let types: &[Type] = stmt.types.get().map_or(&[], |t| t.as_slice());
             let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
                 .iter()
-                .zip(&stmt.types)
+                .zip(types)
                 .map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone()))
                 .collect();
             tx.execute_typed(&stmt.template.sql, &typed)

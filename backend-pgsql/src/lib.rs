@@ -64,16 +64,15 @@ use crate::fetch::Fetcher;
 use crate::pool::NamedPool;
 use crate::positions::{TrackKey, Tracks};
 use crate::rules::{Action, Function};
-use crate::schema::SchemaInfo;
+use crate::schema::{SchemaCell, SchemaInfo};
 use crate::sql_template::SqlTemplate;
 use crate::writer::{StoreStats, Writer};
 
 /// The plugin's name in `plugins.load` and its config file (`backend_pgsql.conf`).
 pub const NAME: &str = "backend_pgsql";
 
-/// Startup connection check: attempts and delay between them.
-const CONNECT_ATTEMPTS: u32 = 5;
-const CONNECT_DELAY: Duration = Duration::from_millis(500);
+/// How often a pool whose database did not answer at startup tries again.
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Counters an operator (or a test) can read.
 #[derive(Debug, Default)]
@@ -103,12 +102,14 @@ struct Running {
 /// One pool and what runs on it.
 pub(crate) struct PoolState {
     pub(crate) pool: NamedPool,
-    pub(crate) schema: SchemaInfo,
+    /// Known once the database has answered (at startup, or later).
+    pub(crate) schema: SchemaCell,
     pub(crate) writer: Option<Writer>,
 }
 
 /// A `sql` rule ready to run: its statements with the parameter types
-/// PostgreSQL inferred when they were prepared at start.
+/// PostgreSQL inferred when they were prepared (at start, or on first use
+/// when the database did not answer at start).
 pub(crate) struct SqlAction {
     pub(crate) key: String,
     pub(crate) pool: String,
@@ -117,7 +118,7 @@ pub(crate) struct SqlAction {
 
 pub(crate) struct PreparedSql {
     pub(crate) template: SqlTemplate,
-    pub(crate) types: Vec<Type>,
+    pub(crate) types: std::sync::OnceLock<Vec<Type>>,
 }
 
 /// Everything the callbacks share while the plugin runs.
@@ -205,7 +206,8 @@ impl Plugin for BackendPgsql {
 /// How long stop waits for the last position writes.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects, migrates, prepares and starts the tasks.
+/// Connects, migrates, prepares and starts the tasks. A database that does
+/// not answer does not stop startup (see [`connect_pool`]).
 async fn start_engine(
     cfg: Arc<PgsqlConfig>,
     ctx: &PluginContext,
@@ -226,20 +228,10 @@ async fn start_engine(
         if !used.contains(&name.as_str()) {
             continue;
         }
-        pool::check(&np, CONNECT_ATTEMPTS, CONNECT_DELAY).await?;
-        let schema = {
-            let mut conn = np.get().await.map_err(|e| e.to_string())?;
-            if storage_pools.contains(&name.as_str()) {
-                let client: &mut tokio_postgres::Client = &mut conn;
-                let applied = schema::migrate(client).await.map_err(|e| e.to_string())?;
-                if !applied.is_empty() {
-                    tracing::info!(pool = %name, ?applied, "applied schema migrations");
-                }
-            }
-            schema::detect(&conn).await.map_err(|e| e.to_string())?
-        };
-        if !schema.payload_bytea && storage_pools.contains(&name.as_str()) {
-            tracing::info!(pool = %name, "mqtt_msg.payload is text (EMQX schema): non-UTF-8 payloads will be refused");
+        let migrates = storage_pools.contains(&name.as_str());
+        let schema = SchemaCell::default();
+        if let Some(task) = connect_pool(&np, migrates, &schema).await? {
+            tasks.push(task);
         }
         let stores = cfg.rules.iter().any(|r| {
             r.pool == name
@@ -248,8 +240,14 @@ async fn start_engine(
                     Action::Function(Function::OnMessagePublish | Function::OnMessageStore)
                 )
         });
-        let writer =
-            stores.then(|| Writer::spawn(np.clone(), schema, cfg.batch_size, Arc::clone(&stats.store)));
+        let writer = stores.then(|| {
+            Writer::spawn(
+                np.clone(),
+                schema.clone(),
+                cfg.batch_size,
+                Arc::clone(&stats.store),
+            )
+        });
         if stores {
             if let Some(retention) = cfg.msg_retention {
                 tasks.push(tokio::spawn(retention::run(np.clone(), retention)));
@@ -267,6 +265,7 @@ async fn start_engine(
 
     // `sql` rules: prepare each statement once to learn its parameter types
     // (and to refuse bad SQL at start); executions use unnamed statements.
+    // Where the database did not answer, they are prepared on first use.
     let mut sql_actions = HashMap::new();
     for (i, rule) in cfg.rules.iter().enumerate() {
         let Action::Sql(templates) = &rule.action else {
@@ -275,23 +274,28 @@ async fn start_engine(
         let state = pools
             .get(&rule.pool)
             .ok_or_else(|| format!("{}: unknown pool `{}`", rule.key, rule.pool))?;
-        let conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        let mut statements = Vec::new();
-        for t in templates {
-            let stmt = conn.prepare(&t.sql).await.map_err(|e| {
-                format!(
-                    "{}:{}: `{}`: cannot prepare `{}`: {}",
-                    cfg.file.display(),
-                    rule.line,
-                    rule.key,
-                    t.original,
-                    error_chain(&e)
-                )
-            })?;
-            statements.push(PreparedSql {
+        let statements: Vec<PreparedSql> = templates
+            .iter()
+            .map(|t| PreparedSql {
                 template: t.clone(),
-                types: stmt.params().to_vec(),
-            });
+                types: std::sync::OnceLock::new(),
+            })
+            .collect();
+        if state.schema.get().is_some() {
+            let conn = state.pool.get().await.map_err(|e| e.to_string())?;
+            for stmt in &statements {
+                let prepared = conn.prepare(&stmt.template.sql).await.map_err(|e| {
+                    format!(
+                        "{}:{}: `{}`: cannot prepare `{}`: {}",
+                        cfg.file.display(),
+                        rule.line,
+                        rule.key,
+                        stmt.template.original,
+                        error_chain(&e)
+                    )
+                })?;
+                let _ = stmt.types.set(prepared.params().to_vec());
+            }
         }
         sql_actions.insert(
             i,
@@ -321,7 +325,7 @@ async fn start_engine(
         drain = Some(drain_handle);
         let f = Arc::new(Fetcher {
             pool: state.pool.clone(),
-            schema: state.schema,
+            schema: state.schema.clone(),
             handle: Arc::clone(&ctx.broker),
             tracks: Arc::clone(&tracks),
             dirty: dirty_tx.clone(),
@@ -343,6 +347,77 @@ async fn start_engine(
         stats,
         route_pending: Mutex::default(),
     })
+}
+
+/// Connects a pool at startup: applies the migrations (`migrates`: a pool
+/// the functions store in) and learns the schema. A database that does not
+/// answer does not stop the broker: the outage is logged once, a task tries
+/// again every [`CONNECT_RETRY`] and fills `schema` when it answers, and
+/// meanwhile messages that must be stored are not acknowledged (the writer
+/// waits for the schema). A refusal waiting cannot fix (wrong password or
+/// database, a certificate that does not verify, a migration that fails)
+/// stops startup, naming the server.
+async fn connect_pool(
+    np: &NamedPool,
+    migrates: bool,
+    schema: &SchemaCell,
+) -> Result<Option<JoinHandle<()>>, String> {
+    match setup_pool(np, migrates).await {
+        Ok(info) => {
+            schema.set(info);
+            Ok(None)
+        }
+        Err(e) if e.is_unreachable() => {
+            tracing::error!(
+                pool = %np.name,
+                "PostgreSQL at {} does not answer; starting without it (messages that must be stored \
+                 are not acknowledged, and nothing stored is replayed, until it does): {e}",
+                np.addr
+            );
+            let (np, schema) = (np.clone(), schema.clone());
+            Ok(Some(tokio::spawn(async move {
+                let mut logged_refusal = false;
+                loop {
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                    match setup_pool(&np, migrates).await {
+                        Ok(info) => {
+                            schema.set(info);
+                            tracing::warn!(pool = %np.name, "PostgreSQL at {} answers: connected", np.addr);
+                            return;
+                        }
+                        Err(e) if !e.is_unreachable() && !logged_refusal => {
+                            logged_refusal = true;
+                            tracing::error!(pool = %np.name, "PostgreSQL at {} refuses the plugin (retrying): {e}", np.addr);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })))
+        }
+        Err(e) => Err(format!(
+            "cannot reach PostgreSQL at {} (pool `{}`): {}",
+            np.addr,
+            np.name,
+            error_chain(&e)
+        )),
+    }
+}
+
+/// One attempt: migrations (when `migrates`), then the column types.
+async fn setup_pool(np: &NamedPool, migrates: bool) -> Result<SchemaInfo, error::PgsqlError> {
+    let mut conn = np.get().await?;
+    if migrates {
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let applied = schema::migrate(client).await?;
+        if !applied.is_empty() {
+            tracing::info!(pool = %np.name, ?applied, "applied schema migrations");
+        }
+    }
+    let info = schema::detect(&conn).await?;
+    if !info.payload_bytea && migrates {
+        tracing::info!(pool = %np.name, "mqtt_msg.payload is text (EMQX schema): non-UTF-8 payloads will be refused");
+    }
+    Ok(info)
 }
 
 impl Engine {

@@ -2,8 +2,9 @@
 //!
 //! deadpool-postgres keeps the connections and replaces broken ones by
 //! itself, so a PostgreSQL restart heals without the plugin doing anything.
-//! At start every pool is checked with a bounded retry, and an unreachable
-//! database refuses startup with its address in the message.
+//! A database that does not answer at startup does not stop the broker (see
+//! `connect_pool` in the crate root); one that refuses (wrong password or
+//! database, a certificate that does not verify) does, naming its address.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -73,25 +74,13 @@ pub fn build(cfg: &PoolConfig) -> Result<NamedPool, String> {
     })
 }
 
-/// Checks that a pool reaches its database: `attempts` tries, `delay` apart.
-pub async fn check(pool: &NamedPool, attempts: u32, delay: Duration) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 1..=attempts.max(1) {
-        match pool.get().await {
-            Ok(conn) => match conn.simple_query("SELECT 1").await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = crate::error_chain(&e),
-        }
-        if attempt < attempts {
-            tokio::time::sleep(delay).await;
-        }
-    }
-    Err(format!(
-        "cannot reach PostgreSQL at {} (pool `{}`) after {attempts} attempts: {last}",
-        pool.addr, pool.name
-    ))
+/// Checks, once, that a pool reaches its database.
+pub async fn check(pool: &NamedPool) -> Result<(), PgsqlError> {
+    let conn = pool.get().await?;
+    conn.simple_query("SELECT 1")
+        .await
+        .map_err(PgsqlError::query("SELECT 1"))?;
+    Ok(())
 }
 
 /// Builds every configured pool.

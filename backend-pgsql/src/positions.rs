@@ -74,6 +74,12 @@ pub struct Paging {
     /// A page read is queued or running, and its page not yet handed over:
     /// no other read may start (pages must reach the session in order).
     pub reading: bool,
+    /// Every stored id up to this one was read (or is at or below the
+    /// position) in this subscription's epoch.
+    pub read_to: i64,
+    /// The highest stored id the session reported dropped (its queue was
+    /// full): the backlog is not complete before a read covers it.
+    pub need: i64,
 }
 
 /// A page handed to the session.
@@ -242,7 +248,10 @@ impl Tracks {
         t.qos = qos;
         t.active = true;
         t.epoch += 1;
-        t.paging = Paging::default();
+        t.paging = Paging {
+            read_to: p,
+            ..Paging::default()
+        };
         (p, t.epoch)
     }
 
@@ -277,19 +286,33 @@ impl Tracks {
 
     /// A page was read: `ids` are the stored ids it hands to the session,
     /// `last` its last id when it was full (more may follow), `None` when it
-    /// drained the backlog. Reading stays marked until [`Tracks::page_handed`].
+    /// was not; `through`: the newest stored id when the read began (every id
+    /// up to it that matches was in the page or before it). Reading stays
+    /// marked until [`Tracks::page_handed`].
     ///
-    /// Returns false when `epoch` is no longer a subscribed session's
-    /// subscription (it ended, was unsubscribed or made again while the page
-    /// was read): the page must not be handed over.
+    /// Returns what to tell the session ([`BrokerHandle::replay`]'s
+    /// `complete_through`: `None`, more pages follow), or `None` when `epoch`
+    /// is no longer a subscribed session's subscription (it ended, was
+    /// unsubscribed or made again while the page was read): the page must
+    /// not be handed over.
+    ///
+    /// [`BrokerHandle::replay`]: hooks_spec::BrokerHandle::replay
     #[must_use]
-    pub fn page_read(&self, key: &TrackKey, epoch: u64, ids: &[i64], last: Option<i64>) -> bool {
+    pub fn page_read(
+        &self,
+        key: &TrackKey,
+        epoch: u64,
+        ids: &[i64],
+        last: Option<i64>,
+        through: i64,
+    ) -> Option<Option<i64>> {
         let mut map = self.lock();
-        let Some(t) = map.get_mut(key).filter(|t| t.active && t.epoch == epoch) else {
-            return false;
-        };
-        t.paging.next_from = last;
+        let t = map.get_mut(key).filter(|t| t.active && t.epoch == epoch)?;
+        let paging = &mut t.paging;
+        let read_last = ids.last().copied().unwrap_or(0).max(last.unwrap_or(0));
         if let Some(last) = last {
+            paging.read_to = paging.read_to.max(last);
+            paging.next_from = Some(last);
             // An id acknowledged meanwhile (a live copy) is done already; if one
             // slips through, the position passing the page end retires it.
             let pending: Vec<i64> = ids
@@ -297,11 +320,45 @@ impl Tracks {
                 .copied()
                 .filter(|id| *id > t.position && !t.acked.contains(id))
                 .collect();
-            t.paging.out.push_back(PageOut::new(last, pending));
+            paging.out.push_back(PageOut::new(last, pending));
             let position = t.position;
-            t.paging.retire(position);
+            paging.retire(position);
+            return Some(None);
         }
-        true
+        let covered = through.max(read_last);
+        paging.read_to = paging.read_to.max(covered);
+        if covered < paging.need {
+            // The session dropped a message this read may have begun before:
+            // read on from here.
+            paging.next_from = Some(covered);
+            return Some(None);
+        }
+        paging.next_from = None;
+        Some(Some(through))
+    }
+
+    /// The session dropped stored message `id` (its queue was full): every
+    /// subscription of the client it matches must get it from the store.
+    /// Returns the page reads that are due now.
+    pub fn dropped(&self, clientid: &str, topic: &str, id: i64) -> Vec<PageDue> {
+        let mut map = self.lock();
+        let mut due = Vec::new();
+        for (f, t) in map.client_mut(clientid) {
+            if !t.active || id <= t.position || t.acked.contains(&id) || !hooks_match(f, topic) {
+                continue;
+            }
+            let position = t.position;
+            let paging = &mut t.paging;
+            paging.need = paging.need.max(id);
+            if !paging.reading && paging.next_from.is_none() {
+                // Not reading: read again after what was read (ids the session
+                // has already are skipped by it).
+                paging.next_from = Some(paging.read_to.max(position));
+            }
+            let key = (clientid.to_string(), f.clone());
+            due.extend(paging.due(&key, t.epoch));
+        }
+        due
     }
 
     /// The page read last was handed to the session (`handed`: the session

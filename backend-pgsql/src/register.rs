@@ -16,6 +16,10 @@ use crate::positions::FetchOpts;
 use crate::rules::{Action, Function, Rule};
 use crate::{mqtt_matches, Engine, NAME};
 
+/// "No time limit" for a hook callback (tokio treats a deadline past its
+/// range as never).
+const UNBOUNDED: std::time::Duration = std::time::Duration::MAX;
+
 /// Attempts of an offline fetch that failed (RETRY_DELAY apart) before it
 /// waits for the client's next subscription.
 const FETCH_RETRIES: u32 = 240;
@@ -102,8 +106,14 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                 hooks.message_publish.register(Registration {
                     owner: NAME.to_string(),
                     priority: 0,
-                    // The store itself is bounded by this limit (Writer::store).
-                    timeout: Some(engine.cfg.store_timeout),
+                    // A store waits as long as the database needs (3.1.1
+                    // publishers, wills), or store_timeout (MQTT 5 publishers,
+                    // bounded in store_rule): see store_limit.
+                    timeout: Some(if stores {
+                        UNBOUNDED
+                    } else {
+                        engine.cfg.store_timeout
+                    }),
                     // If this callback fails, the message must not be acknowledged as stored.
                     on_failure: stores.then(|| {
                         Arc::new(|mut m: Message| {
@@ -119,7 +129,8 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                         Work::Refuse => ready(Flow::Stop(m)),
                         Work::Store => {
                             let e = Arc::clone(&e);
-                            Box::pin(async move { Ok(Flow::Continue(e.store_rule(i, m).await)) })
+                            let limit = e.store_limit(&args);
+                            Box::pin(async move { Ok(Flow::Continue(e.store_rule(i, m, limit).await)) })
                         }
                         Work::Other => {
                             let e = Arc::clone(&e);
@@ -226,13 +237,20 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
             // Expired or too large for the client: it will never be delivered,
             // so it must not hold the position back.
             // (Denied here: the client refused it, e.g. a PUBREC with an error code.)
-            if matches!(
-                args.reason,
-                DropReason::Expired | DropReason::TooLarge | DropReason::Denied
-            ) {
-                if let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) {
+            let (Some(client), Some(id)) = (&args.clientid, args.message.headers.stored_id) else {
+                return ready(Flow::Continue(()));
+            };
+            match args.reason {
+                DropReason::Expired | DropReason::TooLarge | DropReason::Denied => {
                     e.mark_done(client, &args.message.topic, id);
                 }
+                // The session's queue was full: it is fed from the store instead.
+                DropReason::QueueFull => {
+                    for due in e.tracks.dropped(client, &args.message.topic, id) {
+                        e.tracks.queue_page(due);
+                    }
+                }
+                _ => {}
             }
             ready(Flow::Continue(()))
         },
@@ -413,11 +431,37 @@ impl Engine {
         }
     }
 
+    /// How long a store may keep its publisher waiting. An MQTT 5 client's
+    /// own PUBLISH: `store_timeout`, then PUBACK/PUBREC 0x80 tells it the
+    /// message was not stored. MQTT 3.1.1 has no such answer (a client that
+    /// gets none keeps the packet id in use, and with a full window stops
+    /// publishing for good), so a 3.1.1 publish waits until the database
+    /// takes it; so does a will, which no one waits for.
+    fn store_limit(&self, args: &hooks_spec::PublishArgs) -> Option<std::time::Duration> {
+        match &args.client {
+            Some(c) if c.protocol == hooks_spec::ProtocolVersion::V5 && !args.will => {
+                Some(self.cfg.store_timeout)
+            }
+            _ => None,
+        }
+    }
+
     /// Stores a message for rule `i` (on_message_publish, on_message_store)
     /// and attaches its row id; the checks of [`Engine::publish_work`] passed.
-    async fn store_rule(&self, i: usize, mut m: Message) -> Message {
+    /// A store not done within `limit` is abandoned (the writer skips it, or
+    /// removes the row if it committed meanwhile) and the message marked not stored.
+    async fn store_rule(&self, i: usize, mut m: Message, limit: Option<std::time::Duration>) -> Message {
         let rule = self.rule(i);
-        match self.store_message(&rule.pool, &m).await {
+        let store = self.store_message(&rule.pool, &m);
+        let stored = match limit {
+            Some(limit) => tokio::time::timeout(limit, store).await.unwrap_or_else(|_| {
+                Err(crate::error::PgsqlError::Store(format!(
+                    "not stored within store_timeout ({limit:?})"
+                )))
+            }),
+            None => store.await,
+        };
+        match stored {
             Ok(id) => {
                 // on_message_store also attaches the id: acknowledgements and
                 // offline fetch need it to know the message was delivered.

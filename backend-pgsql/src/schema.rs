@@ -1,6 +1,10 @@
 //! The schema: versioned migrations from `sql/`, applied at start, and the
 //! column types of the tables in use (ours, or EMQX's documented ones).
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::error::PgsqlError;
 
 /// Migrations, in order. Each is idempotent on its own as well.
@@ -20,6 +24,52 @@ pub struct SchemaInfo {
     pub payload_bytea: bool,
     /// `mqtt_retain.payload` is `bytea`.
     pub retain_payload_bytea: bool,
+}
+
+/// The schema of one pool's database, once known. A broker that starts
+/// while PostgreSQL is unreachable learns it when the database first
+/// answers; until then what needs it waits (the writer) or fails and is
+/// retried (offline fetch).
+#[derive(Clone, Debug)]
+pub struct SchemaCell(Arc<watch::Sender<Option<SchemaInfo>>>);
+
+impl Default for SchemaCell {
+    fn default() -> Self {
+        SchemaCell(Arc::new(watch::Sender::new(None)))
+    }
+}
+
+impl SchemaCell {
+    /// The schema, if known yet.
+    pub fn get(&self) -> Option<SchemaInfo> {
+        *self.0.borrow()
+    }
+
+    /// Records the schema (and wakes whoever waits for it).
+    pub fn set(&self, info: SchemaInfo) {
+        self.0.send_replace(Some(info));
+    }
+
+    /// The schema, once known.
+    pub async fn wait(&self) -> SchemaInfo {
+        let mut rx = self.0.subscribe();
+        loop {
+            if let Some(info) = *rx.borrow_and_update() {
+                return info;
+            }
+            // The sender lives in `self`: changed() cannot fail while we wait.
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The schema, or the error that says the database has not answered yet.
+    pub fn ready(&self, pool: &str) -> Result<SchemaInfo, PgsqlError> {
+        self.get().ok_or_else(|| PgsqlError::NotConnected {
+            pool: pool.to_string(),
+        })
+    }
 }
 
 /// Applies missing migrations in one transaction under an advisory lock, so

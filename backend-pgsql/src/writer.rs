@@ -20,10 +20,18 @@
 //! ([`batch::write`]), so batches commit in the order they were formed, and
 //! rows a failed batch writes again come before the next batch's.
 //!
-//! A batch whose statement fails is written again row by row (one bad row
-//! must not fail its neighbours); one that fails otherwise fails every request
-//! in it. The task logs once when an outage starts and once when it ends, and
-//! counts what was not stored.
+//! A batch the database could not take for now (connection lost, server
+//! restarting, disk full: [`PgsqlError::is_transient`]) is written again,
+//! oldest first and ahead of anything newer, every [`RETRY_DELAY`] until it
+//! commits or its publishers stop waiting: nothing is acknowledged that is not
+//! stored, and storing resumes by itself when PostgreSQL answers. When the
+//! connection broke after the statements were sent, the commit may have
+//! happened unseen: before writing such requests again the task looks for
+//! their message ids in `mqtt_msg` (so a message is not stored twice). A
+//! batch whose statement fails is written again row by row (one bad row must
+//! not fail its neighbours), and a row the database refuses fails. The task
+//! logs once when an outage starts and once when it ends, and counts what was
+//! not stored.
 
 mod batch;
 
@@ -40,7 +48,8 @@ use self::batch::Outcome;
 
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
-use crate::schema::SchemaInfo;
+use crate::positions::RETRY_DELAY;
+use crate::schema::{SchemaCell, SchemaInfo};
 
 /// Lock serializing id assignment and commit across writers ("postbox2").
 pub const WRITE_LOCK: i64 = 0x706f_7374_626f_7832;
@@ -69,6 +78,20 @@ pub struct StoreRequest {
 struct Pending {
     req: StoreRequest,
     reply: oneshot::Sender<Result<i64, String>>,
+    /// A batch holding it failed in a way that may have hidden a commit (the
+    /// connection broke after the statements were sent): before it is
+    /// written again, the database is asked whether it is there already.
+    unsure: bool,
+}
+
+impl Pending {
+    fn new(req: StoreRequest, reply: Reply) -> Pending {
+        Pending {
+            req,
+            reply,
+            unsure: false,
+        }
+    }
 }
 
 /// Counters of the storage path.
@@ -96,23 +119,29 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task.
-    pub fn spawn(pool: NamedPool, schema: SchemaInfo, batch_size: usize, stats: Arc<StoreStats>) -> Writer {
+    /// Requests queue (and their publishers wait) until `schema` is known:
+    /// the database has answered at least once.
+    pub fn spawn(pool: NamedPool, schema: SchemaCell, batch_size: usize, stats: Arc<StoreStats>) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
-        tokio::spawn(run(pool, schema, batch_size.max(1), rx, Arc::clone(&stats)));
+        let task_stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let schema = schema.wait().await;
+            run(pool, schema, batch_size.max(1), rx, task_stats).await;
+        });
         Writer { tx, stats }
     }
 
     /// Stores one message; returns its row id once committed.
     ///
-    /// Not bounded in time here: the caller's `message.publish` callback is
-    /// registered with `store_timeout` as its limit, and the hook chain drops
-    /// it when that passes (one timer per message, not two). Dropping this
-    /// future drops the reply's receiver, which the writer sees: a request
-    /// not yet written is skipped, a row committed after all is deleted again
-    /// (`forget_orphans`).
+    /// Not bounded in time: while the database is unreachable the request is
+    /// written again every [`RETRY_DELAY`] until it commits. A caller that
+    /// stops waiting (an MQTT 5 publisher's `store_timeout`, see
+    /// `register::store_limit`) drops this future and with it the reply's
+    /// receiver, which the writer sees: a request not yet written is skipped,
+    /// a row committed after all is deleted again (`forget_orphans`).
     pub async fn store(&self, req: StoreRequest) -> Result<i64, PgsqlError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.try_send(Pending { req, reply }).is_err() {
+        if self.tx.try_send(Pending::new(req, reply)).is_err() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(PgsqlError::WriterGone);
         }
@@ -160,9 +189,22 @@ struct Run {
     schema: SchemaInfo,
     stats: Arc<StoreStats>,
     in_outage: bool,
-    /// Requests to write before anything queued: a batch that wrote nothing
-    /// because the one before it failed. Oldest first.
+    /// Requests to write before anything queued, oldest first: those of
+    /// batches that did not commit (the database was unreachable, or the
+    /// batch they were sent behind failed).
     carry: VecDeque<Pending>,
+}
+
+/// What became of a batch, for the loop.
+enum Settled {
+    /// Committed, publishers answered.
+    Committed,
+    /// Not written, to be written again (oldest first); `transient`: because
+    /// the database failed (wait before trying again), not only because the
+    /// batch ahead of it did.
+    Again { requests: Vec<Pending>, transient: bool },
+    /// Failed for good (its publishers were told).
+    Failed,
 }
 
 async fn run(
@@ -185,36 +227,58 @@ async fn run(
     // The older batch in flight: it holds (or held) the lock.
     let mut ahead: Option<Sent> = None;
     loop {
+        if ahead.is_none() && w.carry.front().is_some_and(|p| p.unsure) && !w.resolve_unsure().await {
+            tokio::time::sleep(RETRY_DELAY).await;
+            continue;
+        }
         let mut batch: Vec<Pending> = Vec::with_capacity(batch_size);
         while batch.len() < batch_size {
             match w.carry.pop_front() {
+                Some(p) if p.unsure => {
+                    // Written only once resolved (next turn, nothing in flight).
+                    w.carry.push_front(p);
+                    break;
+                }
                 Some(p) => batch.push(p),
                 None => break,
             }
         }
-        if batch.is_empty() && ahead.is_none() {
+        if batch.is_empty() && ahead.is_none() && w.carry.is_empty() {
             match rx.recv().await {
                 Some(p) => batch.push(p),
                 None => return,
             }
         }
-        while batch.len() < batch_size {
+        // Newer requests only once everything carried is in a batch (order).
+        while batch.len() < batch_size && w.carry.is_empty() {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
-        // A publisher that stopped waiting (store_timeout) was told "not stored";
-        // storing its message now would make it arrive anyway, and again later.
+        // A publisher that stopped waiting (an MQTT 5 publisher's store_timeout,
+        // a session that ended) was told "not stored"; storing its message now
+        // would make it arrive anyway, and again when it is sent again.
         batch.retain(|p| !p.reply.is_closed());
         let after = ahead.as_ref().and_then(|a| a.txid);
         let mut next = (!batch.is_empty()).then(|| send(&w.pool, w.schema, batch, after));
+        let mut again: Vec<Pending> = Vec::new();
+        let mut wait = false;
+        let mut absorb = |settled: Settled| match settled {
+            Settled::Committed => true,
+            Settled::Again { requests, transient } => {
+                again.extend(requests);
+                wait |= transient;
+                false
+            }
+            Settled::Failed => false,
+        };
         if let Some(prev) = ahead.take() {
-            if !w.settle(prev).await {
+            if !absorb(w.settle(prev).await) {
                 // The batch sent behind it wrote nothing (or failed itself): its
-                // requests go again, after the retries just made.
+                // requests go again, after the ones just carried back.
                 if let Some(n) = next.take() {
-                    w.settle(n).await;
+                    absorb(w.settle(n).await);
                 }
             }
         }
@@ -226,51 +290,60 @@ async fn run(
                 }
                 // It ended without the lock (no connection, BEGIN failed).
                 Err(_) => {
-                    w.settle(n).await;
+                    absorb(w.settle(n).await);
                 }
             }
+        }
+        for p in again.into_iter().rev() {
+            w.carry.push_front(p);
+        }
+        if wait {
+            // The database is down or restarting (nothing is in flight now):
+            // try again shortly, oldest first. The publishers keep waiting
+            // (MQTT 3.1.1 has no way to say "not stored"); MQTT 5 publishers
+            // stop waiting at store_timeout.
+            tokio::time::sleep(RETRY_DELAY).await;
         }
     }
 }
 
 impl Run {
-    /// Waits for a batch and answers its publishers; true when it committed.
-    async fn settle(&mut self, sent: Sent) -> bool {
+    /// Waits for a batch and answers its publishers.
+    async fn settle(&mut self, sent: Sent) -> Settled {
         let Sent { replies, done, .. } = sent;
         let (reqs, result) = match done.await {
             Ok(r) => r,
             Err(e) => {
                 // The batch's task panicked or was cancelled: nothing is known stored.
                 self.fail(replies, &PgsqlError::Store(format!("writer batch task: {e}")));
-                return false;
+                return Settled::Failed;
             }
         };
         match result {
             Ok(Outcome::Stored(ids)) => {
                 self.stored(replies, ids).await;
-                true
+                Settled::Committed
             }
-            Ok(Outcome::PredecessorFailed) => {
-                let again = reqs
-                    .into_iter()
-                    .zip(replies)
-                    .map(|(req, reply)| Pending { req, reply });
-                // Before anything carried later: these are older.
-                for p in again.rev() {
-                    self.carry.push_front(p);
+            Ok(Outcome::PredecessorFailed) => Settled::Again {
+                requests: pair(reqs, replies, false),
+                transient: false,
+            },
+            Err(e) if e.is_transient() => {
+                self.note_outage(&e);
+                // Statements reached the server (it had a connection): a commit
+                // may have happened whose answer was lost with the connection.
+                let unsure = !matches!(e, PgsqlError::Pool { .. });
+                Settled::Again {
+                    requests: pair(reqs, replies, unsure),
+                    transient: true,
                 }
-                false
             }
             // One bad row (say, a value too long for an EMQX varchar column) must
             // not fail its neighbours: retry them one by one before giving up.
-            // (Only for a statement that failed: a connection problem fails each row alike.)
-            Err(PgsqlError::Query { .. }) if reqs.len() > 1 => {
-                self.one_by_one(reqs, replies).await;
-                false
-            }
+            Err(PgsqlError::Query { .. }) if reqs.len() > 1 => self.one_by_one(reqs, replies).await,
             Err(e) => {
                 self.fail(replies, &e);
-                false
+                Settled::Failed
             }
         }
     }
@@ -297,10 +370,14 @@ impl Run {
         }
     }
 
-    async fn one_by_one(&mut self, reqs: Vec<StoreRequest>, replies: Vec<Reply>) {
+    /// After a statement error: each row alone, so only bad rows fail. Rows
+    /// the database could not take for now (it went away meanwhile) are
+    /// returned to be written again.
+    async fn one_by_one(&mut self, reqs: Vec<StoreRequest>, replies: Vec<Reply>) -> Settled {
         let mut first_error = None;
         let mut any = false;
-        for (req, reply) in reqs.into_iter().zip(replies) {
+        let mut rest = reqs.into_iter().zip(replies);
+        while let Some((req, reply)) = rest.next() {
             if reply.is_closed() {
                 continue;
             }
@@ -313,8 +390,19 @@ impl Run {
                     // Not sent behind anything: cannot happen.
                     self.fail(vec![reply], &PgsqlError::Store("not written".into()));
                 }
+                Err(e) if e.is_transient() => {
+                    self.note_outage(&e);
+                    let unsure = !matches!(e, PgsqlError::Pool { .. });
+                    let mut requests = vec![Pending { req, reply, unsure }];
+                    requests.extend(rest.map(|(req, reply)| Pending::new(req, reply)));
+                    return Settled::Again {
+                        requests,
+                        transient: true,
+                    };
+                }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pool = %self.pool.name, topic = %req.topic, "message refused by the database: {e}");
                     let _ = reply.send(Err(e.to_string()));
                     first_error.get_or_insert(e);
                 }
@@ -324,6 +412,64 @@ impl Run {
             // Every row failed: treat it as an outage (logged once).
             self.note_outage(&e);
         }
+        Settled::Failed
+    }
+
+    /// The requests at the front of the carry whose batch may have committed
+    /// unseen: those found in `mqtt_msg` (by message id, above the last id
+    /// this writer knew committed) are answered with their ids, the others
+    /// are written again. False when the database could not be asked.
+    async fn resolve_unsure(&mut self) -> bool {
+        let n = self.carry.iter().take_while(|p| p.unsure).count();
+        let msgids: Vec<&str> = self.carry.iter().take(n).map(|p| p.req.msgid.as_str()).collect();
+        let floor = self.stats.last_id.load(Ordering::Relaxed);
+        let found =
+            async {
+                let conn = self.pool.get().await?;
+                conn.query_typed(
+                "SELECT id::int8, msgid::text FROM mqtt_msg WHERE id > $1 AND msgid = ANY($2) ORDER BY id",
+                &[(&floor, Type::INT8), (&msgids, Type::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(PgsqlError::query("find messages of a batch whose commit went unanswered"))
+            }
+            .await;
+        let rows = match found {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.note_outage(&e);
+                return false;
+            }
+        };
+        let mut committed: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        for row in &rows {
+            if let (Ok(id), Ok(msgid)) = (row.try_get::<_, i64>(0), row.try_get::<_, String>(1)) {
+                committed.insert(msgid, id);
+            }
+        }
+        let unsure: Vec<Pending> = self.carry.drain(..n).collect();
+        let mut again = Vec::new();
+        let (mut replies, mut ids) = (Vec::new(), Vec::new());
+        for mut p in unsure {
+            match committed.get(&p.req.msgid) {
+                Some(&id) => {
+                    replies.push(p.reply);
+                    ids.push(id);
+                }
+                None => {
+                    p.unsure = false;
+                    again.push(p);
+                }
+            }
+        }
+        if !ids.is_empty() {
+            tracing::info!(pool = %self.pool.name, rows = ids.len(), "a batch whose commit went unanswered had committed");
+            self.stored(replies, ids).await;
+        }
+        for p in again.into_iter().rev() {
+            self.carry.push_front(p);
+        }
+        true
     }
 
     fn fail(&mut self, replies: Vec<Reply>, e: &PgsqlError) {
@@ -344,6 +490,14 @@ impl Run {
             tracing::error!(pool = %self.pool.name, "cannot store messages (publishers are not acknowledged until this recovers): {e}");
         }
     }
+}
+
+/// Requests and their publishers back together, in batch order.
+fn pair(reqs: Vec<StoreRequest>, replies: Vec<Reply>, unsure: bool) -> Vec<Pending> {
+    reqs.into_iter()
+        .zip(replies)
+        .map(|(req, reply)| Pending { req, reply, unsure })
+        .collect()
 }
 
 /// Rows committed after their publisher stopped waiting (store_timeout) and

@@ -52,7 +52,7 @@ impl BrokerHandle for Handle {
         clientid: &str,
         filter: &str,
         deliveries: Vec<Delivery>,
-        complete: bool,
+        complete_through: Option<i64>,
     ) -> Result<(), HandleError> {
         let entry = self
             .shared
@@ -63,7 +63,7 @@ impl BrokerHandle for Handle {
         let replay = Replay {
             filter: filter.to_string(),
             deliveries,
-            complete,
+            complete_through,
         };
         entry
             .replay_tx

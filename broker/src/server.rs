@@ -143,7 +143,7 @@ impl Shared {
         n
     }
 
-    /// Runs message.publish and routes the result (wills, plugin-free paths).
+    /// Runs message.publish for a client's will and routes the result.
     pub async fn publish_from_client(&self, client: Option<hooks_spec::ClientInfo>, msg: Message) -> usize {
         // A will is a publish by its client: the ACL applies to it too.
         if let (Some(c), false) = (&client, self.hooks.client_check_acl.is_empty()) {
@@ -172,9 +172,16 @@ impl Shared {
             match self
                 .hooks
                 .message_publish
-                .run_fold(Arc::new(PublishArgs { client }), msg)
+                .run_fold(Arc::new(PublishArgs { client, will: true }), msg)
                 .await
             {
+                hooks_spec::Flow::Continue(m) if m.headers.not_stored => {
+                    // A will is stored before it is routed, like any message a
+                    // storage rule applies to; one that could not be is not sent.
+                    tracing::warn!(topic = %m.topic, "will not published: it could not be stored");
+                    self.fire_dropped(&Arc::new(m), DropReason::StoreFailed, None);
+                    return 0;
+                }
                 hooks_spec::Flow::Continue(m) => m,
                 hooks_spec::Flow::Stop(m) => {
                     self.fire_dropped(&Arc::new(m), DropReason::Denied, None);

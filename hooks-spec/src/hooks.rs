@@ -105,6 +105,9 @@ pub struct SubscribedArgs {
 pub struct PublishArgs {
     /// The publishing client; `None` for messages from the broker or a plugin.
     pub client: Option<ClientInfo>,
+    /// The message is the client's will: no publisher waits for an
+    /// acknowledgement of it.
+    pub will: bool,
 }
 
 /// `message.delivered` arguments.

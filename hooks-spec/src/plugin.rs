@@ -119,21 +119,32 @@ pub trait BrokerHandle: Send + Sync {
 
     /// Replays stored messages for one of the client's subscriptions, oldest
     /// first. Each delivery must carry `headers.stored_id`; the session skips
-    /// the storage ids it has already delivered (across all its
-    /// subscriptions), and replayed messages are exempt from the queue bound
-    /// (the caller bounds a page). While `complete` is false the backlog is
-    /// unfinished: live messages with a storage id matching `filter` are held
-    /// and delivered, in id order and without the ones the pages brought, when
-    /// a replay with `complete = true` arrives. Called from `session.subscribed`,
-    /// the replay is applied right after SUBACK and before any message routed
-    /// after the subscription. Replays for a filter the client is no longer
-    /// subscribed to are ignored.
+    /// the storage ids it has already taken (across all its subscriptions),
+    /// and replayed messages are exempt from the queue bound (the caller
+    /// bounds a page).
+    ///
+    /// `complete_through`: `None` while the backlog has more pages; then live
+    /// messages with a storage id matching `filter` are held, and delivered in
+    /// id order (without the ones the pages brought) once a replay says
+    /// `Some(through)`: every stored message matching `filter` with an id up
+    /// to `through` was in this page or an earlier one (or is acknowledged).
+    ///
+    /// A session that has to drop a live stored message of such a filter
+    /// (its queue is full) fires `message.dropped` (`queue_full`) and holds
+    /// that filter's live messages again, until a replay completes through at
+    /// least the dropped id: the plugin answers the drop by reading the store
+    /// again, so a slow or offline subscriber is fed from the store in order
+    /// instead of losing what did not fit.
+    ///
+    /// Called from `session.subscribed`, the replay is applied right after
+    /// SUBACK and before any message routed after the subscription. Replays
+    /// for a filter the client is no longer subscribed to are ignored.
     async fn replay(
         &self,
         clientid: &str,
         filter: &str,
         deliveries: Vec<Delivery>,
-        complete: bool,
+        complete_through: Option<i64>,
     ) -> Result<(), HandleError>;
 
     /// Subscribes a client as if it had sent SUBSCRIBE (session.subscribed fires).

@@ -84,7 +84,10 @@ async fn publish_fold_rewrites_or_drops_a_message() {
                 Ok(Flow::Continue(m))
             }
         });
-    let args = Arc::new(PublishArgs { client: None });
+    let args = Arc::new(PublishArgs {
+        client: None,
+        will: false,
+    });
     let kept = hooks
         .message_publish
         .run_fold(

@@ -31,7 +31,6 @@ pub mod query;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use hooks_spec::{
@@ -47,10 +46,6 @@ use crate::pool::{self, NamedPool};
 
 /// The plugin's name in `plugins.load` and its config file (`auth_pgsql.conf`).
 pub const NAME: &str = "auth_pgsql";
-
-/// Startup connection check: attempts and delay between them.
-const CONNECT_ATTEMPTS: u32 = 5;
-const CONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Hook priority: authentication and ACL providers run before plugins that
 /// only observe; equal priorities run in `plugins.load` order.
@@ -98,10 +93,25 @@ impl Plugin for AuthPgsql {
             .clone()
             .ok_or_else(|| PluginError::Start("auth_pgsql: configuration not loaded".into()))?;
         let pool = pool::build(&cfg.pool).map_err(|e| PluginError::Start(format!("auth_pgsql: {e}")))?;
-        pool::check(&pool, CONNECT_ATTEMPTS, CONNECT_DELAY)
-            .await
-            .map_err(|e| PluginError::Start(format!("auth_pgsql: {e}")))?;
-        prepare_all(&cfg, &pool).await?;
+        // A database that does not answer does not stop the broker: logins
+        // this plugin would decide are refused (fail closed) until it does,
+        // and the queries are checked when they first run.
+        match pool::check(&pool).await {
+            Ok(()) => prepare_all(&cfg, &pool).await?,
+            Err(e) if e.is_unreachable() => tracing::error!(
+                "auth_pgsql: PostgreSQL at {} does not answer; starting without it (its users cannot \
+                 log in until it does): {e}",
+                pool.addr
+            ),
+            Err(e) => {
+                return Err(PluginError::Start(format!(
+                    "auth_pgsql: cannot reach PostgreSQL at {} (pool `{}`): {}",
+                    pool.addr,
+                    pool.name,
+                    crate::error_chain(&e)
+                )))
+            }
+        }
         let engine = Arc::new(Engine {
             cache: ConnCache::new(cfg.acl_cache_ttl),
             cfg,

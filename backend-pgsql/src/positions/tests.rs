@@ -88,7 +88,7 @@ fn acks_above_the_position_outlive_the_session() {
 
 /// Reads page `ids` (full when `last` is set) for `key` and hands it over.
 fn read_page(t: &Tracks, epoch: u64, ids: &[i64], last: Option<i64>) -> Option<PageDue> {
-    let _ = t.page_read(&key(), epoch, ids, last);
+    let _ = t.page_read(&key(), epoch, ids, last, ids.last().copied().unwrap_or(0));
     t.page_handed(&key(), epoch, true)
 }
 
@@ -140,7 +140,7 @@ fn no_page_is_read_while_another_is_on_its_way_to_the_session() {
     // of page 3 may start before page 2 is in the session's mailbox.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _ = t.pages.set(tx);
-    assert!(t.page_read(&key(), epoch, &[2], Some(2)));
+    assert!(t.page_read(&key(), epoch, &[2], Some(2), 2).is_some());
     t.acked("c", "a/x", 1);
     assert!(
         rx.try_recv().is_err(),
@@ -201,13 +201,22 @@ fn a_page_read_for_an_ended_or_replaced_subscription_is_not_handed_over() {
     let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
     t.begin_read(&key(), epoch);
     t.forget_client("c");
-    assert!(!t.page_read(&key(), epoch, &[1], Some(1)), "the session ended");
+    assert!(
+        t.page_read(&key(), epoch, &[1], Some(1), 1).is_none(),
+        "the session ended"
+    );
     let (_, old) = t.start(key(), 0, 1, FetchOpts::default());
     t.begin_read(&key(), old);
     let (_, new) = t.start(key(), 0, 1, FetchOpts::default());
-    assert!(!t.page_read(&key(), old, &[1], Some(1)), "subscribed again");
+    assert!(
+        t.page_read(&key(), old, &[1], Some(1), 1).is_none(),
+        "subscribed again"
+    );
     t.begin_read(&key(), new);
-    assert!(t.page_read(&key(), new, &[1], Some(1)));
+    assert!(t.page_read(&key(), new, &[1], Some(1), 1).is_some());
     t.forget(&key());
-    assert!(!t.page_read(&key(), new, &[2], Some(2)), "unsubscribed");
+    assert!(
+        t.page_read(&key(), new, &[2], Some(2), 2).is_none(),
+        "unsubscribed"
+    );
 }

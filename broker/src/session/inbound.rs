@@ -108,11 +108,13 @@ impl Session {
                 .protocol_error(&format!("invalid topic name: {e}"), 0x90)
                 .await;
         }
+        if p.qos != QoS::AtMostOnce && self.pending_pkids.contains(&p.pkid) {
+            // Re-sent (after a reconnect) while the first copy is still in
+            // message.publish, waiting for storage: its PUBACK/PUBREC follows,
+            // and the message is not stored twice.
+            return None;
+        }
         if p.qos == QoS::ExactlyOnce {
-            if self.pending_qos2.contains(&p.pkid) {
-                // Re-sent while the first copy is still in message.publish: its PUBREC follows.
-                return None;
-            }
             if self.awaiting_rel.contains(&p.pkid) {
                 // A re-sent QoS 2 PUBLISH we already accepted: acknowledge, do not route again.
                 self.send(Packet::PubRec(Ack::new(p.pkid)));
@@ -140,8 +142,8 @@ impl Session {
         let pkid = p.pkid;
         let qos = p.qos;
         let epoch = self.epoch;
-        if qos == QoS::ExactlyOnce {
-            self.pending_qos2.insert(pkid);
+        if qos != QoS::AtMostOnce {
+            self.pending_pkids.insert(pkid);
         }
         let msg = self.message_from(topic, p);
         if hooks.message_publish.is_empty() && self.pending.is_empty() {
@@ -222,8 +224,8 @@ impl Session {
             qos,
             flow,
         } = done;
-        if qos == QoS::ExactlyOnce {
-            self.pending_qos2.remove(&pkid);
+        if qos != QoS::AtMostOnce && epoch == self.epoch {
+            self.pending_pkids.remove(&pkid);
         }
         let (code, stored_ok) = match flow {
             Flow::Stop(msg) => {
@@ -232,17 +234,22 @@ impl Session {
                 // Refused on purpose: acknowledged (3.1.1 has no refusal code), not routed.
                 (rc::NOT_AUTHORIZED, true)
             }
+            Flow::Continue(msg) if msg.headers.not_stored => {
+                // A message that had to be stored and was not is refused, not
+                // routed: the publisher is not told it was accepted (MQTT 5:
+                // 0x80; 3.1.1: no acknowledgement), so when it sends the message
+                // again, subscribers get it once.
+                self.shared
+                    .fire_dropped(&Arc::new(msg), DropReason::StoreFailed, None);
+                (rc::UNSPECIFIED, false)
+            }
             Flow::Continue(msg) => {
-                let not_stored = msg.headers.not_stored;
-                let receivers = self.shared.route(Arc::new(msg));
-                let code = if not_stored {
-                    rc::UNSPECIFIED
-                } else if receivers == 0 {
+                let code = if self.shared.route(Arc::new(msg)) == 0 {
                     rc::NO_MATCHING_SUBSCRIBERS
                 } else {
                     0
                 };
-                (code, !not_stored)
+                (code, true)
             }
         };
         // Acknowledged on whatever connection the session has now: after a

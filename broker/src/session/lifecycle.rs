@@ -196,7 +196,7 @@ impl Session {
         self.pkids_in_use.clear();
         self.queue.clear();
         self.awaiting_rel.clear();
-        self.pending_qos2.clear();
+        self.pending_pkids.clear();
         self.epoch += 1;
         self.stored.clear();
         // Pages a plugin replayed for the old subscriptions and not yet taken:
@@ -324,10 +324,7 @@ impl Session {
     pub(super) async fn terminate(mut self, reason: DisconnectReason) {
         self.close_connection(DisconnectReason::SocketClosed).await;
         self.publish_delayed_will();
-        // Finish publishes whose hooks are still running: they were accepted.
-        while let Some(done) = self.pending.next().await {
-            self.publish_done(done).await;
-        }
+        self.finish_pending_publishes().await;
         self.shared.registry.remove(&self.client.clientid, self.uid);
         for (_, sub) in self.subscriptions.drain() {
             self.shared.router.unsubscribe(
@@ -354,12 +351,35 @@ impl Session {
         }
     }
 
+    /// Finishes publishes whose hooks are still running (they were accepted;
+    /// a QoS 0 message sent just before DISCONNECT must still go out), for at
+    /// most `hooks.timeout`: a message waiting for storage during a database
+    /// outage must not keep an ending session, and a client reconnecting with
+    /// its id, waiting. What is left is dropped unacknowledged, so a QoS 1/2
+    /// publisher that keeps its messages sends them again.
+    async fn finish_pending_publishes(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.shared.config.hooks_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.pending.next()).await {
+                Ok(Some(done)) => self.publish_done(done).await,
+                Ok(None) => return,
+                Err(_) => {
+                    let left = self.pending.len();
+                    tracing::warn!(
+                        clientid = %self.client.clientid,
+                        "session ended with {left} publishes still waiting for their hooks (storage): dropped unacknowledged"
+                    );
+                    self.pending = super::PendingPublishes::default();
+                    return;
+                }
+            }
+        }
+    }
+
     /// Broker shutdown: finish pending publishes, tell an MQTT 5 client why,
     /// flush and close.
     pub(super) async fn shutdown(mut self) {
-        while let Some(done) = self.pending.next().await {
-            self.publish_done(done).await;
-        }
+        self.finish_pending_publishes().await;
         if self.conn.is_some() {
             if self.client.protocol == ProtocolVersion::V5 {
                 self.send(Packet::Disconnect(Disconnect {

@@ -47,8 +47,9 @@ pub struct Replay {
     pub filter: String,
     /// Oldest first; each has `headers.stored_id`.
     pub deliveries: Vec<Routed>,
-    /// False while the backlog has more pages.
-    pub complete: bool,
+    /// `None` while the backlog has more pages; then the id through which
+    /// it is complete (see `BrokerHandle::replay`).
+    pub complete_through: Option<i64>,
 }
 
 /// What other tasks ask of a session.
@@ -205,8 +206,9 @@ pub(crate) struct Session {
     queue: VecDeque<Routed>,
     /// QoS 2 packet ids received and not yet released (PUBREC sent).
     awaiting_rel: HashSet<u16>,
-    /// QoS 2 packet ids whose message.publish chain is still running.
-    pending_qos2: HashSet<u16>,
+    /// QoS 1/2 packet ids whose message.publish chain is still running (of
+    /// this epoch): a copy the client sends again meanwhile is not processed twice.
+    pending_pkids: HashSet<u16>,
     /// Incremented by a clean start: acknowledgements of publishes from an
     /// earlier epoch are not sent (their packet ids mean nothing any more).
     epoch: u64,
@@ -276,6 +278,7 @@ impl HookArgs {
         Arc::clone(self.publish.get_or_insert_with(|| {
             Arc::new(hooks_spec::PublishArgs {
                 client: Some(client.clone()),
+                will: false,
             })
         }))
     }
@@ -327,7 +330,7 @@ impl Session {
             next_pkid: 1,
             queue: VecDeque::new(),
             awaiting_rel: HashSet::new(),
-            pending_qos2: HashSet::new(),
+            pending_pkids: HashSet::new(),
             epoch: 0,
             pending: PendingPublishes::default(),
             expiry_secs: 0,

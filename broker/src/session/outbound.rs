@@ -37,7 +37,7 @@ impl Session {
             return;
         }
         match self.live_stored(routed) {
-            super::replay::Live::Deliver(routed) => self.enqueue(routed, false).await,
+            super::replay::Live::Deliver(routed) => self.enqueue_stored(routed, false).await,
             super::replay::Live::Done => {}
         }
     }
@@ -48,7 +48,7 @@ impl Session {
     pub(super) async fn deliver_own_retained(&mut self, routed: Routed) {
         self.retained_sent
             .insert(routed.message.id, tokio::time::Instant::now());
-        self.enqueue(routed, false).await;
+        let _ = self.enqueue(routed, false).await;
     }
 
     /// False when this retained message went out moments ago (another
@@ -68,14 +68,16 @@ impl Session {
         }
     }
 
-    /// Sends now if the window allows, else queues. `replayed` messages are
+    /// Sends now if the window allows, else queues; the reason when the
+    /// message was dropped instead (expired, queue full, QoS 0 while
+    /// offline), after `message.dropped` was fired. `replayed` messages are
     /// exempt from the queue bound: the replaying plugin bounds its pages.
-    pub(super) async fn enqueue(&mut self, routed: Routed, replayed: bool) {
+    pub(super) async fn enqueue(&mut self, routed: Routed, replayed: bool) -> Result<(), DropReason> {
         let now = SystemTime::now();
         if routed.message.is_expired(now) {
             self.shared
                 .fire_dropped(&routed.message, DropReason::Expired, Some(&self.client.clientid));
-            return;
+            return Err(DropReason::Expired);
         }
         let connected = self.conn.is_some();
         if routed.qos == QoS::AtMostOnce {
@@ -91,14 +93,14 @@ impl Session {
                     DropReason::QueueFull,
                     Some(&self.client.clientid),
                 );
-                return;
+                return Err(DropReason::QueueFull);
             }
             self.write_publish(routed, 0, false).await;
-            return;
+            return Ok(());
         }
         if connected && self.queue.is_empty() && self.window_open() {
             self.send_new(routed).await;
-            return;
+            return Ok(());
         }
         if !replayed && self.queue.len() >= self.shared.config.mqtt.max_queue_len {
             tracing::debug!(clientid = %self.client.clientid, "queue full, message dropped");
@@ -107,9 +109,10 @@ impl Session {
                 DropReason::QueueFull,
                 Some(&self.client.clientid),
             );
-            return;
+            return Err(DropReason::QueueFull);
         }
         self.queue.push_back(routed);
+        Ok(())
     }
 
     fn window_open(&self) -> bool {

@@ -2,16 +2,25 @@
 //! with a storage id meet the replay without loss, duplicates or reordering.
 //!
 //! A plugin replays a subscription's backlog page by page
-//! ([`Replay`](super::Replay)); while a page is not the last
-//! (`complete == false`) the subscription is *replaying*. The session keeps:
-//! - the storage ids it has delivered recently (a bounded window, across all
-//!   subscriptions): a stored message that comes both live and from a page
-//!   goes out once, whatever the order they arrive in;
+//! ([`Replay`](super::Replay)); until a page says the backlog is complete
+//! the subscription is *replaying*. The session keeps:
+//! - the storage ids it has taken for delivery recently (a bounded window,
+//!   across all subscriptions): a stored message that comes both live and
+//!   from a page goes out once, whatever the order they arrive in. An id is
+//!   recorded only once the message is sent or queued, never for one that
+//!   was dropped (a page must still bring that one);
 //! - live stored messages that arrived while a subscription they match was
 //!   replaying, held in id order and released (minus what the pages brought)
-//!   when the replay completes, so they follow the backlog in id order.
+//!   when the replay completes, so they follow the backlog in id order;
+//! - per replayed filter, the highest stored id it had to drop (its queue,
+//!   or the held messages, were full). Such a filter replays again: its live
+//!   messages are held until a page completes the backlog through that id.
+//!   `message.dropped` tells the plugin, which reads the store again, so the
+//!   dropped messages arrive from the store, in order, once.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use hooks_spec::DropReason;
 
 use super::{Replay, Routed, Session};
 use crate::topic;
@@ -53,6 +62,10 @@ pub(super) struct SeenIds {
 }
 
 impl SeenIds {
+    fn contains(&self, id: i64) -> bool {
+        self.set.contains(&id)
+    }
+
     /// Records an id; false when it was already there.
     fn insert(&mut self, id: i64) -> bool {
         if !self.set.insert(id) {
@@ -73,12 +86,21 @@ impl SeenIds {
     }
 }
 
+/// Where one replayed filter stands.
+#[derive(Default)]
+struct FilterReplay {
+    /// The backlog is still paging: live stored messages matching it are held.
+    paging: bool,
+    /// The highest stored id the session dropped for it: the replay is not
+    /// complete before a page completes through it.
+    dropped_max: Option<i64>,
+}
+
 /// The session's stored-message state.
 #[derive(Default)]
 pub(super) struct StoredState {
-    /// Subscription filters (inner, without `$share/`) a plugin replays for,
-    /// and whether their backlog is still paging.
-    replaying: std::collections::HashMap<String, bool>,
+    /// Subscription filters (inner, without `$share/`) a plugin replays for.
+    replaying: std::collections::HashMap<String, FilterReplay>,
     seen: SeenIds,
     /// Live stored messages waiting for a replay, by storage id.
     held: BTreeMap<i64, Routed>,
@@ -99,7 +121,18 @@ impl StoredState {
     fn waits_for_replay(&self, topic_name: &str) -> bool {
         self.replaying
             .iter()
-            .any(|(f, paging)| *paging && topic::matches(f, topic_name))
+            .any(|(f, r)| r.paging && topic::matches(f, topic_name))
+    }
+
+    /// A stored message was dropped: every replayed filter it matches must
+    /// get it from the store, so they hold their live messages again.
+    fn dropped(&mut self, topic_name: &str, id: i64) {
+        for (f, r) in self.replaying.iter_mut() {
+            if topic::matches(f, topic_name) {
+                r.paging = true;
+                r.dropped_max = Some(r.dropped_max.map_or(id, |d| d.max(id)));
+            }
+        }
     }
 }
 
@@ -122,19 +155,58 @@ impl Session {
         }
         if self.stored.waits_for_replay(&routed.message.topic) {
             // Held back so it follows the backlog. Beyond the bound the newest held
-            // are let go: pages read later bring them (and the plugin's position check
-            // finds any the last page missed).
+            // is let go, as a drop: pages read after it bring it.
             self.stored.held.insert(id, routed);
             if self.stored.held.len() > self.shared.config.mqtt.max_queue_len {
-                self.stored.held.pop_last();
+                if let Some((id, routed)) = self.stored.held.pop_last() {
+                    self.stored_dropped(&routed, id);
+                }
             }
             return Live::Done;
         }
-        if self.stored.seen.insert(id) {
-            Live::Deliver(routed)
-        } else {
+        if self.stored.seen.contains(id) {
             Live::Done
+        } else {
+            Live::Deliver(routed)
         }
+    }
+
+    /// Enqueues a message; a stored one counts as taken (and a later copy
+    /// is skipped) only if it was sent or queued, not dropped. (Only sessions
+    /// a plugin replays to keep the ids: no replay, no second copy.)
+    pub(super) async fn enqueue_stored(&mut self, routed: Routed, replayed: bool) {
+        let Some(id) = routed
+            .message
+            .headers
+            .stored_id
+            .filter(|_| self.stored.is_tracked())
+        else {
+            let _ = self.enqueue(routed, replayed).await;
+            return;
+        };
+        let topic = std::sync::Arc::clone(&routed.message.topic);
+        let qos = routed.qos;
+        match self.enqueue(routed, replayed).await {
+            Ok(()) => {
+                self.stored.seen.insert(id);
+            }
+            // QoS 0 is at most once (never queued offline): not fetched again.
+            Err(DropReason::QueueFull) if qos != hooks_spec::QoS::AtMostOnce => {
+                self.stored.dropped(&topic, id)
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A held stored message let go: `message.dropped` (the plugin reads the
+    /// store again) and its filters wait for a replay through it.
+    fn stored_dropped(&mut self, routed: &Routed, id: i64) {
+        self.shared.fire_dropped(
+            &routed.message,
+            DropReason::QueueFull,
+            Some(&self.client.clientid),
+        );
+        self.stored.dropped(&routed.message.topic, id);
     }
 
     /// Stored messages a plugin replays for one subscription, oldest first.
@@ -142,7 +214,7 @@ impl Session {
         let Replay {
             filter,
             deliveries,
-            complete,
+            complete_through,
         } = replay;
         let subscribed = self
             .subscriptions
@@ -152,15 +224,26 @@ impl Session {
             // A page for a subscription that is gone (unsubscribed, or a clean start since).
             return;
         }
+        // Tracked from the first page on, so its ids count as taken.
+        let state = self.stored.replaying.entry(filter).or_default();
+        state.paging = match complete_through {
+            None => true,
+            // A page read before the session dropped a later message does not
+            // complete the backlog: the plugin sends another one.
+            Some(through) => state.dropped_max.is_some_and(|d| d > through),
+        };
+        if !state.paging {
+            state.dropped_max = None;
+        }
+        let complete = !state.paging;
         for routed in deliveries {
             let Some(id) = routed.message.headers.stored_id else {
                 continue;
             };
-            if self.stored.seen.insert(id) {
-                self.enqueue(routed, true).await;
+            if !self.stored.seen.contains(id) {
+                self.enqueue_stored(routed, true).await;
             }
         }
-        self.stored.replaying.insert(filter, !complete);
         if complete {
             self.release_held().await;
         }
@@ -183,6 +266,15 @@ impl Session {
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
+            // Releasing may drop some (the queue fills): that filter waits again.
+            let waits = self
+                .stored
+                .held
+                .get(&id)
+                .is_some_and(|r| self.stored.waits_for_replay(&r.message.topic));
+            if waits {
+                continue;
+            }
             let Some(routed) = self.stored.held.remove(&id) else {
                 continue;
             };
@@ -190,8 +282,8 @@ impl Session {
                 .subscriptions
                 .values()
                 .any(|s| topic::matches(&s.filter, &routed.message.topic));
-            if still_subscribed && self.stored.seen.insert(id) {
-                self.enqueue(routed, false).await;
+            if still_subscribed && !self.stored.seen.contains(id) {
+                self.enqueue_stored(routed, false).await;
             }
         }
     }
