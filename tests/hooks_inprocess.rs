@@ -220,3 +220,71 @@ async fn the_handle_delivers_into_a_session_and_subscribes_on_behalf() {
         .contains(&"subscribed target restored/#".to_string()));
     server.shutdown().await;
 }
+
+/// A plugin that counts its reloads, and fails them when told to.
+struct Reloading {
+    name: &'static str,
+    fail: bool,
+    reloads: Arc<Mutex<u32>>,
+}
+
+#[async_trait]
+impl Plugin for Reloading {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn load_config(&mut self, _path: &Path) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn start(&self, _ctx: PluginContext) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn stop(&self, _hooks: &Hooks) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn reload(&self) -> Result<(), PluginError> {
+        *self.reloads.lock().unwrap() += 1;
+        if self.fail {
+            return Err(PluginError::Reload("broken on purpose".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_plugin_reloads_even_after_one_fails() {
+    let conf = ConfFile::parse(
+        Path::new("inprocess.conf"),
+        "listener.tcp.external = 127.0.0.1:0\n",
+    )
+    .unwrap();
+    let config = Config::from_conf(&conf).unwrap();
+    let failing = Arc::new(Mutex::new(0));
+    let working = Arc::new(Mutex::new(0));
+    let plugins: Vec<Box<dyn Plugin>> = vec![
+        Box::new(Reloading {
+            name: "failing",
+            fail: true,
+            reloads: Arc::clone(&failing),
+        }),
+        // Without a reload of its own: the default does nothing.
+        Box::new(TestPlugin(Arc::new(Probe::default()))),
+        Box::new(Reloading {
+            name: "working",
+            fail: false,
+            reloads: Arc::clone(&working),
+        }),
+    ];
+    let server = Server::start(config, plugins).await.unwrap();
+    assert_eq!(server.reload_plugins().await, 1, "one plugin failed");
+    assert_eq!(server.reload_plugins().await, 1);
+    assert_eq!((*failing.lock().unwrap(), *working.lock().unwrap()), (2, 2));
+    // The broker still serves clients.
+    let (mut c, _) = V4Client::connect(v4_options(server.local_addrs()[0], "c", true)).await;
+    c.subscribe("t", QoS::AtMostOnce).await;
+    server.shutdown().await;
+}

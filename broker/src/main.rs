@@ -71,13 +71,6 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .init();
 
-    let plugins = match load_plugins(&config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("postbox: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -85,10 +78,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(config, plugins))
+    // Before anything slow (plugins read files, connect to databases): from
+    // here on SIGHUP no longer ends the process, which is its default action.
+    let hangup = {
+        let _runtime = runtime.enter();
+        Hangup::register()
+    };
+    let plugins = match load_plugins(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("postbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(config, plugins, hangup))
 }
 
-async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>) -> ExitCode {
+async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>, mut hangup: Hangup) -> ExitCode {
     let server = match Server::start(config, plugins).await {
         Ok(s) => s,
         Err(e) => {
@@ -101,7 +107,21 @@ async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>) -> ExitCode {
         println!("listening on {addr}");
     }
     tracing::info!(addrs = ?server.local_addrs(), "postbox started");
-    wait_for_signal().await;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading plugins");
+                // A stop signal is not held up by a slow reload.
+                tokio::select! {
+                    _ = server.reload_plugins() => {}
+                    () = &mut stop => break,
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
@@ -128,6 +148,48 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// SIGHUP, which asks the plugins to reload. Once registered, the signal
+/// never ends the process again (tokio keeps its handler installed), so a
+/// SIGHUP during startup or shutdown is harmless.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Installs the handler; needs a runtime context.
+    fn register() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(s) => Hangup { signal: Some(s) },
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot handle SIGHUP ({e}): it will stop the broker instead of reloading"
+                    );
+                    Hangup { signal: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Hangup {}
+        }
+    }
+
+    /// The next SIGHUP (several sent during one reload count as one).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 }
 

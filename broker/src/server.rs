@@ -5,6 +5,7 @@
 //! per listener. [`Server::shutdown`] stops accepting, tells every session to
 //! finish through a watch channel (the broadcast signal), waits for them up to
 //! `shutdown.timeout`, then stops the plugins in reverse order.
+//! [`Server::reload_plugins`] is what SIGHUP runs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -329,6 +330,25 @@ impl Server {
     /// The shared state (for tests and the plugin handle).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Asks every started plugin, in `plugins.load` order, to reload (what
+    /// the broker does on SIGHUP). A plugin that fails keeps what it had in
+    /// force and the others still reload; each outcome is logged, then
+    /// `reload done`. Returns how many plugins failed.
+    pub async fn reload_plugins(&self) -> usize {
+        let mut failed = 0;
+        for p in &self.plugins {
+            match p.reload().await {
+                Ok(()) => tracing::info!(plugin = p.name(), "plugin reloaded"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(plugin = p.name(), "plugin reload failed: {e}");
+                }
+            }
+        }
+        tracing::info!(plugins = self.plugins.len(), failed, "reload done");
+        failed
     }
 
     /// Graceful shutdown: stop accepting, let sessions finish, stop plugins.

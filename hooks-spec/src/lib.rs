@@ -10,7 +10,8 @@
 //!   a second per chain, and replaced by the callback's failure policy).
 //! - [`Hooks`]: one chain per hook point, each typed with its arguments and
 //!   accumulator.
-//! - [`Plugin`]: what a plugin implements; [`BrokerHandle`]: what a plugin can
+//! - [`Plugin`]: what a plugin implements (load its configuration, start,
+//!   reload on SIGHUP, stop); [`BrokerHandle`]: what a plugin can
 //!   ask of the broker (deliver into a session, subscribe on a client's behalf,
 //!   publish, look up a client).
 //! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],

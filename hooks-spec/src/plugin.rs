@@ -34,6 +34,9 @@ pub enum PluginError {
     /// Starting failed (for example, the database cannot be reached).
     #[error("{0}")]
     Start(String),
+    /// Reloading failed; says what stays in force.
+    #[error("{0}")]
+    Reload(String),
 }
 
 /// What a plugin gets when it starts.
@@ -47,8 +50,9 @@ pub struct PluginContext {
 
 /// A broker plugin. The broker enables the plugins named in `plugins.load`
 /// at startup, in that order: `load_config` with `<etc dir>/<name>.conf`, then
-/// `start`; it refuses to start if either fails. At shutdown it calls `stop`
-/// in reverse order.
+/// `start`; it refuses to start if either fails. When the broker process gets
+/// SIGHUP it calls `reload` on each started plugin, in that order. At
+/// shutdown it calls `stop` in reverse order.
 #[async_trait]
 pub trait Plugin: Send + Sync {
     /// The name used in `plugins.load` and for the config file.
@@ -62,6 +66,21 @@ pub trait Plugin: Send + Sync {
 
     /// Unregisters callbacks and stops background work.
     async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError>;
+
+    /// Re-reads whatever the plugin can take again without a restart (the
+    /// broker calls it on SIGHUP, only after `start` succeeded, one plugin
+    /// at a time). A plugin swaps new state in only once it has read it
+    /// completely, so an error leaves what was in force; the error it
+    /// returns is logged and says what is wrong and what was kept. It never
+    /// stops the broker. A reload still running when the broker is told to
+    /// stop is dropped, so it must not leave half-applied state behind at an
+    /// `.await`.
+    ///
+    /// The default does nothing: for plugins that read nothing worth
+    /// reloading, or that look their data up on each use (a database).
+    async fn reload(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
 }
 
 /// A message handed to one client's session by a plugin.

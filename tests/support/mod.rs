@@ -4,7 +4,7 @@
 //!
 //! * [`Broker`]: runs the real `postbox` binary on `127.0.0.1:0` with a config
 //!   file in a private temp dir, captures its output, and can kill / SIGTERM /
-//!   restart it.
+//!   SIGHUP / restart it.
 //! * [`TestDb`]: a throw-away PostgreSQL database (created on the server named
 //!   by `POSTBOX_TEST_PG`, dropped on `Drop`).
 //! * [`V4Client`] / [`V5Client`]: rumqttc-based MQTT 3.1.1 / 5.0 clients with
@@ -327,6 +327,46 @@ impl Broker {
             "broker logs do not contain {needle:?} after {TIMEOUT:?}\n--- logs ---\n{}",
             self.logs()
         );
+    }
+
+    /// How many times `needle` occurs in the captured logs so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs().matches(needle).count()
+    }
+
+    /// Wait (10 s) until the captured logs contain `needle` at least `n`
+    /// times; panics with the logs otherwise.
+    pub async fn wait_for_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if self.log_count(needle) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "broker logs do not contain {needle:?} {n} times after {TIMEOUT:?}\n--- logs ---\n{}",
+            self.logs()
+        );
+    }
+
+    /// Sends SIGHUP and waits until the broker logs that this reload is
+    /// done (every plugin has reloaded or failed to); returns the logs
+    /// written since the signal.
+    pub async fn sighup(&self) -> String {
+        let pid = self.pid().expect("sighup: the broker is not running");
+        let before = self.log_count("reload done");
+        let start = self.logs().len();
+        let ok = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "`kill -HUP {pid}` failed");
+        self.wait_for_log_count("reload done", before + 1).await;
+        let logs = self.logs();
+        logs.get(start..).unwrap_or(&logs).to_string()
     }
 
     /// SIGKILL the broker and wait for it to exit.

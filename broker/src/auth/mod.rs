@@ -24,8 +24,17 @@
 //! `auth.file.acl_nomatch = allow` lets it through and `ignore` leaves it to
 //! the next plugin on the hook (and, when none decides, allows it).
 //!
-//! Both files are read once at startup; a file that cannot be read or parsed
-//! stops the broker with its path and line.
+//! ## Files: startup and SIGHUP
+//! At startup, a file that cannot be read or parsed stops the broker with its
+//! path and line. On SIGHUP ([`Plugin::reload`]) both files are read again,
+//! each on its own: a file that reads and parses completely replaces the one
+//! in force; one that does not is logged as `path:line: what is wrong` and
+//! the one in force stays (a bad ACL file does not hold back a good password
+//! file). `auth_file.conf` itself is not read again: which files, and
+//! `acl_nomatch`, are fixed at startup. Connections already in are not
+//! re-checked: the new password file applies to the next CONNECT, the new
+//! ACL to each PUBLISH and SUBSCRIBE after the reload (there is no ACL cache;
+//! subscriptions granted before stay, since a subscription is checked once).
 
 pub mod acl_file;
 pub mod passwd_cli;
@@ -36,7 +45,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use hooks_spec::{
@@ -176,10 +185,95 @@ pub struct Stats {
     pub acl_denied: AtomicU64,
 }
 
+/// A value that a reload replaces while readers keep the one they took.
+///
+/// The lock is held only to clone or replace the `Arc`, never across an
+/// `.await`.
+#[derive(Debug)]
+pub struct Current<T>(RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    /// Holds `value`.
+    pub fn new(value: T) -> Current<T> {
+        Current(RwLock::new(Arc::new(value)))
+    }
+
+    /// The value in force now.
+    pub fn get(&self) -> Arc<T> {
+        // A panic while holding the lock cannot leave a half-written `Arc`.
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `value` in force for every later `get`.
+    pub fn set(&self, value: T) {
+        let old = {
+            let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *slot, Arc::new(value))
+        };
+        // Freeing a large old file happens after readers can go on.
+        drop(old);
+    }
+}
+
+/// What the hooks decide with: the files in force (replaced on reload) and
+/// `acl_nomatch`.
+#[derive(Debug)]
+pub struct InForce {
+    /// The conf file the plugin was configured from.
+    pub file: PathBuf,
+    /// The password file, if one is configured.
+    pub passwords: Option<Current<PasswordFile>>,
+    /// The ACL file, if one is configured.
+    pub acl: Option<Current<AclFile>>,
+    /// `auth.file.acl_nomatch`.
+    pub acl_nomatch: NoMatch,
+}
+
+impl From<AuthFileConfig> for InForce {
+    fn from(cfg: AuthFileConfig) -> InForce {
+        InForce {
+            file: cfg.file,
+            passwords: cfg.passwords.map(Current::new),
+            acl: cfg.acl.map(Current::new),
+            acl_nomatch: cfg.acl_nomatch,
+        }
+    }
+}
+
+impl InForce {
+    /// Reads both files again and puts each in force if it loads
+    /// completely. Returns one message per file that did not, saying what
+    /// is wrong (`path:line: ...`) and that the previous one stays.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(current) = &self.passwords {
+            let path = current.get().path.clone();
+            match PasswordFile::load(&path) {
+                Ok(pw) => {
+                    tracing::info!(file = %path.display(), users = pw.len(), "auth_file: password file reloaded");
+                    current.set(pw);
+                }
+                Err(e) => errors.push(format!("{e} (the password file loaded before stays in force)")),
+            }
+        }
+        if let Some(current) = &self.acl {
+            let path = current.get().path.clone();
+            match AclFile::load(&path) {
+                Ok(acl) => {
+                    tracing::info!(file = %path.display(), rules = acl.rule_count(), "auth_file: ACL file reloaded");
+                    current.set(acl);
+                }
+                Err(e) => errors.push(format!("{e} (the ACL file loaded before stays in force)")),
+            }
+        }
+        errors
+    }
+}
+
 /// The `auth_file` plugin.
 #[derive(Default)]
 pub struct AuthFile {
-    config: Option<Arc<AuthFileConfig>>,
+    state: Option<Arc<InForce>>,
     stats: Arc<Stats>,
 }
 
@@ -202,20 +296,22 @@ impl Plugin for AuthFile {
     }
 
     fn load_config(&mut self, path: &Path) -> Result<(), PluginError> {
-        self.config = Some(Arc::new(AuthFileConfig::load(path)?));
+        self.state = Some(Arc::new(InForce::from(AuthFileConfig::load(path)?)));
         Ok(())
     }
 
     async fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let cfg = self
-            .config
+            .state
             .clone()
             .ok_or_else(|| PluginError::Start("configuration not loaded".into()))?;
         if let Some(pw) = &cfg.passwords {
+            let pw = pw.get();
             tracing::info!(file = %pw.path.display(), users = pw.len(), "auth_file: password file loaded");
             register_authenticate(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
         }
         if let Some(acl) = &cfg.acl {
+            let acl = acl.get();
             tracing::info!(file = %acl.path.display(), rules = acl.rule_count(), nomatch = ?cfg.acl_nomatch, "auth_file: ACL file loaded");
             register_check_acl(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
         }
@@ -229,9 +325,24 @@ impl Plugin for AuthFile {
         hooks.remove_owner(NAME);
         Ok(())
     }
+
+    /// Reads the password and ACL files again (see the module docs).
+    async fn reload(&self) -> Result<(), PluginError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        // Plain blocking reads of small files: `postbox` runs reloads on its
+        // main thread, not on a worker serving connections.
+        let errors = state.reload();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PluginError::Reload(errors.join("; ")))
+        }
+    }
 }
 
-fn register_authenticate(hooks: &Hooks, cfg: Arc<AuthFileConfig>, stats: Arc<Stats>) {
+fn register_authenticate(hooks: &Hooks, cfg: Arc<InForce>, stats: Arc<Stats>) {
     hooks
         .client_authenticate
         .add(NAME, 0, move |args: Arc<AuthArgs>, acc: AuthResult| {
@@ -260,10 +371,11 @@ fn register_authenticate(hooks: &Hooks, cfg: Arc<AuthFileConfig>, stats: Arc<Sta
 
 /// `Some(true)`: right password; `Some(false)`: known user, wrong or no
 /// password; `None`: not a user of the file.
-async fn authenticate(cfg: &AuthFileConfig, args: &AuthArgs) -> Result<Option<bool>, HookError> {
+async fn authenticate(cfg: &InForce, args: &AuthArgs) -> Result<Option<bool>, HookError> {
     let Some(passwords) = &cfg.passwords else {
         return Ok(None);
     };
+    let passwords = passwords.get();
     let Some(username) = args.client.username.as_deref() else {
         return Ok(None);
     };
@@ -289,7 +401,7 @@ async fn authenticate(cfg: &AuthFileConfig, args: &AuthArgs) -> Result<Option<bo
     Ok(Some(ok))
 }
 
-fn register_check_acl(hooks: &Hooks, cfg: Arc<AuthFileConfig>, stats: Arc<Stats>) {
+fn register_check_acl(hooks: &Hooks, cfg: Arc<InForce>, stats: Arc<Stats>) {
     hooks
         .client_check_acl
         .add(NAME, 0, move |args: Arc<AclArgs>, acc: AclResult| {
@@ -298,10 +410,11 @@ fn register_check_acl(hooks: &Hooks, cfg: Arc<AuthFileConfig>, stats: Arc<Stats>
         });
 }
 
-fn check_acl(cfg: &AuthFileConfig, stats: &Stats, args: &AclArgs, acc: AclResult) -> Flow<AclResult> {
+fn check_acl(cfg: &InForce, stats: &Stats, args: &AclArgs, acc: AclResult) -> Flow<AclResult> {
     let Some(acl) = &cfg.acl else {
         return Flow::Continue(acc);
     };
+    let acl = acl.get();
     let c = &args.client;
     let decision = acl.check(&c.clientid, c.username.as_deref(), args.action, &args.topic);
     let result = match (decision, cfg.acl_nomatch) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hooks_spec::{AclAction, AclArgs, AclResult, AuthArgs, ClientInfo, Flow, ProtocolVersion};
 
 use super::temp_dir;
-use crate::auth::{authenticate, check_acl, AuthFileConfig, NoMatch, Stats};
+use crate::auth::{authenticate, check_acl, AuthFileConfig, InForce, NoMatch, Stats};
 
 /// `secret`, hashed by mosquitto_passwd.
 const ALICE: &str = "alice:$7$101$k3j3KbNrhWR6L5pp$YcsRjdbOC1lWI2VaQVSAx6w0MFZ23Nlz9ZbL7V3fNsS4lIQrext0kfL+gcWpFviRX8i16ZjNyvbMxit4WbyCzg==\n";
@@ -124,7 +124,8 @@ fn client(id: &str, username: Option<&str>) -> ClientInfo {
 
 #[tokio::test]
 async fn authentication_allows_denies_and_ignores() {
-    let cfg = load(&[("auth_file.conf", "auth.file.password_file = p\n"), ("p", ALICE)]).unwrap();
+    let cfg =
+        InForce::from(load(&[("auth_file.conf", "auth.file.password_file = p\n"), ("p", ALICE)]).unwrap());
     let auth = |user: Option<&str>, pw: Option<&str>| AuthArgs {
         client: client("c", user),
         password: pw.map(|p| Bytes::from(p.to_string())),
@@ -161,11 +162,13 @@ async fn authentication_allows_denies_and_ignores() {
 async fn costly_hashes_are_verified_too() {
     let hash = crate::auth::password_file::PasswordHash::new_pbkdf2(b"pw", 2000).unwrap();
     assert!(hash.is_costly());
-    let cfg = load(&[
-        ("auth_file.conf", "auth.file.password_file = p\n"),
-        ("p", &format!("u:{hash}\n")),
-    ])
-    .unwrap();
+    let cfg = InForce::from(
+        load(&[
+            ("auth_file.conf", "auth.file.password_file = p\n"),
+            ("p", &format!("u:{hash}\n")),
+        ])
+        .unwrap(),
+    );
     let args = |pw: &str| AuthArgs {
         client: client("c", Some("u")),
         password: Some(Bytes::from(pw.to_string())),
@@ -189,7 +192,7 @@ fn acl_nomatch_decides_what_no_rule_does() {
         ("ignore", Flow::Continue(AclResult::Allow)),
     ] {
         let conf = format!("auth.file.acl_file = acl\nauth.file.acl_nomatch = {nomatch}\n");
-        let cfg = load(&[("auth_file.conf", &conf), ("acl", acl)]).unwrap();
+        let cfg = InForce::from(load(&[("auth_file.conf", &conf), ("acl", acl)]).unwrap());
         let run = |topic: &str| check_acl(&cfg, &stats, &args(topic), AclResult::Allow);
         assert_eq!(run("open"), Flow::Stop(AclResult::Allow), "{nomatch}");
         assert_eq!(run("shut"), Flow::Stop(AclResult::Deny), "{nomatch}");

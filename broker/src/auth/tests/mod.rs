@@ -6,6 +6,7 @@ mod acl_file;
 mod config;
 mod passwd_cli;
 mod password_file;
+mod reload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
