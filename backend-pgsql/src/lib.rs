@@ -241,6 +241,14 @@ async fn start_engine(
         if !schema.payload_bytea && storage_pools.contains(&name.as_str()) {
             tracing::info!(pool = %name, "mqtt_msg.payload is text (EMQX schema): non-UTF-8 payloads will be refused");
         }
+        if !schema.message_properties && storage_pools.contains(&name.as_str()) {
+            tracing::warn!(
+                pool = %name,
+                columns = ?schema::PROPERTY_COLUMNS,
+                "mqtt_msg lacks the message property columns (sql/V2__message_properties.sql): \
+                 MQTT 5 message expiry and properties are not kept for offline delivery"
+            );
+        }
         let stores = cfg.rules.iter().any(|r| {
             r.pool == name
                 && matches!(
