@@ -12,6 +12,7 @@ use hooks_spec::{ClientInfo, Delivery, Headers, Message, QoS, SubOpts};
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::PgsqlError;
+use crate::properties;
 use crate::sql_template::{Placeholder, SqlValue};
 use crate::topic_match::{condition, TopicCondition};
 use crate::writer::StoreRequest;
@@ -204,6 +205,8 @@ impl Engine {
             qos: i32::from(m.qos.as_u8()),
             retain: i32::from(m.retain),
             payload: m.payload.clone(),
+            expiry_secs: properties::expiry_secs(m),
+            properties: m.properties.clone(),
         };
         writer.store(req).await
     }

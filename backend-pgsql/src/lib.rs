@@ -44,6 +44,7 @@ pub mod tls;
 pub mod topic_match;
 pub mod writer;
 
+mod properties;
 mod register;
 
 pub use auth::AuthPgsql;
