@@ -325,8 +325,12 @@ async fn start_engine(
             .get(&pool_name)
             .ok_or_else(|| format!("unknown pool `{pool_name}`"))?;
         let (pages_tx, pages_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (dirty_tx, drain_handle) =
-            positions::Flusher::spawn(state.pool.clone(), Arc::clone(&tracks), pages_tx);
+        let (dirty_tx, drain_handle) = positions::Flusher::spawn(
+            state.pool.clone(),
+            state.schema.message_properties,
+            Arc::clone(&tracks),
+            pages_tx,
+        );
         drain = Some(drain_handle);
         let f = Arc::new(Fetcher {
             pool: state.pool.clone(),

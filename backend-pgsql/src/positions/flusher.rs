@@ -26,6 +26,8 @@ pub struct Flusher {
     /// drain at shutdown writes them too).
     retrying: HashSet<TrackKey>,
     pool: NamedPool,
+    /// `mqtt_msg` has `expires_at` ([`crate::schema::SchemaInfo::message_properties`]).
+    expiry: bool,
     tracks: Arc<Tracks>,
     rx: mpsc::UnboundedReceiver<TrackKey>,
     drain: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
@@ -51,8 +53,10 @@ impl DrainHandle {
 
 impl Flusher {
     /// Starts the task; send dirty subscriptions to the returned sender.
+    /// `expiry`: `mqtt_msg` has the `expires_at` column.
     pub fn spawn(
         pool: NamedPool,
+        expiry: bool,
         tracks: Arc<Tracks>,
         pages: mpsc::UnboundedSender<PageDue>,
     ) -> (mpsc::UnboundedSender<TrackKey>, DrainHandle) {
@@ -65,6 +69,7 @@ impl Flusher {
                 retry,
                 retrying: HashSet::new(),
                 pool,
+                expiry,
                 tracks,
                 rx,
                 drain,
@@ -103,7 +108,7 @@ impl Flusher {
             if round.is_empty() {
                 continue;
             }
-            match advance(&self.pool, &round).await {
+            match advance(&self.pool, self.expiry, &round).await {
                 Ok(advanced) => {
                     if in_outage {
                         in_outage = false;
@@ -165,7 +170,7 @@ impl Flusher {
     async fn final_round(&mut self) {
         let retrying: Vec<TrackKey> = self.retrying.drain().collect();
         let round = self.candidates(retrying);
-        let failed = if round.is_empty() || advance(&self.pool, &round).await.is_ok() {
+        let failed = if round.is_empty() || advance(&self.pool, self.expiry, &round).await.is_ok() {
             0
         } else {
             round.len()
@@ -190,8 +195,11 @@ impl Flusher {
 ///
 /// For each subscription, the first matching id in (from, high] not
 /// acknowledged decides the new position; the update never moves it back.
+/// With `expiry`, an expired row is no gap: it is never replayed, so it
+/// would never be acknowledged and the position would stop there for good.
 async fn advance(
     pool: &NamedPool,
+    expiry: bool,
     round: &[(TrackKey, Candidate)],
 ) -> Result<Vec<(i64, Option<i64>)>, PgsqlError> {
     let conn = pool.get().await?;
@@ -206,10 +214,16 @@ async fn advance(
             // The matching ids in (from, high], in order; the first one not
             // acknowledged is the gap. (Compared here: a large acknowledged
             // set as an SQL array would be scanned once per row.)
+            let not_expired = if expiry {
+                format!("AND {}", crate::properties::NOT_EXPIRED)
+            } else {
+                String::new()
+            };
             let sql = format!(
                 "SELECT id::int8 FROM mqtt_msg
                  WHERE id > $1 AND id <= $2 AND topic {op} $3
                    AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                   {not_expired}
                  ORDER BY id"
             );
             (sql, value)
