@@ -534,6 +534,8 @@ async fn a_batch_behind_a_failed_one_commits_after_the_failed_ones_rows() {
         qos: 1,
         retain: 0,
         payload: bytes::Bytes::from(payload.to_string()),
+        expiry_secs: None,
+        properties: Default::default(),
     };
     let timeout = Duration::from_secs(20);
 

@@ -260,21 +260,6 @@ async fn unsubscribing_forgets_the_position() {
     assert_eq!(text(&c.next_publish().await), "fresh");
 }
 
-/// The CREATE TABLE statements of EMQX 4.4's documentation.
-const EMQX_SCHEMA: &str = "
-CREATE TABLE mqtt_client(id SERIAL primary key, clientid character varying(100), state integer,
-  node character varying(100), online_at timestamp, offline_at timestamp,
-  created timestamp without time zone, UNIQUE (clientid));
-CREATE TABLE mqtt_sub(id SERIAL primary key, clientid character varying(100), topic character varying(200),
-  qos integer, created timestamp without time zone, UNIQUE (clientid, topic));
-CREATE TABLE mqtt_msg (id SERIAL primary key, msgid character varying(60), sender character varying(100),
-  topic character varying(200), qos integer, retain integer, payload text, arrived timestamp without time zone);
-CREATE TABLE mqtt_retain(id SERIAL primary key, topic character varying(200), msgid character varying(60),
-  sender character varying(100), qos integer, payload text, arrived timestamp without time zone, UNIQUE (topic));
-CREATE TABLE mqtt_acked (id SERIAL primary key, clientid character varying(100), topic character varying(100),
-  mid integer, created timestamp without time zone, UNIQUE (clientid, topic));
-";
-
 #[tokio::test]
 async fn emqx_schema_stores_text_and_refuses_binary_payloads() {
     let db = TestDb::create().await;

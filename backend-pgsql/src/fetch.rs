@@ -11,6 +11,10 @@
 //!   [`PAGES_AHEAD`](crate::positions::PAGES_AHEAD) handed pages wait for the
 //!   client's acknowledgements (see [`crate::positions`]), from the last id
 //!   handed out. Ids this client acknowledged above its position are left out.
+//! - Messages whose MQTT 5 expiry passed are not replayed; the others keep
+//!   their properties and carry the time they have left, so the broker
+//!   forwards that and drops them if they expire while queued. (Only where
+//!   `mqtt_msg` has the columns of `sql/V2__message_properties.sql`.)
 //!
 //! Page reads must stay one short index range scan whatever the planner
 //! believes: a freshly written backlog has no statistics yet (or ids above
@@ -32,6 +36,7 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
 use crate::positions::{FetchOpts, PageDue, TrackKey, Tracks};
+use crate::properties;
 use crate::schema::SchemaCell;
 use crate::topic_match::{condition, TopicCondition};
 
@@ -129,15 +134,27 @@ impl Fetcher {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
-        let payload = if self.schema.ready(&self.pool.name)?.payload_bytea {
+        let schema = self.schema.ready(&self.pool.name)?;
+        let payload = if schema.payload_bytea {
             "payload"
         } else {
             "convert_to(payload, 'UTF8')"
         };
+        // Expired rows are left out (MQTT 5 3.3.2.3.3); what the others have
+        // left is computed by the server, whose clock set their expiry.
+        let (props, not_expired) = if schema.message_properties {
+            (
+                format!(", {}", properties::SELECT_COLUMNS),
+                format!("AND {}", properties::NOT_EXPIRED),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let sql = format!(
-            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload} FROM mqtt_msg
+            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
+               {not_expired}
              ORDER BY id LIMIT $4"
         );
         let limit = i64::try_from(opts.max_returned_count).unwrap_or(i64::MAX);
@@ -178,7 +195,7 @@ impl Fetcher {
             _ => HashSet::new(),
         };
         let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
-        let mut decoder = RowDecoder::new(sub_qos);
+        let mut decoder = RowDecoder::new(sub_qos, schema.message_properties);
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: i64 = row.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
@@ -252,27 +269,33 @@ impl Fetcher {
 
 /// Builds the deliveries of one page. A page holds up to thousands of rows,
 /// usually of one topic and a few publishers: their `Arc<str>`s are shared
-/// between consecutive rows, and the clock is read once per page.
+/// between consecutive rows, and the clock is read once per page (after the
+/// page was read: a replayed message's expiry interval is what the database
+/// said it had left, counted from then).
 struct RowDecoder {
     sub_qos: QoS,
+    /// The rows carry the property columns ([`properties::SELECT_COLUMNS`]).
+    with_properties: bool,
     template: Message,
     topic: Option<Arc<str>>,
     publisher: Option<Arc<str>>,
 }
 
 impl RowDecoder {
-    fn new(sub_qos: QoS) -> RowDecoder {
+    fn new(sub_qos: QoS, with_properties: bool) -> RowDecoder {
         let mut template = Message::new("", Bytes::new(), QoS::AtLeastOnce, false);
         template.timestamp = SystemTime::now();
         RowDecoder {
             sub_qos,
+            with_properties,
             template,
             topic: None,
             publisher: None,
         }
     }
 
-    /// `id, msgid, sender, topic, qos, payload` (text, text, text, int4, bytea).
+    /// `id, msgid, sender, topic, qos, payload` (text, text, text, int4,
+    /// bytea), then the property columns when the table has them.
     fn decode(&mut self, id: i64, row: &tokio_postgres::Row) -> Result<Delivery, tokio_postgres::Error> {
         let msgid: Option<&str> = row.try_get(1)?;
         let sender: Option<&str> = row.try_get(2)?;
@@ -293,6 +316,11 @@ impl RowDecoder {
         message.payload = Bytes::copy_from_slice(payload.unwrap_or_default());
         message.qos = msg_qos;
         message.headers.stored_id = Some(id);
+        if self.with_properties {
+            let (expiry, props) = properties::decode(row, 6)?;
+            message.expiry_interval = expiry;
+            message.properties = props;
+        }
         Ok(Delivery {
             message,
             qos: self.sub_qos.min(msg_qos),

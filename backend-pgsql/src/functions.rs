@@ -12,6 +12,7 @@ use hooks_spec::{ClientInfo, Delivery, Headers, Message, QoS, SubOpts};
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::PgsqlError;
+use crate::properties;
 use crate::sql_template::{Placeholder, SqlValue};
 use crate::topic_match::{condition, TopicCondition};
 use crate::writer::StoreRequest;
@@ -204,6 +205,8 @@ impl Engine {
             qos: i32::from(m.qos.as_u8()),
             retain: i32::from(m.retain),
             payload: m.payload.clone(),
+            expiry_secs: properties::expiry_secs(m),
+            properties: m.properties.clone(),
         };
         writer.store(req).await
     }
@@ -219,7 +222,8 @@ impl Engine {
         })
     }
 
-    /// on_message_retain: upserts the retained message of the topic.
+    /// on_message_retain: upserts the retained message of the topic, with its
+    /// expiry and properties where `mqtt_retain` has the columns.
     pub(crate) async fn retain_store(&self, pool: &str, m: &Message) -> Result<(), PgsqlError> {
         let state = self
             .pools
@@ -229,12 +233,9 @@ impl Engine {
         let conn = state.pool.get().await?;
         let qos = i32::from(m.qos.as_u8());
         let msgid = m.id_hex();
+        let msgid = msgid.as_str();
         let sender = m.publisher.as_deref();
         let topic: &str = &m.topic;
-        let sql_head = "INSERT INTO mqtt_retain (topic, msgid, sender, qos, payload, arrived)
-             VALUES ($1, $2, $3, $4, $5, now())
-             ON CONFLICT (topic) DO UPDATE SET msgid = EXCLUDED.msgid, sender = EXCLUDED.sender,
-                 qos = EXCLUDED.qos, payload = EXCLUDED.payload, arrived = now()";
         let text_payload;
         let payload: (&(dyn ToSql + Sync), Type) = if schema.retain_payload_bytea {
             (&m.payload.as_ref() as &(dyn ToSql + Sync), Type::BYTEA)
@@ -244,18 +245,45 @@ impl Engine {
             })?;
             (&text_payload as &(dyn ToSql + Sync), Type::TEXT)
         };
-        conn.execute_typed(
-            sql_head,
-            &[
-                (&topic, Type::TEXT),
-                (&msgid.as_str(), Type::TEXT),
-                (&sender, Type::TEXT),
-                (&qos, Type::INT4),
-                payload,
-            ],
-        )
-        .await
-        .map_err(PgsqlError::query("on_message_retain: upsert mqtt_retain"))?;
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&topic, Type::TEXT),
+            (&msgid, Type::TEXT),
+            (&sender, Type::TEXT),
+            (&qos, Type::INT4),
+            payload,
+        ];
+        let p = &m.properties;
+        let expiry = properties::expiry_secs(m);
+        let format = p.payload_format_indicator.map(i16::from);
+        let (content_type, response_topic) = (p.content_type.as_deref(), p.response_topic.as_deref());
+        let correlation = p.correlation_data.as_deref();
+        let user = properties::user_properties_json(p);
+        let sql = if schema.retain_properties {
+            params.extend([
+                (&expiry as &(dyn ToSql + Sync), Type::FLOAT8),
+                (&format, Type::INT2),
+                (&content_type, Type::TEXT),
+                (&response_topic, Type::TEXT),
+                (&correlation, Type::BYTEA),
+                (&user, Type::TEXT),
+            ]);
+            "INSERT INTO mqtt_retain (topic, msgid, sender, qos, payload, arrived, expires_at,
+                 payload_format, content_type, response_topic, correlation_data, user_properties)
+             VALUES ($1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6), $7, $8, $9, $10, $11::jsonb)
+             ON CONFLICT (topic) DO UPDATE SET msgid = EXCLUDED.msgid, sender = EXCLUDED.sender,
+                 qos = EXCLUDED.qos, payload = EXCLUDED.payload, arrived = now(),
+                 expires_at = EXCLUDED.expires_at, payload_format = EXCLUDED.payload_format,
+                 content_type = EXCLUDED.content_type, response_topic = EXCLUDED.response_topic,
+                 correlation_data = EXCLUDED.correlation_data, user_properties = EXCLUDED.user_properties"
+        } else {
+            "INSERT INTO mqtt_retain (topic, msgid, sender, qos, payload, arrived)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (topic) DO UPDATE SET msgid = EXCLUDED.msgid, sender = EXCLUDED.sender,
+                 qos = EXCLUDED.qos, payload = EXCLUDED.payload, arrived = now()"
+        };
+        conn.execute_typed(sql, &params)
+            .await
+            .map_err(PgsqlError::query("on_message_retain: upsert mqtt_retain"))?;
         Ok(())
     }
 
@@ -288,33 +316,58 @@ impl Engine {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
-        let payload = if state.schema.ready(pool)?.retain_payload_bytea {
+        let schema = state.schema.ready(pool)?;
+        let payload = if schema.retain_payload_bytea {
             "payload"
         } else {
             "convert_to(payload, 'UTF8')"
         };
-        let sql = format!("SELECT topic::text, msgid, sender, qos, {payload} FROM mqtt_retain WHERE topic {op} $1 ORDER BY id");
+        // An expired retained message is not delivered (as the broker's own
+        // retained store does); the next retained message replaces its row.
+        let sql = if schema.retain_properties {
+            format!(
+                "SELECT topic::text, msgid::text, sender::text, qos::int4, {payload}, {} FROM mqtt_retain
+                 WHERE topic {op} $1 AND {} ORDER BY id",
+                properties::SELECT_COLUMNS,
+                properties::NOT_EXPIRED
+            )
+        } else {
+            format!("SELECT topic::text, msgid::text, sender::text, qos::int4, {payload} FROM mqtt_retain WHERE topic {op} $1 ORDER BY id")
+        };
         let conn = state.pool.get().await?;
         let rows = conn
             .query_typed(&sql, &[(&value, Type::TEXT)])
             .await
             .map_err(PgsqlError::query("on_retain_lookup: select mqtt_retain"))?;
         drop(conn);
+        let bad_row = || PgsqlError::query("on_retain_lookup: read mqtt_retain");
         for row in rows {
             let qos = row
-                .get::<_, Option<i32>>(3)
+                .try_get::<_, Option<i32>>(3)
+                .map_err(bad_row())?
                 .and_then(|q| QoS::from_u8(u8::try_from(q).ok()?))
                 .unwrap_or(QoS::AtMostOnce);
-            let payload: Vec<u8> = row.get::<_, Option<Vec<u8>>>(4).unwrap_or_default();
-            let mut message = Message::new(row.get::<_, String>(0), Bytes::from(payload), qos, true);
+            let payload: Vec<u8> = row
+                .try_get::<_, Option<Vec<u8>>>(4)
+                .map_err(bad_row())?
+                .unwrap_or_default();
+            let topic: String = row.try_get(0).map_err(bad_row())?;
+            let mut message = Message::new(topic, Bytes::from(payload), qos, true);
             // Keep the published message's id: the session recognises a retained
             // message its own retained store already delivered by that id.
-            let msgid: Option<String> = row.get(1);
+            let msgid: Option<String> = row.try_get(1).map_err(bad_row())?;
             if let Some(original) = msgid.as_deref().and_then(|h| u128::from_str_radix(h, 16).ok()) {
                 message.id = original;
             }
-            message.publisher = row.get::<_, Option<String>>(2).map(Arc::from);
+            let sender: Option<String> = row.try_get(2).map_err(bad_row())?;
+            message.publisher = sender.map(Arc::from);
             message.headers = Headers::default();
+            if schema.retain_properties {
+                let (expiry, props) = properties::decode(&row, 5).map_err(bad_row())?;
+                // Counted from now (Message::new's timestamp): what is left.
+                message.expiry_interval = expiry;
+                message.properties = props;
+            }
             let delivery = Delivery {
                 qos: sub_qos.min(qos),
                 message,

@@ -44,6 +44,7 @@ pub mod tls;
 pub mod topic_match;
 pub mod writer;
 
+mod properties;
 mod register;
 
 pub use auth::AuthPgsql;
@@ -320,8 +321,12 @@ async fn start_engine(
             .get(&pool_name)
             .ok_or_else(|| format!("unknown pool `{pool_name}`"))?;
         let (pages_tx, pages_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (dirty_tx, drain_handle) =
-            positions::Flusher::spawn(state.pool.clone(), Arc::clone(&tracks), pages_tx);
+        let (dirty_tx, drain_handle) = positions::Flusher::spawn(
+            state.pool.clone(),
+            state.schema.clone(),
+            Arc::clone(&tracks),
+            pages_tx,
+        );
         drain = Some(drain_handle);
         let f = Arc::new(Fetcher {
             pool: state.pool.clone(),
@@ -416,6 +421,14 @@ async fn setup_pool(np: &NamedPool, migrates: bool) -> Result<SchemaInfo, error:
     let info = schema::detect(&conn).await?;
     if !info.payload_bytea && migrates {
         tracing::info!(pool = %np.name, "mqtt_msg.payload is text (EMQX schema): non-UTF-8 payloads will be refused");
+    }
+    if !info.message_properties && migrates {
+        tracing::warn!(
+            pool = %np.name,
+            columns = ?schema::PROPERTY_COLUMNS,
+            "mqtt_msg lacks the message property columns (sql/V2__message_properties.sql): \
+             MQTT 5 message expiry and properties are not kept for offline delivery"
+        );
     }
     Ok(info)
 }

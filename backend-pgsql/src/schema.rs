@@ -4,15 +4,34 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio_postgres::types::Type;
 
 use crate::error::PgsqlError;
 
 /// Migrations, in order. Each is idempotent on its own as well.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "offline_messages",
-    include_str!("../../sql/V1__offline_messages.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "offline_messages",
+        include_str!("../../sql/V1__offline_messages.sql"),
+    ),
+    (
+        2,
+        "message_properties",
+        include_str!("../../sql/V2__message_properties.sql"),
+    ),
+];
+
+/// The columns V2 adds to `mqtt_msg` and `mqtt_retain` for MQTT 5 message
+/// expiry and properties. A table has them all or is used without them.
+pub const PROPERTY_COLUMNS: [&str; 6] = [
+    "expires_at",
+    "payload_format",
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "user_properties",
+];
 
 /// Arbitrary constant for the migration lock ("postbox1").
 const MIGRATION_LOCK: i64 = 0x706f_7374_626f_7831;
@@ -24,6 +43,14 @@ pub struct SchemaInfo {
     pub payload_bytea: bool,
     /// `mqtt_retain.payload` is `bytea`.
     pub retain_payload_bytea: bool,
+    /// `mqtt_msg` has every [`PROPERTY_COLUMNS`] column: message expiry and
+    /// MQTT 5 properties are stored and replayed. False (tables made by hand
+    /// from EMQX's schema after the migrations were recorded, say): they are
+    /// not kept, and every message is replayed as if it never expired.
+    pub message_properties: bool,
+    /// `mqtt_retain` has every [`PROPERTY_COLUMNS`] column (the same for
+    /// retained messages).
+    pub retain_properties: bool,
 }
 
 /// The schema of one pool's database, once known. A broker that starts
@@ -115,23 +142,72 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, Pg
     Ok(applied)
 }
 
-/// Reads the payload column types.
+/// Reads the payload column types and whether the property columns exist.
+///
+/// What the tables hold is checked, not what `postbox_schema_version` says:
+/// tables dropped and made again by hand keep the recorded version.
 pub async fn detect(client: &tokio_postgres::Client) -> Result<SchemaInfo, PgsqlError> {
+    let mut wanted = vec!["payload"];
+    wanted.extend(PROPERTY_COLUMNS);
     let rows = client
-        .query(
-            "SELECT table_name::text, data_type::text FROM information_schema.columns
-             WHERE table_schema = current_schema() AND column_name = 'payload'
+        .query_typed(
+            "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND column_name::text = ANY($1)
                AND table_name IN ('mqtt_msg', 'mqtt_retain')",
-            &[],
+            &[(&wanted, Type::TEXT_ARRAY)],
         )
         .await
         .map_err(PgsqlError::query("detect column types"))?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let get = |i| {
+            r.try_get::<_, String>(i)
+                .map_err(PgsqlError::query("detect column types"))
+        };
+        columns.push((get(0)?, get(1)?, get(2)?));
+    }
+    Ok(info_from_columns(&columns))
+}
+
+/// [`SchemaInfo`] from (table, column, data type) rows.
+fn info_from_columns(columns: &[(String, String, String)]) -> SchemaInfo {
     let is_bytea = |table: &str| {
-        rows.iter()
-            .any(|r| r.get::<_, String>(0) == table && r.get::<_, String>(1) == "bytea")
+        columns
+            .iter()
+            .any(|(t, c, ty)| t == table && c == "payload" && ty == "bytea")
     };
-    Ok(SchemaInfo {
+    let has_properties = |table: &str| {
+        PROPERTY_COLUMNS
+            .iter()
+            .all(|want| columns.iter().any(|(t, c, _)| t == table && c == want))
+    };
+    SchemaInfo {
         payload_bytea: is_bytea("mqtt_msg"),
         retain_payload_bytea: is_bytea("mqtt_retain"),
-    })
+        message_properties: has_properties("mqtt_msg"),
+        retain_properties: has_properties("mqtt_retain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(t: &str, c: &str, ty: &str) -> (String, String, String) {
+        (t.into(), c.into(), ty.into())
+    }
+
+    #[test]
+    fn properties_need_every_column() {
+        let mut cols = vec![col("mqtt_msg", "payload", "text")];
+        cols.extend(PROPERTY_COLUMNS.iter().map(|c| col("mqtt_msg", c, "x")));
+        let info = info_from_columns(&cols);
+        assert!(info.message_properties && !info.payload_bytea);
+        assert!(!info.retain_properties, "mqtt_retain has none of them");
+        cols.retain(|(_, c, _)| c != "user_properties");
+        assert!(
+            !info_from_columns(&cols).message_properties,
+            "one missing is none"
+        );
+    }
 }

@@ -73,6 +73,14 @@ pub struct StoreRequest {
     pub retain: i32,
     /// Payload (already checked to be UTF-8 when the column is text).
     pub payload: Bytes,
+    /// Seconds the message has left to live (MQTT 5 Message Expiry
+    /// Interval less its time in the broker so far); the database stores
+    /// `now() + this` as `expires_at`. `None`: it never expires.
+    pub expiry_secs: Option<f64>,
+    /// MQTT 5 properties that travel with the message (empty for 3.1.1).
+    /// Kept only where `mqtt_msg` has the columns
+    /// ([`SchemaInfo::message_properties`]), as is the expiry.
+    pub properties: hooks_spec::PublishProperties,
 }
 
 struct Pending {

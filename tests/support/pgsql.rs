@@ -23,6 +23,21 @@ backend.pgsql.hook.session.subscribed.3  = {"topic": "#", "action": {"function":
 backend.pgsql.hook.session.unsubscribed.2= {"topic": "#", "action": {"function": "on_subscribe_store"}, "pool": "pool1"}
 "##;
 
+/// The CREATE TABLE statements of EMQX 4.4's documentation.
+pub const EMQX_SCHEMA: &str = "
+CREATE TABLE mqtt_client(id SERIAL primary key, clientid character varying(100), state integer,
+  node character varying(100), online_at timestamp, offline_at timestamp,
+  created timestamp without time zone, UNIQUE (clientid));
+CREATE TABLE mqtt_sub(id SERIAL primary key, clientid character varying(100), topic character varying(200),
+  qos integer, created timestamp without time zone, UNIQUE (clientid, topic));
+CREATE TABLE mqtt_msg (id SERIAL primary key, msgid character varying(60), sender character varying(100),
+  topic character varying(200), qos integer, retain integer, payload text, arrived timestamp without time zone);
+CREATE TABLE mqtt_retain(id SERIAL primary key, topic character varying(200), msgid character varying(60),
+  sender character varying(100), qos integer, payload text, arrived timestamp without time zone, UNIQUE (topic));
+CREATE TABLE mqtt_acked (id SERIAL primary key, clientid character varying(100), topic character varying(100),
+  mid integer, created timestamp without time zone, UNIQUE (clientid, topic));
+";
+
 /// host:port of the test PostgreSQL server.
 pub fn pg_server() -> String {
     let url = pg_admin_url();

@@ -10,6 +10,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::{Candidate, PageDue, TrackKey, Tracks};
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
+use crate::schema::SchemaCell;
 use crate::topic_match::{condition, TopicCondition};
 
 /// Shortest time between the starts of two rounds of position writes.
@@ -26,6 +27,9 @@ pub struct Flusher {
     /// drain at shutdown writes them too).
     retrying: HashSet<TrackKey>,
     pool: NamedPool,
+    /// Whether `mqtt_msg` has `expires_at`
+    /// ([`crate::schema::SchemaInfo::message_properties`]), once known.
+    schema: SchemaCell,
     tracks: Arc<Tracks>,
     rx: mpsc::UnboundedReceiver<TrackKey>,
     drain: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
@@ -51,8 +55,10 @@ impl DrainHandle {
 
 impl Flusher {
     /// Starts the task; send dirty subscriptions to the returned sender.
+    /// `schema`: the pool's, for whether `mqtt_msg` has `expires_at`.
     pub fn spawn(
         pool: NamedPool,
+        schema: SchemaCell,
         tracks: Arc<Tracks>,
         pages: mpsc::UnboundedSender<PageDue>,
     ) -> (mpsc::UnboundedSender<TrackKey>, DrainHandle) {
@@ -65,6 +71,7 @@ impl Flusher {
                 retry,
                 retrying: HashSet::new(),
                 pool,
+                schema,
                 tracks,
                 rx,
                 drain,
@@ -103,7 +110,7 @@ impl Flusher {
             if round.is_empty() {
                 continue;
             }
-            match advance(&self.pool, &round).await {
+            match advance(&self.pool, &self.schema, &round).await {
                 Ok(advanced) => {
                     if in_outage {
                         in_outage = false;
@@ -165,7 +172,7 @@ impl Flusher {
     async fn final_round(&mut self) {
         let retrying: Vec<TrackKey> = self.retrying.drain().collect();
         let round = self.candidates(retrying);
-        let failed = if round.is_empty() || advance(&self.pool, &round).await.is_ok() {
+        let failed = if round.is_empty() || advance(&self.pool, &self.schema, &round).await.is_ok() {
             0
         } else {
             round.len()
@@ -190,10 +197,14 @@ impl Flusher {
 ///
 /// For each subscription, the first matching id in (from, high] not
 /// acknowledged decides the new position; the update never moves it back.
+/// With `expiry`, an expired row is no gap: it is never replayed, so it
+/// would never be acknowledged and the position would stop there for good.
 async fn advance(
     pool: &NamedPool,
+    schema: &SchemaCell,
     round: &[(TrackKey, Candidate)],
 ) -> Result<Vec<(i64, Option<i64>)>, PgsqlError> {
+    let expiry = schema.ready(&pool.name)?.message_properties;
     let conn = pool.get().await?;
     let client: &tokio_postgres::Client = &conn;
     let reads: Vec<(String, String)> = round
@@ -206,10 +217,16 @@ async fn advance(
             // The matching ids in (from, high], in order; the first one not
             // acknowledged is the gap. (Compared here: a large acknowledged
             // set as an SQL array would be scanned once per row.)
+            let not_expired = if expiry {
+                format!("AND {}", crate::properties::NOT_EXPIRED)
+            } else {
+                String::new()
+            };
             let sql = format!(
                 "SELECT id::int8 FROM mqtt_msg
                  WHERE id > $1 AND id <= $2 AND topic {op} $3
                    AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                   {not_expired}
                  ORDER BY id"
             );
             (sql, value)
