@@ -73,6 +73,8 @@ impl Fetcher {
             return Ok(());
         }
         let key: TrackKey = (clientid.to_string(), filter.to_string());
+        // Not before the migrations ran (the database answered since startup).
+        self.schema.ready(&self.pool.name)?;
         let conn = self.pool.get().await?;
         let existing = conn
             .query_typed_opt(
@@ -103,7 +105,11 @@ impl Fetcher {
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
                 let position: i64 = row.get(0);
-                self.tracks.start(key, position, i32::from(qos.as_u8()), opts);
+                self.tracks
+                    .start(key.clone(), position, i32::from(qos.as_u8()), opts);
+                // Registered late (the database did not answer at SUBSCRIBE):
+                // what the client acknowledged meanwhile can be recorded now.
+                let _ = self.dirty.send(key);
                 // An empty, complete replay: the session tracks stored ids for this filter from now on.
                 let _ = self
                     .handle
@@ -115,6 +121,8 @@ impl Fetcher {
                 let (from, epoch) = self
                     .tracks
                     .start(key.clone(), row.get(0), i32::from(qos.as_u8()), opts);
+                // Acknowledgements collected while it was unregistered.
+                let _ = self.dirty.send(key.clone());
                 drop(conn);
                 self.tracks.begin_read(&key, epoch);
                 self.page(&key, from, epoch).await
@@ -154,17 +162,21 @@ impl Fetcher {
             "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
+               AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
                {not_expired}
              ORDER BY id LIMIT $4"
         );
         let limit = i64::try_from(opts.max_returned_count).unwrap_or(i64::MAX);
         let conn = self.pool.get().await?;
         let client: &tokio_postgres::Client = &conn;
-        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        // No local (MQTT 5): the client's own messages are not for it.
+        let params: [(&(dyn ToSql + Sync), Type); 6] = [
             (&from, Type::INT8),
             (&value, Type::TEXT),
             (&opts.time_range_secs, Type::FLOAT8),
             (&limit, Type::INT8),
+            (&opts.no_local, Type::BOOL),
+            (clientid, Type::TEXT),
         ];
         // One round trip: the requests are pipelined. The newest id is read
         // first: ids become visible in increasing order, so the page (a later

@@ -127,12 +127,17 @@ impl Engine {
     /// on_subscribe_lookup: subscribes the client to its rows of `mqtt_sub`,
     /// as if it had sent SUBSCRIBE (session.subscribed fires, and with it fetch).
     pub(crate) async fn subscribe_lookup(&self, pool: &str, client: &ClientInfo) -> Result<(), PgsqlError> {
+        // Rows of a persistent session (schema V3) are the session's: it is
+        // restored with them (on_session_restore), not on every connect.
+        let sql = match self.pools.get(pool).and_then(|s| s.schema.get()) {
+            Some(info) if info.sub_session => {
+                "SELECT topic::text, qos FROM mqtt_sub WHERE clientid = $1 AND NOT session ORDER BY id"
+            }
+            _ => "SELECT topic::text, qos FROM mqtt_sub WHERE clientid = $1 ORDER BY id",
+        };
         let conn = self.pool(pool)?.get().await?;
         let rows = conn
-            .query_typed(
-                "SELECT topic::text, qos FROM mqtt_sub WHERE clientid = $1 ORDER BY id",
-                &[(&&*client.clientid, Type::TEXT)],
-            )
+            .query_typed(sql, &[(&&*client.clientid, Type::TEXT)])
             .await
             .map_err(PgsqlError::query("on_subscribe_lookup: select mqtt_sub"))?;
         drop(conn);

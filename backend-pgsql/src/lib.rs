@@ -39,6 +39,7 @@ pub mod positions;
 pub mod retention;
 pub mod rules;
 pub mod schema;
+pub mod sessions;
 pub mod sql_template;
 pub mod tls;
 pub mod topic_match;
@@ -133,6 +134,8 @@ pub(crate) struct Engine {
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
     pub(crate) drain: Option<positions::DrainHandle>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
+    /// Persistent sessions (on_session_restore), on the pool of its rule.
+    pub(crate) sessions: Option<Arc<sessions::SessionStore>>,
     pub(crate) stats: Arc<Stats>,
     /// Ids stored by this node whose message.publish chain has not finished
     /// (so they are not routed yet).
@@ -339,7 +342,25 @@ async fn start_engine(
         dirty = Some(dirty_tx);
         fetcher = Some(f);
     }
+    let sessions = match cfg
+        .rules
+        .iter()
+        .find(|r| matches!(r.action, Action::Function(Function::OnSessionRestore)))
+    {
+        Some(rule) => {
+            let state = pools
+                .get(&rule.pool)
+                .ok_or_else(|| format!("unknown pool `{}`", rule.pool))?;
+            Some(sessions::SessionStore::spawn(
+                state.pool.clone(),
+                state.schema.clone(),
+                ctx.broker.node_name().to_string(),
+            ))
+        }
+        None => None,
+    };
     Ok(Engine {
+        sessions,
         node: ctx.broker.node_name().to_string(),
         handle: Arc::clone(&ctx.broker),
         cfg,

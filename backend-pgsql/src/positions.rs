@@ -55,6 +55,10 @@ pub struct Track {
     /// In the flusher's queue (sent, not yet taken): further acknowledgements
     /// need not queue it again.
     pub queued: bool,
+    /// Subscribed while the database did not answer: acknowledgements are
+    /// collected, but no position is computed or written (the position is
+    /// not known) until [`Tracks::start`] registers it.
+    pub unregistered: bool,
 }
 
 /// Full pages handed to a session that may wait for acknowledgements at
@@ -164,6 +168,9 @@ pub struct FetchOpts {
     pub max_returned_count: usize,
     /// Only messages that arrived within this many seconds; `None`: no limit.
     pub time_range_secs: Option<f64>,
+    /// MQTT 5 no local: the client's own messages are not for it (not
+    /// replayed, and no gap for its position).
+    pub no_local: bool,
 }
 
 impl Default for FetchOpts {
@@ -171,6 +178,7 @@ impl Default for FetchOpts {
         FetchOpts {
             max_returned_count: 500,
             time_range_secs: None,
+            no_local: false,
         }
     }
 }
@@ -247,12 +255,26 @@ impl Tracks {
         t.acked.retain(|&id| id > p);
         t.qos = qos;
         t.active = true;
+        t.unregistered = false;
         t.epoch += 1;
         t.paging = Paging {
             read_to: p,
             ..Paging::default()
         };
         (p, t.epoch)
+    }
+
+    /// A subscription made while the database did not answer: tracked from
+    /// now on, so that what the client acknowledges before [`Tracks::start`]
+    /// registers it (when the database is back) is not forgotten. Its
+    /// position stays what this node knew (nothing, for a new one).
+    pub fn start_unregistered(&self, key: TrackKey, qos: i32, opts: FetchOpts) {
+        let mut map = self.lock();
+        let t = map.entry(key);
+        t.opts = opts;
+        t.qos = qos;
+        t.active = true;
+        t.unregistered = true;
     }
 
     /// Marks the first page read of a subscription as running (its caller
@@ -344,7 +366,12 @@ impl Tracks {
         let mut map = self.lock();
         let mut due = Vec::new();
         for (f, t) in map.client_mut(clientid) {
-            if !t.active || id <= t.position || t.acked.contains(&id) || !hooks_match(f, topic) {
+            if !t.active
+                || t.unregistered
+                || id <= t.position
+                || t.acked.contains(&id)
+                || !hooks_match(f, topic)
+            {
                 continue;
             }
             let position = t.position;
@@ -476,6 +503,10 @@ impl Tracks {
         let t = map.get_mut(key)?;
         // Acknowledgements from now on are not in this candidate: they queue it again.
         t.queued = false;
+        if t.unregistered {
+            // start() queues it again once the position is known.
+            return None;
+        }
         // With a page out and nothing newly acknowledged, the page end is the candidate
         // (a page whose messages were all acknowledged before must still move on).
         let high = t.acked.last().copied().or(t.paging.out.back().map(|p| p.last))?;
@@ -484,6 +515,7 @@ impl Tracks {
             high,
             acked: t.acked.iter().copied().collect(),
             time_range_secs: t.opts.time_range_secs,
+            no_local: t.opts.no_local,
         })
     }
 
@@ -543,6 +575,7 @@ struct Candidate {
     high: i64,
     acked: Vec<i64>,
     time_range_secs: Option<f64>,
+    no_local: bool,
 }
 
 mod flusher;

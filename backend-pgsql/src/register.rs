@@ -95,8 +95,7 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                 chain.add(NAME, 0, move |args, ()| {
                     let e = Arc::clone(&e);
                     async move {
-                        e.session_rule(i, &args.client, &args.filter, &args.opts, subscribed)
-                            .await;
+                        e.session_rule(i, &args, subscribed).await;
                         Ok(Flow::Continue(()))
                     }
                 });
@@ -186,11 +185,16 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                     })
                 });
             }
+            // on_session_restore: the session store registers its callbacks below.
+            HookPoint::SessionRestore => {}
             other => tracing::warn!(rule = %rule.key, "rules cannot bind to {other}; ignored"),
         }
     }
     if engine.fetcher.is_some() {
         bookkeeping(engine, hooks);
+    }
+    if let Some(store) = &engine.sessions {
+        crate::sessions::register(store, hooks, &engine.node);
     }
 }
 
@@ -316,14 +320,8 @@ impl Engine {
         }
     }
 
-    async fn session_rule(
-        &self,
-        i: usize,
-        client: &ClientInfo,
-        filter: &str,
-        opts: &hooks_spec::SubOpts,
-        subscribed: bool,
-    ) {
+    async fn session_rule(&self, i: usize, args: &hooks_spec::SubscribedArgs, subscribed: bool) {
+        let (client, filter, opts) = (&args.client, args.filter.as_str(), &args.opts);
         let rule = self.rule(i);
         if !topic_ok(rule, filter) {
             return;
@@ -337,6 +335,7 @@ impl Engine {
                             .max_returned_count
                             .unwrap_or(self.cfg.max_returned_count),
                         time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
+                        no_local: opts.no_local,
                     };
                     let cap = self.first_position_cap();
                     let result = f
@@ -347,6 +346,13 @@ impl Engine {
                         // from a position no later than what this node had stored
                         // when the client subscribed, so nothing is skipped.
                         let hint = cap.min(self.stats.store.last_id.load(Ordering::Relaxed));
+                        // Tracked from now on, so acknowledgements of messages
+                        // delivered live meanwhile count once it is registered.
+                        f.tracks.start_unregistered(
+                            (client.clientid.to_string(), filter.to_string()),
+                            i32::from(opts.qos.as_u8()),
+                            fetch,
+                        );
                         let (f, clientid, filter, qos) = (
                             Arc::clone(f),
                             client.clientid.to_string(),
@@ -370,10 +376,11 @@ impl Engine {
                 }
                 None => Ok(()),
             },
-            Action::Function(Function::OnRetainLookup) if opts.share_group.is_none() => {
+            // A restored subscription gets no retained messages (as from the broker's store).
+            Action::Function(Function::OnRetainLookup) if opts.share_group.is_none() && !args.restored => {
                 self.retain_lookup(&rule.pool, client, filter, opts.qos).await
             }
-            Action::Function(Function::OnSubscribeStore) => {
+            Action::Function(Function::OnSubscribeStore) if !args.restored => {
                 self.subscribe_store(&rule.pool, client, filter, opts.qos, subscribed)
                     .await
             }

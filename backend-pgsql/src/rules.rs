@@ -26,6 +26,7 @@ pub const BINDABLE_HOOKS: &[HookPoint] = &[
     HookPoint::ClientDisconnected,
     HookPoint::SessionSubscribed,
     HookPoint::SessionUnsubscribed,
+    HookPoint::SessionRestore,
     HookPoint::MessagePublish,
     HookPoint::MessageAcked,
     HookPoint::MessageDelivered,
@@ -60,6 +61,10 @@ pub enum Function {
     /// `on_subscribe_store` (Postbox): keep `mqtt_sub` in step with the
     /// client's subscriptions.
     OnSubscribeStore,
+    /// `on_session_restore` (Postbox): keep persistent sessions in
+    /// `mqtt_session` (their subscriptions in `mqtt_sub`) and hand them back
+    /// to the broker after a restart.
+    OnSessionRestore,
 }
 
 impl Function {
@@ -77,6 +82,7 @@ impl Function {
         Function::OnMessageAcked,
         Function::OnMessageDelivered,
         Function::OnSubscribeStore,
+        Function::OnSessionRestore,
     ];
 
     /// The name used in the configuration, such as `on_client_connected`.
@@ -94,6 +100,7 @@ impl Function {
             Function::OnMessageAcked => "on_message_acked",
             Function::OnMessageDelivered => "on_message_delivered",
             Function::OnSubscribeStore => "on_subscribe_store",
+            Function::OnSessionRestore => "on_session_restore",
         }
     }
 
@@ -115,6 +122,7 @@ impl Function {
             Function::OnMessageAcked => &[HookPoint::MessageAcked],
             Function::OnMessageDelivered => &[HookPoint::MessageDelivered],
             Function::OnSubscribeStore => &[HookPoint::SessionSubscribed, HookPoint::SessionUnsubscribed],
+            Function::OnSessionRestore => &[HookPoint::SessionRestore],
         }
     }
 }
@@ -379,6 +387,12 @@ fn parse_action(value: &Value, hook: HookPoint) -> Result<Action, String> {
         return Ok(Action::Function(function));
     }
     if let Some(s) = fields.get("sql") {
+        if hook == HookPoint::SessionRestore {
+            return Err(format!(
+                "`{hook}` takes the function {} only, not `sql`",
+                Function::OnSessionRestore
+            ));
+        }
         return parse_sql(s, hook).map(Action::Sql);
     }
     Err(format!("`action`: {ACTION_EXPECTED}, got {value}"))

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "message_properties",
         include_str!("../../sql/V2__message_properties.sql"),
     ),
+    (3, "sessions", include_str!("../../sql/V3__sessions.sql")),
 ];
 
 /// The columns V2 adds to `mqtt_msg` and `mqtt_retain` for MQTT 5 message
@@ -51,6 +52,9 @@ pub struct SchemaInfo {
     /// `mqtt_retain` has every [`PROPERTY_COLUMNS`] column (the same for
     /// retained messages).
     pub retain_properties: bool,
+    /// `mqtt_sub.session` exists (schema V3): rows of persistent sessions are
+    /// told apart from EMQX's provisioned ones.
+    pub sub_session: bool,
 }
 
 /// The schema of one pool's database, once known. A broker that starts
@@ -147,13 +151,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, Pg
 /// What the tables hold is checked, not what `postbox_schema_version` says:
 /// tables dropped and made again by hand keep the recorded version.
 pub async fn detect(client: &tokio_postgres::Client) -> Result<SchemaInfo, PgsqlError> {
-    let mut wanted = vec!["payload"];
+    let mut wanted = vec!["payload", "session"];
     wanted.extend(PROPERTY_COLUMNS);
     let rows = client
         .query_typed(
             "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
              WHERE table_schema = current_schema() AND column_name::text = ANY($1)
-               AND table_name IN ('mqtt_msg', 'mqtt_retain')",
+               AND table_name IN ('mqtt_msg', 'mqtt_retain', 'mqtt_sub')",
             &[(&wanted, Type::TEXT_ARRAY)],
         )
         .await
@@ -186,6 +190,7 @@ fn info_from_columns(columns: &[(String, String, String)]) -> SchemaInfo {
         retain_payload_bytea: is_bytea("mqtt_retain"),
         message_properties: has_properties("mqtt_msg"),
         retain_properties: has_properties("mqtt_retain"),
+        sub_session: columns.iter().any(|(t, c, _)| t == "mqtt_sub" && c == "session"),
     }
 }
 

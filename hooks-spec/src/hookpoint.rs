@@ -53,6 +53,7 @@ hook_points! {
     ClientCheckAcl => "client.check_acl", Fold;
     ClientSubscribe => "client.subscribe", Fold;
     ClientUnsubscribe => "client.unsubscribe", Fold;
+    SessionRestore => "session.restore", Fold;
     SessionCreated => "session.created", Notification;
     SessionSubscribed => "session.subscribed", Notification;
     SessionUnsubscribed => "session.unsubscribed", Notification;
@@ -95,7 +96,7 @@ mod tests {
 
     #[test]
     fn every_name_round_trips() {
-        assert_eq!(HookPoint::ALL.len(), 19);
+        assert_eq!(HookPoint::ALL.len(), 20);
         for p in HookPoint::ALL {
             assert_eq!(p.as_str().parse::<HookPoint>(), Ok(*p));
             assert_eq!(p.to_string(), p.as_str());

@@ -98,6 +98,10 @@ pub struct SubscribedArgs {
     pub filter: String,
     /// The options granted (for unsubscribed: the ones it had).
     pub opts: SubOpts,
+    /// The subscription was restored with a session a plugin kept
+    /// (`session.restore`), not made by a SUBSCRIBE: it is already stored,
+    /// and it gets no retained messages.
+    pub restored: bool,
 }
 
 /// `message.publish` arguments.
@@ -157,6 +161,9 @@ pub struct Hooks {
     pub client_subscribe: Chain<ClientSubArgs, Vec<TopicFilter>>,
     /// `client.unsubscribe`: fold over the filters of an UNSUBSCRIBE.
     pub client_unsubscribe: Chain<ClientSubArgs, Vec<String>>,
+    /// `session.restore`: fold over a stored session, for a connection that
+    /// asked to resume a session the broker does not have in memory.
+    pub session_restore: Chain<SessionArgs, Option<StoredSession>>,
     /// `session.created`.
     pub session_created: Chain<SessionArgs, ()>,
     /// `session.subscribed`: after a subscription is in the router, before SUBACK.
@@ -203,6 +210,7 @@ impl Hooks {
             ),
             client_subscribe: Chain::new(HookPoint::ClientSubscribe, t),
             client_unsubscribe: Chain::new(HookPoint::ClientUnsubscribe, t),
+            session_restore: Chain::new(HookPoint::SessionRestore, t),
             session_created: Chain::new(HookPoint::SessionCreated, t),
             session_subscribed: Chain::new(HookPoint::SessionSubscribed, t),
             session_unsubscribed: Chain::new(HookPoint::SessionUnsubscribed, t),
@@ -227,6 +235,7 @@ impl Hooks {
             + self.client_check_acl.remove_owner(owner)
             + self.client_subscribe.remove_owner(owner)
             + self.client_unsubscribe.remove_owner(owner)
+            + self.session_restore.remove_owner(owner)
             + self.session_created.remove_owner(owner)
             + self.session_subscribed.remove_owner(owner)
             + self.session_unsubscribed.remove_owner(owner)
@@ -250,6 +259,7 @@ impl Hooks {
             + self.client_check_acl.failures()
             + self.client_subscribe.failures()
             + self.client_unsubscribe.failures()
+            + self.session_restore.failures()
             + self.session_created.failures()
             + self.session_subscribed.failures()
             + self.session_unsubscribed.failures()

@@ -28,6 +28,7 @@
 //! | `client.connect` | fold | [`ConnInfo`] | [`ConnProperties`] | CONNECT decoded, before authentication |
 //! | `client.authenticate` | fold | [`AuthArgs`] | [`AuthResult`] | after `client.connect`; `Deny` refuses the connection (CONNACK 0x86; 3.1.1: 0x04). A failing callback denies. `Ignore` at the end applies `mqtt.allow_anonymous` |
 //! | `client.connack` | fold | [`ConnackArgs`] | [`ConnProperties`] | just before CONNACK is written (any reason code); user properties and reason string go into an MQTT 5 CONNACK |
+//! | `session.restore` | fold | [`SessionArgs`] | `Option<`[`StoredSession`]`>` | a connection asked to resume a session (clean start 0, expiry > 0) and none is in memory (a broker restart), before CONNACK: a plugin that kept the session returns it; the broker resumes it (session present 1, `session.resumed`) and subscribes it again to each stored filter, through the ACL (`session.subscribed` with `restored`, no retained messages). `None` (or another user name): a new session |
 //! | `session.created` | notification | [`SessionArgs`] | | a new session was created, before CONNACK |
 //! | `session.resumed` | notification | [`SessionArgs`] | | a connection attached to an existing session, before CONNACK |
 //! | `session.discarded` | notification | [`SessionArgs`] | | a clean start threw an existing session away, before CONNACK |

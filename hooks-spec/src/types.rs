@@ -164,6 +164,18 @@ pub struct TopicFilter {
     pub opts: SubOpts,
 }
 
+/// A session a plugin kept (in a database) and hands back to the broker
+/// after a restart: the accumulator of `session.restore`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The user name that last used the session: another user name does not
+    /// resume it (as for a session in memory).
+    pub username: Option<String>,
+    /// Its subscriptions: filters as the client sent them (`$share/...`
+    /// included) with their options.
+    pub subscriptions: Vec<TopicFilter>,
+}
+
 /// MQTT 5 PUBLISH properties that travel with a message end to end.
 /// Topic alias and subscription identifiers are per hop and are not here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,6 +17,11 @@ backend.pgsql.hook.message.publish.3     = {"topic": "#", "action": {"function":
 backend.pgsql.hook.message.acked.1       = {"topic": "#", "action": {"function": "on_message_acked"}, "pool": "pool1"}
 "##;
 
+/// Postbox's persistent sessions (shipped on): restored after a broker restart.
+pub const SESSION_RULE: &str = r##"
+backend.pgsql.hook.session.restore.1     = {"action": {"function": "on_session_restore"}, "pool": "pool1"}
+"##;
+
 /// Postbox's addition: keep `mqtt_sub` in step with clients' subscriptions.
 pub const SUBSCRIBE_STORE_RULES: &str = r##"
 backend.pgsql.hook.session.subscribed.3  = {"topic": "#", "action": {"function": "on_subscribe_store"}, "pool": "pool1"}

@@ -501,6 +501,7 @@ fn shipped_config_file_loads() {
             (ClientConnected, 1, Some(OnClientConnected)),
             (ClientConnected, 2, Some(OnSubscribeLookup)),
             (ClientDisconnected, 1, Some(OnClientDisconnected)),
+            (SessionRestore, 1, Some(OnSessionRestore)),
             (SessionSubscribed, 1, Some(OnMessageFetch)),
             (SessionSubscribed, 2, Some(OnRetainLookup)),
             (SessionUnsubscribed, 1, None),

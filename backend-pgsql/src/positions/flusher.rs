@@ -226,21 +226,27 @@ async fn advance(
                 "SELECT id::int8 FROM mqtt_msg
                  WHERE id > $1 AND id <= $2 AND topic {op} $3
                    AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                   AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
                    {not_expired}
                  ORDER BY id"
             );
             (sql, value)
         })
         .collect();
-    let queries = round.iter().zip(&reads).map(|((_, c), (sql, value))| async move {
-        let params: [(&(dyn ToSql + Sync), Type); 4] = [
-            (&c.from, Type::INT8),
-            (&c.high, Type::INT8),
-            (value, Type::TEXT),
-            (&c.time_range_secs, Type::FLOAT8),
-        ];
-        client.query_typed(sql, &params).await
-    });
+    let queries = round
+        .iter()
+        .zip(&reads)
+        .map(|(((clientid, _), c), (sql, value))| async move {
+            let params: [(&(dyn ToSql + Sync), Type); 6] = [
+                (&c.from, Type::INT8),
+                (&c.high, Type::INT8),
+                (value, Type::TEXT),
+                (&c.time_range_secs, Type::FLOAT8),
+                (&c.no_local, Type::BOOL),
+                (clientid, Type::TEXT),
+            ];
+            client.query_typed(sql, &params).await
+        });
     // Read in id order through an index whatever the statistics say (see
     // fetch::ORDERED_SCAN). Requests go out in the order they are first
     // polled, so BEGIN, the reads and COMMIT are one pipelined round trip.

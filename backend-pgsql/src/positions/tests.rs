@@ -220,3 +220,51 @@ fn a_page_read_for_an_ended_or_replaced_subscription_is_not_handed_over() {
         "unsubscribed"
     );
 }
+
+#[test]
+fn acknowledgements_before_registration_are_kept_and_written_after_it() {
+    let t = Tracks::default();
+    t.start_unregistered(key(), 1, FetchOpts::default());
+    t.delivered("c", "a/x", 3);
+    assert_eq!(t.acked("c", "a/x", 3), vec![key()]);
+    assert_eq!(
+        t.candidate(&key()),
+        None,
+        "no position is computed before it is known"
+    );
+    assert!(
+        t.dropped("c", "a/x", 4).is_empty(),
+        "no replay before it is known"
+    );
+    t.start(key(), 2, 1, FetchOpts::default());
+    let c = t.candidate(&key()).expect("written once registered");
+    assert_eq!((c.from, c.high, c.acked), (2, 3, vec![3]));
+}
+
+#[test]
+fn a_dropped_message_makes_the_store_read_again_until_a_read_covers_it() {
+    let t = Tracks::default();
+    let (_, epoch) = t.start(key(), 5, 1, FetchOpts::default());
+    // Nothing paging: a drop of id 9 asks for a read after what was read (the position).
+    assert_eq!(
+        t.dropped("c", "a/x", 9),
+        vec![PageDue {
+            key: key(),
+            from: 5,
+            epoch
+        }]
+    );
+    // That read began before id 9 was visible: not complete, read on.
+    assert_eq!(t.page_read(&key(), epoch, &[6], None, 8), Some(None));
+    assert_eq!(t.page_handed(&key(), epoch, true), due(8, epoch));
+    assert_eq!(
+        t.page_read(&key(), epoch, &[9], None, 9),
+        Some(Some(9)),
+        "complete through 9"
+    );
+    assert_eq!(t.page_handed(&key(), epoch, true), None);
+    assert!(
+        t.dropped("c", "a/x", 5).is_empty(),
+        "at or below the position: nothing to read"
+    );
+}

@@ -39,7 +39,7 @@ const PUB: &str = "backend.pgsql.hook.message.publish.1";
 
 #[test]
 fn function_names_round_trip() {
-    assert_eq!(Function::ALL.len(), 12);
+    assert_eq!(Function::ALL.len(), 13);
     for f in Function::ALL {
         assert_eq!(Function::from_name(f.name()), Some(*f));
         assert!(!f.hooks().is_empty());
@@ -233,7 +233,7 @@ fn unknown_function() {
         r#"{"action": {"function": "on_message_publishh"}, "pool": "pool1"}"#,
     );
     assert!(e.starts_with("unknown function `on_message_publishh`; the functions are: on_client_connected, "));
-    assert!(e.ends_with("on_subscribe_store"), "{e}");
+    assert!(e.ends_with("on_subscribe_store, on_session_restore"), "{e}");
 }
 
 #[test]
@@ -341,8 +341,8 @@ fn sql_on_a_hook_rules_cannot_bind_to() {
     assert_eq!(
         e,
         "rules cannot bind to hook point `session.created`; they may bind to: client.connected, \
-         client.disconnected, session.subscribed, session.unsubscribed, message.publish, \
-         message.acked, message.delivered"
+         client.disconnected, session.subscribed, session.unsubscribed, session.restore, \
+         message.publish, message.acked, message.delivered"
     );
     let e = err(
         "backend.pgsql.hook.message.dropped.2",
@@ -406,4 +406,19 @@ fn topic_filters() {
         r##"{"topic": ["#"], "action": {"function": "on_message_publish"}, "pool": "pool1"}"##,
     );
     assert!(e.starts_with("`topic` must be a string"), "{e}");
+}
+
+#[test]
+fn session_restore_takes_the_function_only() {
+    let key = "backend.pgsql.hook.session.restore.1";
+    let e = err(
+        key,
+        r#"{"action": {"sql": ["select ${clientid}"]}, "pool": "pool1"}"#,
+    );
+    assert!(e.contains("takes the function on_session_restore only"), "{e}");
+    let e = err(
+        key,
+        r#"{"action": {"function": "on_message_fetch"}, "pool": "pool1"}"#,
+    );
+    assert!(e.contains("cannot be bound to `session.restore`"), "{e}");
 }

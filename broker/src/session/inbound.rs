@@ -358,7 +358,7 @@ impl Session {
                 continue;
             }
             codes[i] = Some(tf.opts.qos.as_u8());
-            retained.extend(self.add_subscription(tf.filter, tf.opts).await);
+            retained.extend(self.add_subscription(tf.filter, tf.opts, false).await);
         }
         let codes = codes.into_iter().map(|c| c.unwrap_or(rc::UNSPECIFIED)).collect();
         self.send(Packet::SubAck(SubAck {
@@ -376,7 +376,15 @@ impl Session {
 
     /// A plugin subscribes the client (for example, restoring stored
     /// subscriptions), subject to the ACL like a SUBSCRIBE.
-    pub(super) async fn subscribe_for_plugin(&mut self, filter: String, mut opts: SubOpts) {
+    pub(super) async fn subscribe_for_plugin(&mut self, filter: String, opts: SubOpts) {
+        self.subscribe_on_behalf(filter, opts, false).await;
+    }
+
+    /// Subscribes the client without a SUBSCRIBE from it: for a plugin
+    /// (`BrokerHandle::subscribe`), or `restored` with a stored session.
+    /// A restored subscription gets no retained messages (the client did
+    /// not subscribe again).
+    pub(super) async fn subscribe_on_behalf(&mut self, filter: String, mut opts: SubOpts, restored: bool) {
         let max_levels = self.shared.config.mqtt.max_topic_levels;
         let inner = match topic::parse_shared(&filter) {
             Ok(Some(share)) => {
@@ -400,7 +408,7 @@ impl Session {
             crate::metrics::Metrics::bump(&self.shared.metrics.acl_denied_subscribe);
             return;
         }
-        let retained = self.add_subscription(filter, opts).await;
+        let retained = self.add_subscription(filter, opts, restored).await;
         self.drain_replays().await;
         for r in retained {
             self.deliver_own_retained(r).await;
@@ -408,8 +416,14 @@ impl Session {
     }
 
     /// Puts a subscription in the router and the session, fires
-    /// session.subscribed, and returns the retained messages it should get.
-    async fn add_subscription(&mut self, full_filter: String, mut opts: SubOpts) -> Vec<super::Routed> {
+    /// session.subscribed, and returns the retained messages it should get
+    /// (none for a `restored` one).
+    async fn add_subscription(
+        &mut self,
+        full_filter: String,
+        mut opts: SubOpts,
+        restored: bool,
+    ) -> Vec<super::Routed> {
         // Each subscription gets the retained messages again; duplicates are only suppressed within one.
         self.retained_sent.clear();
         let inner = match (&opts.share_group, topic::parse_shared(&full_filter)) {
@@ -437,11 +451,13 @@ impl Session {
                 client: self.client.clone(),
                 filter: inner.clone(),
                 opts: opts.clone(),
+                restored,
             }))
             .await;
         // Retained messages: never for shared subscriptions (MQTT 5 4.8.2);
         // retain handling 1 only for a new subscription, 2 never.
-        let send_retained = opts.share_group.is_none()
+        let send_retained = !restored
+            && opts.share_group.is_none()
             && match opts.retain_handling {
                 0 => true,
                 1 => opts.is_new,
@@ -498,6 +514,7 @@ impl Session {
                             client: self.client.clone(),
                             filter: sub.filter,
                             opts: sub.opts,
+                            restored: false,
                         }))
                         .await;
                     codes.push(0);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hooks_spec::{
     ClientArgs, ConnackArgs, DisconnectReason, DisconnectedArgs, Message, ProtocolVersion, SessionArgs,
-    SessionInfo, TerminatedArgs,
+    SessionInfo, StoredSession, TerminatedArgs,
 };
 use tokio::time::Instant;
 
@@ -80,7 +80,14 @@ impl Session {
         self.hook_args = HookArgs::default();
         self.expiry_secs = attach.client.session_expiry;
         self.shared.registry.update_client(self.uid, &self.client);
-        if fresh || !session_present {
+        // Not in memory (the broker restarted): a plugin may have kept it.
+        let restored = if fresh && !self.client.clean_start && self.expiry_secs > 0 {
+            self.stored_session().await
+        } else {
+            None
+        };
+        session_present |= restored.is_some();
+        if !session_present {
             self.created_at = std::time::SystemTime::now();
             hooks.session_created.run(self.session_args()).await;
         } else {
@@ -166,6 +173,14 @@ impl Session {
         }
         self.unsent = self.inflight.len();
         self.drain_queue().await;
+        if let Some(stored) = restored {
+            // After CONNACK, as if the client had subscribed again: through the
+            // ACL, session.subscribed (a storage plugin replays what the client
+            // missed from its stored position), no retained messages.
+            for tf in stored.subscriptions {
+                Box::pin(self.subscribe_on_behalf(tf.filter, tf.opts, true)).await;
+            }
+        }
 
         hooks
             .client_connected
@@ -179,6 +194,27 @@ impl Session {
             return self.process_input().await;
         }
         None
+    }
+
+    /// The session a plugin kept for this client (`session.restore`), if it
+    /// belongs to the same user name: another user does not inherit it.
+    async fn stored_session(&mut self) -> Option<StoredSession> {
+        let hooks = Arc::clone(&self.shared.hooks);
+        if hooks.session_restore.is_empty() {
+            return None;
+        }
+        let stored = hooks
+            .session_restore
+            .run_fold(self.session_args(), None)
+            .await
+            .into_inner()?;
+        if stored.username != self.client.username {
+            tracing::info!(clientid = %self.client.clientid, previous = ?stored.username, username = ?self.client.username,
+                "stored session of another user name: starting clean");
+            return None;
+        }
+        tracing::debug!(clientid = %self.client.clientid, subscriptions = stored.subscriptions.len(), "session restored from storage");
+        Some(stored)
     }
 
     /// Drops subscriptions, inflight and queued messages (clean start over an

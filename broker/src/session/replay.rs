@@ -216,14 +216,15 @@ impl Session {
             deliveries,
             complete_through,
         } = replay;
-        let subscribed = self
+        let Some(subscription_id) = self
             .subscriptions
             .values()
-            .any(|s| s.filter == filter && s.opts.share_group.is_none());
-        if !subscribed {
+            .find(|s| s.filter == filter && s.opts.share_group.is_none())
+            .map(|s| s.opts.subscription_id)
+        else {
             // A page for a subscription that is gone (unsubscribed, or a clean start since).
             return;
-        }
+        };
         // Tracked from the first page on, so its ids count as taken.
         let state = self.stored.replaying.entry(filter).or_default();
         state.paging = match complete_through {
@@ -236,11 +237,13 @@ impl Session {
             state.dropped_max = None;
         }
         let complete = !state.paging;
-        for routed in deliveries {
+        for mut routed in deliveries {
             let Some(id) = routed.message.headers.stored_id else {
                 continue;
             };
             if !self.stored.seen.contains(id) {
+                // As a live delivery through this subscription would carry it.
+                routed.subscription_ids.extend(subscription_id);
                 self.enqueue_stored(routed, true).await;
             }
         }
