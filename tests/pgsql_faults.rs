@@ -328,3 +328,139 @@ async fn the_broker_starts_and_serves_while_the_database_is_down() {
     );
     stream.task.abort();
 }
+
+/// A small filesystem of its own (tmpfs), unmounted on drop: the database's
+/// disk that the test fills. Needs root (as the test command runs: it
+/// installs packages), or `sudo` without a password.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, megabytes: u32) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let size = format!("size={megabytes}m");
+        let args = ["-t", "tmpfs", "-o", &size, "tmpfs", path.to_str().unwrap()];
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .unwrap()
+            .stdout
+            == b"0\n";
+        let status = if root {
+            std::process::Command::new("mount").args(args).status()
+        } else {
+            std::process::Command::new("sudo")
+                .arg("-n")
+                .arg("mount")
+                .args(args)
+                .status()
+        };
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "cannot mount a tmpfs at {} (the disk-full test needs root or passwordless sudo)",
+            path.display()
+        );
+        let chown = if root {
+            std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(&path)
+                .status()
+        } else {
+            Ok(std::process::ExitStatus::default())
+        };
+        assert!(chown.is_ok_and(|s| s.success()));
+        SmallDisk { path }
+    }
+
+    /// Fills what is left with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let balloon = self.path.join("balloon");
+        let mut f = std::fs::File::create(&balloon).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        use std::io::Write as _;
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        balloon
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The database's disk fills up: PostgreSQL refuses to extend the table
+/// (SQLSTATE 53100). Publishes are held, not acknowledged, not lost, and go
+/// through once space is freed, without anyone restarting anything.
+#[tokio::test]
+async fn a_full_disk_holds_publishes_until_there_is_space_again() {
+    let cluster = PgCluster::start().await;
+    let disk = SmallDisk::mount(cluster.tablespace_dir("small"), 64);
+    let admin = cluster.client("postgres").await;
+    for sql in [
+        format!("CREATE TABLESPACE small LOCATION '{}'", disk.path.display()),
+        "CREATE DATABASE mqtt TABLESPACE small".to_string(),
+    ] {
+        admin.simple_query(&sql).await.unwrap();
+    }
+    let broker = cluster_broker(&cluster, "").await;
+    let (mut sub, _) = V4Client::connect(v4_options(broker.addr, "full-sub", false)).await;
+    sub.subscribe("disk/t", QoS::AtLeastOnce).await;
+    publish_all(broker.addr, "full-p0", "disk/t", &["before".to_string()]).await;
+    assert_eq!(text(&sub.next_publish().await), "before");
+
+    let balloon = disk.fill();
+    // Large and incompressible: the table must grow into the full disk.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let payload: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut opts = v4_options(broker.addr, "full-pub", true);
+    opts.set_inflight(10);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    for _ in 0..3 {
+        client
+            .publish("disk/t", QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while let Ok(ev) = tokio::time::timeout_at(until, events.poll()).await {
+        if let Ok(Event::Incoming(Incoming::PubAck(_))) = ev {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 0, "nothing acknowledged while the disk is full");
+    broker.wait_for_log("cannot store messages").await;
+    assert!(
+        broker.logs().contains("No space left on device"),
+        "the cause is logged"
+    );
+
+    std::fs::remove_file(&balloon).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked < 3 {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
+            Ok(_) => {}
+            Err(_) => panic!("{acked} of 3 acknowledged after space was freed"),
+        }
+    }
+    for _ in 0..3 {
+        assert_eq!(sub.next_publish().await.payload.len(), 100_000);
+    }
+    broker
+        .wait_for_log("storing messages again: PostgreSQL is back")
+        .await;
+}

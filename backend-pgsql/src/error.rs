@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum PgsqlError {
     /// No connection could be had from a pool.
-    #[error("pool `{pool}` ({addr}): cannot get a connection: {source}")]
+    #[error("pool `{pool}` ({addr}): cannot get a connection: {}", crate::error_chain(.source))]
     Pool {
         /// Pool name.
         pool: String,
@@ -13,8 +13,9 @@ pub enum PgsqlError {
         /// The pool's error.
         source: deadpool_postgres::PoolError,
     },
-    /// A statement failed.
-    #[error("{what}: {source}")]
+    /// A statement failed. (Shown with the server's message: tokio-postgres
+    /// says only "db error" and keeps the reason in its source.)
+    #[error("{what}: {}", crate::error_chain(.source))]
     Query {
         /// What was being done (the statement or its purpose).
         what: String,

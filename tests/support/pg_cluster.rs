@@ -135,6 +135,11 @@ impl PgCluster {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A directory of the server's for a tablespace.
+    pub fn tablespace_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// Creates a database (the server must be running).
     pub async fn create_db(&self, name: &str) {
         let admin = pg_connect(&self.url("postgres")).await;
