@@ -101,14 +101,7 @@ async fn overlapping_subscriptions_carry_every_subscription_identifier() {
             .subscribe_with_properties(filter, QoS::AtLeastOnce, props)
             .await
             .unwrap();
-        c.poll_until(|ev| {
-            matches!(
-                ev,
-                rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::SubAck(_))
-            )
-            .then_some(())
-        })
-        .await;
+        c.next_suback().await;
     }
     let (mut publ, _) = V5Client::connect(v5_options(broker.addr, "p", true)).await;
     publ.publish("s/x", QoS::AtLeastOnce, false, "one copy").await;

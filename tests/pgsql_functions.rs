@@ -266,16 +266,7 @@ async fn emqx_schema_stores_text_and_refuses_binary_payloads() {
     db.batch_execute(EMQX_SCHEMA).await;
     let broker = broker_with_pgsql(&db, "").await;
     let pg = db.client().await;
-    assert_eq!(
-        query_opt_i64(
-            &pg,
-            "select count(*) from information_schema.columns where table_name = 'mqtt_msg' \
-             and column_name = 'payload' and data_type = 'text'"
-        )
-        .await,
-        Some(1),
-        "the user's tables are used as they are"
-    );
+    assert_emqx_text_payload(&pg).await;
     let (mut d, _) = V4Client::connect(v4_options(broker.addr, "emqx-dev", true)).await;
     d.subscribe("emqx/t", QoS::AtLeastOnce).await;
     d.disconnect().await;

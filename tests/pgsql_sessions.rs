@@ -141,14 +141,7 @@ async fn an_mqtt5_session_comes_back_with_its_subscription_options() {
         )
         .await
         .unwrap();
-    c.poll_until(|ev| {
-        matches!(
-            ev,
-            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::SubAck(_))
-        )
-        .then_some(())
-    })
-    .await;
+    c.next_suback().await;
     wait_subscription_stored(&pg, "dev-5", 1).await;
     broker.kill().await;
     drop(c);

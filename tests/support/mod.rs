@@ -989,6 +989,13 @@ impl V5Client {
         }
     }
 
+    /// Poll (10 s, backlog first) until the next SUBACK (for a SUBSCRIBE
+    /// queued directly on `client`, e.g. with properties).
+    pub async fn next_suback(&mut self) {
+        self.poll_until(|ev| matches!(ev, V5Event::Incoming(V5Packet::SubAck(_))).then_some(()))
+            .await
+    }
+
     /// PUBLISH with MQTT 5 properties and poll until its PUBACK (QoS 1 only).
     pub async fn publish_with_properties(
         &mut self,

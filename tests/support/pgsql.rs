@@ -247,3 +247,18 @@ pub async fn paged_broker(db: &TestDb, n: usize) -> Broker {
     let conf = paged_conf(db, n);
     Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await
 }
+
+/// Asserts that `mqtt_msg.payload` is still EMQX's `text` column (the
+/// user's tables are used as they are).
+pub async fn assert_emqx_text_payload(client: &tokio_postgres::Client) {
+    assert_eq!(
+        query_opt_i64(
+            client,
+            "select count(*) from information_schema.columns where table_name = 'mqtt_msg' \
+             and column_name = 'payload' and data_type = 'text'"
+        )
+        .await,
+        Some(1),
+        "mqtt_msg.payload is still EMQX's text column"
+    );
+}
