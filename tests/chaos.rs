@@ -71,6 +71,9 @@
 //! runs whole, later ones stop when `POSTBOX_CHAOS_SECS` have passed (default
 //! 20 s: a round and a bit, the whole test about 25 s on a 2-core machine; a
 //! longer run is just a bigger value, e.g. `POSTBOX_CHAOS_SECS=600`).
+//! `POSTBOX_CHAOS_KILL_IN_OUTAGE=1` adds a fault the default schedule leaves
+//! out, a broker SIGKILL while PostgreSQL is stopped ([`KILL_IN_OUTAGE`] says
+//! why).
 //!
 //! Part of the normal test suite; to watch the report run
 //! `cargo test -p postbox-broker --test chaos -- --nocapture`. On a failure
@@ -564,6 +567,8 @@ struct Faults {
     broker_kills: usize,
     /// Broker SIGKILLs shortly after a PostgreSQL restart.
     restart_then_kill: usize,
+    /// Broker SIGKILLs while PostgreSQL is stopped.
+    kill_in_outage: usize,
 }
 
 /// The kinds of fault of the schedule.
@@ -584,6 +589,10 @@ enum Fault {
     BrokerKill,
     /// A PostgreSQL restart, then within 0.5 s a broker SIGKILL and restart.
     PgRestartThenKill,
+    /// PostgreSQL stopped; up to 1 s before it is started again the broker
+    /// is SIGKILLed and started (without the database). Only with
+    /// [`KILL_IN_OUTAGE`] set.
+    PgStopWithKill,
 }
 
 /// One round of the schedule: every kind of fault once.
@@ -597,6 +606,23 @@ const ROUND: [Fault; 8] = [
     Fault::BrokerKill,
     Fault::PgRestartThenKill,
 ];
+
+/// Set (to anything but `0`), every round also has [`Fault::PgStopWithKill`].
+/// Off by default because the broker fails it today, in two ways:
+///
+/// * subscribers that reconnect to a broker restarted while PostgreSQL is
+///   down get no subscription back (`on_subscribe_lookup` cannot read
+///   `mqtt_sub`, and is not run again when the database answers): they miss
+///   everything published until they next reconnect with the database up;
+/// * when the lookup succeeds as the server comes up but before the plugin
+///   has seen it answer, the restored subscription's fetch fails ("PostgreSQL
+///   has not answered since startup"); once the pool connects, messages are
+///   delivered live and acknowledged, and some 0.2 s later delivered again
+///   in the same connection under new packet ids, among a replay.
+///
+/// To be switched on once both are fixed (the first by the broker restoring
+/// subscriptions after its own restart by itself).
+const KILL_IN_OUTAGE: &str = "POSTBOX_CHAOS_KILL_IN_OUTAGE";
 
 /// The test's connection to its private server, made again after the
 /// server restarts.
@@ -743,6 +769,7 @@ impl Rig {
         };
         let outage = rng.ms(OUTAGE_MS.0, OUTAGE_MS.1);
         let gap = rng.ms(0, 500);
+        let kill_lead = rng.ms(0, 1000);
         self.world.note(format!("schedule: {fault:?}"));
         match fault {
             Fault::SubDrop => {
@@ -766,9 +793,17 @@ impl Rig {
                 }
                 self.db_restart(mode).await;
             }
-            Fault::PgStopStart => self.db_stop_start(mode, outage).await,
+            Fault::PgStopStart => self.db_stop_start(mode, outage, None).await,
+            Fault::PgStopWithKill => {
+                self.db_stop_start(
+                    mode,
+                    outage,
+                    Some((kill_lead, broker_down.min(Duration::from_millis(300)))),
+                )
+                .await;
+            }
             Fault::BrokerKill => {
-                self.crash_and_restart(broker_down).await;
+                self.crash_and_restart(broker_down, false).await;
                 if coin {
                     self.arm_mid_stream_drop(s, n, down_after);
                 }
@@ -777,7 +812,7 @@ impl Rig {
                 self.faults.restart_then_kill += 1;
                 self.db_restart(mode).await;
                 tokio::time::sleep(gap).await;
-                self.crash_and_restart(broker_down.min(Duration::from_millis(300)))
+                self.crash_and_restart(broker_down.min(Duration::from_millis(300)), false)
                     .await;
                 if coin {
                     self.arm_mid_stream_drop(s, n, down_after);
@@ -833,8 +868,10 @@ impl Rig {
         });
     }
 
-    /// `pg_ctl stop -m <mode>`, `outage`, `pg_ctl start`.
-    async fn db_stop_start(&mut self, mode: StopMode, outage: Duration) {
+    /// `pg_ctl stop -m <mode>`, `outage`, `pg_ctl start`; with `kill`, the
+    /// broker is SIGKILLed that long before the start (at the earliest right
+    /// after the stop) and is down for the second duration.
+    async fn db_stop_start(&mut self, mode: StopMode, outage: Duration, kill: Option<(Duration, Duration)>) {
         let kind = DbFaultKind::StopStart(mode);
         self.faults.pg_stop_starts += 1;
         self.world
@@ -843,7 +880,13 @@ impl Rig {
         self.db.cluster.stop(mode).await;
         self.db.client = None;
         self.world.note("postgres: stopped");
-        tokio::time::sleep(outage).await;
+        let stopped = Instant::now();
+        if let Some((before_start, down)) = kill {
+            self.faults.kill_in_outage += 1;
+            tokio::time::sleep_until(stopped + outage.saturating_sub(before_start)).await;
+            self.crash_and_restart(down, true).await;
+        }
+        tokio::time::sleep_until(stopped + outage).await;
         self.db.cluster.start_again().await;
         let back_at = self.world.now();
         self.world.note(format!(
@@ -857,11 +900,15 @@ impl Rig {
         });
     }
 
-    /// Reads the positions (if the database does not answer, the last ones
+    /// Reads the positions (unless the database is down: the last ones
     /// read stand in), SIGKILLs the broker, starts it again after `down`.
-    async fn crash_and_restart(&mut self, down: Duration) {
+    async fn crash_and_restart(&mut self, down: Duration, db_down: bool) {
         self.faults.broker_kills += 1;
-        let read = self.db.positions(&self.sub_ids, Duration::from_secs(2)).await;
+        let read = if db_down {
+            Err("PostgreSQL is stopped".to_string())
+        } else {
+            self.db.positions(&self.sub_ids, Duration::from_secs(2)).await
+        };
         let (positions, positions_read) = match read {
             Ok(p) => (p, true),
             Err(e) => {
@@ -1215,10 +1262,15 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
 
     // Faults, in rounds of every kind; the first round runs whole.
     let fault_end = Instant::now() + Duration::from_secs(secs);
+    let mut round: Vec<Fault> = ROUND.to_vec();
+    if std::env::var(KILL_IN_OUTAGE).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0") {
+        println!("chaos: {KILL_IN_OUTAGE} set: broker SIGKILLs while PostgreSQL is stopped too");
+        round.push(Fault::PgStopWithKill);
+    }
     let mut rounds = 0;
     'rounds: loop {
         rounds += 1;
-        let mut order = ROUND;
+        let mut order = round.clone();
         rng.shuffle(&mut order);
         world.note(format!("schedule: round {rounds}: {order:?}"));
         for fault in order {
@@ -1315,7 +1367,7 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
         .map(|s| lock(&s.log).received.values().map(Vec::len).sum())
         .collect();
     let connects_before: Vec<usize> = rig.subs.iter().map(|s| lock(&s.log).connects).collect();
-    rig.crash_and_restart(Duration::ZERO).await;
+    rig.crash_and_restart(Duration::ZERO, false).await;
     let deadline = Instant::now() + TIMEOUT;
     while rig
         .subs
@@ -1367,8 +1419,8 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
         report,
         "faults: PostgreSQL {} restarts -m fast, {} restarts -m immediate, {} stops+starts, {} terminations \
          ({} connections terminated), {} of these timed into a subscriber's replay; {} broker SIGKILLs ({} shortly \
-         after a PostgreSQL restart, the last one after the drain); {} subscriber drops ({} armed to land \
-         mid-replay, {} fired)",
+         after a PostgreSQL restart, {} while it was stopped, the last one after the drain); {} subscriber drops \
+         ({} armed to land mid-replay, {} fired)",
         faults.pg_restarts_fast,
         faults.pg_restarts_immediate,
         faults.pg_stop_starts,
@@ -1377,6 +1429,7 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
         faults.db_faults_in_replay,
         faults.broker_kills,
         faults.restart_then_kill,
+        faults.kill_in_outage,
         faults.sub_drops,
         faults.mid_stream_armed,
         rig.subs.iter().map(|s| lock(&s.log).mid_stream_drops).sum::<usize>(),
