@@ -7,16 +7,19 @@
 //!   a subscriber that just came back is being replayed to;
 //! * PostgreSQL stopped (fast or immediate) for 1-3 s, then started again;
 //! * the plugin's PostgreSQL connections terminated (`pg_terminate_backend`);
-//! * the broker SIGKILLed and started again, alone or shortly after a
+//! * the broker SIGKILLed and started again, alone, shortly after a
 //!   PostgreSQL restart (the combination after which subscribers once missed
-//!   everything published after the kill);
+//!   everything published after the kill), or while PostgreSQL is stopped (it
+//!   then starts without the database);
 //! * subscribers losing their connections at random moments, and in the
 //!   middle of a paged offline replay (after a drop or after a broker restart).
 //!
 //! The clients are rumqttc, independent of the broker's code, MQTT 3.1.1:
 //! subscribers with persistent sessions (clean session 0) that subscribed once
-//! before the run and, on every reconnect, rely on their session or, after a
-//! broker restart, on the subscription restored from `mqtt_sub`; QoS 1
+//! before the run and, on every reconnect, rely on their session (kept in
+//! PostgreSQL across broker restarts, the shipped `on_session_restore`), or
+//! subscribe again when the broker says it has none (session present 0, as an
+//! MQTT client must: PostgreSQL was down when the broker restarted); QoS 1
 //! publishers, one message at a time, that give up on a message without
 //! PUBACK after [`PUBACK_TIMEOUT`] and carry on with a new connection (so a
 //! stuck broker fails an assertion instead of hanging the test).
@@ -71,9 +74,6 @@
 //! runs whole, later ones stop when `POSTBOX_CHAOS_SECS` have passed (default
 //! 20 s: a round and a bit, the whole test about 25 s on a 2-core machine; a
 //! longer run is just a bigger value, e.g. `POSTBOX_CHAOS_SECS=600`).
-//! `POSTBOX_CHAOS_KILL_IN_OUTAGE=1` adds a fault the default schedule leaves
-//! out, a broker SIGKILL while PostgreSQL is stopped ([`KILL_IN_OUTAGE`] says
-//! why).
 //!
 //! Part of the normal test suite; to watch the report run
 //! `cargo test -p postbox-broker --test chaos -- --nocapture`. On a failure
@@ -370,7 +370,8 @@ fn payload_text(p: &rumqttc::Publish) -> String {
 /// A persistent subscriber (clean session false, manual acks): acknowledges
 /// every PUBLISH as soon as it is polled and records when each PUBACK was
 /// written. It subscribed once before the run; on reconnect it relies on its
-/// session or on the subscription restored from `mqtt_sub`.
+/// session (restored after a broker restart), or subscribes again when told
+/// it has none.
 async fn subscriber(
     id: String,
     world: Arc<World>,
@@ -418,6 +419,14 @@ async fn subscriber(
                             "{id}: connected to {broker} (session present: {})",
                             ack.session_present
                         ));
+                        if !ack.session_present {
+                            // As an MQTT client must: no session, so subscribe
+                            // again (the broker may not have had the stored
+                            // session, e.g. PostgreSQL was down at the restart).
+                            client
+                                .try_subscribe(FILTER, QoS::AtLeastOnce)
+                                .expect("queue SUBSCRIBE");
+                        }
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         let payload = payload_text(&p);
@@ -590,13 +599,15 @@ enum Fault {
     /// A PostgreSQL restart, then within 0.5 s a broker SIGKILL and restart.
     PgRestartThenKill,
     /// PostgreSQL stopped; up to 1 s before it is started again the broker
-    /// is SIGKILLed and started (without the database). Only with
-    /// [`KILL_IN_OUTAGE`] set.
+    /// is SIGKILLed and started (without the database): subscribers that
+    /// reconnect then get a new session (the stored one cannot be read) and
+    /// subscribe again; the subscription is registered, and what they missed
+    /// replayed, once the database answers.
     PgStopWithKill,
 }
 
 /// One round of the schedule: every kind of fault once.
-const ROUND: [Fault; 8] = [
+const ROUND: [Fault; 9] = [
     Fault::SubDrop,
     Fault::SubDropMidReplay,
     Fault::PgTerminate,
@@ -605,24 +616,8 @@ const ROUND: [Fault; 8] = [
     Fault::PgStopStart,
     Fault::BrokerKill,
     Fault::PgRestartThenKill,
+    Fault::PgStopWithKill,
 ];
-
-/// Set (to anything but `0`), every round also has [`Fault::PgStopWithKill`].
-/// Off by default because the broker fails it today, in two ways:
-///
-/// * subscribers that reconnect to a broker restarted while PostgreSQL is
-///   down get no subscription back (`on_subscribe_lookup` cannot read
-///   `mqtt_sub`, and is not run again when the database answers): they miss
-///   everything published until they next reconnect with the database up;
-/// * when the lookup succeeds as the server comes up but before the plugin
-///   has seen it answer, the restored subscription's fetch fails ("PostgreSQL
-///   has not answered since startup"); once the pool connects, messages are
-///   delivered live and acknowledged, and some 0.2 s later delivered again
-///   in the same connection under new packet ids, among a replay.
-///
-/// To be switched on once both are fixed (the first by the broker restoring
-/// subscriptions after its own restart by itself).
-const KILL_IN_OUTAGE: &str = "POSTBOX_CHAOS_KILL_IN_OUTAGE";
 
 /// The test's connection to its private server, made again after the
 /// server restarts.
@@ -1172,7 +1167,7 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
     assert_ne!(rules, EMQX_DEFAULT_RULES, "the fetch rule was not found");
     let conf = format!(
         "backend.pgsql.pool1.server = {}\nbackend.pgsql.pool1.pool_size = 4\n\
-         backend.pgsql.pool1.username = postgres\nbackend.pgsql.pool1.database = {DB}\n{rules}\n{SUBSCRIBE_STORE_RULES}\n",
+         backend.pgsql.pool1.username = postgres\nbackend.pgsql.pool1.database = {DB}\n{rules}\n{SESSION_RULE}\n",
         cluster.server()
     );
     let broker =
@@ -1262,11 +1257,7 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_db_restarts_d
 
     // Faults, in rounds of every kind; the first round runs whole.
     let fault_end = Instant::now() + Duration::from_secs(secs);
-    let mut round: Vec<Fault> = ROUND.to_vec();
-    if std::env::var(KILL_IN_OUTAGE).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0") {
-        println!("chaos: {KILL_IN_OUTAGE} set: broker SIGKILLs while PostgreSQL is stopped too");
-        round.push(Fault::PgStopWithKill);
-    }
+    let round: Vec<Fault> = ROUND.to_vec();
     let mut rounds = 0;
     'rounds: loop {
         rounds += 1;

@@ -69,6 +69,59 @@ impl Fetcher {
         opts: FetchOpts,
         first_position_cap: i64,
     ) -> Result<(), PgsqlError> {
+        self.subscribed(clientid, filter, qos, opts, first_position_cap, false)
+            .await
+    }
+
+    /// The subscription could not be registered or replayed (the database did
+    /// not answer): its session holds the live stored messages of the filter
+    /// (they come from the store, in order), what the client acknowledges
+    /// meanwhile is collected, and the registration is tried again every
+    /// [`RETRY_DELAY`](crate::positions::RETRY_DELAY) for as long as this is
+    /// the client's subscription. Once registered, it replays from its
+    /// position, so messages stored since the SUBSCRIBE arrive then.
+    pub async fn register_later(
+        self: Arc<Self>,
+        clientid: String,
+        filter: String,
+        qos: QoS,
+        opts: FetchOpts,
+        first_position_cap: i64,
+    ) {
+        let key: TrackKey = (clientid.clone(), filter.clone());
+        let epoch = self
+            .tracks
+            .start_unregistered(key.clone(), i32::from(qos.as_u8()), opts);
+        let _ = self.handle.replay(&clientid, &filter, Vec::new(), None).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::positions::RETRY_DELAY).await;
+                if !self.tracks.awaits_registration(&key, epoch) {
+                    // Unsubscribed, subscribed again, or the session ended.
+                    return;
+                }
+                if self
+                    .subscribed(&clientid, &filter, qos, opts, first_position_cap, true)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// `late`: registered after the SUBSCRIBE (see [`Fetcher::register_later`]):
+    /// a first subscription replays from the position it gets.
+    async fn subscribed(
+        &self,
+        clientid: &str,
+        filter: &str,
+        qos: QoS,
+        opts: FetchOpts,
+        first_position_cap: i64,
+        late: bool,
+    ) -> Result<(), PgsqlError> {
         if qos == QoS::AtMostOnce {
             return Ok(());
         }
@@ -105,11 +158,18 @@ impl Fetcher {
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
                 let position: i64 = row.get(0);
-                self.tracks
+                let (from, epoch) = self
+                    .tracks
                     .start(key.clone(), position, i32::from(qos.as_u8()), opts);
-                // Registered late (the database did not answer at SUBSCRIBE):
-                // what the client acknowledged meanwhile can be recorded now.
-                let _ = self.dirty.send(key);
+                if late {
+                    // What the client acknowledged meanwhile is recorded, and
+                    // what was stored since the SUBSCRIBE (held by the session)
+                    // comes from the store.
+                    let _ = self.dirty.send(key.clone());
+                    drop(conn);
+                    self.tracks.begin_read(&key, epoch);
+                    return self.page(&key, from, epoch).await;
+                }
                 // An empty, complete replay: the session tracks stored ids for this filter from now on.
                 let _ = self
                     .handle

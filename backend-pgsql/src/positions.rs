@@ -268,13 +268,28 @@ impl Tracks {
     /// now on, so that what the client acknowledges before [`Tracks::start`]
     /// registers it (when the database is back) is not forgotten. Its
     /// position stays what this node knew (nothing, for a new one).
-    pub fn start_unregistered(&self, key: TrackKey, qos: i32, opts: FetchOpts) {
+    /// Returns the subscription's epoch (see [`Tracks::awaits_registration`]).
+    pub fn start_unregistered(&self, key: TrackKey, qos: i32, opts: FetchOpts) -> u64 {
         let mut map = self.lock();
         let t = map.entry(key);
         t.opts = opts;
         t.qos = qos;
         t.active = true;
         t.unregistered = true;
+        t.epoch += 1;
+        t.paging = Paging {
+            read_to: t.position,
+            ..Paging::default()
+        };
+        t.epoch
+    }
+
+    /// True while the subscription started unregistered in `epoch` is still
+    /// the client's and still waits for its registration.
+    pub fn awaits_registration(&self, key: &TrackKey, epoch: u64) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|t| t.active && t.unregistered && t.epoch == epoch)
     }
 
     /// Marks the first page read of a subscription as running (its caller

@@ -20,10 +20,6 @@ use crate::{mqtt_matches, Engine, NAME};
 /// range as never).
 const UNBOUNDED: std::time::Duration = std::time::Duration::MAX;
 
-/// Attempts of an offline fetch that failed (RETRY_DELAY apart) before it
-/// waits for the client's next subscription.
-const FETCH_RETRIES: u32 = 240;
-
 fn topic_ok(rule: &Rule, topic: &str) -> bool {
     rule.topic.as_deref().is_none_or(|f| mqtt_matches(f, topic))
 }
@@ -346,31 +342,15 @@ impl Engine {
                         // from a position no later than what this node had stored
                         // when the client subscribed, so nothing is skipped.
                         let hint = cap.min(self.stats.store.last_id.load(Ordering::Relaxed));
-                        // Tracked from now on, so acknowledgements of messages
-                        // delivered live meanwhile count once it is registered.
-                        f.tracks.start_unregistered(
-                            (client.clientid.to_string(), filter.to_string()),
-                            i32::from(opts.qos.as_u8()),
-                            fetch,
-                        );
-                        let (f, clientid, filter, qos) = (
-                            Arc::clone(f),
-                            client.clientid.to_string(),
-                            filter.to_string(),
-                            opts.qos,
-                        );
-                        tokio::spawn(async move {
-                            for _ in 0..FETCH_RETRIES {
-                                tokio::time::sleep(crate::positions::RETRY_DELAY).await;
-                                if f.on_subscribed(&clientid, &filter, qos, fetch, hint)
-                                    .await
-                                    .is_ok()
-                                {
-                                    return;
-                                }
-                            }
-                            tracing::error!(%clientid, %filter, "offline fetch kept failing; the client's next subscription retries");
-                        });
+                        Arc::clone(f)
+                            .register_later(
+                                client.clientid.to_string(),
+                                filter.to_string(),
+                                opts.qos,
+                                fetch,
+                                hint,
+                            )
+                            .await;
                     }
                     result
                 }

@@ -108,6 +108,11 @@ pub struct SessionStore {
     /// Client ids whose session this broker recorded as persistent: only
     /// their disconnections and ends are written (a clean session's are not).
     persistent: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// The last write failed (the database is down): a restore is not waited
+    /// for (the client gets a new session and subscribes again) rather than
+    /// holding every persistent client's CONNACK for the hook's time limit.
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    schema: SchemaCell,
 }
 
 impl SessionStore {
@@ -125,11 +130,20 @@ impl SessionStore {
                 }
             }
         });
-        tokio::spawn(run(pool, schema, rx));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(run(pool, schema.clone(), rx, Arc::clone(&failing)));
         Arc::new(SessionStore {
             tx,
             persistent: Default::default(),
+            failing,
+            schema,
         })
+    }
+
+    /// The database cannot answer a restore now (it has not answered since
+    /// startup, or the last write failed).
+    fn unavailable(&self) -> bool {
+        self.schema.get().is_none() || self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn persistent(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
@@ -158,7 +172,12 @@ impl SessionStore {
     }
 }
 
-async fn run(pool: NamedPool, schema: SchemaCell, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(
+    pool: NamedPool,
+    schema: SchemaCell,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+) {
     schema.wait().await;
     let mut failing = false;
     while let Some(first) = rx.recv().await {
@@ -174,6 +193,7 @@ async fn run(pool: NamedPool, schema: SchemaCell, mut rx: mpsc::UnboundedReceive
             match write(&pool, &batch).await {
                 Ok(results) => break results,
                 Err(e) => {
+                    down.store(true, std::sync::atomic::Ordering::Relaxed);
                     if !failing {
                         failing = true;
                         tracing::error!(pool = %pool.name, "cannot record persistent sessions (retrying until the database answers): {e}");
@@ -182,6 +202,7 @@ async fn run(pool: NamedPool, schema: SchemaCell, mut rx: mpsc::UnboundedReceive
                 }
             }
         };
+        down.store(false, std::sync::atomic::Ordering::Relaxed);
         if failing {
             failing = false;
             tracing::warn!(pool = %pool.name, "recording persistent sessions again");
@@ -438,6 +459,10 @@ pub(crate) fn register(store: &Arc<SessionStore>, hooks: &Hooks, node: &str) {
             async move {
                 if acc.is_some() {
                     return Ok(Flow::Continue(acc));
+                }
+                if s.unavailable() {
+                    tracing::warn!(clientid = %args.client.clientid, "PostgreSQL is down: the stored session cannot be restored now (a new session)");
+                    return Ok(Flow::Continue(None));
                 }
                 Ok(Flow::Continue(s.restore(&args.client.clientid).await))
             }
