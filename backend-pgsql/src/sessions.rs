@@ -20,8 +20,9 @@
 //! the batch is tried again every [`RETRY_DELAY`]: nothing here is dropped.
 //!
 //! Subscriptions and unsubscriptions are awaited by the hook (so SUBACK
-//! follows the row's commit), at most the hook's time limit; the rest is
-//! written behind the connection. Clean-session subscriptions are never
+//! follows the row's commit), at most the hook's time limit, and not at all
+//! while the database is down (they are written when it answers); the rest
+//! is written behind the connection. Clean-session subscriptions are never
 //! stored, and a clean start deletes any stored session of its client id.
 //! The sweep ([`SWEEP_EVERY`]) removes sessions that expired while the
 //! broker was down, with their rows in `mqtt_sub`, `mqtt_acked` and
@@ -164,11 +165,15 @@ impl SessionStore {
         rx.await.ok().flatten()
     }
 
-    /// Queues a write and waits until it is committed.
+    /// Queues a write and waits until it is committed, unless the database
+    /// is down: then the write waits in the queue (it is retried until the
+    /// database answers) and the SUBACK does not.
     async fn committed(&self, make: impl FnOnce(oneshot::Sender<()>) -> Op) {
         let (done, rx) = oneshot::channel();
         self.send(make(done));
-        let _ = rx.await;
+        if !self.unavailable() {
+            let _ = rx.await;
+        }
     }
 }
 
