@@ -1,6 +1,6 @@
 //! End-to-end test harness for Postbox.
 //!
-//! Every `tests/*.rs` file does `mod support;` and gets:
+//! Every end-to-end test does `mod support;` (`tests/chaos/` names the path) and gets:
 //!
 //! * [`Broker`]: runs the real `postbox` binary on `127.0.0.1:0` with a config
 //!   file in a private temp dir, captures its output, and can kill / SIGTERM /
