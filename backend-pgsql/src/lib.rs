@@ -16,9 +16,18 @@
 //!   range the database confirms.
 //! - [`fetch::Fetcher`]: offline replay, page by page, through the broker's
 //!   replay channel.
+//! - [`sessions::SessionStore`]: persistent sessions (`on_session_restore`),
+//!   kept in `mqtt_session`/`mqtt_sub` and handed back to the broker after a
+//!   restart (`session.restore`).
 //! - [`auth::AuthPgsql`]: a second plugin, `auth_pgsql` (EMQX 4's
 //!   `emqx_auth_pgsql`): authentication and ACL from PostgreSQL, on the same
 //!   pool and TLS code.
+//!
+//! A database that does not answer at startup does not stop the broker:
+//! each pool's schema ([`schema::SchemaCell`]) is learnt when it first
+//! answers, and until then the writer holds what must be stored. While it is
+//! down the writer, the flusher, the page server and the session store retry
+//! every 500 ms; nothing acknowledged is lost and nothing unstored is routed.
 //!
 //! ## Data flow
 //! PUBLISH → `message.publish` (on_message_publish) → writer → COMMIT → row
