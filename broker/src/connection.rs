@@ -27,9 +27,8 @@ use crate::metrics::Metrics;
 use crate::transport::{Peer, Stream};
 
 use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
-use crate::registry::SessionRef;
-use crate::server::Shared;
-use crate::session::{Attach, Session, SessionCmd};
+use crate::delivery::Attach;
+use crate::shared::Shared;
 
 /// CONNACK reason codes used here (MQTT 5 numbering; the codec maps them for 3.1.1).
 mod rc {
@@ -250,47 +249,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         assigned_id,
         props,
     };
-    start_session(&shared, attach);
-}
-
-/// Hands a connection to its client id's session, creating the session if
-/// there is none (or the one registered has just ended).
-pub(crate) fn start_session(shared: &Arc<Shared>, attach: Attach) {
-    let clientid = Arc::clone(&attach.client.clientid);
-    let mut attach = Box::new(attach);
-    loop {
-        let mut spawned = None;
-        let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
-            let uid = shared.next_uid();
-            let (tx, rx) = crate::mailbox::mailbox();
-            let (replay_tx, replay_rx) = crate::mailbox::mailbox();
-            spawned = Some((uid, tx.clone(), rx, replay_rx));
-            SessionRef {
-                uid,
-                tx,
-                replay_tx,
-                client: attach.client.clone(),
-            }
-        });
-        if created {
-            if let Some((uid, tx, rx, replay_rx)) = spawned {
-                let session = Session::new(
-                    Arc::clone(shared),
-                    uid,
-                    attach.client.clone(),
-                    (tx, rx),
-                    replay_rx,
-                );
-                tokio::spawn(session.run());
-            }
-        }
-        match entry.tx.send(SessionCmd::Attach(attach)) {
-            Ok(()) => return,
-            // The session ended between lookup and send: try again with a new one.
-            Err(SessionCmd::Attach(back)) => attach = back,
-            Err(_) => return,
-        }
-    }
+    crate::session::start(&shared, attach);
 }
 
 enum ReadError {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use hooks_spec::{BrokerHandle, ClientInfo, Delivery, HandleError, Message, SubOpts};
 
-use crate::server::Shared;
-use crate::session::{Replay, Routed, SessionCmd};
+use crate::delivery::{Replay, Routed, SessionCmd};
+use crate::shared::Shared;
 use crate::topic;
 
 /// The broker side of [`BrokerHandle`].
@@ -90,9 +90,7 @@ impl BrokerHandle for Handle {
     }
 
     async fn publish(&self, message: Message) -> Result<usize, HandleError> {
-        topic::validate_topic_name(&message.topic, self.shared.config.mqtt.max_topic_levels)
-            .map_err(|_| HandleError::InvalidTopic(message.topic.to_string()))?;
-        Ok(self.shared.route(Arc::new(message)))
+        crate::publish::from_plugin(&self.shared, message)
     }
 }
 

@@ -16,7 +16,9 @@
 //! ## Data flow of a PUBLISH
 //! socket → session task (decode in [`codec`], topic alias, ACL,
 //! `message.publish` chain, which may hold the acknowledgement) →
-//! [`server::Shared::route`] (retain store, router match) → each receiving
+//! [`publish`] (one pipeline for client publishes, wills and plugin
+//! publishes: ACL, `message.publish`, the outcome) → [`publish::route`]
+//! (retain store, router match) → each receiving
 //! session task's channel → inflight window / queue → `message.delivered` →
 //! encode into that session's output buffer → socket. The publisher's PUBACK
 //! is written once the chain has finished. `docs/ARCHITECTURE.md` draws it.
@@ -28,17 +30,20 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod handle;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
-pub mod plugins;
+pub mod publish;
 pub mod rate_limit;
 pub mod registry;
 pub mod retain;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod shared;
+pub mod sys;
 #[cfg(test)]
 mod test_rng;
 pub mod tls;

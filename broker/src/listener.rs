@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::connection::{self, Admission};
 use crate::metrics::Metrics;
 use crate::rate_limit::{LogThrottle, Rate, TokenBucket};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tls::TlsListener;
 
 /// The most often the "connection rate exceeded" warning is logged per listener.

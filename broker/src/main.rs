@@ -1,6 +1,8 @@
 //! The `postbox` command: runs the broker, or (`postbox passwd`) manages a
 //! Mosquitto-compatible password file.
 
+mod plugins;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -197,7 +199,7 @@ impl Hangup {
 fn load_plugins(config: &Config) -> Result<Vec<Box<dyn Plugin>>, BrokerError> {
     let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
     for name in &config.plugins {
-        let mut plugin: Box<dyn Plugin> = match postbox::plugins::by_name(name) {
+        let mut plugin: Box<dyn Plugin> = match plugins::by_name(name) {
             Some(p) => p,
             None => {
                 let conf = ConfFile::load(&config.file)?;
@@ -206,10 +208,7 @@ fn load_plugins(config: &Config) -> Result<Vec<Box<dyn Plugin>>, BrokerError> {
                     file: config.file.clone(),
                     line,
                     key: "plugins.load".into(),
-                    message: format!(
-                        "unknown plugin `{name}` (known: {})",
-                        postbox::plugins::KNOWN.join(", ")
-                    ),
+                    message: format!("unknown plugin `{name}` (known: {})", plugins::KNOWN.join(", ")),
                 }));
             }
         };

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use hooks_spec::ClientInfo;
 
-use crate::session::{ReplayTx, SessionTx};
+use crate::delivery::{ReplayTx, SessionTx};
 
 /// What the registry knows of one session.
 #[derive(Clone)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use hooks_spec::{Message, QoS, SubOpts};
 
-use crate::session::{Routed, SessionCmd, SessionTx};
+use crate::delivery::{Routed, SessionCmd, SessionTx};
 use crate::trie::SubTrie;
 
 /// One subscription as the router keeps it.

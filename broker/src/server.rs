@@ -8,12 +8,12 @@
 //! [`Server::reload_plugins`] is what SIGHUP runs.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::Arc;
 
-use hooks_spec::{DropReason, DroppedArgs, Hooks, Message, Plugin, PluginContext, PublishArgs};
+use hooks_spec::{Hooks, Plugin, PluginContext};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::handle::Handle;
@@ -21,196 +21,8 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::retain::RetainStore;
 use crate::router::Router;
+use crate::shared::Shared;
 use crate::{listener, BrokerError};
-
-/// Counts live tasks so shutdown can wait for them.
-#[derive(Default)]
-pub struct TaskCount {
-    live: AtomicUsize,
-    idle: Notify,
-}
-
-/// Held by a task while it runs.
-pub struct TaskGuard(Arc<TaskCount>);
-
-impl TaskCount {
-    /// Registers the calling task until the guard drops.
-    pub fn enter(self: &Arc<Self>) -> TaskGuard {
-        self.live.fetch_add(1, Ordering::SeqCst);
-        TaskGuard(Arc::clone(self))
-    }
-
-    /// Waits until no task is registered.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.live.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// State shared by every task of one broker.
-pub struct Shared {
-    /// The configuration in force.
-    pub config: Config,
-    /// The hook chains.
-    pub hooks: Arc<Hooks>,
-    /// Subscriptions.
-    pub router: Router,
-    /// Retained messages.
-    pub retain: RetainStore,
-    /// Sessions by client id.
-    pub registry: Registry,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Live connection and session tasks.
-    pub tasks: Arc<TaskCount>,
-    connected: AtomicI64,
-    next_uid: AtomicU64,
-    shutdown: watch::Receiver<bool>,
-    /// Set when shutdown begins; sessions look at it on every turn.
-    shutting_down: AtomicBool,
-}
-
-impl Shared {
-    /// A receiver that changes when the broker shuts down.
-    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.clone()
-    }
-
-    /// True once the broker has begun to shut down.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// Marks the broker as shutting down and tells every registered session
-    /// (one registered after this sees the mark on its first turn).
-    fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        for session in self.registry.all() {
-            let _ = session.tx.send(crate::session::SessionCmd::Shutdown);
-        }
-    }
-
-    /// A fresh session uid.
-    pub fn next_uid(&self) -> u64 {
-        self.next_uid.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Connected clients now.
-    pub fn connected(&self) -> usize {
-        usize::try_from(self.connected.load(Ordering::Relaxed)).unwrap_or(0)
-    }
-
-    pub(crate) fn connected_add(&self, delta: i64) {
-        self.connected.fetch_add(delta, Ordering::Relaxed);
-    }
-
-    /// A session expiry interval capped by `mqtt.session_expiry_interval`
-    /// (`u32::MAX` means never).
-    pub fn cap_expiry(&self, requested: u32) -> u32 {
-        match self.config.mqtt.session_expiry_interval {
-            None => requested,
-            Some(cap) => requested.min(
-                u32::try_from(cap.as_secs())
-                    .unwrap_or(u32::MAX - 1)
-                    .min(u32::MAX - 1),
-            ),
-        }
-    }
-
-    /// Applies retain and routes a message that passed message.publish;
-    /// returns how many sessions got it.
-    pub fn route(&self, msg: Arc<Message>) -> usize {
-        if msg.retain && self.config.mqtt.retain_available {
-            self.retain.apply(&msg);
-        }
-        self.metrics.messages_routed.fetch_add(1, Ordering::Relaxed);
-        let n = self.router.route(&msg);
-        if n == 0 {
-            self.fire_dropped(&msg, DropReason::NoSubscribers, None);
-        }
-        n
-    }
-
-    /// Runs message.publish for a client's will and routes the result.
-    pub async fn publish_from_client(&self, client: Option<hooks_spec::ClientInfo>, msg: Message) -> usize {
-        // A will is a publish by its client: the ACL applies to it too.
-        if let (Some(c), false) = (&client, self.hooks.client_check_acl.is_empty()) {
-            let args = Arc::new(hooks_spec::AclArgs {
-                client: c.clone(),
-                action: hooks_spec::AclAction::Publish,
-                topic: msg.topic.to_string(),
-            });
-            if self
-                .hooks
-                .client_check_acl
-                .run_fold(args, hooks_spec::AclResult::Allow)
-                .await
-                .into_inner()
-                == hooks_spec::AclResult::Deny
-            {
-                tracing::info!(clientid = %c.clientid, topic = %msg.topic, "will denied by ACL");
-                Metrics::bump(&self.metrics.acl_denied_publish);
-                self.fire_dropped(&Arc::new(msg), DropReason::Denied, None);
-                return 0;
-            }
-        }
-        let msg = if self.hooks.message_publish.is_empty() {
-            msg
-        } else {
-            match self
-                .hooks
-                .message_publish
-                .run_fold(Arc::new(PublishArgs { client, will: true }), msg)
-                .await
-            {
-                hooks_spec::Flow::Continue(m) if m.headers.not_stored => {
-                    // A will is stored before it is routed, like any message a
-                    // storage rule applies to; one that could not be is not sent.
-                    tracing::warn!(topic = %m.topic, "will not published: it could not be stored");
-                    self.fire_dropped(&Arc::new(m), DropReason::StoreFailed, None);
-                    return 0;
-                }
-                hooks_spec::Flow::Continue(m) => m,
-                hooks_spec::Flow::Stop(m) => {
-                    self.fire_dropped(&Arc::new(m), DropReason::Denied, None);
-                    return 0;
-                }
-            }
-        };
-        self.route(Arc::new(msg))
-    }
-
-    /// Counts a dropped message and runs message.dropped in the background.
-    pub fn fire_dropped(&self, msg: &Arc<Message>, reason: DropReason, clientid: Option<&Arc<str>>) {
-        self.metrics.messages_dropped.fetch_add(1, Ordering::Relaxed);
-        if self.hooks.message_dropped.is_empty() {
-            return;
-        }
-        let args = Arc::new(DroppedArgs {
-            message: Arc::clone(msg),
-            node: self.config.node_name.clone(),
-            reason,
-            clientid: clientid.cloned(),
-        });
-        let hooks = Arc::clone(&self.hooks);
-        tokio::spawn(async move {
-            hooks.message_dropped.run(args).await;
-        });
-    }
-}
 
 /// A running broker.
 pub struct Server {
@@ -284,7 +96,7 @@ impl Server {
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         if let Some(interval) = shared.config.sys_interval {
-            accept_tasks.push(tokio::spawn(crate::metrics::publish_loop(
+            accept_tasks.push(tokio::spawn(crate::sys::publish_loop(
                 Arc::clone(&shared),
                 interval,
             )));

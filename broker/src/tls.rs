@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfPath, PeerCertField, TlsSettings};
 use crate::connection::{self, Admission};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::transport::{Peer, Stream};
 
 /// A TLS listener's server side, ready to accept handshakes.

@@ -4,20 +4,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hooks_spec::{
-    AclAction, AclArgs, AclResult, ClientSubArgs, DropReason, Flow, Message, QoS, SubOpts, SubscribedArgs,
-    TopicFilter,
+    AclAction, AclArgs, AclResult, ClientSubArgs, Flow, Message, QoS, SubOpts, SubscribedArgs, TopicFilter,
 };
 
 use super::{Exit, PublishDone, Session, Subscription};
 use crate::codec::{Ack, DecodeError, Packet, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use crate::topic;
 
-/// SUBACK/UNSUBACK and PUBACK reason codes used here (MQTT 5 numbering;
+/// SUBACK/UNSUBACK and DISCONNECT reason codes used here (MQTT 5 numbering;
 /// the codec maps them for 3.1.1).
 mod rc {
     pub const UNSPECIFIED: u8 = 0x80;
     pub const NOT_AUTHORIZED: u8 = 0x87;
-    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
     pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
@@ -127,26 +125,26 @@ impl Session {
             }
         }
 
-        if !self.acl_allows(AclAction::Publish, &topic).await {
-            tracing::info!(clientid = %self.client.clientid, topic = %topic, "publish denied by ACL");
-            crate::metrics::Metrics::bump(&self.shared.metrics.acl_denied_publish);
-            let pkid = p.pkid;
-            let msg = Arc::new(self.message_from(topic, p));
-            self.shared.fire_dropped(&msg, DropReason::Denied, None);
-            // 3.1.1 has no refusal: a plain acknowledgement (MQTT-3.3.5-2); MQTT 5 gets 0x87.
-            self.ack_publish(msg.qos, pkid, rc::NOT_AUTHORIZED, true);
-            return None;
-        }
-
-        let hooks = Arc::clone(&self.shared.hooks);
         let pkid = p.pkid;
         let qos = p.qos;
+        // Boxed: the ACL's future is large and only sessions with an ACL
+        // plugin should pay for it in their task's size (see Session::run).
+        let checked = !self.shared.hooks.client_check_acl.is_empty();
+        if checked && !Box::pin(crate::publish::allowed(&self.shared, &self.client, &topic)).await {
+            let msg = self.message_from(topic, p);
+            crate::publish::denied(&self.shared, &self.client, msg, false);
+            // 3.1.1 has no refusal: a plain acknowledgement (MQTT-3.3.5-2); MQTT 5 gets 0x87.
+            let (code, accepted) = crate::publish::Outcome::Denied.ack();
+            self.ack_publish(qos, pkid, code, accepted);
+            return None;
+        }
+        let msg = self.message_from(topic, p);
+
         let epoch = self.epoch;
         if qos != QoS::AtMostOnce {
             self.pending_pkids.insert(pkid);
         }
-        let msg = self.message_from(topic, p);
-        if hooks.message_publish.is_empty() && self.pending.is_empty() {
+        if self.shared.hooks.message_publish.is_empty() && self.pending.is_empty() {
             self.publish_done(PublishDone {
                 epoch,
                 pkid,
@@ -155,13 +153,9 @@ impl Session {
             })
             .await;
         } else {
-            let args = self.hook_args.publish(&self.client);
+            let (shared, args) = (Arc::clone(&self.shared), self.hook_args.publish(&self.client));
             self.pending.push_back(Box::pin(async move {
-                let flow = if hooks.message_publish.is_empty() {
-                    Flow::Continue(msg)
-                } else {
-                    hooks.message_publish.run_fold(args, msg).await
-                };
+                let flow = crate::publish::fold(&shared, args, msg).await;
                 PublishDone {
                     epoch,
                     pkid,
@@ -227,31 +221,7 @@ impl Session {
         if qos != QoS::AtMostOnce && epoch == self.epoch {
             self.pending_pkids.remove(&pkid);
         }
-        let (code, stored_ok) = match flow {
-            Flow::Stop(msg) => {
-                let msg = Arc::new(msg);
-                self.shared.fire_dropped(&msg, DropReason::Denied, None);
-                // Refused on purpose: acknowledged (3.1.1 has no refusal code), not routed.
-                (rc::NOT_AUTHORIZED, true)
-            }
-            Flow::Continue(msg) if msg.headers.not_stored => {
-                // A message that had to be stored and was not is refused, not
-                // routed: the publisher is not told it was accepted (MQTT 5:
-                // 0x80; 3.1.1: no acknowledgement), so when it sends the message
-                // again, subscribers get it once.
-                self.shared
-                    .fire_dropped(&Arc::new(msg), DropReason::StoreFailed, None);
-                (rc::UNSPECIFIED, false)
-            }
-            Flow::Continue(msg) => {
-                let code = if self.shared.route(Arc::new(msg)) == 0 {
-                    rc::NO_MATCHING_SUBSCRIBERS
-                } else {
-                    0
-                };
-                (code, true)
-            }
-        };
+        let (code, stored_ok) = crate::publish::finish(&self.shared, flow).ack();
         // Acknowledged on whatever connection the session has now: after a
         // reconnect the client still waits for it (same session, same packet id).
         if self.conn.is_some() && epoch == self.epoch {

@@ -351,7 +351,7 @@ impl Session {
         let client = self.client.clone();
         tracing::debug!(clientid = %client.clientid, topic = %will.topic, "publishing will");
         tokio::spawn(async move {
-            shared.publish_from_client(Some(client), msg).await;
+            crate::publish::will(&shared, client, msg).await;
         });
     }
 
@@ -382,7 +382,7 @@ impl Session {
         // A connection may have been handed to us after we left the registry: give it a new session.
         for cmd in self.rx.close() {
             if let super::SessionCmd::Attach(attach) = cmd {
-                crate::connection::start_session(&self.shared, *attach);
+                super::start(&self.shared, *attach);
             }
         }
     }

@@ -26,79 +26,53 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, ConnProperties, Flow, Message, QoS, SubOpts};
+use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, Flow, Message, QoS, SubOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::codec::{Codec, Connect, Will};
-use crate::server::Shared;
+use crate::codec::{Codec, Will};
+use crate::shared::Shared;
 
-/// A session task's command channel.
-pub type SessionTx = crate::mailbox::Sender<SessionCmd>;
+pub use crate::delivery::{Attach, Replay, ReplayTx, Routed, SessionCmd, SessionTx};
 
-/// A session task's replay channel: polled before [`SessionTx`], so stored
-/// messages a plugin replays from `session.subscribed` go out before anything
-/// routed after the subscription.
-pub type ReplayTx = crate::mailbox::Sender<Replay>;
-
-/// Stored messages replayed for one subscription (see `BrokerHandle::replay`).
-pub struct Replay {
-    /// The subscription filter (without any `$share/` prefix).
-    pub filter: String,
-    /// Oldest first; each has `headers.stored_id`.
-    pub deliveries: Vec<Routed>,
-    /// `None` while the backlog has more pages; then the id through which
-    /// it is complete (see `BrokerHandle::replay`).
-    pub complete_through: Option<i64>,
-}
-
-/// What other tasks ask of a session.
-pub enum SessionCmd {
-    /// A new connection for this client id (first connect, reconnect or takeover).
-    Attach(Box<Attach>),
-    /// A message to deliver.
-    Deliver(Routed),
-    /// Subscribe on the client's behalf (plugin handle): the filter (possibly
-    /// with a `$share/<group>/` prefix) and the requested options. Boxed to keep
-    /// every command, and so every channel block, small.
-    Subscribe(Box<(String, SubOpts)>),
-    /// The broker is shutting down (sent to every registered session; a
-    /// session also checks `Shared::is_shutting_down` on every turn, so one
-    /// that registers after the message went out stops too).
-    Shutdown,
-}
-
-/// A message routed to one session.
-#[derive(Clone, Debug)]
-pub struct Routed {
-    /// The message, shared by every receiver.
-    pub message: Arc<Message>,
-    /// QoS to deliver at (already capped by the subscription).
-    pub qos: QoS,
-    /// Retain flag to deliver with.
-    pub retain: bool,
-    /// MQTT 5 subscription identifiers of the matching subscriptions.
-    pub subscription_ids: Vec<u32>,
-    /// The subscription filter this delivery is for, when a plugin said so.
-    pub filter: Option<Arc<str>>,
-}
-
-/// A connection that finished its handshake and is handed to a session.
-pub struct Attach {
-    /// The socket.
-    pub stream: crate::transport::Stream,
-    /// Bytes read after the CONNECT packet.
-    pub inbuf: BytesMut,
-    /// The decoded CONNECT.
-    pub connect: Connect,
-    /// The client as it will be known.
-    pub client: ClientInfo,
-    /// What it sent.
-    pub conn: ConnInfo,
-    /// The client id was assigned by the broker.
-    pub assigned_id: bool,
-    /// CONNACK properties from the `client.connect` fold.
-    pub props: ConnProperties,
+/// Hands a connection to its client id's session, creating the session if
+/// there is none (or the one registered has just ended).
+pub(crate) fn start(shared: &Arc<Shared>, attach: Attach) {
+    let clientid = Arc::clone(&attach.client.clientid);
+    let mut attach = Box::new(attach);
+    loop {
+        let mut spawned = None;
+        let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
+            let uid = shared.next_uid();
+            let (tx, rx) = crate::mailbox::mailbox();
+            let (replay_tx, replay_rx) = crate::mailbox::mailbox();
+            spawned = Some((uid, tx.clone(), rx, replay_rx));
+            crate::registry::SessionRef {
+                uid,
+                tx,
+                replay_tx,
+                client: attach.client.clone(),
+            }
+        });
+        if created {
+            if let Some((uid, tx, rx, replay_rx)) = spawned {
+                let session = Session::new(
+                    Arc::clone(shared),
+                    uid,
+                    attach.client.clone(),
+                    (tx, rx),
+                    replay_rx,
+                );
+                tokio::spawn(session.run());
+            }
+        }
+        match entry.tx.send(SessionCmd::Attach(attach)) {
+            Ok(()) => return,
+            // The session ended between lookup and send: try again with a new one.
+            Err(SessionCmd::Attach(back)) => attach = back,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Where an outgoing message stands: which acknowledgement it waits for.

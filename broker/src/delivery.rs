@@ -1,0 +1,83 @@
+//! What travels to a session task: the commands other tasks send it, the
+//! messages routed to it, stored messages a plugin replays into it, and a
+//! connection handed over to it.
+//!
+//! A leaf module (it knows the codec and the transport, nothing of the
+//! broker's shared state): the router, the registry and the handle send
+//! these without depending on the session module, and the session module
+//! depends on the shared state without a cycle back.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use hooks_spec::{ClientInfo, ConnInfo, ConnProperties, Message, QoS, SubOpts};
+
+use crate::codec::Connect;
+
+/// A session task's command channel.
+pub type SessionTx = crate::mailbox::Sender<SessionCmd>;
+
+/// A session task's replay channel: polled before [`SessionTx`], so stored
+/// messages a plugin replays from `session.subscribed` go out before anything
+/// routed after the subscription.
+pub type ReplayTx = crate::mailbox::Sender<Replay>;
+
+/// Stored messages replayed for one subscription (see `BrokerHandle::replay`).
+pub struct Replay {
+    /// The subscription filter (without any `$share/` prefix).
+    pub filter: String,
+    /// Oldest first; each has `headers.stored_id`.
+    pub deliveries: Vec<Routed>,
+    /// `None` while the backlog has more pages; then the id through which
+    /// it is complete (see `BrokerHandle::replay`).
+    pub complete_through: Option<i64>,
+}
+
+/// What other tasks ask of a session.
+pub enum SessionCmd {
+    /// A new connection for this client id (first connect, reconnect or takeover).
+    Attach(Box<Attach>),
+    /// A message to deliver.
+    Deliver(Routed),
+    /// Subscribe on the client's behalf (plugin handle): the filter (possibly
+    /// with a `$share/<group>/` prefix) and the requested options. Boxed to keep
+    /// every command, and so every channel block, small.
+    Subscribe(Box<(String, SubOpts)>),
+    /// The broker is shutting down (sent to every registered session; a
+    /// session also checks `Shared::is_shutting_down` on every turn, so one
+    /// that registers after the message went out stops too).
+    Shutdown,
+}
+
+/// A message routed to one session.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    /// The message, shared by every receiver.
+    pub message: Arc<Message>,
+    /// QoS to deliver at (already capped by the subscription).
+    pub qos: QoS,
+    /// Retain flag to deliver with.
+    pub retain: bool,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// The subscription filter this delivery is for, when a plugin said so.
+    pub filter: Option<Arc<str>>,
+}
+
+/// A connection that finished its handshake and is handed to a session.
+pub struct Attach {
+    /// The socket.
+    pub stream: crate::transport::Stream,
+    /// Bytes read after the CONNECT packet.
+    pub inbuf: BytesMut,
+    /// The decoded CONNECT.
+    pub connect: Connect,
+    /// The client as it will be known.
+    pub client: ClientInfo,
+    /// What it sent.
+    pub conn: ConnInfo,
+    /// The client id was assigned by the broker.
+    pub assigned_id: bool,
+    /// CONNACK properties from the `client.connect` fold.
+    pub props: ConnProperties,
+}

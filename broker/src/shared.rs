@@ -1,0 +1,145 @@
+//! The state every task of one broker shares: configuration, hook chains,
+//! router, retained messages, the session registry, counters, and the
+//! shutdown signal.
+//!
+//! It depends only on those state modules (none of them depends back on it):
+//! sessions, connections, the publish pipeline and the plugin handle hold an
+//! `Arc<Shared>`; nothing here knows them.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hooks_spec::{DropReason, DroppedArgs, Hooks, Message};
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::retain::RetainStore;
+use crate::router::Router;
+
+/// Counts live tasks so shutdown can wait for them.
+#[derive(Default)]
+pub struct TaskCount {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a task while it runs.
+pub struct TaskGuard(Arc<TaskCount>);
+
+impl TaskCount {
+    /// Registers the calling task until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> TaskGuard {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(Arc::clone(self))
+    }
+
+    /// Waits until no task is registered.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// State shared by every task of one broker.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// The hook chains.
+    pub hooks: Arc<Hooks>,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retain: RetainStore,
+    /// Sessions by client id.
+    pub registry: Registry,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Live connection and session tasks.
+    pub tasks: Arc<TaskCount>,
+    pub(crate) connected: AtomicI64,
+    pub(crate) next_uid: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Set when shutdown begins; sessions look at it on every turn.
+    pub(crate) shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// A receiver that changes when the broker shuts down.
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// True once the broker has begun to shut down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Marks the broker as shutting down and tells every registered session
+    /// (one registered after this sees the mark on its first turn).
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for session in self.registry.all() {
+            let _ = session.tx.send(crate::delivery::SessionCmd::Shutdown);
+        }
+    }
+
+    /// A fresh session uid.
+    pub fn next_uid(&self) -> u64 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connected clients now.
+    pub fn connected(&self) -> usize {
+        usize::try_from(self.connected.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub(crate) fn connected_add(&self, delta: i64) {
+        self.connected.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A session expiry interval capped by `mqtt.session_expiry_interval`
+    /// (`u32::MAX` means never).
+    pub fn cap_expiry(&self, requested: u32) -> u32 {
+        match self.config.mqtt.session_expiry_interval {
+            None => requested,
+            Some(cap) => requested.min(
+                u32::try_from(cap.as_secs())
+                    .unwrap_or(u32::MAX - 1)
+                    .min(u32::MAX - 1),
+            ),
+        }
+    }
+
+    /// Counts a dropped message and runs message.dropped in the background.
+    pub fn fire_dropped(&self, msg: &Arc<Message>, reason: DropReason, clientid: Option<&Arc<str>>) {
+        self.metrics.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        if self.hooks.message_dropped.is_empty() {
+            return;
+        }
+        let args = Arc::new(DroppedArgs {
+            message: Arc::clone(msg),
+            node: self.config.node_name.clone(),
+            reason,
+            clientid: clientid.cloned(),
+        });
+        let hooks = Arc::clone(&self.hooks);
+        tokio::spawn(async move {
+            hooks.message_dropped.run(args).await;
+        });
+    }
+}
