@@ -115,18 +115,27 @@ pub fn finish(shared: &Shared, flow: Flow<Message>) -> Outcome {
     }
 }
 
-/// Applies retain and routes a message that passed the pipeline; returns
-/// how many sessions got it (`message.dropped` no_subscribers for none).
+/// Applies retain and routes a message that passed the pipeline: to the
+/// sessions here, and through the cluster's [`Forwarder`] to the other nodes
+/// with subscribers. Returns how many sessions and nodes got it
+/// (`message.dropped` no_subscribers for none).
+///
+/// [`Forwarder`]: crate::shared::Forwarder
 pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
     if msg.retain && shared.config.mqtt.retain_available {
         shared.retain.apply(&msg);
     }
     shared.metrics.messages_routed.fetch_add(1, Ordering::Relaxed);
-    let n = shared.router.route(&msg);
-    if n == 0 {
+    let routing = shared.router.route(&msg);
+    let receivers = routing.receivers();
+    if receivers == 0 {
         shared.fire_dropped(&msg, DropReason::NoSubscribers, None);
+    } else if !routing.forwards.is_empty() {
+        if let Some(f) = shared.forwarder.get() {
+            f.forward(&msg, routing.forwards);
+        }
     }
-    n
+    receivers
 }
 
 /// A client's will: the ACL, `message.publish` (as a will: no publisher
@@ -163,5 +172,6 @@ pub fn system(shared: &Shared, msg: Message) {
     if shared.config.mqtt.retain_available {
         shared.retain.apply(&msg);
     }
+    // This node's own counters: for its own subscribers only.
     shared.router.route(&msg);
 }

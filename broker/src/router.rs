@@ -7,6 +7,13 @@
 //! A message goes to each session once: overlapping subscriptions of one client
 //! are merged (highest granted QoS, every MQTT 5 subscription identifier), and
 //! each shared group picks one member in turn.
+//!
+//! A route's target is a session on this node or, in a cluster, another node
+//! that has subscribers for the filter ([`Router::add_node_route`]): such a
+//! node gets the message once ([`Forward`]), whatever number of its sessions
+//! match, and delivers it to them itself. A shared group's members may be
+//! sessions here or nodes with members of the group; a node that wins a
+//! message picks one of its own members.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,18 +35,69 @@ pub struct Route {
     pub opts: SubOpts,
 }
 
-type SharedKey = (Arc<str>, Arc<str>);
+/// A node of the cluster, by name.
+pub type NodeName = Arc<str>;
 
-/// (filter, group) -> members (client id, route) matching one publish.
-type SharedGroups = HashMap<(String, Arc<str>), Vec<(Arc<str>, Route)>>;
+/// A member of a shared group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    /// A session on this node, by client id.
+    Client(Arc<str>),
+    /// Another node with members of the group.
+    Node(NodeName),
+}
+
+/// Where a shared group's member gets its messages.
+#[derive(Clone)]
+pub enum Target {
+    /// A session here.
+    Local(Route),
+    /// Another node (named by the [`Member`] key).
+    Node,
+}
+
+type SharedKey = (Arc<str>, Member);
+
+/// (filter, group) -> members (member, target) matching one publish.
+type SharedGroups = HashMap<(String, Arc<str>), Vec<(Member, Target)>>;
 
 /// The subscription index and fan-out.
 #[derive(Default)]
 pub struct Router {
     plain: RwLock<SubTrie<Arc<str>, Route>>,
-    shared: RwLock<SubTrie<SharedKey, Route>>,
+    shared: RwLock<SubTrie<SharedKey, Target>>,
+    /// Other nodes' plain subscriptions: one entry per (filter, node).
+    nodes: RwLock<SubTrie<NodeName, ()>>,
     /// Round-robin position of each shared group, by (filter, group).
     next_member: Mutex<HashMap<(String, Arc<str>), usize>>,
+}
+
+/// A message another node must get, and for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The node.
+    pub node: NodeName,
+    /// For its plain subscriptions.
+    pub plain: bool,
+    /// For the shared groups (filter, group) it won: it delivers to one of
+    /// its members of each.
+    pub groups: Vec<(String, Arc<str>)>,
+}
+
+/// Where one publish went.
+#[derive(Debug, Default)]
+pub struct Routing {
+    /// Sessions here that got it.
+    pub local: usize,
+    /// Other nodes that must get it.
+    pub forwards: Vec<Forward>,
+}
+
+impl Routing {
+    /// Sessions here plus nodes elsewhere: zero means nobody subscribes.
+    pub fn receivers(&self) -> usize {
+        self.local + self.forwards.len()
+    }
 }
 
 /// What one session gets from one publish.
@@ -61,8 +119,10 @@ impl Router {
     pub fn subscribe(&self, clientid: &Arc<str>, filter: &str, route: Route) -> bool {
         match route.opts.share_group.clone() {
             Some(group) => {
-                let key = (Arc::from(group.as_str()), Arc::clone(clientid));
-                write(&self.shared).insert(filter, key, route).is_none()
+                let key = (Arc::from(group.as_str()), Member::Client(Arc::clone(clientid)));
+                write(&self.shared)
+                    .insert(filter, key, Target::Local(route))
+                    .is_none()
             }
             None => write(&self.plain)
                 .insert(filter, Arc::clone(clientid), route)
@@ -79,89 +139,179 @@ impl Router {
     ) -> Option<SubOpts> {
         match share_group {
             Some(group) => {
-                let key = (Arc::from(group), Arc::clone(clientid));
-                write(&self.shared).remove(filter, &key).map(|r| r.opts)
+                let key = (Arc::from(group), Member::Client(Arc::clone(clientid)));
+                match write(&self.shared).remove(filter, &key) {
+                    Some(Target::Local(r)) => Some(r.opts),
+                    _ => None,
+                }
             }
             None => write(&self.plain).remove(filter, clientid).map(|r| r.opts),
         }
     }
 
-    /// Routes a message to every matching session; returns how many got it.
-    pub fn route(&self, msg: &Arc<Message>) -> usize {
-        let mut targets: HashMap<Arc<str>, Fanout> = HashMap::new();
-        let publisher = msg.publisher.as_deref();
-        {
-            let plain = read(&self.plain);
-            plain.for_each_match(&msg.topic, |_filter, clientid, route| {
-                if route.opts.no_local && publisher == Some(&**clientid) {
-                    return;
-                }
-                merge(&mut targets, clientid, route);
-            });
-        }
-        {
-            let shared = read(&self.shared);
-            if !shared.is_empty() {
-                // group -> members (filter, clientid, route); one member per group gets it.
-                let mut groups: SharedGroups = HashMap::new();
-                shared.for_each_match(&msg.topic, |filter, (group, clientid), route| {
-                    if route.opts.no_local && publisher == Some(&**clientid) {
-                        return;
-                    }
-                    groups
-                        .entry((filter.to_string(), Arc::clone(group)))
-                        .or_default()
-                        .push((Arc::clone(clientid), route.clone()));
-                });
-                for (group_key, mut members) in groups {
-                    // A stable order, so "in turn" is round robin over the members.
-                    members.sort_by(|a, b| a.0.cmp(&b.0));
-                    // Prefer members with a connection; else any live session (it queues).
-                    let online: Vec<usize> = (0..members.len())
-                        .filter(|&i| members[i].1.online.load(Ordering::Relaxed))
-                        .collect();
-                    let candidates: Vec<usize> = if online.is_empty() {
-                        (0..members.len())
-                            .filter(|&i| !members[i].1.tx.is_closed())
-                            .collect()
-                    } else {
-                        online
-                    };
-                    if candidates.is_empty() {
-                        continue;
-                    }
-                    let turn = {
-                        let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
-                        let n = counters.entry(group_key).or_insert(0);
-                        let turn = *n;
-                        *n = n.wrapping_add(1);
-                        turn
-                    };
-                    let (clientid, route) = &members[candidates[turn % candidates.len()]];
-                    merge(&mut targets, clientid, route);
-                }
-            }
-        }
-        let mut delivered = 0;
-        for (_, f) in targets {
-            let qos = f.qos.min(msg.qos);
-            let routed = Routed {
-                message: Arc::clone(msg),
-                qos,
-                retain: f.retain_as_published && msg.retain,
-                subscription_ids: f.subscription_ids,
-                filter: None,
-            };
-            if f.tx.send(SessionCmd::Deliver(routed)).is_ok() {
-                delivered += 1;
-            }
-        }
-        delivered
+    /// `node` has plain subscribers for `filter` (a cluster's route table).
+    /// Returns true when it is new.
+    pub fn add_node_route(&self, node: &NodeName, filter: &str) -> bool {
+        write(&self.nodes).insert(filter, Arc::clone(node), ()).is_none()
     }
 
-    /// Number of subscriptions (plain and shared).
+    /// `node` no longer has plain subscribers for `filter`.
+    pub fn remove_node_route(&self, node: &NodeName, filter: &str) -> bool {
+        write(&self.nodes).remove(filter, node).is_some()
+    }
+
+    /// `node` has members of shared group `group` on `filter`.
+    pub fn add_node_member(&self, node: &NodeName, filter: &str, group: &str) -> bool {
+        let key = (Arc::from(group), Member::Node(Arc::clone(node)));
+        write(&self.shared).insert(filter, key, Target::Node).is_none()
+    }
+
+    /// `node` no longer has members of `group` on `filter`.
+    pub fn remove_node_member(&self, node: &NodeName, filter: &str, group: &str) -> bool {
+        let key = (Arc::from(group), Member::Node(Arc::clone(node)));
+        write(&self.shared).remove(filter, &key).is_some()
+    }
+
+    /// Routes a message that another node forwarded for its own sessions:
+    /// to the local plain subscribers (`plain`), and to one local member of
+    /// each of `groups`; never to another node again.
+    pub fn route_forwarded(&self, msg: &Arc<Message>, plain: bool, groups: &[(String, Arc<str>)]) -> usize {
+        let mut targets: HashMap<Arc<str>, Fanout> = HashMap::new();
+        if plain {
+            self.plain_targets(msg, &mut targets);
+        }
+        if !groups.is_empty() {
+            self.shared_targets(msg, &mut targets, None, Some(groups));
+        }
+        send(msg, targets)
+    }
+
+    /// Routes a message to every matching session here, and says which
+    /// other nodes must get it.
+    pub fn route(&self, msg: &Arc<Message>) -> Routing {
+        let mut targets: HashMap<Arc<str>, Fanout> = HashMap::new();
+        self.plain_targets(msg, &mut targets);
+        let mut forwards: Vec<Forward> = Vec::new();
+        {
+            let nodes = read(&self.nodes);
+            if !nodes.is_empty() {
+                nodes.for_each_match(&msg.topic, |_filter, node, ()| {
+                    if !forwards.iter().any(|f| &f.node == node) {
+                        forwards.push(Forward {
+                            node: Arc::clone(node),
+                            plain: true,
+                            groups: Vec::new(),
+                        });
+                    }
+                });
+            }
+        }
+        self.shared_targets(msg, &mut targets, Some(&mut forwards), None);
+        Routing {
+            local: send(msg, targets),
+            forwards,
+        }
+    }
+
+    fn plain_targets(&self, msg: &Arc<Message>, targets: &mut HashMap<Arc<str>, Fanout>) {
+        let publisher = msg.publisher.as_deref();
+        let plain = read(&self.plain);
+        plain.for_each_match(&msg.topic, |_filter, clientid, route| {
+            if route.opts.no_local && publisher == Some(&**clientid) {
+                return;
+            }
+            merge(targets, clientid, route);
+        });
+    }
+
+    /// One member of each matching shared group: a session here (added to
+    /// `targets`) or, when `forwards` is given, another node (added there).
+    /// `only`: the groups a forwarding node won (then only local members).
+    fn shared_targets(
+        &self,
+        msg: &Arc<Message>,
+        targets: &mut HashMap<Arc<str>, Fanout>,
+        mut forwards: Option<&mut Vec<Forward>>,
+        only: Option<&[(String, Arc<str>)]>,
+    ) {
+        let shared = read(&self.shared);
+        if shared.is_empty() {
+            return;
+        }
+        let publisher = msg.publisher.as_deref();
+        // group -> members (filter, member, target); one member per group gets it.
+        let mut groups: SharedGroups = HashMap::new();
+        shared.for_each_match(&msg.topic, |filter, (group, member), target| {
+            if let Some(only) = only {
+                if !only.iter().any(|(f, g)| f == filter && g == group) {
+                    return;
+                }
+            }
+            match (member, target) {
+                (Member::Client(clientid), Target::Local(route))
+                    if route.opts.no_local && publisher == Some(&**clientid) =>
+                {
+                    return
+                }
+                // A forwarded message is for members here only.
+                (Member::Node(_), _) if forwards.is_none() => return,
+                _ => {}
+            }
+            groups
+                .entry((filter.to_string(), Arc::clone(group)))
+                .or_default()
+                .push((member.clone(), target.clone()));
+        });
+        drop(shared);
+        for (group_key, mut members) in groups {
+            // A stable order, so "in turn" is round robin over the members.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            // Prefer members with a connection (a node counts as one: its own
+            // choice prefers its connected members); else any live session (it queues).
+            let connected = |t: &Target| match t {
+                Target::Local(r) => r.online.load(Ordering::Relaxed),
+                Target::Node => true,
+            };
+            let online: Vec<usize> = (0..members.len()).filter(|&i| connected(&members[i].1)).collect();
+            let candidates: Vec<usize> = if online.is_empty() {
+                (0..members.len())
+                    .filter(|&i| matches!(&members[i].1, Target::Local(r) if !r.tx.is_closed()))
+                    .collect()
+            } else {
+                online
+            };
+            if candidates.is_empty() {
+                continue;
+            }
+            let turn = {
+                let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+                let n = counters.entry(group_key.clone()).or_insert(0);
+                let turn = *n;
+                *n = n.wrapping_add(1);
+                turn
+            };
+            match &members[candidates[turn % candidates.len()]] {
+                (Member::Client(clientid), Target::Local(route)) => merge(targets, clientid, route),
+                (Member::Node(node), _) => {
+                    if let Some(forwards) = forwards.as_deref_mut() {
+                        match forwards.iter_mut().find(|f| &f.node == node) {
+                            Some(f) => f.groups.push(group_key),
+                            None => forwards.push(Forward {
+                                node: Arc::clone(node),
+                                plain: false,
+                                groups: vec![group_key],
+                            }),
+                        }
+                    }
+                }
+                (Member::Client(_), Target::Node) => {}
+            }
+        }
+    }
+
+    /// Number of routes (plain and shared, of sessions here and of other nodes).
     pub fn len(&self) -> usize {
-        read(&self.plain).len() + read(&self.shared).len()
+        read(&self.plain).len() + read(&self.shared).len() + read(&self.nodes).len()
     }
 
     /// True when nobody subscribes to anything.
@@ -184,10 +334,133 @@ fn merge(targets: &mut HashMap<Arc<str>, Fanout>, clientid: &Arc<str>, route: &R
     }
 }
 
+/// Hands the message to each session; returns how many took it.
+fn send(msg: &Arc<Message>, targets: HashMap<Arc<str>, Fanout>) -> usize {
+    let mut delivered = 0;
+    for (_, f) in targets {
+        let qos = f.qos.min(msg.qos);
+        let routed = Routed {
+            message: Arc::clone(msg),
+            qos,
+            retain: f.retain_as_published && msg.retain,
+            subscription_ids: f.subscription_ids,
+            filter: None,
+        };
+        if f.tx.send(SessionCmd::Deliver(routed)).is_ok() {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn local(
+        router: &Router,
+        clientid: &str,
+        filter: &str,
+        group: Option<&str>,
+    ) -> crate::mailbox::Receiver<SessionCmd> {
+        let (tx, rx) = crate::mailbox::mailbox();
+        let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
+        opts.share_group = group.map(str::to_string);
+        let route = Route {
+            tx,
+            online: Arc::new(AtomicBool::new(true)),
+            opts,
+        };
+        router.subscribe(&Arc::from(clientid), filter, route);
+        rx
+    }
+
+    fn msg(topic: &str) -> Arc<Message> {
+        Arc::new(Message::new(topic, "x", QoS::AtLeastOnce, false))
+    }
+
+    fn got(rx: &mut crate::mailbox::Receiver<SessionCmd>) -> usize {
+        let mut n = 0;
+        while rx.try_recv().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_node_with_matching_subscribers_gets_each_message_once() {
+        let r = Router::new();
+        let b: NodeName = Arc::from("b");
+        r.add_node_route(&b, "a/#");
+        r.add_node_route(&b, "a/+");
+        let mut here = local(&r, "c1", "a/x", None);
+        let routing = r.route(&msg("a/x"));
+        assert_eq!(routing.local, 1);
+        assert_eq!(
+            routing.forwards,
+            vec![Forward {
+                node: Arc::clone(&b),
+                plain: true,
+                groups: vec![]
+            }]
+        );
+        assert_eq!(routing.receivers(), 2);
+        assert_eq!(got(&mut here), 1);
+        assert!(r.route(&msg("z/x")).forwards.is_empty(), "no match, no forward");
+        r.remove_node_route(&b, "a/#");
+        r.remove_node_route(&b, "a/+");
+        assert!(r.route(&msg("a/x")).forwards.is_empty());
+    }
+
+    #[test]
+    fn a_shared_group_takes_turns_between_members_here_and_on_other_nodes() {
+        let r = Router::new();
+        let b: NodeName = Arc::from("b");
+        let mut here = local(&r, "c1", "s/#", Some("g"));
+        r.add_node_member(&b, "s/#", "g");
+        let (mut local_n, mut forwarded) = (0, 0);
+        for _ in 0..10 {
+            let routing = r.route(&msg("s/1"));
+            local_n += routing.local;
+            for f in &routing.forwards {
+                assert!(!f.plain);
+                assert_eq!(f.groups, vec![("s/#".to_string(), Arc::from("g"))]);
+                forwarded += 1;
+            }
+            assert_eq!(routing.receivers(), 1, "one member per message, cluster-wide");
+        }
+        assert_eq!((local_n, forwarded), (5, 5), "in turn");
+        assert_eq!(got(&mut here), 5);
+    }
+
+    #[test]
+    fn a_forwarded_message_reaches_the_members_here_and_goes_no_further() {
+        let r = Router::new();
+        let b: NodeName = Arc::from("b");
+        r.add_node_route(&b, "#");
+        r.add_node_member(&b, "s/#", "g");
+        let mut plain = local(&r, "c1", "s/1", None);
+        let mut m1 = local(&r, "m1", "s/#", Some("g"));
+        let mut m2 = local(&r, "m2", "s/#", Some("g"));
+        let groups = vec![("s/#".to_string(), Arc::from("g"))];
+        for _ in 0..4 {
+            assert_eq!(r.route_forwarded(&msg("s/1"), true, &groups), 2);
+        }
+        assert_eq!(got(&mut plain), 4);
+        assert_eq!(got(&mut m1) + got(&mut m2), 4, "one local member per message");
+        assert_eq!(
+            r.route_forwarded(&msg("s/1"), false, &[]),
+            0,
+            "nothing asked, nothing delivered"
+        );
+    }
 }

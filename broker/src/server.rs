@@ -38,6 +38,8 @@ impl Server {
     /// the plugins (already configured, in order) and starts accepting
     /// connections.
     pub async fn start(config: Config, plugins: Vec<Box<dyn Plugin>>) -> Result<Server, BrokerError> {
+        // Message ids carry the node, so ids of different nodes never collide.
+        hooks_spec::set_node_id(hooks_spec::node_id_from_name(&config.node_name));
         let hooks = Arc::new(Hooks::new(config.hooks_timeout));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bound = Vec::new();
@@ -68,6 +70,7 @@ impl Server {
             registry: Registry::new(),
             metrics: Metrics::default(),
             tasks: Arc::default(),
+            forwarder: std::sync::OnceLock::new(),
             connected: AtomicI64::new(0),
             next_uid: AtomicU64::new(1),
             shutdown: shutdown_rx,

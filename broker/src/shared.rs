@@ -55,6 +55,15 @@ impl Drop for TaskGuard {
     }
 }
 
+/// Hands messages to the other nodes of a cluster: set once, when the broker
+/// runs in one (no cluster, no forwarder: the router has no other nodes).
+pub trait Forwarder: Send + Sync {
+    /// Sends `msg` to each node of `forwards`, for what each says (its plain
+    /// subscribers, the shared groups it won); one node receives one
+    /// publisher's messages in the order they are forwarded.
+    fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>);
+}
+
 /// State shared by every task of one broker.
 pub struct Shared {
     /// The configuration in force.
@@ -71,6 +80,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Live connection and session tasks.
     pub tasks: Arc<TaskCount>,
+    /// The cluster's link to the other nodes, when there is a cluster.
+    pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     pub(crate) connected: AtomicI64,
     pub(crate) next_uid: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,

@@ -206,15 +206,48 @@ pub struct Headers {
 
 static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A unique message id: time-ordered, unique within the process
-/// (wall-clock microseconds in the high bits, a counter in the low ones).
+/// This node's number in message ids (see [`set_node_id`]).
+static NODE_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Sets the node number [`new_message_id`] puts in every id from now on:
+/// the broker calls it once at startup (the cluster's number for the node,
+/// else one derived from its name), so ids made on different nodes of a
+/// cluster never collide.
+pub fn set_node_id(node: u16) {
+    NODE_ID.store(node, Ordering::Relaxed);
+}
+
+/// The node number message ids carry (see [`set_node_id`]).
+pub fn node_id() -> u16 {
+    NODE_ID.load(Ordering::Relaxed)
+}
+
+/// A node number derived from a node name (FNV-1a folded to 16 bits), for
+/// a broker that is not given one.
+pub fn node_id_from_name(name: &str) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    ((h >> 16) ^ (h & 0xffff)) as u16
+}
+
+/// A unique message id: time-ordered, and unique across the nodes of a
+/// cluster: wall-clock microseconds in the high 64 bits, then the node
+/// number (16 bits, [`set_node_id`]) and a per-process counter (48 bits).
 pub fn new_message_id() -> u128 {
     let micros = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
-    let seq = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed);
-    (micros << 64) | u128::from(seq)
+    let seq = NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+    (micros << 64) | (u128::from(node_id()) << 48) | u128::from(seq)
+}
+
+/// The node number in a message id made by [`new_message_id`].
+pub fn message_id_node(id: u128) -> u16 {
+    ((id >> 48) & 0xffff) as u16
 }
 
 /// An application message as it flows through the broker.

@@ -323,3 +323,18 @@ async fn a_filtered_callback_runs_only_where_its_filter_applies() {
     );
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[test]
+fn message_ids_carry_the_node_and_stay_unique_and_ordered() {
+    hooks_spec::set_node_id(0x1234);
+    let a = hooks_spec::new_message_id();
+    let b = hooks_spec::new_message_id();
+    assert!(b > a, "time-ordered within a node");
+    assert_eq!(hooks_spec::message_id_node(a), 0x1234);
+    assert_eq!(hooks_spec::message_id_node(b), 0x1234);
+    assert_ne!(
+        hooks_spec::node_id_from_name("postbox@10.0.0.1"),
+        hooks_spec::node_id_from_name("postbox@10.0.0.2"),
+        "different names, different numbers"
+    );
+}
