@@ -35,6 +35,7 @@
 //! | `plugins.etc_dir` | directory | the config file's directory |
 //! | `hooks.timeout` | duration > 0 | `5s` |
 //! | `shutdown.timeout` | duration | `10s` |
+//! | `cluster.*` | see [`cluster`] | no cluster |
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
@@ -44,7 +45,10 @@ use hooks_spec::{ConfEntry, ConfError, ConfFile};
 
 use crate::rate_limit::Rate;
 
+pub mod cluster;
 mod listeners;
+
+pub use cluster::ClusterConfig;
 
 /// The largest packet MQTT can express (the remaining length's maximum).
 const MAX_PACKET_SIZE_LIMIT: u64 = 268_435_455;
@@ -87,6 +91,8 @@ pub struct Config {
     /// `sys.interval`: how often the counters are published under `$SYS`;
     /// `0s` turns that off (`None`). Default `1m`.
     pub sys_interval: Option<Duration>,
+    /// `cluster.*`: the cluster this node belongs to; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`) or
@@ -363,8 +369,10 @@ impl Config {
             hooks_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(60)),
+            cluster: None,
         };
         let mut listeners = listeners::Listeners::new(&dir);
+        let mut cluster = cluster::Draft::default();
         for e in &conf.entries {
             let m = &mut cfg.mqtt;
             match e.key.as_str() {
@@ -460,10 +468,12 @@ impl Config {
                     cfg.sys_interval = (!d.is_zero()).then_some(d);
                 }
                 _ if listeners.take(conf, e)? => {}
+                _ if cluster.take(conf, e)? => {}
                 _ => return Err(conf.error(e, "unknown key")),
             }
         }
         cfg.listeners = listeners.finish(conf)?;
+        cfg.cluster = cluster.finish(conf)?;
         if cfg.listeners.is_empty() {
             cfg.listeners.push(default_listener());
         }

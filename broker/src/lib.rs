@@ -27,6 +27,7 @@
 //! counter so [`Server::shutdown`] can wait for them.
 
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -71,6 +72,9 @@ pub enum BrokerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The cluster could not start (its listener binds as `Bind`).
+    #[error("{0}")]
+    Cluster(String),
     /// A plugin failed to load its configuration or to start.
     #[error("plugin `{name}` failed to start: {message}")]
     PluginStart {

@@ -108,6 +108,9 @@ async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>, mut hangup: Hangup) 
         // Tests and scripts read this line to learn the port.
         println!("listening on {addr}");
     }
+    if let Some(addr) = server.cluster_addr() {
+        println!("cluster listening on {addr}");
+    }
     tracing::info!(addrs = ?server.local_addrs(), "postbox started");
     let stop = wait_for_signal();
     tokio::pin!(stop);

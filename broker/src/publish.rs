@@ -130,7 +130,9 @@ pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
     let receivers = routing.receivers();
     if receivers == 0 {
         shared.fire_dropped(&msg, DropReason::NoSubscribers, None);
-    } else if !routing.forwards.is_empty() {
+    }
+    // A retained message goes to every node (for their subscribers of later).
+    if !routing.forwards.is_empty() || msg.retain {
         if let Some(f) = shared.forwarder.get() {
             f.forward(&msg, routing.forwards);
         }

@@ -61,9 +61,23 @@ type SharedKey = (Arc<str>, Member);
 /// (filter, group) -> members (member, target) matching one publish.
 type SharedGroups = HashMap<(String, Arc<str>), Vec<(Member, Target)>>;
 
+/// A filter gained its first, or lost its last, subscription of a session
+/// here: what a cluster tells the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChange {
+    /// The filter (without `$share/`).
+    pub filter: String,
+    /// The shared group, for a shared subscription.
+    pub group: Option<String>,
+    /// True: first subscription; false: the last one left.
+    pub added: bool,
+}
+
 /// The subscription index and fan-out.
 #[derive(Default)]
 pub struct Router {
+    /// Where [`RouteChange`]s go, in a cluster.
+    changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RouteChange>>,
     plain: RwLock<SubTrie<Arc<str>, Route>>,
     shared: RwLock<SubTrie<SharedKey, Target>>,
     /// Other nodes' plain subscriptions: one entry per (filter, node).
@@ -119,14 +133,62 @@ impl Router {
     pub fn subscribe(&self, clientid: &Arc<str>, filter: &str, route: Route) -> bool {
         match route.opts.share_group.clone() {
             Some(group) => {
-                let key = (Arc::from(group.as_str()), Member::Client(Arc::clone(clientid)));
-                write(&self.shared)
-                    .insert(filter, key, Target::Local(route))
-                    .is_none()
+                let group: Arc<str> = Arc::from(group.as_str());
+                let key = (Arc::clone(&group), Member::Client(Arc::clone(clientid)));
+                let mut shared = write(&self.shared);
+                let first = !has_local_member(&shared, filter, &group);
+                let new = shared.insert(filter, key, Target::Local(route)).is_none();
+                drop(shared);
+                if first {
+                    self.changed(filter, Some(&group), true);
+                }
+                new
             }
-            None => write(&self.plain)
-                .insert(filter, Arc::clone(clientid), route)
-                .is_none(),
+            None => {
+                let mut plain = write(&self.plain);
+                let new = plain.insert(filter, Arc::clone(clientid), route).is_none();
+                let mut here = 0;
+                plain.for_each_at(filter, |_, _| here += 1);
+                drop(plain);
+                if new && here == 1 {
+                    self.changed(filter, None, true);
+                }
+                new
+            }
+        }
+    }
+
+    /// Sends [`RouteChange`]s to `tx` from now on (set once, by a cluster).
+    pub fn watch_changes(&self, tx: tokio::sync::mpsc::UnboundedSender<RouteChange>) {
+        let _ = self.changes.set(tx);
+    }
+
+    /// The filters (and shared groups) sessions here subscribe to: what a
+    /// cluster node announces when it joins.
+    pub fn local_routes(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = Vec::new();
+        let plain = read(&self.plain);
+        plain.for_each_match_all(|filter| out.push((filter.to_string(), None)));
+        drop(plain);
+        let shared = read(&self.shared);
+        shared.for_each_entry(|filter, (group, member), _| {
+            if matches!(member, Member::Client(_)) {
+                let route = (filter.to_string(), Some(group.to_string()));
+                if !out.contains(&route) {
+                    out.push(route);
+                }
+            }
+        });
+        out
+    }
+
+    fn changed(&self, filter: &str, group: Option<&str>, added: bool) {
+        if let Some(tx) = self.changes.get() {
+            let _ = tx.send(RouteChange {
+                filter: filter.to_string(),
+                group: group.map(str::to_string),
+                added,
+            });
         }
     }
 
@@ -139,14 +201,38 @@ impl Router {
     ) -> Option<SubOpts> {
         match share_group {
             Some(group) => {
-                let key = (Arc::from(group), Member::Client(Arc::clone(clientid)));
-                match write(&self.shared).remove(filter, &key) {
+                let group: Arc<str> = Arc::from(group);
+                let key = (Arc::clone(&group), Member::Client(Arc::clone(clientid)));
+                let mut shared = write(&self.shared);
+                let removed = match shared.remove(filter, &key) {
                     Some(Target::Local(r)) => Some(r.opts),
                     _ => None,
+                };
+                let last = removed.is_some() && !has_local_member(&shared, filter, &group);
+                drop(shared);
+                if last {
+                    self.changed(filter, Some(&group), false);
                 }
+                removed
             }
-            None => write(&self.plain).remove(filter, clientid).map(|r| r.opts),
+            None => {
+                let mut plain = write(&self.plain);
+                let removed = plain.remove(filter, clientid).map(|r| r.opts);
+                let mut here = 0;
+                plain.for_each_at(filter, |_, _| here += 1);
+                drop(plain);
+                if removed.is_some() && here == 0 {
+                    self.changed(filter, None, false);
+                }
+                removed
+            }
         }
+    }
+
+    /// Forgets every route of `node` (it left the cluster, or is down).
+    pub fn forget_node(&self, node: &NodeName) {
+        write(&self.nodes).remove_where(|n| n == node);
+        write(&self.shared).remove_where(|(_, m)| matches!(m, Member::Node(n) if n == node));
     }
 
     /// `node` has plain subscribers for `filter` (a cluster's route table).
@@ -318,6 +404,15 @@ impl Router {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A session here is a member of `group` on `filter`.
+fn has_local_member(shared: &SubTrie<SharedKey, Target>, filter: &str, group: &Arc<str>) -> bool {
+    let mut found = false;
+    shared.for_each_at(filter, |(g, m), _| {
+        found |= g == group && matches!(m, Member::Client(_));
+    });
+    found
 }
 
 fn merge(targets: &mut HashMap<Arc<str>, Fanout>, clientid: &Arc<str>, route: &Route) {

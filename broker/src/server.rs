@@ -27,6 +27,7 @@ use crate::{listener, BrokerError};
 /// A running broker.
 pub struct Server {
     shared: Arc<Shared>,
+    cluster: Option<crate::cluster::ClusterTasks>,
     addrs: Vec<SocketAddr>,
     plugins: Vec<Box<dyn Plugin>>,
     shutdown_tx: watch::Sender<bool>,
@@ -76,6 +77,12 @@ impl Server {
             shutdown: shutdown_rx,
             shutting_down: AtomicBool::new(false),
         });
+        // The cluster's listener and membership, before plugins and clients:
+        // its route changes must not miss the first subscriptions.
+        let cluster = match shared.config.cluster.clone() {
+            Some(cfg) => Some(crate::cluster::start(Arc::clone(&shared), cfg).await?),
+            None => None,
+        };
         let handle: Arc<dyn hooks_spec::BrokerHandle> = Arc::new(Handle::new(Arc::clone(&shared)));
         let mut started: Vec<Box<dyn Plugin>> = Vec::new();
         for plugin in plugins {
@@ -114,11 +121,17 @@ impl Server {
         }
         Ok(Server {
             shared,
+            cluster,
             addrs,
             plugins: started,
             shutdown_tx,
             accept_tasks,
         })
+    }
+
+    /// The cluster listener's address, when the node is in a cluster.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().map(|c| c.listen)
     }
 
     /// The bound listener addresses, in config order.
@@ -179,6 +192,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("sessions still running after {timeout:?}; stopping anyway");
+        }
+        if let Some(c) = &self.cluster {
+            c.stop();
         }
         for p in self.plugins.iter().rev() {
             match p.stop(&self.shared.hooks).await {

@@ -277,6 +277,63 @@ impl<K: Eq + Hash + Clone, V> SubTrie<K, V> {
         }
     }
 
+    /// Calls `f(key, value)` for every entry stored at exactly `filter`.
+    pub fn for_each_at(&self, filter: &str, mut f: impl FnMut(&K, &V)) {
+        if let Some(leaf) = self.find(filter).and_then(|n| n.leaf.as_ref()) {
+            for (k, v) in &leaf.entries {
+                f(k, v);
+            }
+        }
+    }
+
+    /// Calls `f(filter, key, value)` for every entry.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&str, &K, &V)) {
+        let mut stack: Vec<&Node<K, V>> = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            node.emit(&mut f);
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+            stack.extend(node.hash.as_deref());
+        }
+    }
+
+    /// Calls `f(filter)` for every filter with at least one entry.
+    pub fn for_each_match_all(&self, mut f: impl FnMut(&str)) {
+        let mut stack: Vec<&Node<K, V>> = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(leaf) = &node.leaf {
+                f(&leaf.filter);
+            }
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+            stack.extend(node.hash.as_deref());
+        }
+    }
+
+    /// Removes every entry whose key `pred` selects; returns their filters.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&K) -> bool) -> Vec<String> {
+        let mut doomed: Vec<(String, K)> = Vec::new();
+        let mut stack: Vec<&Node<K, V>> = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(leaf) = &node.leaf {
+                for k in leaf.entries.keys() {
+                    if pred(k) {
+                        doomed.push((leaf.filter.to_string(), k.clone()));
+                    }
+                }
+            }
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+            stack.extend(node.hash.as_deref());
+        }
+        let mut filters = Vec::with_capacity(doomed.len());
+        for (filter, k) in doomed {
+            self.remove(&filter, &k);
+            filters.push(filter);
+        }
+        filters
+    }
+
     /// The value stored for `(filter, key)`, if any.
     pub fn get(&self, filter: &str, key: &K) -> Option<&V> {
         self.find(filter)?.leaf.as_ref()?.entries.get(key)

@@ -41,6 +41,7 @@ fn defaults() -> Config {
         hooks_timeout: Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(10),
         sys_interval: Some(Duration::from_secs(60)),
+        cluster: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn every_key() {
             hooks_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::ZERO,
             sys_interval: Some(Duration::from_millis(250)),
+            cluster: None,
         }
     );
 }

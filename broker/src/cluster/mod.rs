@@ -1,0 +1,145 @@
+//! The cluster: several Postbox nodes on one PostgreSQL behave as one broker.
+//!
+//! PostgreSQL holds what the nodes must agree on, at a low rate: who is a
+//! member ([`membership`], `postbox_node`, heartbeats), which node has
+//! subscribers for which filter ([`routes`], `postbox_route`, kept in step
+//! by notifications that are only doorbells), and which node owns which
+//! client (`postbox_client`). Messages do not go through the database: a
+//! node forwards each message it routes to the nodes with matching
+//! subscribers over a direct MQTT 5 link ([`link`], received by the other
+//! node's cluster listener, [`peer`]). `docs/ARCHITECTURE.md` gives the
+//! measurements behind that choice.
+//!
+//! Local delivery never touches the database: the router holds the other
+//! nodes' routes in memory, next to the local sessions.
+
+mod db;
+pub mod link;
+mod membership;
+mod peer;
+mod routes;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::router::NodeName;
+use crate::shared::Shared;
+use crate::BrokerError;
+
+use self::db::Db;
+use self::link::Links;
+use self::routes::RouteOp;
+
+/// The running cluster membership of this node.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    cfg: ClusterConfig,
+    me: NodeName,
+    /// Where the other nodes reach this one.
+    address: String,
+    db: Arc<Db>,
+    links: Arc<Links>,
+    route_ops: mpsc::UnboundedSender<RouteOp>,
+}
+
+/// The cluster's tasks, aborted at shutdown.
+pub struct ClusterTasks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The address of the cluster listener as bound.
+    pub listen: SocketAddr,
+}
+
+impl ClusterTasks {
+    /// Stops every task of the cluster (links, listener, membership).
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds the cluster listener and starts the node's part in the cluster.
+/// The database need not answer yet: the node serves its own clients, and
+/// joins (registers, links, exchanges routes) once it does.
+pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTasks, BrokerError> {
+    let bind_error = |source| BrokerError::Bind {
+        name: "cluster.listen".into(),
+        addr: cfg.listen,
+        source,
+    };
+    let listener = TcpListener::bind(cfg.listen).await.map_err(bind_error)?;
+    let listen = listener.local_addr().map_err(bind_error)?;
+    let address = match &cfg.advertise {
+        Some(a) => a.clone(),
+        None if listen.ip().is_unspecified() => format!("127.0.0.1:{}", listen.port()),
+        None => listen.to_string(),
+    };
+    let db =
+        Arc::new(Db::new(&cfg.database).map_err(|e| BrokerError::Cluster(format!("cluster.database: {e}")))?);
+    let me: NodeName = Arc::from(shared.config.node_name.as_str());
+    let links = Arc::new(Links::new(Arc::clone(&me), cfg.secret.clone()));
+    let _ = shared
+        .forwarder
+        .set(Arc::clone(&links) as Arc<dyn crate::shared::Forwarder>);
+    let (route_ops, ops_rx) = mpsc::unbounded_channel();
+    let (changes_tx, mut changes_rx) = mpsc::unbounded_channel();
+    shared.router.watch_changes(changes_tx);
+    let secret: Arc<str> = Arc::from(cfg.secret.as_str());
+    let c = Arc::new(Cluster {
+        shared: Arc::clone(&shared),
+        cfg,
+        me,
+        address,
+        db: Arc::clone(&db),
+        links,
+        route_ops,
+    });
+    let mut tasks = vec![tokio::spawn(peer::accept_loop(
+        listener,
+        Arc::clone(&shared),
+        secret,
+    ))];
+    {
+        let c = Arc::clone(&c);
+        tasks.push(tokio::spawn(async move {
+            while let Some(change) = changes_rx.recv().await {
+                let _ = c.route_ops.send(RouteOp::Change(change));
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(routes::writer(Arc::clone(&c), ops_rx)));
+    {
+        let c = Arc::clone(&c);
+        tasks.push(tokio::spawn(async move {
+            // Tables first (every node, idempotent), then membership.
+            let mut logged = false;
+            while let Err(e) = c.db.create_schema().await {
+                if !logged {
+                    logged = true;
+                    tracing::error!(
+                        "cluster: the database does not answer; this node serves alone until it does: {e}"
+                    );
+                }
+                tokio::time::sleep(db::RETRY).await;
+            }
+            membership::run(c).await;
+        }));
+    }
+    {
+        let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();
+        db.listen(&[routes::CHANNEL], heard_tx);
+        let c = Arc::clone(&c);
+        tasks.push(tokio::spawn(async move {
+            while let Some(h) = heard_rx.recv().await {
+                routes::heard(&c, h).await;
+            }
+        }));
+    }
+    tracing::info!(node = %c.me, listen = %listen, address = %c.address, "cluster listener up");
+    Ok(ClusterTasks { tasks, listen })
+}

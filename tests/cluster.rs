@@ -1,0 +1,287 @@
+//! A cluster: three Postbox nodes on one PostgreSQL behave as one broker.
+//! Clients are rumqttc; each node is the real binary on `127.0.0.1:0`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+mod support;
+
+use std::time::Duration;
+
+use rumqttc::QoS;
+use support::pgsql::*;
+use support::*;
+use tokio::time::Instant;
+
+const SECRET: &str = "cluster-test-secret";
+
+fn node_conf(db: &TestDb, name: &str, extra: &str) -> String {
+    format!(
+        "node.name = {name}\ncluster.enable = true\ncluster.database = {}\ncluster.listen = 127.0.0.1:0\n\
+         cluster.secret = {SECRET}\ncluster.heartbeat = 200ms\ncluster.node_timeout = 2s\n{extra}",
+        db.url
+    )
+}
+
+/// `n` nodes of one cluster on `db`, without plugins.
+async fn nodes(db: &TestDb, n: usize, extra: &str) -> Vec<Broker> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(Broker::start(&node_conf(db, &format!("node-{i}"), extra)).await);
+    }
+    out
+}
+
+/// Publishes `probe` messages on `from` until `sub` receives one: the
+/// cluster has formed as far as `sub`'s subscription is concerned (the
+/// other node knows its route and has a link). Returns the probes received.
+async fn until_routed(from: &Broker, sub: &mut V4Client, topic: &str) {
+    let (mut p, _) = V4Client::connect(v4_options(from.addr, "prober", true)).await;
+    let deadline = Instant::now() + TIMEOUT;
+    for i in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not route {topic} within {TIMEOUT:?}"
+        );
+        p.publish(topic, QoS::AtMostOnce, false, format!("probe-{i}"))
+            .await;
+        let until = Instant::now() + Duration::from_millis(200);
+        while let Some(ev) = sub
+            .poll_once(until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) = ev {
+                if text(&m).starts_with("probe-") {
+                    p.disconnect().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Drains the probes still on their way, then returns the next non-probe publish.
+async fn next_real(c: &mut V4Client) -> rumqttc::Publish {
+    loop {
+        let p = c.next_publish().await;
+        if !text(&p).starts_with("probe-") {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_on_one_node_receives_what_is_published_on_another_in_order() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 3, "").await;
+    let (mut sub, _) = V4Client::connect(v4_options(cluster[1].addr, "sub-b", true)).await;
+    sub.subscribe("live/#", QoS::ExactlyOnce).await;
+    until_routed(&cluster[0], &mut sub, "live/probe").await;
+
+    let (mut publ, _) = V4Client::connect(v4_options(cluster[0].addr, "pub-a", true)).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .cycle()
+        .take(30)
+        .enumerate()
+    {
+        publ.publish("live/t", qos, false, format!("m{i}")).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        let p = next_real(&mut sub).await;
+        got.push((text(&p), p.qos));
+    }
+    let want: Vec<(String, QoS)> = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .cycle()
+        .take(30)
+        .enumerate()
+        .map(|(i, q)| (format!("m{i}"), q))
+        .collect();
+    assert_eq!(got, want, "every message, once, in order, at its QoS");
+    // The third node has no subscriber: nothing is sent there.
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_shared_group_with_members_on_two_nodes_splits_the_messages() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let (mut a, _) = V4Client::connect(v4_options(cluster[0].addr, "member-a", true)).await;
+    a.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "member-b", true)).await;
+    b.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    // A plain subscriber on node 1 tells when node 0 routes there.
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "watch", true)).await;
+    watch.subscribe("work/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "work/probe").await;
+    // Drop the probes the members got.
+    let drain = |c: &mut V4Client| {
+        let n = c.backlog.len();
+        c.backlog.clear();
+        n
+    };
+    drain(&mut a);
+    drain(&mut b);
+
+    let n = 40;
+    let payloads: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "work/jobs", &payloads).await;
+    let mut got: Vec<String> = Vec::new();
+    let (mut on_a, mut on_b) = (0, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    while got.len() < n && Instant::now() < deadline {
+        for (c, count) in [(&mut a, &mut on_a), (&mut b, &mut on_b)] {
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                if text(&p).starts_with("job") {
+                    got.push(text(&p));
+                    *count += 1;
+                }
+            }
+        }
+    }
+    got.sort();
+    let mut want = payloads.clone();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each message to exactly one member of the group, cluster-wide"
+    );
+    assert!(
+        on_a > 0 && on_b > 0,
+        "both nodes' members get some ({on_a} and {on_b})"
+    );
+}
+
+#[tokio::test]
+async fn a_will_published_on_one_node_reaches_a_subscriber_on_another() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let (mut sub, _) = V4Client::connect(v4_options(cluster[1].addr, "will-watch", true)).await;
+    sub.subscribe("wills/#", QoS::AtLeastOnce).await;
+    until_routed(&cluster[0], &mut sub, "wills/probe").await;
+    let mut opts = v4_options(cluster[0].addr, "dying", true);
+    opts.set_last_will(rumqttc::LastWill::new(
+        "wills/dying",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (c, _) = V4Client::connect(opts).await;
+    drop(c); // the socket closes without DISCONNECT
+    let p = next_real(&mut sub).await;
+    assert_eq!((p.topic.as_str(), text(&p).as_str()), ("wills/dying", "gone"));
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn retained_messages_and_mqtt5_properties_cross_nodes() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    // A node with no subscriber yet still keeps the retained message.
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "ret-watch", true)).await;
+    watch.subscribe("ret/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "ret/probe").await;
+    let (mut p, _) = V5Client::connect(v5_options(cluster[0].addr, "ret-pub", true)).await;
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+        response_topic: Some("ret/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        message_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties(
+            "ret/state",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            "on",
+            props,
+        )
+        .await
+        .unwrap();
+    p.poll_until(|ev| {
+        matches!(
+            ev,
+            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))
+        )
+        .then_some(())
+    })
+    .await;
+    // Subscribing on the other node later: the retained message is there,
+    // with its properties.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (mut s, _) = V5Client::connect(v5_options(cluster[1].addr, "ret-sub", true)).await;
+        s.subscribe("ret/state", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await;
+        match s.poll_once(Duration::from_millis(300)).await {
+            Some(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(m)))) => {
+                assert_eq!(&m.payload[..], b"on");
+                assert!(m.retain);
+                let props = m.properties.expect("properties");
+                assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+                assert_eq!(
+                    props.user_properties,
+                    vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+                );
+                assert_eq!(props.response_topic.as_deref(), Some("ret/reply"));
+                assert_eq!(props.correlation_data.as_deref(), Some(&b"corr"[..]));
+                assert!(props
+                    .message_expiry_interval
+                    .is_some_and(|e| e <= 3600 && e > 3500));
+                break;
+            }
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the retained message did not reach the other node"
+                );
+                s.disconnect().await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_is_declared_down_and_its_routes_released() {
+    let db = TestDb::create().await;
+    let mut cluster = nodes(&db, 3, "").await;
+    let (mut sub, _) = V4Client::connect(v4_options(cluster[2].addr, "doomed-sub", true)).await;
+    sub.subscribe("down/#", QoS::AtLeastOnce).await;
+    until_routed(&cluster[0], &mut sub, "down/probe").await;
+    let pg = db.client().await;
+    wait_for_db(
+        &pg,
+        "select count(*) from postbox_route where node = 'node-2'",
+        Some(1),
+    )
+    .await;
+    cluster[2].kill().await;
+    // No heartbeat for node_timeout (2 s): declared down, rows released.
+    wait_for_db(
+        &pg,
+        "select count(*) from postbox_node where name = 'node-2'",
+        Some(0),
+    )
+    .await;
+    wait_for_db(
+        &pg,
+        "select count(*) from postbox_route where node = 'node-2'",
+        Some(0),
+    )
+    .await;
+    assert_eq!(
+        query_opt_i64(&pg, "select count(*) from postbox_node").await,
+        Some(2),
+        "the two others stay"
+    );
+    // It comes back and joins again.
+    cluster[2].restart().await;
+    wait_for_db(&pg, "select count(*) from postbox_node", Some(3)).await;
+    let (mut sub, _) = V4Client::connect(v4_options(cluster[2].addr, "back-sub", true)).await;
+    sub.subscribe("down/#", QoS::AtLeastOnce).await;
+    until_routed(&cluster[1], &mut sub, "down/probe").await;
+}
