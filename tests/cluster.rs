@@ -21,13 +21,33 @@ fn node_conf(db: &TestDb, name: &str, extra: &str) -> String {
     )
 }
 
-/// `n` nodes of one cluster on `db`, without plugins.
+/// `n` nodes of one cluster on `db`, without plugins, once every one has
+/// registered.
 async fn nodes(db: &TestDb, n: usize, extra: &str) -> Vec<Broker> {
     let mut out = Vec::new();
     for i in 0..n {
         out.push(Broker::start(&node_conf(db, &format!("node-{i}"), extra)).await);
     }
+    formed(db, n).await;
     out
+}
+
+/// Waits until `n` nodes are registered and beating.
+async fn formed(db: &TestDb, n: usize) {
+    let pg = db.client().await;
+    // The first node creates the tables as it starts.
+    wait_for_db(
+        &pg,
+        "select count(*) from pg_tables where tablename = 'postbox_node'",
+        Some(1),
+    )
+    .await;
+    wait_for_db(
+        &pg,
+        "select count(*) from postbox_node where heartbeat_at > now() - interval '1 second'",
+        Some(n as i64),
+    )
+    .await;
 }
 
 /// Publishes `probe` messages on `from` until `sub` receives one: the
@@ -284,4 +304,120 @@ async fn a_killed_node_is_declared_down_and_its_routes_released() {
     let (mut sub, _) = V4Client::connect(v4_options(cluster[2].addr, "back-sub", true)).await;
     sub.subscribe("down/#", QoS::AtLeastOnce).await;
     until_routed(&cluster[1], &mut sub, "down/probe").await;
+}
+
+/// `n` nodes with the PostgreSQL backend (shipped rules: EMQX's plus
+/// persistent sessions) on `db`.
+async fn nodes_with_store(db: &TestDb, n: usize) -> Vec<Broker> {
+    let conf = pgsql_conf(db, &format!("{EMQX_DEFAULT_RULES}\n{SESSION_RULE}"));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let extra = node_conf(db, &format!("node-{i}"), "plugins.load = backend_pgsql\n");
+        out.push(Broker::start_with_files(&extra, &[("backend_pgsql.conf", &conf)]).await);
+    }
+    formed(db, n).await;
+    out
+}
+
+#[tokio::test]
+async fn the_same_client_id_on_another_node_takes_the_connection_over() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let (mut first, _) = V5Client::connect(v5_options(cluster[0].addr, "roamer", true)).await;
+    first
+        .subscribe("roam/t", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    let (mut second, _) = V5Client::connect(v5_options(cluster[1].addr, "roamer", true)).await;
+    let d = first.next_disconnect().await;
+    assert_eq!(
+        d.reason_code,
+        rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver
+    );
+    second
+        .subscribe("roam/t", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    let pg = db.client().await;
+    wait_for_db(
+        &pg,
+        "select count(*) from postbox_client where clientid = 'roamer' and node = 'node-1'",
+        Some(1),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn simultaneous_connects_to_two_nodes_leave_one_live_connection() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    for round in 0..5 {
+        let id = format!("twin-{round}");
+        let (a, b) = tokio::join!(
+            V4Client::try_connect(v4_options(cluster[0].addr, &id, true)),
+            V4Client::try_connect(v4_options(cluster[1].addr, &id, true))
+        );
+        let mut live = Vec::new();
+        for c in [a, b].into_iter().flatten() {
+            live.push(c.0);
+        }
+        // Each connection that got its CONNACK either stays or is closed;
+        // exactly one stays.
+        let mut closed = 0;
+        for c in live.iter_mut() {
+            if let Some(Err(_)) = c.poll_once(Duration::from_millis(1500)).await {
+                closed += 1;
+            }
+        }
+        let open = live.len() - closed;
+        assert_eq!(
+            open,
+            1,
+            "round {round}: {} connected, {closed} closed",
+            live.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_session_moves_to_another_node_with_everything_it_missed() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    let mut opts = v4_options(cluster[0].addr, "mover", false);
+    opts.set_manual_acks(true);
+    let (mut c, _) = V4Client::connect(opts).await;
+    c.subscribe("move/t", QoS::AtLeastOnce).await;
+    publish_all(cluster[0].addr, "pub-a", "move/t", &numbered(0..3)).await;
+    for i in 0..3 {
+        let p = c.next_publish().await;
+        assert_eq!(text(&p), format!("m{i}"));
+        if i < 2 {
+            ack_now(&mut c, &p).await;
+        }
+    }
+    // m2 is not acknowledged. The client moves to node 1 (A's connection
+    // is still open: the cluster takes it over).
+    let ids = stored_ids(&pg, "move/t").await;
+    wait_for_position(&pg, "mover", "move/t", ids[1]).await;
+    let mut opts = v4_options(cluster[1].addr, "mover", false);
+    opts.set_manual_acks(true);
+    let (mut moved, ack) = V4Client::connect(opts).await;
+    assert!(ack.session_present, "the session followed the client");
+    c.expect_disconnected().await;
+    publish_all(cluster[1].addr, "pub-b", "move/t", &strings(&["m3"])).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let p = moved.next_publish().await;
+        ack_now(&mut moved, &p).await;
+        got.push(text(&p));
+    }
+    assert_eq!(
+        got,
+        ["m2", "m3"],
+        "the unacknowledged one, then the new one; nothing acknowledged again"
+    );
+    moved.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
 }

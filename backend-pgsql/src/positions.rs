@@ -488,6 +488,15 @@ impl Tracks {
         self.lock().get(key).map(|t| t.paging.clone()).unwrap_or_default()
     }
 
+    /// The subscriptions tracked for a client.
+    pub fn keys_of(&self, clientid: &str) -> Vec<TrackKey> {
+        self.lock()
+            .0
+            .get(clientid)
+            .map(|m| m.keys().map(|f| (clientid.to_string(), f.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets one subscription (unsubscribe).
     pub fn forget(&self, key: &TrackKey) {
         self.lock().remove(key);

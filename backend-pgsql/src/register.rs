@@ -272,8 +272,21 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
-            e.tracks.forget_client(&args.client.clientid);
-            ready(Flow::Continue(()))
+            if args.reason != hooks_spec::DisconnectReason::Moved {
+                e.tracks.forget_client(&args.client.clientid);
+                return ready(Flow::Continue(()));
+            }
+            // The session continues on another node, which reads the read
+            // positions next: what the client acknowledged here is written first.
+            let e = Arc::clone(&e);
+            Box::pin(async move {
+                let keys = e.tracks.keys_of(&args.client.clientid);
+                if let (Some(drain), false) = (&e.drain, keys.is_empty()) {
+                    drain.flush(keys).await;
+                }
+                e.tracks.forget_client(&args.client.clientid);
+                Ok(Flow::Continue(()))
+            })
         },
     );
 }

@@ -101,6 +101,8 @@ enum Op {
         reply: oneshot::Sender<Option<StoredSession>>,
     },
     Sweep,
+    /// Answered once every operation before it is written.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Handle to the session store's task.
@@ -220,7 +222,9 @@ async fn run(
                 Op::Restore { reply, .. } => {
                     let _ = reply.send(result);
                 }
-                Op::Sweep => {}
+                Op::Barrier(done) => {
+                    let _ = done.send(());
+                }
                 _ => {}
             }
         }
@@ -353,6 +357,7 @@ async fn run_op(client: &tokio_postgres::Client, op: &Op) -> Result<Option<Store
             )
             .await
         }
+        Op::Barrier(_) => Ok(None),
         Op::Sweep => {
             let rows = client
                 .query_typed(
@@ -551,12 +556,24 @@ pub(crate) fn register(store: &Arc<SessionStore>, hooks: &Hooks, node: &str) {
     });
     let s = Arc::clone(store);
     hooks.session_terminated.add(NAME, 0, move |args, ()| {
-        if s.persistent().remove(&args.client.clientid) {
-            s.send(Op::End {
-                clientid: args.client.clientid.to_string(),
-                expired: args.reason == DisconnectReason::Expired,
-            });
+        let s = Arc::clone(&s);
+        async move {
+            let persistent = s.persistent().remove(&args.client.clientid);
+            if args.reason == DisconnectReason::Moved {
+                // It continues on another node, which restores it from here:
+                // everything recorded for it so far must be written first.
+                if persistent && !s.unavailable() {
+                    let (done, rx) = oneshot::channel();
+                    s.send(Op::Barrier(done));
+                    let _ = rx.await;
+                }
+            } else if persistent {
+                s.send(Op::End {
+                    clientid: args.client.clientid.to_string(),
+                    expired: args.reason == DisconnectReason::Expired,
+                });
+            }
+            Ok(Flow::Continue(()))
         }
-        std::future::ready(Ok(Flow::Continue(())))
     });
 }

@@ -223,6 +223,12 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
             return;
         }
     }
+    // In a cluster: one live connection per client id, whichever node it is
+    // on; the node that had it lets it go (and its session follows) first.
+    let claim = match shared.ownership.get() {
+        Some(own) => own.claim(&clientid).await,
+        None => None,
+    };
     let existing = shared.registry.get(&clientid);
     if let Some(session) = existing.as_ref().filter(|s| s.client.username != client.username) {
         // The ACL decided the session's subscriptions (and so its queued
@@ -249,7 +255,21 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         assigned_id,
         props,
     };
-    crate::session::start(&shared, attach);
+    let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
+        crate::session::start(&shared, attach);
+        return;
+    };
+    let attached = own.attach(
+        &clientid,
+        gen,
+        Box::new(|| crate::session::start(&shared, attach)),
+    );
+    if !attached {
+        // Another node took the client id over between the claim and now
+        // (the client connected there too): the later connection stays, and
+        // this one is closed without CONNACK.
+        tracing::info!(%peer, clientid = %clientid, "closed: the client connected to another node meanwhile");
+    }
 }
 
 enum ReadError {

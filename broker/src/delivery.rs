@@ -43,6 +43,10 @@ pub enum SessionCmd {
     /// with a `$share/<group>/` prefix) and the requested options. Boxed to keep
     /// every command, and so every channel block, small.
     Subscribe(Box<(String, SubOpts)>),
+    /// The client connected to another node of the cluster, which takes the
+    /// session over: close the connection (MQTT 5: DISCONNECT 0x8E), end the
+    /// session here (`session.terminated`, `moved`), then say so on the sender.
+    Moved(tokio::sync::oneshot::Sender<()>),
     /// The broker is shutting down (sent to every registered session; a
     /// session also checks `Shared::is_shutting_down` on every turn, so one
     /// that registers after the message went out stops too).

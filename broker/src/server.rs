@@ -72,6 +72,7 @@ impl Server {
             metrics: Metrics::default(),
             tasks: Arc::default(),
             forwarder: std::sync::OnceLock::new(),
+            ownership: std::sync::OnceLock::new(),
             connected: AtomicI64::new(0),
             next_uid: AtomicU64::new(1),
             shutdown: shutdown_rx,

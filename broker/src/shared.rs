@@ -64,6 +64,22 @@ pub trait Forwarder: Send + Sync {
     fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>);
 }
 
+/// One live connection per client id across a cluster (set once, when the
+/// broker runs in one).
+pub trait Ownership: Send + Sync {
+    /// Claims `clientid` for this node before its connection is attached,
+    /// having the node that had it let it go; the claim's generation, or
+    /// `None` when it could not be claimed (the database did not answer).
+    fn claim<'a>(
+        &'a self,
+        clientid: &'a Arc<str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<i64>> + Send + 'a>>;
+
+    /// Runs `start` (attaching the connection) under the claim `gen`, unless
+    /// another node has taken the client id over since: then false.
+    fn attach(&self, clientid: &Arc<str>, gen: i64, start: Box<dyn FnOnce() + '_>) -> bool;
+}
+
 /// State shared by every task of one broker.
 pub struct Shared {
     /// The configuration in force.
@@ -82,6 +98,8 @@ pub struct Shared {
     pub tasks: Arc<TaskCount>,
     /// The cluster's link to the other nodes, when there is a cluster.
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// The cluster's client ownership, when there is a cluster.
+    pub ownership: std::sync::OnceLock<Arc<dyn Ownership>>,
     pub(crate) connected: AtomicI64,
     pub(crate) next_uid: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,

@@ -44,7 +44,7 @@
 //! | `message.acked` | notification | [`AckedArgs`] | | a subscriber's PUBACK (QoS 1) or PUBCOMP (QoS 2) was received for a delivered message |
 //! | `message.dropped` | notification | [`DroppedArgs`] | | a message reached no subscriber, or was not delivered to one (queue full, expired, too large, denied) |
 //! | `client.disconnected` | notification | [`DisconnectedArgs`] | | the connection closed (any reason), before the will message is published |
-//! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0 (reason: why the connection closed), at expiry (`expired`), or discarded by a clean start (`discarded`, right after `session.discarded`) |
+//! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0 (reason: why the connection closed), at expiry (`expired`), discarded by a clean start (`discarded`, right after `session.discarded`), or taken over by another node of the cluster (`moved`: the session continues there; the callbacks run before that node restores it) |
 //!
 //! Callbacks in one chain run one after another; the broker awaits the whole
 //! chain before it takes the step the hook precedes. Chains with no callbacks

@@ -360,6 +360,11 @@ pub enum DisconnectReason {
     Expired,
     /// The session was discarded by a clean start.
     Discarded,
+    /// The client connected to another node of the cluster, which takes the
+    /// session over: it ends here but continues there (a storage plugin
+    /// records what it must before the other node restores it, and keeps
+    /// the stored session).
+    Moved,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -373,6 +378,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::ServerShutdown => f.write_str("shutdown"),
             DisconnectReason::Expired => f.write_str("expired"),
             DisconnectReason::Discarded => f.write_str("discarded"),
+            DisconnectReason::Moved => f.write_str("moved"),
         }
     }
 }

@@ -32,22 +32,42 @@ pub struct Flusher {
     schema: SchemaCell,
     tracks: Arc<Tracks>,
     rx: mpsc::UnboundedReceiver<TrackKey>,
-    drain: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    drain: mpsc::UnboundedReceiver<Request>,
     pages: mpsc::UnboundedSender<PageDue>,
 }
 
-/// Asks the flusher for a last round at shutdown.
+/// What the flusher is asked besides positions to write.
+#[derive(Debug)]
+enum Request {
+    /// A last round at shutdown, then stop.
+    Drain(oneshot::Sender<()>),
+    /// A round for these subscriptions now (their session moved to another
+    /// node, which reads the positions next).
+    Flush(Vec<TrackKey>, oneshot::Sender<()>),
+}
+
+/// Asks the flusher for a last round at shutdown, or a round for some
+/// subscriptions now.
 #[derive(Clone, Debug)]
-pub struct DrainHandle(mpsc::UnboundedSender<oneshot::Sender<()>>);
+pub struct DrainHandle(mpsc::UnboundedSender<Request>);
 
 impl DrainHandle {
+    /// Writes the positions of `keys` now (one attempt; what fails is
+    /// retried as usual) and returns when that is done.
+    pub async fn flush(&self, keys: Vec<TrackKey>) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Request::Flush(keys, tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Writes every position still pending (one attempt each) and stops the
     /// flusher; returns when that is done, or at once if it already stopped.
     /// Without it, acknowledgements received in the last rounds before a
     /// graceful shutdown would be delivered again after the restart.
     pub async fn drain(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.0.send(tx).is_ok() {
+        if self.0.send(Request::Drain(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -91,11 +111,18 @@ impl Flusher {
                     Some(k) => k,
                     None => return,
                 },
-                Some(done) = self.drain.recv() => {
-                    self.final_round().await;
-                    let _ = done.send(());
-                    return;
-                }
+                Some(request) = self.drain.recv() => match request {
+                    Request::Drain(done) => {
+                        self.final_round().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Request::Flush(keys, done) => {
+                        self.flush_now(keys).await;
+                        let _ = done.send(());
+                        continue;
+                    }
+                },
             };
             self.retrying.remove(&first);
             // Under a stream of acknowledgements, rounds start at most every
@@ -163,6 +190,30 @@ impl Flusher {
             .into_iter()
             .filter_map(|key| self.tracks.candidate(&key).map(|c| (key, c)))
             .collect()
+    }
+
+    /// One round for `keys` (and what else is queued) now; what fails goes
+    /// back to be retried.
+    async fn flush_now(&mut self, keys: Vec<TrackKey>) {
+        let round = self.candidates(keys);
+        if round.is_empty() {
+            return;
+        }
+        match advance(&self.pool, &self.schema, &round).await {
+            Ok(advanced) => {
+                for ((key, _), (position, gap)) in round.iter().zip(advanced) {
+                    if let Some(due) = self.tracks.advanced(key, position, gap) {
+                        let _ = self.pages.send(due);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.pool.name, "cannot record the read positions of a session that moved (retried): {e}");
+                for (key, _) in round {
+                    let _ = self.retry.send(key);
+                }
+            }
+        }
     }
 
     /// At shutdown: one attempt for every pending subscription, including

@@ -16,6 +16,7 @@
 mod db;
 pub mod link;
 mod membership;
+mod ownership;
 mod peer;
 mod routes;
 mod wire;
@@ -45,6 +46,7 @@ pub struct Cluster {
     db: Arc<Db>,
     links: Arc<Links>,
     route_ops: mpsc::UnboundedSender<RouteOp>,
+    owned: ownership::Owned,
 }
 
 /// The cluster's tasks, aborted at shutdown.
@@ -98,7 +100,25 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
         db: Arc::clone(&db),
         links,
         route_ops,
+        owned: ownership::Owned::default(),
     });
+    let _ = shared
+        .ownership
+        .set(Arc::clone(&c) as Arc<dyn crate::shared::Ownership>);
+    {
+        // A session that ends here releases its claim.
+        let c = Arc::clone(&c);
+        shared
+            .hooks
+            .session_terminated
+            .add("cluster", i32::MIN, move |args, ()| {
+                let c = Arc::clone(&c);
+                async move {
+                    c.released(&args.client.clientid).await;
+                    Ok(hooks_spec::Flow::Continue(()))
+                }
+            });
+    }
     let mut tasks = vec![tokio::spawn(peer::accept_loop(
         listener,
         Arc::clone(&shared),
@@ -132,14 +152,36 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
     }
     {
         let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();
-        db.listen(&[routes::CHANNEL], heard_tx);
+        db.listen(&[routes::CHANNEL, ownership::CHANNEL], heard_tx);
         let c = Arc::clone(&c);
         tasks.push(tokio::spawn(async move {
             while let Some(h) = heard_rx.recv().await {
-                routes::heard(&c, h).await;
+                match h {
+                    db::Heard::Notification(channel, p) if channel == ownership::CHANNEL => {
+                        c.heard_kick(&p).await;
+                    }
+                    db::Heard::Connected => {
+                        routes::heard(&c, db::Heard::Connected).await;
+                        c.check_claims().await;
+                    }
+                    h => routes::heard(&c, h).await,
+                }
             }
         }));
     }
     tracing::info!(node = %c.me, listen = %listen, address = %c.address, "cluster listener up");
     Ok(ClusterTasks { tasks, listen })
+}
+
+impl crate::shared::Ownership for Cluster {
+    fn claim<'a>(
+        &'a self,
+        clientid: &'a Arc<str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<i64>> + Send + 'a>> {
+        Box::pin(Cluster::claim(self, clientid))
+    }
+
+    fn attach(&self, clientid: &Arc<str>, gen: i64, start: Box<dyn FnOnce() + '_>) -> bool {
+        self.attach_claimed(clientid, gen, start)
+    }
 }

@@ -355,11 +355,36 @@ impl Session {
         });
     }
 
+    /// The client connected to another node, which takes the session over:
+    /// the connection closes as on a takeover (MQTT 5: DISCONNECT 0x8E; its
+    /// will follows the usual rules), and the session ends here without
+    /// ending in storage (`moved`): the other node restores it, once `done`
+    /// says the storage plugin has recorded what it must.
+    pub(super) async fn moved(mut self, done: tokio::sync::oneshot::Sender<()>) {
+        if self.client.protocol == ProtocolVersion::V5 && self.conn.is_some() {
+            self.send(Packet::Disconnect(Disconnect {
+                reason: 0x8E,
+                ..Disconnect::default()
+            }));
+        }
+        self.close_connection(DisconnectReason::TakenOver).await;
+        // A will waiting for its delay belongs to the session, which lives on elsewhere.
+        self.delayed_will = None;
+        self.end(DisconnectReason::Moved).await;
+        let _ = done.send(());
+    }
+
     /// Ends the session: leaves the router and the registry, fires
     /// session.terminated, publishes a will still waiting for its delay.
     pub(super) async fn terminate(mut self, reason: DisconnectReason) {
         self.close_connection(DisconnectReason::SocketClosed).await;
         self.publish_delayed_will();
+        self.end(reason).await;
+    }
+
+    /// The end of a session here: pending publishes, registry, router,
+    /// session.terminated, and a connection handed over meanwhile.
+    async fn end(&mut self, reason: DisconnectReason) {
         self.finish_pending_publishes().await;
         self.shared.registry.remove(&self.client.clientid, self.uid);
         for (_, sub) in self.subscriptions.drain() {

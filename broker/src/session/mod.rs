@@ -145,6 +145,9 @@ enum Exit {
     Terminated(hooks_spec::DisconnectReason),
     /// Broker shutdown.
     Shutdown,
+    /// Taken over by another node of the cluster; the sender hears when the
+    /// session has ended here.
+    Moved(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The state one session task owns.
@@ -327,6 +330,7 @@ impl Session {
         match exit {
             Exit::Terminated(reason) => Box::pin(self.terminate(reason)).await,
             Exit::Shutdown => Box::pin(self.shutdown()).await,
+            Exit::Moved(done) => Box::pin(self.moved(done)).await,
         }
     }
 
@@ -397,6 +401,7 @@ impl Session {
                             Box::pin(self.subscribe_for_plugin(filter, opts)).await
                         }
                         SessionCmd::Shutdown => return Some(Exit::Shutdown),
+                        SessionCmd::Moved(done) => return Some(Exit::Moved(done)),
                     }
                     budget -= 1;
                     if budget > 0 && self.replay_rx.is_empty() {
