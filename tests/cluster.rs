@@ -421,3 +421,137 @@ async fn a_persistent_session_moves_to_another_node_with_everything_it_missed() 
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
+
+/// A persistent subscriber (manual acks) that records every payload, and
+/// reconnects to `fallback` when its node goes away.
+fn roaming_subscriber(
+    id: String,
+    first: std::net::SocketAddr,
+    fallback: std::net::SocketAddr,
+    filter: &'static str,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut addr = first;
+        let mut connects = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut opts = v4_options(addr, &id, false);
+            opts.set_manual_acks(true);
+            let (client, mut events) = rumqttc::AsyncClient::new(opts, 1024);
+            if connects == 0 {
+                client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+            }
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return connects;
+                }
+                match tokio::time::timeout(Duration::from_millis(200), events.poll()).await {
+                    Err(_) => continue,
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => connects += 1,
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                        got.lock().unwrap().push(text(&p));
+                        let _ = client.try_ack(&p);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => break,
+                }
+            }
+            // The node went away (or refused us while it was going): the
+            // client goes to another node, with its session.
+            addr = fallback;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        connects
+    })
+}
+
+#[tokio::test]
+async fn a_node_killed_under_load_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let db = TestDb::create().await;
+    let mut cluster = nodes_with_store(&db, 3).await;
+    let pg = db.client().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let id = format!("loss-sub-{i}");
+        let task = roaming_subscriber(
+            id.clone(),
+            cluster[2].addr,
+            cluster[0].addr,
+            "load/#",
+            Arc::clone(&got),
+            Arc::clone(&stop),
+        );
+        subs.push((id, got, task));
+    }
+    for (id, _, _) in &subs {
+        wait_for_db(
+            &pg,
+            &format!("select count(*) from mqtt_acked where clientid = '{id}'"),
+            Some(1),
+        )
+        .await;
+    }
+    // Publishers on the two nodes that stay, each message acknowledged
+    // (stored) before the next.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut publishers = Vec::new();
+    for (k, node) in [0usize, 1].into_iter().enumerate() {
+        let (addr, acked) = (cluster[node].addr, Arc::clone(&acked));
+        publishers.push(tokio::spawn(async move {
+            let (mut p, _) = V4Client::connect(v4_options(addr, &format!("loss-pub-{k}"), true)).await;
+            for i in 0..150 {
+                let payload = format!("p{k}-{i:03}");
+                p.publish("load/t", QoS::AtLeastOnce, false, payload.clone())
+                    .await;
+                acked.lock().unwrap().push(payload);
+            }
+        }));
+    }
+    // Under load: the subscribers' node dies.
+    let deadline = Instant::now() + TIMEOUT;
+    while subs.iter().any(|(_, got, _)| got.lock().unwrap().len() < 30) {
+        assert!(Instant::now() < deadline, "the subscribers did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster[2].kill().await;
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 300);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<(String, usize)> = subs
+            .iter()
+            .map(|(id, got, _)| {
+                let got = got.lock().unwrap();
+                (id.clone(), acked.iter().filter(|a| !got.contains(a)).count())
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged messages missing after the node was killed: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (id, got, task) in subs {
+        let connects = task.await.unwrap();
+        let got = got.lock().unwrap();
+        let repeats = got.len() - got.iter().collect::<std::collections::HashSet<_>>().len();
+        println!(
+            "{id}: {} received, {repeats} again (in flight at the kill), {connects} connects",
+            got.len()
+        );
+        assert!(connects >= 2, "{id} moved to another node");
+    }
+}
