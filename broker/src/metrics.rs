@@ -23,6 +23,12 @@ pub struct Metrics {
     pub publish_rate_limited: AtomicU64,
     /// Connections refused because a listener's connection rate limit was reached.
     pub connect_rate_limited: AtomicU64,
+    /// Messages handed to other nodes of the cluster (one per node).
+    pub cluster_forwarded: AtomicU64,
+    /// Messages other nodes forwarded to this one.
+    pub cluster_received: AtomicU64,
+    /// Messages for another node dropped because its link's queue was full.
+    pub cluster_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -42,6 +48,9 @@ impl Metrics {
             ("client.acl.deny.subscribe", get(&self.acl_denied_subscribe)),
             ("client.rate_limited.publish", get(&self.publish_rate_limited)),
             ("client.rate_limited.connect", get(&self.connect_rate_limited)),
+            ("cluster.forwarded", get(&self.cluster_forwarded)),
+            ("cluster.received", get(&self.cluster_received)),
+            ("cluster.dropped", get(&self.cluster_dropped)),
         ]
     }
 }

@@ -134,7 +134,10 @@ pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
     // A retained message goes to every node (for their subscribers of later).
     if !routing.forwards.is_empty() || msg.retain {
         if let Some(f) = shared.forwarder.get() {
-            f.forward(&msg, routing.forwards);
+            let (n, m) = (routing.forwards.len() as u64, &shared.metrics);
+            let dropped = f.forward(&msg, routing.forwards) as u64;
+            m.cluster_forwarded.fetch_add(n.saturating_sub(dropped), Ordering::Relaxed);
+            m.cluster_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
     receivers

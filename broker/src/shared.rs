@@ -61,7 +61,8 @@ pub trait Forwarder: Send + Sync {
     /// Sends `msg` to each node of `forwards`, for what each says (its plain
     /// subscribers, the shared groups it won); one node receives one
     /// publisher's messages in the order they are forwarded.
-    fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>);
+    /// Returns how many of them were dropped (a link's queue was full).
+    fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>) -> usize;
 }
 
 /// One live connection per client id across a cluster (set once, when the

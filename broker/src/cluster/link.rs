@@ -50,8 +50,6 @@ pub struct Links {
     me: NodeName,
     secret: String,
     links: RwLock<HashMap<NodeName, Link>>,
-    /// Messages dropped because a link's queue was full.
-    pub dropped: AtomicUsize,
 }
 
 impl Links {
@@ -61,7 +59,6 @@ impl Links {
             me,
             secret,
             links: RwLock::new(HashMap::new()),
-            dropped: AtomicUsize::new(0),
         }
     }
 
@@ -103,30 +100,33 @@ impl Links {
             .collect()
     }
 
-    fn send(&self, links: &HashMap<NodeName, Link>, node: &NodeName, msg: &Arc<Message>, to: ForwardFor) {
+    /// Queues `msg` for `node`; false when it was dropped.
+    fn send(&self, links: &HashMap<NodeName, Link>, node: &NodeName, msg: &Arc<Message>, to: ForwardFor) -> bool {
         let Some(link) = links.get(node) else {
             tracing::debug!(%node, "no link to the node (not known as up yet): message not forwarded");
-            return;
+            return false;
         };
         if link.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         link.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = link.tx.send((Arc::clone(msg), to));
+        link.tx.send((Arc::clone(msg), to)).is_ok()
     }
 }
 
 impl Forwarder for Links {
-    fn forward(&self, msg: &Arc<Message>, forwards: Vec<Forward>) {
+    fn forward(&self, msg: &Arc<Message>, forwards: Vec<Forward>) -> usize {
         let links = self.links.read().unwrap_or_else(|p| p.into_inner());
         let mut sent: Vec<&NodeName> = Vec::with_capacity(forwards.len());
+        let mut dropped = 0;
         for f in &forwards {
             let to = ForwardFor {
                 plain: f.plain,
                 groups: f.groups.clone(),
             };
-            self.send(&links, &f.node, msg, to);
+            if !self.send(&links, &f.node, msg, to) {
+                dropped += 1;
+            }
             sent.push(&f.node);
         }
         if msg.retain {
@@ -138,6 +138,7 @@ impl Forwarder for Links {
                 }
             }
         }
+        dropped
     }
 }
 

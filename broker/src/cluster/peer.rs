@@ -86,6 +86,10 @@ async fn serve(mut stream: TcpStream, shared: &Shared, secret: &str) -> Result<(
                     let qos = p.qos;
                     match wire::decode(p) {
                         Some((msg, to)) => {
+                            shared
+                                .metrics
+                                .cluster_received
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let msg = Arc::new(msg);
                             if msg.retain && shared.config.mqtt.retain_available {
                                 shared.retain.apply(&msg);

@@ -458,3 +458,42 @@ fn shipped_config_documents_every_key() {
 
 #[path = "tests_listeners.rs"]
 mod listeners;
+
+#[test]
+fn cluster_keys() {
+    let c = ok("cluster.enable = true\ncluster.database = postgres://postgres@10.0.0.9:5433/mqtt\n\
+                cluster.secret = s3\ncluster.listen = 127.0.0.1:0\ncluster.heartbeat = 500ms\n\
+                cluster.node_timeout = 3s\ncluster.advertise = node-a.local:4370\n");
+    let cl = c.cluster.expect("enabled");
+    assert_eq!(cl.database, "postgres://postgres@10.0.0.9:5433/mqtt");
+    assert_eq!(cl.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+    assert_eq!(cl.heartbeat, Duration::from_millis(500));
+    assert_eq!(cl.node_timeout, Duration::from_secs(3));
+    assert_eq!(cl.advertise.as_deref(), Some("node-a.local:4370"));
+    // Keys without cluster.enable = true: a single node.
+    assert_eq!(ok("cluster.secret = s3\n").cluster, None);
+    let d = ok("cluster.enable = true\ncluster.database = postgres://p@h/d\ncluster.secret = s\n")
+        .cluster
+        .expect("enabled");
+    assert_eq!((d.heartbeat, d.node_timeout), (Duration::from_secs(1), Duration::from_secs(5)));
+    assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], 4370)));
+}
+
+#[test]
+fn bad_cluster_keys() {
+    assert!(bad("cluster.database", "not a url").message.contains("PostgreSQL URL"));
+    assert!(bad("cluster.listen", "nowhere").message.contains("ip:port"));
+    assert!(bad("cluster.advertise", "no-port").message.contains("host:port"));
+    assert!(bad("cluster.secret", "").message.contains("secret"));
+    // Required keys are named on the enable line.
+    let e = parse("\ncluster.enable = true\ncluster.secret = s\n").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (2, "cluster.enable"));
+    assert!(e.message.contains("cluster.database"), "{e}");
+    let e = parse("cluster.enable = true\ncluster.database = postgres://p@h/d\n").unwrap_err();
+    assert!(e.message.contains("cluster.secret"), "{e}");
+    let e = parse(
+        "cluster.enable = true\ncluster.database = postgres://p@h/d\ncluster.secret = s\ncluster.node_timeout = 1s\n",
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "cluster.node_timeout"));
+}
