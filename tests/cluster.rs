@@ -555,3 +555,25 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged() {
         assert!(connects >= 2, "{id} moved to another node");
     }
 }
+
+#[tokio::test]
+async fn a_node_that_shuts_down_leaves_at_once() {
+    let db = TestDb::create().await;
+    let mut cluster = nodes(&db, 2, "").await;
+    let pg = db.client().await;
+    let (mut sub, _) = V4Client::connect(v4_options(cluster[1].addr, "leaver", true)).await;
+    sub.subscribe("leave/#", QoS::AtLeastOnce).await;
+    until_routed(&cluster[0], &mut sub, "leave/probe").await;
+    assert!(cluster[1].terminate().await.success());
+    // Gone from the table right away (not after node_timeout): its routes
+    // and clients are released.
+    assert_eq!(
+        query_opt_i64(&pg, "select count(*) from postbox_node where name = 'node-1'").await,
+        Some(0)
+    );
+    assert_eq!(
+        query_opt_i64(&pg, "select count(*) from postbox_route where node = 'node-1'").await,
+        Some(0)
+    );
+    assert!(cluster[1].logs().contains("cluster: left the cluster"));
+}

@@ -136,7 +136,8 @@ pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
         if let Some(f) = shared.forwarder.get() {
             let (n, m) = (routing.forwards.len() as u64, &shared.metrics);
             let dropped = f.forward(&msg, routing.forwards) as u64;
-            m.cluster_forwarded.fetch_add(n.saturating_sub(dropped), Ordering::Relaxed);
+            m.cluster_forwarded
+                .fetch_add(n.saturating_sub(dropped), Ordering::Relaxed);
             m.cluster_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }

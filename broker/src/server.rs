@@ -195,7 +195,7 @@ impl Server {
             tracing::warn!("sessions still running after {timeout:?}; stopping anyway");
         }
         if let Some(c) = &self.cluster {
-            c.stop();
+            c.leave().await;
         }
         for p in self.plugins.iter().rev() {
             match p.stop(&self.shared.hooks).await {

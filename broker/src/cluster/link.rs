@@ -101,7 +101,13 @@ impl Links {
     }
 
     /// Queues `msg` for `node`; false when it was dropped.
-    fn send(&self, links: &HashMap<NodeName, Link>, node: &NodeName, msg: &Arc<Message>, to: ForwardFor) -> bool {
+    fn send(
+        &self,
+        links: &HashMap<NodeName, Link>,
+        node: &NodeName,
+        msg: &Arc<Message>,
+        to: ForwardFor,
+    ) -> bool {
         let Some(link) = links.get(node) else {
             tracing::debug!(%node, "no link to the node (not known as up yet): message not forwarded");
             return false;

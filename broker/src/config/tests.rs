@@ -461,9 +461,11 @@ mod listeners;
 
 #[test]
 fn cluster_keys() {
-    let c = ok("cluster.enable = true\ncluster.database = postgres://postgres@10.0.0.9:5433/mqtt\n\
+    let c = ok(
+        "cluster.enable = true\ncluster.database = postgres://postgres@10.0.0.9:5433/mqtt\n\
                 cluster.secret = s3\ncluster.listen = 127.0.0.1:0\ncluster.heartbeat = 500ms\n\
-                cluster.node_timeout = 3s\ncluster.advertise = node-a.local:4370\n");
+                cluster.node_timeout = 3s\ncluster.advertise = node-a.local:4370\n",
+    );
     let cl = c.cluster.expect("enabled");
     assert_eq!(cl.database, "postgres://postgres@10.0.0.9:5433/mqtt");
     assert_eq!(cl.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -475,13 +477,18 @@ fn cluster_keys() {
     let d = ok("cluster.enable = true\ncluster.database = postgres://p@h/d\ncluster.secret = s\n")
         .cluster
         .expect("enabled");
-    assert_eq!((d.heartbeat, d.node_timeout), (Duration::from_secs(1), Duration::from_secs(5)));
+    assert_eq!(
+        (d.heartbeat, d.node_timeout),
+        (Duration::from_secs(1), Duration::from_secs(5))
+    );
     assert_eq!(d.listen, SocketAddr::from(([0, 0, 0, 0], 4370)));
 }
 
 #[test]
 fn bad_cluster_keys() {
-    assert!(bad("cluster.database", "not a url").message.contains("PostgreSQL URL"));
+    assert!(bad("cluster.database", "not a url")
+        .message
+        .contains("PostgreSQL URL"));
     assert!(bad("cluster.listen", "nowhere").message.contains("ip:port"));
     assert!(bad("cluster.advertise", "no-port").message.contains("host:port"));
     assert!(bad("cluster.secret", "").message.contains("secret"));
