@@ -1,5 +1,6 @@
-//! The cluster's PostgreSQL: one connection for its statements (made again
-//! when it breaks) and one that LISTENs (its notifications are doorbells:
+//! The cluster's PostgreSQL: a small pool for its statements (each task's
+//! transaction runs on a connection of its own; broken connections are made
+//! again) and one connection that LISTENs (its notifications are doorbells:
 //! whoever hears one reads the tables, and after a reconnect everything is
 //! read again, so a notification missed while disconnected loses nothing).
 
@@ -7,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Mutex};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 /// The tables, created when missing (each node at start; idempotent).
 const SCHEMA: &str = "
@@ -48,48 +49,60 @@ pub(crate) enum Heard {
     Connected,
 }
 
-/// The connection for statements.
+/// A database error of the cluster: getting a connection, or a statement.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    /// No connection could be had.
+    #[error("cluster database: cannot get a connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("cluster database: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// The connections for statements: a small pool, so that the tasks'
+/// transactions (claims, route writes, heartbeats) each have their own.
 pub(crate) struct Db {
     config: tokio_postgres::Config,
-    client: Mutex<Option<Arc<Client>>>,
+    pool: deadpool_postgres::Pool,
 }
 
 impl Db {
-    pub(crate) fn new(url: &str) -> Result<Db, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = url.parse()?;
+    pub(crate) fn new(url: &str) -> Result<Db, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
         config.application_name("postbox-cluster");
         config.connect_timeout(Duration::from_secs(5));
-        Ok(Db {
-            config,
-            client: Mutex::new(None),
-        })
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(8)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| format!("{e}"))?;
+        Ok(Db { config, pool })
     }
 
-    /// The connection, made now if there is none (or it broke).
-    pub(crate) async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(c));
-        }
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("cluster database connection ended: {e}");
-            }
-        });
-        let client = Arc::new(client);
-        *slot = Some(Arc::clone(&client));
-        Ok(client)
+    /// A connection of the pool (made now if needed).
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.pool.get().await?)
     }
 
     /// Creates the cluster's tables when missing.
-    pub(crate) async fn create_schema(&self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn create_schema(&self) -> Result<(), DbError> {
         let client = self.client().await?;
         client
             .batch_execute(&format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
             ))
-            .await
+            .await?;
+        Ok(())
     }
 
     /// LISTENs on `channels` for as long as the broker runs, reconnecting

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::db::DbError;
 use super::routes::RouteOp;
 use super::Cluster;
 use crate::router::NodeName;
@@ -60,7 +61,7 @@ pub(super) async fn run(c: Arc<Cluster>) {
 /// (name, address, alive) of every other node in the table.
 type Others = Vec<(String, String, bool)>;
 
-async fn beat(c: &Cluster, registered: &mut bool) -> Result<Others, tokio_postgres::Error> {
+async fn beat(c: &Cluster, registered: &mut bool) -> Result<Others, DbError> {
     let client = c.db.client().await?;
     let me: &str = &c.me;
     let timeout = c.cfg.node_timeout.as_secs_f64();
@@ -144,10 +145,10 @@ async fn declare_down(c: &Cluster, node: &NodeName) {
         client.batch_execute("BEGIN").await?;
         let deleted = delete_node(&client, node, c.cfg.node_timeout.as_secs_f64()).await;
         match deleted {
-            Ok(n) => client.batch_execute("COMMIT").await.map(|()| n),
+            Ok(n) => Ok(client.batch_execute("COMMIT").await.map(|()| n)?),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                Err(e)
+                Err(DbError::from(e))
             }
         }
     }

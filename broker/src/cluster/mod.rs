@@ -32,7 +32,7 @@ use crate::router::NodeName;
 use crate::shared::Shared;
 use crate::BrokerError;
 
-use self::db::Db;
+use self::db::{Db, DbError};
 use self::link::Links;
 use self::routes::RouteOp;
 
@@ -86,7 +86,8 @@ impl ClusterTasks {
                     &[&routes::CHANNEL, &format!("*{}:{me}0:", me.len())],
                 )
                 .await?;
-            client.batch_execute("COMMIT").await
+            client.batch_execute("COMMIT").await?;
+            Ok::<(), DbError>(())
         })
         .await;
         match result {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::db::DbError;
 use super::Cluster;
 use crate::delivery::SessionCmd;
 
@@ -101,10 +102,10 @@ impl Cluster {
             }
             .await;
             match claimed {
-                Ok(c) => client.batch_execute("COMMIT").await.map(|()| c),
+                Ok(c) => Ok(client.batch_execute("COMMIT").await.map(|()| c)?),
                 Err(e) => {
                     let _ = client.batch_execute("ROLLBACK").await;
-                    Err(e)
+                    Err(DbError::from(e))
                 }
             }
         }
@@ -141,6 +142,7 @@ impl Cluster {
                         &[&CHANNEL, &payload('k', gen, node, clientid)],
                     )
                     .await
+                    .map_err(DbError::from)
             }
             .await;
             if let Err(e) = sent {
@@ -175,6 +177,7 @@ impl Cluster {
                     &[&ids, &me],
                 )
                 .await
+                .map_err(DbError::from)
         }
         .await;
         match rows {
@@ -218,6 +221,7 @@ impl Cluster {
                     &[&id, &me, &gen],
                 )
                 .await
+                .map_err(DbError::from)
         }
         .await;
         if let Err(e) = result {
@@ -276,6 +280,7 @@ impl Cluster {
                     &[&CHANNEL, &payload('r', gen, "", clientid)],
                 )
                 .await
+                .map_err(DbError::from)
         }
         .await;
         if let Err(e) = result {

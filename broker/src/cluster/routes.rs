@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::db::{Heard, RETRY};
+use super::db::{DbError, Heard, RETRY};
 use super::Cluster;
 use crate::router::{NodeName, RouteChange};
 
@@ -64,7 +64,7 @@ pub(super) async fn writer(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Rout
     }
 }
 
-async fn write(c: &Cluster, batch: &[RouteOp]) -> Result<(), tokio_postgres::Error> {
+async fn write(c: &Cluster, batch: &[RouteOp]) -> Result<(), DbError> {
     let client = c.db.client().await?;
     let me: &str = &c.me;
     client.batch_execute("BEGIN").await?;
@@ -115,10 +115,10 @@ async fn write(c: &Cluster, batch: &[RouteOp]) -> Result<(), tokio_postgres::Err
     }
     .await;
     match result {
-        Ok(()) => client.batch_execute("COMMIT").await,
+        Ok(()) => Ok(client.batch_execute("COMMIT").await?),
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -200,7 +200,7 @@ pub(super) async fn heard(c: &Cluster, h: Heard) {
 
 /// Reads the routes of `node` (or of every other node) from the table and
 /// puts them in the router in place of what it had.
-pub(super) async fn reload(c: &Cluster, node: Option<&NodeName>) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn reload(c: &Cluster, node: Option<&NodeName>) -> Result<(), DbError> {
     let client = c.db.client().await?;
     let me: &str = &c.me;
     let rows = match node {
