@@ -41,6 +41,12 @@
 //! - `one-to-one`: N publishers, each with its own topic and subscriber.
 //! - `fan-in`: N publishers on one topic, one subscriber.
 //! - `fan-out`: one publisher, N subscribers of its topic.
+//!
+//! The load scenarios may spread their clients over several brokers, the
+//! nodes of a cluster (`--broker A,B`, `--sub-broker B`): publishers and
+//! subscribers connect to their lists in turn, and the run starts once a
+//! probe message sent through each publishers' broker has reached every
+//! subscriber (so routes between the nodes are in place before timing).
 //! - `replay`: a clean-session subscriber subscribes at QoS 1 (so a broker
 //!   with a message store registers it) and disconnects; K messages are
 //!   published and acknowledged; the subscriber reconnects and subscribes
@@ -77,7 +83,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::scenarios::{BenchError, ClientKind, Shape, Target};
+use crate::scenarios::{BenchError, Brokers, ClientKind, Shape, Target};
 
 /// Load generator and end-to-end meter for MQTT brokers (and PostgreSQL ingest).
 #[derive(Parser, Debug)]
@@ -109,7 +115,9 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct TargetArgs {
-    /// Broker address, HOST:PORT.
+    /// Broker address, HOST:PORT. The load scenarios take several, comma
+    /// separated (nodes of a cluster): publisher i connects to the
+    /// (i mod n)-th, and so do the subscribers unless --sub-broker is given.
     #[arg(long, value_name = "HOST:PORT")]
     broker: String,
     /// Name of the target in the results (default: the address).
@@ -121,6 +129,15 @@ struct TargetArgs {
 struct LoadArgs {
     #[command(flatten)]
     target: TargetArgs,
+    /// The subscribers' broker(s), HOST:PORT, comma separated (subscriber s
+    /// connects to the (s mod n)-th), e.g. another node of a cluster than
+    /// the publishers'. When the run spans several addresses, it starts only
+    /// once every subscriber has received a probe message through each
+    /// broker its publishers use (a route takes a moment to reach another
+    /// node; at most --timeout, 30 s); the time that took is reported as
+    /// `routed_s`.
+    #[arg(long, value_name = "HOST:PORT")]
+    sub_broker: Option<String>,
     /// Pairs (one-to-one), publishers (fan-in) or subscribers (fan-out).
     #[arg(long, default_value_t = 10)]
     clients: u32,
@@ -233,6 +250,9 @@ struct CopyArgs {
 }
 
 fn target(t: &TargetArgs) -> Result<Target, BenchError> {
+    if t.broker.contains(',') {
+        return Err(format!("--broker {}: this scenario takes one broker", t.broker).into());
+    }
     Target::parse(&t.broker, t.target.clone())
 }
 
@@ -284,7 +304,7 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
 }
 
 async fn load(shape: Shape, a: LoadArgs, run_id: String) -> Result<report::ScenarioResult, BenchError> {
-    let t = target(&a.target)?;
+    let brokers = Brokers::parse(&a.target.broker, a.sub_broker.as_deref(), a.target.target.clone())?;
     if !(a.rate >= 0.0 && a.rate.is_finite()) {
         return Err(format!("--rate {}: expected a number >= 0", a.rate).into());
     }
@@ -301,7 +321,7 @@ async fn load(shape: Shape, a: LoadArgs, run_id: String) -> Result<report::Scena
         cpu_pids: cpu::parse_pids(&a.cpu_pids)?,
         run_id,
     };
-    scenarios::run_load(&t, &p).await
+    scenarios::run_load(&brokers, &p).await
 }
 
 fn parse_client(s: &str) -> Result<ClientKind, String> {

@@ -3,7 +3,9 @@
 //! default and rumqttc), every shape and QoS. Each run must account for every
 //! message exactly: all received once, none lost, no duplicates, no errors
 //! (the lean publisher counts an acknowledgement of a packet id it did not
-//! send as an error).
+//! send as an error). `--sub-broker` runs against a real two-node cluster of
+//! in-process nodes on a database of their own (PostgreSQL at
+//! `POSTBOX_TEST_PG`, default postgres@127.0.0.1:5432).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -84,6 +86,10 @@ async fn every_shape_and_qos_is_counted_exactly_with_both_clients() {
                 let what = format!("{shape} QoS {qos} with {client} clients");
                 assert_exact(&v, expected, &what);
                 assert_eq!(v["client"], client, "{what}: the client used is reported");
+                assert!(
+                    v.get("routed_s").is_none(),
+                    "{what}: one broker, no probing ({v})"
+                );
                 if qos != "0" {
                     assert_eq!(v["acked"], 3000, "{what}: every publish acknowledged ({v})");
                 }
@@ -189,4 +195,206 @@ async fn a_broker_that_refuses_the_connection_fails_the_run() {
     assert!(!out.status.success(), "a run that could not connect must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("connect"), "the error says what failed: {stderr}");
+}
+
+/// A database of its own for a cluster, dropped (`WITH (FORCE)`) on drop.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+/// `POSTBOX_TEST_PG` (an admin database URL), as the broker's tests use.
+fn pg_admin_url() -> String {
+    std::env::var("POSTBOX_TEST_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+async fn pg_admin() -> tokio_postgres::Client {
+    let url = pg_admin_url();
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("PostgreSQL did not answer at {url}"))
+    .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url}: {e} (run scripts/ensure-postgres)"));
+    tokio::spawn(conn);
+    client
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("postbox_bench_t_{}_{nanos}", std::process::id());
+        pg_admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("CREATE DATABASE");
+        let admin = pg_admin_url();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        TestDb { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A runtime of its own: the test's may be gone or busy.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                pg_admin()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// A cluster node on `db`, in process, on ephemeral ports.
+async fn start_node(db: &TestDb, name: &str) -> Server {
+    start_broker_with(&format!(
+        "mqtt.max_queue_len = 100000000\nmqtt.max_inflight = 65535\nnode.name = {name}\n\
+         cluster.enable = true\ncluster.database = {}\ncluster.listen = 127.0.0.1:0\n\
+         cluster.secret = bench-test-secret\ncluster.heartbeat = 200ms\ncluster.node_timeout = 2s\n",
+        db.url
+    ))
+    .await
+}
+
+/// `--sub-broker`: publishers on node A, subscribers on node B of a real
+/// two-node cluster. The run starts only once the subscriptions work from A
+/// (probes), so every message is counted exactly, as on one broker; the
+/// same with publishers and subscribers spread over both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_another_node_of_a_cluster_are_counted_exactly() {
+    let db = TestDb::create().await;
+    let a = start_node(&db, "bench-a").await;
+    let b = start_node(&db, "bench-b").await;
+    let (addr_a, addr_b) = (a.local_addrs()[0].to_string(), b.local_addrs()[0].to_string());
+    for (shape, qos, expected) in [
+        ("one-to-one", "1", 3000),
+        ("one-to-one", "0", 3000),
+        ("fan-in", "1", 3000),
+        ("fan-out", "1", 3000 * 3),
+    ] {
+        // Fresh topics every run: each run's routes must reach A anew.
+        let v = bench(&[
+            shape,
+            "--broker",
+            &addr_a,
+            "--sub-broker",
+            &addr_b,
+            "--qos",
+            qos,
+            "--clients",
+            "3",
+            "--count",
+            "3000",
+            "--timeout",
+            "60",
+        ])
+        .await;
+        let what = format!("{shape} QoS {qos} from node A to node B");
+        assert_exact(&v, expected, &what);
+        assert!(
+            v["routed_s"].as_f64().is_some(),
+            "{what}: probing time reported ({v})"
+        );
+        assert_eq!(v["sub_brokers"], serde_json::json!([addr_b]), "{what} ({v})");
+        assert_eq!(v["target"], addr_a.as_str(), "{what}: labelled by --broker ({v})");
+    }
+    // The same with rumqttc clients.
+    let v = bench(&[
+        "one-to-one",
+        "--client",
+        "rumqttc",
+        "--broker",
+        &addr_a,
+        "--sub-broker",
+        &addr_b,
+        "--clients",
+        "3",
+        "--count",
+        "3000",
+    ])
+    .await;
+    assert_exact(&v, 3000, "one-to-one from node A to node B with rumqttc clients");
+    // Publishers on both nodes, each pair's subscriber on the other one.
+    let both = format!("{addr_a},{addr_b}");
+    let crossed = format!("{addr_b},{addr_a}");
+    let v = bench(&[
+        "one-to-one",
+        "--broker",
+        &both,
+        "--sub-broker",
+        &crossed,
+        "--qos",
+        "1",
+        "--clients",
+        "4",
+        "--count",
+        "4000",
+        "--target",
+        "two-nodes",
+    ])
+    .await;
+    assert_exact(&v, 4000, "one-to-one spread over both nodes");
+    assert_eq!(v["acked"], 4000, "every publish acknowledged ({v})");
+    assert_eq!(v["pub_brokers"], serde_json::json!([addr_a, addr_b]), "({v})");
+    assert_eq!(v["target"], "two-nodes");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Two brokers that are not a cluster: the subscriptions on one never work
+/// on the other, so the run fails once its --timeout passed (it does not
+/// time a run whose subscribers cannot receive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_never_reaches_the_publishers_broker_fails_the_run() {
+    let a = start_broker().await;
+    let b = start_broker().await;
+    let (addr_a, addr_b) = (a.local_addrs()[0].to_string(), b.local_addrs()[0].to_string());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--json",
+            "fan-in",
+            "--broker",
+            &addr_a,
+            "--sub-broker",
+            &addr_b,
+            "--count",
+            "10",
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .await
+        .expect("bench runs");
+    assert!(
+        !out.status.success(),
+        "a run whose subscriptions never route must fail"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not take effect"),
+        "the error says what failed: {stderr}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Subscri
 use crate::payload;
 
 pub use connections::{run_connections, ConnParams};
-pub use load::{run_load, ClientKind, LoadParams, Shape};
+pub use load::{run_load, Brokers, ClientKind, LoadParams, Shape};
 pub use replay::{run_replay, ReplayParams};
 
 /// The error type of the tool.
@@ -38,15 +38,21 @@ pub struct Target {
 impl Target {
     /// Parses `HOST:PORT`; the label defaults to the address.
     pub fn parse(addr: &str, label: Option<String>) -> Result<Self, BenchError> {
+        Self::parse_option("--broker", addr, label)
+    }
+
+    /// Parses `HOST:PORT` given with the command-line option `option` (named
+    /// in the errors); the label defaults to the address.
+    pub fn parse_option(option: &str, addr: &str, label: Option<String>) -> Result<Self, BenchError> {
         let (host, port) = addr
             .rsplit_once(':')
-            .ok_or_else(|| format!("--broker {addr}: expected HOST:PORT"))?;
+            .ok_or_else(|| format!("{option} {addr}: expected HOST:PORT"))?;
         let port: u16 = port
             .parse()
-            .map_err(|_| format!("--broker {addr}: bad port `{port}`"))?;
+            .map_err(|_| format!("{option} {addr}: bad port `{port}`"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() || port == 0 {
-            return Err(format!("--broker {addr}: expected HOST:PORT").into());
+            return Err(format!("{option} {addr}: expected HOST:PORT").into());
         }
         Ok(Target {
             host,

@@ -3,7 +3,14 @@
 //! (`with_rumqttc`, for cross-checks). This module holds the run: it
 //! connects subscribers, then publishers, starts them together, waits for
 //! everything expected and merges what the subscribers recorded.
+//!
+//! The clients may be spread over several brokers ([`Brokers`]: the nodes
+//! of a cluster): then a subscription takes effect on the publishers' node
+//! only once its route has reached that node, so before the clock starts the
+//! run probes (`probe`) until every subscriber has received a message sent
+//! through each broker its publishers use.
 
+mod probe;
 mod with_rumqttc;
 mod with_wire;
 
@@ -18,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::{BenchError, Target};
 use crate::cpu::CpuWatch;
-use crate::payload::{self, Clock};
+use crate::payload::{self, Clock, Header};
 use crate::report::{Counters, Progress, ScenarioResult};
 use crate::stats::{self, Tracker};
 
@@ -69,6 +76,67 @@ impl Shape {
     }
 }
 
+/// Where the clients of a load run connect: publisher `i` to
+/// `publishers[i % len]`, subscriber `s` to `subscribers[s % len]`.
+#[derive(Debug, Clone)]
+pub struct Brokers {
+    /// Brokers of the publishers (at least one).
+    pub publishers: Vec<Target>,
+    /// Brokers of the subscribers (at least one).
+    pub subscribers: Vec<Target>,
+    /// Name of the target in the results.
+    pub label: String,
+}
+
+impl Brokers {
+    /// Parses `--broker` (comma separated `HOST:PORT`s: the publishers', and
+    /// the subscribers' too unless `sub_brokers` is given) and `--sub-broker`
+    /// (the same, for the subscribers). The label defaults to `--broker`.
+    pub fn parse(
+        brokers: &str,
+        sub_brokers: Option<&str>,
+        label: Option<String>,
+    ) -> Result<Self, BenchError> {
+        let list = |option: &str, text: &str| {
+            text.split(',')
+                .map(|a| Target::parse_option(option, a.trim(), None))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let publishers = list("--broker", brokers)?;
+        if publishers.len() > probe::MAX_BROKERS {
+            return Err(format!("--broker: at most {} brokers", probe::MAX_BROKERS).into());
+        }
+        let subscribers = match sub_brokers {
+            Some(text) => list("--sub-broker", text)?,
+            None => publishers.clone(),
+        };
+        Ok(Brokers {
+            publishers,
+            subscribers,
+            label: label.unwrap_or_else(|| brokers.to_string()),
+        })
+    }
+
+    /// The broker of publisher `i`.
+    fn publisher(&self, i: u32) -> &Target {
+        &self.publishers[i as usize % self.publishers.len()]
+    }
+
+    /// The broker of subscriber `s`.
+    fn subscriber(&self, s: u32) -> &Target {
+        &self.subscribers[s as usize % self.subscribers.len()]
+    }
+
+    /// More than one broker address: subscriptions must be probed.
+    fn spread(&self) -> bool {
+        let first = (&self.publishers[0].host, self.publishers[0].port);
+        self.publishers
+            .iter()
+            .chain(&self.subscribers)
+            .any(|t| (&t.host, t.port) != first)
+    }
+}
+
 /// Parameters of a message-load run.
 #[derive(Debug, Clone)]
 pub struct LoadParams {
@@ -113,10 +181,15 @@ struct Shared {
     last_event_ns: AtomicU64,
     /// Publishers that have sent all their messages.
     publishers_done: AtomicU32,
+    /// Per subscriber, the publishers' brokers (bit `b`: `publishers[b]`)
+    /// through which a probe reached it; empty when the run does not probe.
+    probes: Vec<AtomicU64>,
 }
 
 /// What one subscriber does.
 struct SubSpec {
+    /// Its index (probes are counted per subscriber).
+    index: usize,
     client_id: String,
     topic: String,
     qos: u8,
@@ -150,6 +223,22 @@ impl Shared {
     fn mark(&self, now_ns: u64) {
         self.last_event_ns.fetch_max(now_ns, Ordering::Relaxed);
     }
+
+    /// True when `header` is a probe of this run for subscriber `sub` (then
+    /// noted): probes are not the run's messages. Without probing, nothing
+    /// is a probe.
+    fn probe_seen(&self, sub: usize, header: Option<Header>) -> bool {
+        let Some(h) = header.filter(|h| h.publisher == probe::PUBLISHER) else {
+            return false;
+        };
+        match (self.probes.get(sub), 1u64.checked_shl(h.seq)) {
+            (Some(seen), Some(bit)) => {
+                seen.fetch_or(bit, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Splits `count` over `n` (the first ones get the remainder).
@@ -164,10 +253,13 @@ fn split(count: u64, n: u32) -> Result<Vec<u32>, BenchError> {
 }
 
 /// Runs one message-load scenario.
-pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult, BenchError> {
+pub async fn run_load(brokers: &Brokers, p: &LoadParams) -> Result<ScenarioResult, BenchError> {
     qos_of(p.qos)?;
     if p.clients == 0 {
         return Err("--clients must be at least 1".into());
+    }
+    if p.clients == probe::PUBLISHER {
+        return Err(format!("--clients must be below {}", probe::PUBLISHER).into());
     }
     let (pubs, subs) = match p.shape {
         Shape::OneToOne => (p.clients, p.clients),
@@ -186,6 +278,11 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
         counters: Arc::new(Counters::default()),
         last_event_ns: AtomicU64::new(0),
         publishers_done: AtomicU32::new(0),
+        probes: if brokers.spread() {
+            (0..subs).map(|_| AtomicU64::new(0)).collect()
+        } else {
+            Vec::new()
+        },
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -199,6 +296,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
             Shape::FanOut => (0, per_pub.clone()),
         };
         let spec = SubSpec {
+            index: s as usize,
             client_id: format!("{}-s{s}", p.run_id),
             topic: topic_of(s),
             qos: p.qos,
@@ -207,7 +305,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
         };
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), BenchError>>();
         ready.push(ready_rx);
-        let (target, shared, stop) = (target.clone(), shared.clone(), stop_rx.clone());
+        let (target, shared, stop) = (brokers.subscriber(s).clone(), shared.clone(), stop_rx.clone());
         sub_tasks.push(match p.client {
             ClientKind::Lean => tokio::spawn(with_wire::subscriber(target, spec, shared, stop, ready_tx)),
             ClientKind::Rumqttc => {
@@ -218,6 +316,25 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     for r in ready {
         r.await.map_err(|_| "subscriber task ended")??;
     }
+    // On several brokers, until every subscription works from every
+    // publishers' broker it must.
+    let routed = if shared.probes.is_empty() {
+        None
+    } else {
+        let publishers_of = |s: u32| match p.shape {
+            Shape::OneToOne => s..s + 1,
+            Shape::FanIn => 0..pubs,
+            Shape::FanOut => 0..1,
+        };
+        let needs: Vec<probe::Need> = (0..subs)
+            .map(|s| probe::Need {
+                topic: topic_of(s),
+                brokers: publishers_of(s).fold(0u64, |m, i| m | 1 << (i as usize % brokers.publishers.len())),
+            })
+            .collect();
+        let limit = p.timeout;
+        Some(probe::until_routed(&brokers.publishers, &needs, &shared, &p.run_id, p.payload, limit).await?)
+    };
 
     // Publishers: connect all, then start together.
     let rate_per_pub = if p.rate > 0.0 {
@@ -240,11 +357,11 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         publishers.push(match p.client {
             ClientKind::Lean => {
-                Publisher::Lean(with_wire::connect_publisher(target, spec, shared, stop).await?)
+                Publisher::Lean(with_wire::connect_publisher(brokers.publisher(i), spec, shared, stop).await?)
             }
-            ClientKind::Rumqttc => {
-                Publisher::Rumqttc(with_rumqttc::connect_publisher(target, spec, shared, stop).await?)
-            }
+            ClientKind::Rumqttc => Publisher::Rumqttc(
+                with_rumqttc::connect_publisher(brokers.publisher(i), spec, shared, stop).await?,
+            ),
         });
     }
 
@@ -253,7 +370,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
             Shape::FanOut => u64::from(subs),
             _ => 1,
         };
-    let label = format!("{} {}", p.shape.name(), target.label);
+    let label = format!("{} {}", p.shape.name(), brokers.label);
     let progress = Progress::start(label, shared.counters.clone(), expected);
     let cpu = CpuWatch::start(&p.cpu_pids);
     let own_cpu = CpuWatch::start(&[std::process::id()]);
@@ -326,6 +443,20 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     }
     // The clients' own CPU time (this process): they share the machine.
     extra.insert("bench_cpu_s".into(), own_cpu_s["total"].clone());
+    if let Some(routed) = routed {
+        let addrs = |ts: &[Target]| {
+            ts.iter()
+                .map(|t| format!("{}:{}", t.host, t.port))
+                .collect::<Vec<_>>()
+        };
+        extra.insert("pub_brokers".into(), json!(addrs(&brokers.publishers)));
+        extra.insert("sub_brokers".into(), json!(addrs(&brokers.subscribers)));
+        // How long the subscriptions took to work from the publishers' brokers.
+        extra.insert(
+            "routed_s".into(),
+            json!((routed.as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+    }
     let mut note = if p.rate > 0.0 {
         format!("at {} msg/s", p.rate)
     } else {
@@ -338,7 +469,7 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
     }
     Ok(ScenarioResult {
         scenario: p.shape.name().into(),
-        target: target.label.clone(),
+        target: brokers.label.clone(),
         clients: format!("{pubs}/{subs}"),
         qos: Some(p.qos),
         payload: Some(p.payload.max(payload::HEADER_LEN)),
@@ -361,6 +492,53 @@ pub async fn run_load(target: &Target, p: &LoadParams) -> Result<ScenarioResult,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brokers_lists_and_placement() {
+        let b = Brokers::parse("127.0.0.1:1", None, None).unwrap();
+        assert!(!b.spread(), "one broker: nothing to probe");
+        assert_eq!(b.label, "127.0.0.1:1");
+        let b = Brokers::parse("127.0.0.1:1", Some("127.0.0.1:1"), None).unwrap();
+        assert!(!b.spread(), "the same address twice is one broker");
+        let b = Brokers::parse("h:1, h:2", Some("h:3"), Some("x".into())).unwrap();
+        assert!(b.spread());
+        assert_eq!(b.label, "x");
+        let ports = |f: &dyn Fn(u32) -> u16| (0..4).map(f).collect::<Vec<_>>();
+        assert_eq!(ports(&|i| b.publisher(i).port), vec![1, 2, 1, 2]);
+        assert_eq!(ports(&|s| b.subscriber(s).port), vec![3, 3, 3, 3]);
+        let e = Brokers::parse("h:1", Some("h:x"), None).unwrap_err().to_string();
+        assert!(e.starts_with("--sub-broker h:x"), "{e}");
+        assert!(Brokers::parse("h:1,", None, None).is_err());
+    }
+
+    #[test]
+    fn probes_are_noted_only_when_probing() {
+        let header = |publisher, seq| {
+            Some(Header {
+                sent_ns: 0,
+                publisher,
+                seq,
+            })
+        };
+        let mut shared = Shared {
+            clock: Clock::new(),
+            counters: Arc::new(Counters::default()),
+            last_event_ns: AtomicU64::new(0),
+            publishers_done: AtomicU32::new(0),
+            probes: Vec::new(),
+        };
+        assert!(!shared.probe_seen(0, header(probe::PUBLISHER, 0)), "not probing");
+        shared.probes = vec![AtomicU64::new(0), AtomicU64::new(0)];
+        assert!(shared.probe_seen(1, header(probe::PUBLISHER, 3)));
+        assert!(!shared.probe_seen(1, header(0, 3)), "a real message");
+        assert!(!shared.probe_seen(1, None));
+        assert!(
+            !shared.probe_seen(5, header(probe::PUBLISHER, 0)),
+            "no such subscriber"
+        );
+        assert_eq!(shared.probes[1].load(Ordering::Relaxed), 1 << 3);
+        assert_eq!(shared.probes[0].load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn split_spreads_the_remainder() {

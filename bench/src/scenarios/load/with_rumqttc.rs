@@ -47,7 +47,8 @@ pub(super) async fn subscriber(
             ev = el.poll() => match ev {
                 Ok(Event::Incoming(Incoming::Publish(msg))) => {
                     let now = shared.clock.now_ns();
-                    if tracker.record(payload::decode(&msg.payload), now) {
+                    let header = payload::decode(&msg.payload);
+                    if !shared.probe_seen(spec.index, header) && tracker.record(header, now) {
                         shared.counters.received.fetch_add(1, Ordering::Relaxed);
                         shared.mark(now);
                     }

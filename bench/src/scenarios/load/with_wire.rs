@@ -85,7 +85,8 @@ pub(super) async fn subscriber(
         while let Some(packet) = conn.next_packet()? {
             match packet {
                 Packet::Publish(msg) => {
-                    if tracker.record(payload::decode(&msg.payload), now) {
+                    let header = payload::decode(&msg.payload);
+                    if !shared.probe_seen(spec.index, header) && tracker.record(header, now) {
                         firsts += 1;
                     }
                     match msg.qos {
