@@ -23,7 +23,7 @@ use hooks_spec::{
 };
 
 use crate::metrics::Metrics;
-use crate::shared::Shared;
+use crate::shared::{Backlog, Shared};
 
 /// PUBACK/PUBREC reason codes of an outcome (MQTT 5 numbering; the codec
 /// maps them for 3.1.1).
@@ -101,17 +101,24 @@ pub async fn fold(shared: &Shared, args: Arc<PublishArgs>, msg: Message) -> Flow
 /// After `message.publish`: routes the message, or drops it (a callback
 /// stopped it: denied; a storage callback could not store it: refused, not
 /// routed, so a publisher that sends it again does not deliver it twice).
-pub fn finish(shared: &Shared, flow: Flow<Message>) -> Outcome {
+///
+/// With the outcome comes the [`Backlog`] of the cluster links the message
+/// went on, if they are backlogged: a client's session waits on it before
+/// acknowledging and reading more.
+pub fn finish(shared: &Shared, flow: Flow<Message>) -> (Outcome, Option<Backlog>) {
     match flow {
         Flow::Stop(msg) => {
             shared.fire_dropped(&Arc::new(msg), DropReason::Denied, None);
-            Outcome::Denied
+            (Outcome::Denied, None)
         }
         Flow::Continue(msg) if msg.headers.not_stored => {
             shared.fire_dropped(&Arc::new(msg), DropReason::StoreFailed, None);
-            Outcome::NotStored
+            (Outcome::NotStored, None)
         }
-        Flow::Continue(msg) => Outcome::Routed(route(shared, Arc::new(msg))),
+        Flow::Continue(msg) => {
+            let (receivers, backlog) = route_backlogged(shared, Arc::new(msg));
+            (Outcome::Routed(receivers), backlog)
+        }
     }
 }
 
@@ -122,6 +129,11 @@ pub fn finish(shared: &Shared, flow: Flow<Message>) -> Outcome {
 ///
 /// [`Forwarder`]: crate::shared::Forwarder
 pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
+    route_backlogged(shared, msg).0
+}
+
+/// [`route`], with the [`Backlog`] of the links the message went on.
+fn route_backlogged(shared: &Shared, msg: Arc<Message>) -> (usize, Option<Backlog>) {
     if msg.retain && shared.config.mqtt.retain_available {
         shared.retain.apply(&msg);
     }
@@ -132,16 +144,19 @@ pub fn route(shared: &Shared, msg: Arc<Message>) -> usize {
         shared.fire_dropped(&msg, DropReason::NoSubscribers, None);
     }
     // A retained message goes to every node (for their subscribers of later).
+    let mut backlog = None;
     if !routing.forwards.is_empty() || msg.retain {
         if let Some(f) = shared.forwarder.get() {
             let (n, m) = (routing.forwards.len() as u64, &shared.metrics);
-            let dropped = f.forward(&msg, routing.forwards) as u64;
+            let forwarded = f.forward(&msg, routing.forwards);
+            let dropped = forwarded.dropped as u64;
             m.cluster_forwarded
                 .fetch_add(n.saturating_sub(dropped), Ordering::Relaxed);
             m.cluster_dropped.fetch_add(dropped, Ordering::Relaxed);
+            backlog = forwarded.backlog;
         }
     }
-    receivers
+    (receivers, backlog)
 }
 
 /// A client's will: the ACL, `message.publish` (as a will: no publisher
@@ -155,7 +170,7 @@ pub async fn will(shared: &Shared, client: ClientInfo, msg: Message) -> Outcome 
         client: Some(client),
         will: true,
     });
-    let outcome = finish(shared, fold(shared, args, msg).await);
+    let (outcome, _) = finish(shared, fold(shared, args, msg).await);
     if outcome == Outcome::NotStored {
         tracing::warn!("will not published: it could not be stored");
     }

@@ -61,9 +61,20 @@ pub trait Forwarder: Send + Sync {
     /// Sends `msg` to each node of `forwards`, for what each says (its plain
     /// subscribers, the shared groups it won); one node receives one
     /// publisher's messages in the order they are forwarded.
-    /// Returns how many of them were dropped (a link's queue was full).
-    fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>) -> usize;
+    fn forward(&self, msg: &Arc<Message>, forwards: Vec<crate::router::Forward>) -> Forwarded;
 }
+
+/// What [`Forwarder::forward`] did.
+pub struct Forwarded {
+    /// Nodes the message was dropped for (a link's queue was full).
+    pub dropped: usize,
+    /// Set when a link the message went on is backlogged: a publisher waits
+    /// on it before acknowledging and reading more.
+    pub backlog: Option<Backlog>,
+}
+
+/// A wait until the links a message went on have room again (bounded).
+pub type Backlog = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// One live connection per client id across a cluster (set once, when the
 /// broker runs in one).

@@ -12,9 +12,17 @@
 //! for a node that is declared down are dropped with its link; those that
 //! were stored reach its clients, once they reconnect elsewhere, from the
 //! database.
+//!
+//! Backpressure: while a link is connected and its queue is longer than
+//! [`HIGH_WATER`], `forward` hands back a [`Backlog`] the publishing session
+//! waits on (until the queue is down to [`LOW_WATER`]) before it acknowledges
+//! and reads more: a publisher is slowed to what the other node takes,
+//! instead of the queue (and the latency) growing without bound. A link that
+//! is not connected does not hold publishers back (the node may be down);
+//! its queue is bounded by [`QUEUE_LIMIT`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,27 +30,79 @@ use bytes::BytesMut;
 use hooks_spec::{Message, ProtocolVersion, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::wire::{self, ForwardFor};
 use crate::codec::{Codec, Connect, Packet};
 use crate::router::{Forward, NodeName};
-use crate::shared::Forwarder;
+use crate::shared::{Backlog, Forwarded, Forwarder};
 
 /// Unacknowledged QoS 1 messages on one link.
 const WINDOW: usize = 4096;
 /// Messages queued for a node beyond this are dropped (a node that cannot
 /// keep up, or is unreachable and not yet declared down), and counted.
 const QUEUE_LIMIT: usize = 1_000_000;
-/// Keep alive of a link (it is pinged at half of it).
+/// A connected link's queue longer than this holds its publishers back...
+const HIGH_WATER: usize = 2048;
+/// ... until it is down to this.
+const LOW_WATER: usize = 1024;
+/// A publisher waits at most this long for one message (then goes on: a
+/// node that stopped reading is cut off by the keep alive, not waited for).
+const BACKLOG_WAIT: Duration = Duration::from_millis(500);
+/// Keep alive of a link (it is pinged at half of it; a link that heard
+/// nothing for a whole keep alive, or cannot write for as long, is broken).
 const KEEPALIVE_SECS: u16 = 10;
 /// Between connection attempts.
 const RECONNECT: Duration = Duration::from_millis(200);
 
 struct Link {
     tx: mpsc::UnboundedSender<(Arc<Message>, ForwardFor)>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<LinkState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What publishers and the link task share about one link.
+#[derive(Default)]
+struct LinkState {
+    /// Messages in the queue (not yet taken by the task).
+    queued: AtomicUsize,
+    /// The task has a connection to the node.
+    connected: AtomicBool,
+    /// Woken when the queue falls to [`LOW_WATER`] or the connection ends.
+    room: Notify,
+}
+
+impl LinkState {
+    fn backlogged(&self, above: usize) -> bool {
+        self.connected.load(Ordering::Relaxed) && self.queued.load(Ordering::Relaxed) > above
+    }
+
+    /// The task took one message off the queue.
+    fn taken(&self) {
+        if self.queued.fetch_sub(1, Ordering::Relaxed) == LOW_WATER + 1 {
+            self.room.notify_waiters();
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        if !connected {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Until the queue is down to [`LOW_WATER`] or the link is not connected.
+    async fn drained(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.backlogged(LOW_WATER) {
+                return;
+            }
+            room.await;
+        }
+    }
 }
 
 /// The links of this node to the others.
@@ -69,16 +129,16 @@ impl Links {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(LinkState::default());
         let task = tokio::spawn(run(
             Arc::clone(node),
             address.to_string(),
             Arc::clone(&self.me),
             self.secret.clone(),
             rx,
-            Arc::clone(&queued),
+            Arc::clone(&state),
         ));
-        links.insert(Arc::clone(node), Link { tx, queued, task });
+        links.insert(Arc::clone(node), Link { tx, state, task });
     }
 
     /// Ends the link to `node` (it left the cluster or is down); what was
@@ -87,6 +147,7 @@ impl Links {
         let link = self.links.write().unwrap_or_else(|p| p.into_inner()).remove(node);
         if let Some(link) = link {
             link.task.abort();
+            link.state.set_connected(false);
         }
     }
 
@@ -100,38 +161,41 @@ impl Links {
             .collect()
     }
 
-    /// Queues `msg` for `node`; false when it was dropped.
-    fn send(
+    /// Queues `msg` for `node`: `None` when it was dropped, else the link.
+    fn send<'l>(
         &self,
-        links: &HashMap<NodeName, Link>,
+        links: &'l HashMap<NodeName, Link>,
         node: &NodeName,
         msg: &Arc<Message>,
         to: ForwardFor,
-    ) -> bool {
+    ) -> Option<&'l Link> {
         let Some(link) = links.get(node) else {
             tracing::debug!(%node, "no link to the node (not known as up yet): message not forwarded");
-            return false;
+            return None;
         };
-        if link.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
-            return false;
+        if link.state.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+            return None;
         }
-        link.queued.fetch_add(1, Ordering::Relaxed);
-        link.tx.send((Arc::clone(msg), to)).is_ok()
+        link.state.queued.fetch_add(1, Ordering::Relaxed);
+        link.tx.send((Arc::clone(msg), to)).ok().map(|()| link)
     }
 }
 
 impl Forwarder for Links {
-    fn forward(&self, msg: &Arc<Message>, forwards: Vec<Forward>) -> usize {
+    fn forward(&self, msg: &Arc<Message>, forwards: Vec<Forward>) -> Forwarded {
         let links = self.links.read().unwrap_or_else(|p| p.into_inner());
         let mut sent: Vec<&NodeName> = Vec::with_capacity(forwards.len());
         let mut dropped = 0;
+        let mut backlogged: Vec<Arc<LinkState>> = Vec::new();
         for f in &forwards {
             let to = ForwardFor {
                 plain: f.plain,
                 groups: f.groups.clone(),
             };
-            if !self.send(&links, &f.node, msg, to) {
-                dropped += 1;
+            match self.send(&links, &f.node, msg, to) {
+                None => dropped += 1,
+                Some(link) if link.state.backlogged(HIGH_WATER) => backlogged.push(Arc::clone(&link.state)),
+                Some(_) => {}
             }
             sent.push(&f.node);
         }
@@ -144,7 +208,17 @@ impl Forwarder for Links {
                 }
             }
         }
-        dropped
+        let backlog = (!backlogged.is_empty()).then(|| -> Backlog {
+            Box::pin(async move {
+                let all = async {
+                    for state in &backlogged {
+                        state.drained().await;
+                    }
+                };
+                let _ = tokio::time::timeout(BACKLOG_WAIT, all).await;
+            })
+        });
+        Forwarded { dropped, backlog }
     }
 }
 
@@ -155,7 +229,7 @@ async fn run(
     me: NodeName,
     secret: String,
     mut rx: mpsc::UnboundedReceiver<(Arc<Message>, ForwardFor)>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<LinkState>,
 ) {
     // Sent at QoS 1 and not yet acknowledged, oldest first (sent again after a reconnect).
     let mut inflight: VecDeque<(u16, Arc<Message>, ForwardFor)> = VecDeque::new();
@@ -170,11 +244,12 @@ async fn run(
                     &me,
                     &secret,
                     &mut rx,
-                    &queued,
+                    &state,
                     &mut inflight,
                     &mut next_pkid,
                 )
                 .await;
+                state.set_connected(false);
                 match outcome {
                     Ok(()) => return,
                     Err(e) => {
@@ -199,7 +274,7 @@ async fn session(
     me: &str,
     secret: &str,
     rx: &mut mpsc::UnboundedReceiver<(Arc<Message>, ForwardFor)>,
-    queued: &AtomicUsize,
+    state: &LinkState,
     inflight: &mut VecDeque<(u16, Arc<Message>, ForwardFor)>,
     next_pkid: &mut u16,
 ) -> Result<(), String> {
@@ -242,24 +317,30 @@ async fn session(
             .map_err(|e| e.to_string())?;
     }
     let (mut reader, mut writer) = stream.into_split();
-    let mut ping = tokio::time::interval(Duration::from_secs(u64::from(KEEPALIVE_SECS) / 2));
+    let keepalive = Duration::from_secs(u64::from(KEEPALIVE_SECS));
+    let mut ping = tokio::time::interval(keepalive / 2);
     ping.tick().await;
+    let mut heard = tokio::time::Instant::now();
+    state.set_connected(true);
     loop {
         if !out.is_empty() {
-            writer.write_all(&out).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(keepalive, writer.write_all(&out)).await {
+                Ok(written) => written.map_err(|e| e.to_string())?,
+                Err(_) => return Err(format!("the node took nothing for {keepalive:?}")),
+            }
             out.clear();
         }
         let room = inflight.len() < WINDOW;
         tokio::select! {
             m = rx.recv(), if room => {
                 let Some((msg, to)) = m else { return Ok(()) };
-                queued.fetch_sub(1, Ordering::Relaxed);
+                state.taken();
                 push(&codec, &mut out, inflight, next_pkid, msg, to)?;
                 // Take what else is queued: one write for a burst.
                 while inflight.len() < WINDOW && out.len() < 256 * 1024 {
                     match rx.try_recv() {
                         Ok((msg, to)) => {
-                            queued.fetch_sub(1, Ordering::Relaxed);
+                            state.taken();
                             push(&codec, &mut out, inflight, next_pkid, msg, to)?;
                         }
                         Err(_) => break,
@@ -270,6 +351,7 @@ async fn session(
                 if n.map_err(|e| e.to_string())? == 0 {
                     return Err("closed by the node".into());
                 }
+                heard = tokio::time::Instant::now();
                 while let Some(p) = codec.decode(&mut inbuf).map_err(|e| e.to_string())? {
                     match p {
                         Packet::PubAck(a) => {
@@ -284,6 +366,9 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
+                if heard.elapsed() > keepalive {
+                    return Err(format!("the node did not answer for {keepalive:?}"));
+                }
                 codec.encode(&Packet::PingReq, &mut out, None).map_err(|e| e.to_string())?;
             }
         }
@@ -312,4 +397,58 @@ fn push(
         inflight.push_back((pkid, msg, to));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backlogged_link() -> Arc<LinkState> {
+        let state = Arc::new(LinkState::default());
+        state.set_connected(true);
+        state.queued.store(HIGH_WATER + 1, Ordering::Relaxed);
+        state
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waits_until_the_queue_is_down_to_the_low_water_mark() {
+        let state = backlogged_link();
+        assert!(state.backlogged(HIGH_WATER));
+        let waiter = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move { state.drained().await }
+        });
+        // The task takes messages: the waiter is released exactly when the
+        // queue reaches LOW_WATER, not before.
+        while state.queued.load(Ordering::Relaxed) > LOW_WATER + 1 {
+            state.taken();
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "released above the low water mark");
+        state.taken();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released at the low water mark")
+            .expect("waiter");
+    }
+
+    #[tokio::test]
+    async fn a_link_that_loses_its_connection_releases_its_publishers() {
+        let state = backlogged_link();
+        let waiter = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move { state.drained().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        state.set_connected(false);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released when the link is down")
+            .expect("waiter");
+        assert!(
+            !state.backlogged(HIGH_WATER),
+            "a link not connected holds nobody back"
+        );
+    }
 }

@@ -221,7 +221,13 @@ impl Session {
         if qos != QoS::AtMostOnce && epoch == self.epoch {
             self.pending_pkids.remove(&pkid);
         }
-        let (code, stored_ok) = crate::publish::finish(&self.shared, flow).ack();
+        let (outcome, backlog) = crate::publish::finish(&self.shared, flow);
+        if let Some(backlog) = backlog {
+            // A cluster link this went on is backlogged: the publisher waits
+            // (its acknowledgement, and reading its next packets) for room.
+            backlog.await;
+        }
+        let (code, stored_ok) = outcome.ack();
         // Acknowledged on whatever connection the session has now: after a
         // reconnect the client still waits for it (same session, same packet id).
         if self.conn.is_some() && epoch == self.epoch {
