@@ -134,6 +134,13 @@ pub(crate) async fn diagnose(rig: &Rig, end: &Ending, verdict: &Verdict) {
         }
         let _ = writeln!(diag, "{}: connections: {}", sub.id, conns.join(", "));
     }
+    if let Some((at, what)) = verdict.two_live.first() {
+        let _ = writeln!(
+            diag,
+            "first connection taken over and left open: {what}\n{}",
+            record.window(at - 2.0, at + 1.5, at - 1.0, at + 0.3)
+        );
+    }
     let unacked = lock(&rig.world.unacked).clone();
     let _ = writeln!(
         diag,

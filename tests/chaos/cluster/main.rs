@@ -30,7 +30,8 @@
 //! session present 0); QoS 1 publishers, one message at a time, that give up
 //! on a message without PUBACK after [`PUBACK_TIMEOUT`] and publish it again
 //! as a new attempt on a new connection, and otherwise move to another node
-//! every few dozen messages.
+//! every few dozen messages: half the time with a DISCONNECT first, half the
+//! time by connecting there while still connected (a takeover).
 //!
 //! At the end, printed as counts and asserted:
 //!
@@ -55,7 +56,10 @@
 //!   a connection after a later connection of its own got its CONNACK.
 //!   During a move both connections are polled, and the old one is read
 //!   to its end before each event of the new one is looked at, so the order
-//!   of arrivals is the order in which the nodes sent them;
+//!   of arrivals is the order in which the nodes sent them. And a connection
+//!   taken over (subscriber or publisher) is closed by its node within
+//!   [`TAKEOVER_LIMIT`] of the new connection's CONNACK (the cluster closes
+//!   it before it answers the new CONNECT);
 //! * a node SIGKILLed and kept down is declared down (its row gone from
 //!   `postbox_node`) within `node_timeout` plus [`DOWN_MARGIN`].
 //!
@@ -139,16 +143,33 @@ const PUBLISHER_STAY: (u64, u64) = (20, 120);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Pause between two faults of the schedule (milliseconds, drawn uniformly).
 const FAULT_PAUSE_MS: (u64, u64) = (600, 1600);
+/// A connection taken over (its client connected to another node) must be
+/// closed by its node within this after the new connection's CONNACK (the
+/// node closes it before the other answers the CONNECT).
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(1);
 /// How long, after the final move, arrivals are counted.
 const AFTER_FINAL_MOVE: Duration = Duration::from_secs(3);
 
+// Fails: a clean-session client that disconnects from one node and at once
+// connects to another is often attached there without a claim (the claim's
+// SELECT ... FOR UPDATE finds no row: the first node's release deleted it
+// between the claim's INSERT ... ON CONFLICT DO NOTHING and the SELECT;
+// logged "cannot claim the client id (attached unclaimed)"). When that
+// client then connects to a third node, nothing closes the unclaimed
+// connection: two live connections for one client id (1 to 4 of 23 to 34
+// publisher takeovers per run; 4 runs of 5 failed, e.g. seed
+// 1796621306994123892). Everything else held in every run: nothing lost, no
+// repeat after a recorded acknowledgement, no subscriber receiving on two
+// connections, every node declared down in time.
+#[ignore = "fails: a client id attached unclaimed (claim races with the release of its row) keeps its connection \
+            when the client connects to another node: two live connections"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_reach_every_subscriber_once_through_node_kills_and_moves() {
     let settings = Settings::from_env();
     let mut rng = Rng::new(settings.seed);
 
     let mut rig = Rig::set_up(settings.seed).await;
-    let publishers = publishers::start_publishers(&rig.world, &rig.nodes_rx(), settings.seed);
+    let publishers = publishers::start_publishers(&rig.world, &rig.nodes_rx(), &rig.publog, settings.seed);
     let schedule = schedule::run(&mut rig, &mut rng, settings.secs).await;
     let end = drain::drain(&mut rig, publishers, schedule.faults_stopped).await;
 
@@ -160,11 +181,13 @@ async fn acknowledged_messages_reach_every_subscriber_once_through_node_kills_an
     assert!(
         verdict.passed(),
         "seed {}: {} lost, {} repeated after the cluster recorded the ack, {} arrivals on a connection \
-         after a later one's CONNACK, {} nodes not declared down in time (see the report above)",
+         after a later one's CONNACK, {} connections taken over and not closed within {TAKEOVER_LIMIT:?}, {} \
+         nodes not declared down in time (see the report above)",
         settings.seed,
         verdict.total_lost,
         verdict.violations,
         verdict.overlaps,
+        verdict.two_live.len(),
         verdict.down_late
     );
 }

@@ -12,7 +12,7 @@ use crate::drain::Ending;
 use crate::rig::{NodeKill, Rig};
 use crate::schedule::ScheduleRun;
 use crate::world::{lock, Arrival, Settings};
-use crate::{AFTER_FINAL_MOVE, DOWN_MARGIN, NODE_TIMEOUT, SUBSCRIBERS};
+use crate::{AFTER_FINAL_MOVE, DOWN_MARGIN, NODE_TIMEOUT, SUBSCRIBERS, TAKEOVER_LIMIT};
 
 // ---------------------------------------------------------------------------
 // Repeats
@@ -190,12 +190,16 @@ pub(crate) fn overlaps(log: &SubLog) -> Vec<(String, Arrival, usize)> {
 // ---------------------------------------------------------------------------
 
 /// What the report found: the test passes when nothing was lost, no repeat
-/// is a violation, no subscriber received on two connections at once, and
+/// is a violation, no client had two live connections (a subscriber
+/// receiving on two at once, or a connection taken over and left open), and
 /// every node kept down was declared down in time.
 pub(crate) struct Verdict {
     pub(crate) total_lost: usize,
     pub(crate) violations: usize,
     pub(crate) overlaps: usize,
+    /// Connections taken over and still open [`TAKEOVER_LIMIT`] after the
+    /// new CONNACK: when that CONNACK came, what.
+    pub(crate) two_live: Vec<(f64, String)>,
     pub(crate) down_late: usize,
     pub(crate) lost_by_sub: Vec<Vec<String>>,
     /// Per subscriber: the repeats that are violations, with their description.
@@ -206,7 +210,11 @@ pub(crate) struct Verdict {
 
 impl Verdict {
     pub(crate) fn passed(&self) -> bool {
-        self.total_lost == 0 && self.violations == 0 && self.overlaps == 0 && self.down_late == 0
+        self.total_lost == 0
+            && self.violations == 0
+            && self.overlaps == 0
+            && self.two_live.is_empty()
+            && self.down_late == 0
     }
 }
 
@@ -214,6 +222,7 @@ impl Verdict {
 pub(crate) async fn report(rig: &Rig, settings: &Settings, schedule: &ScheduleRun, end: &Ending) -> Verdict {
     let mut out = String::new();
     let down_late = write_counts(&mut out, rig, settings, schedule, end).await;
+    let two_live = write_takeovers(&mut out, rig);
     write_node_warnings(&mut out, rig);
     let (lost_by_sub, overlaps) = write_subscribers(&mut out, rig, end);
     let ids = stored_ids(rig).await;
@@ -223,8 +232,9 @@ pub(crate) async fn report(rig: &Rig, settings: &Settings, schedule: &ScheduleRu
     let _ = writeln!(
         out,
         "lost: {total_lost}; repeats of an acknowledgement the cluster had recorded (violations): {violations}; \
-         arrivals on a connection after a later one's CONNACK: {overlaps}; nodes not declared down within \
-         {:?}: {down_late}",
+         arrivals on a connection after a later one's CONNACK: {overlaps}; connections taken over and still \
+         open {TAKEOVER_LIMIT:?} after the new CONNACK: {}; nodes not declared down within {:?}: {down_late}",
+        two_live.len(),
         NODE_TIMEOUT + DOWN_MARGIN
     );
     println!("{out}");
@@ -232,6 +242,7 @@ pub(crate) async fn report(rig: &Rig, settings: &Settings, schedule: &ScheduleRu
         total_lost,
         violations,
         overlaps,
+        two_live,
         down_late,
         lost_by_sub,
         violating_by_sub,
@@ -280,31 +291,15 @@ async fn write_counts(
     );
     let logs: Vec<_> = rig.subs.iter().map(|s| lock(&s.log)).collect();
     let conns: Vec<&ConnRecord> = logs.iter().flat_map(|l| l.connections.iter()).collect();
-    // The old connection of a move: still open at the new CONNACK, closed by the node after it.
-    let mut lags: Vec<f64> = Vec::new();
-    for l in &logs {
-        for (i, c) in l.connections.iter().enumerate().skip(1) {
-            let old = &l.connections[i - 1];
-            if let (true, Some(at), Some(e), true) = (c.by_move, c.connack, old.ended, old.closed_by_node) {
-                lags.push(e - at);
-            }
-        }
-    }
-    let late_close: Vec<f64> = lags.iter().copied().filter(|l| *l > 0.0).collect();
     let _ = writeln!(
         out,
         "subscribers: {} drops ({} armed to land mid-replay, {} fired), {} moves in the schedule (+{} at the \
-         end); {} moves got their CONNACK, the old connection closed by the node: {} before the new CONNACK, {} \
-         after it (at most {:.0} ms after)",
+         end)",
         f.sub_drops,
         f.mid_stream_armed,
         logs.iter().map(|l| l.mid_stream_drops).sum::<usize>(),
         f.moves,
         end.final_moves.iter().flatten().count(),
-        logs.iter().map(|l| l.moves).sum::<usize>(),
-        lags.len() - late_close.len(),
-        late_close.len(),
-        late_close.iter().fold(0.0f64, |m, l| m.max(*l)) * 1000.0
     );
     let waits: Vec<f64> = conns
         .iter()
@@ -322,7 +317,7 @@ async fn write_counts(
     let _ = writeln!(
         out,
         "publishers: {} connections, {} publishes, {} acknowledged, {} given up without PUBACK (published again)",
-        crate::publishers::CONNECTS.load(Ordering::SeqCst),
+        lock(&rig.publog).connects,
         rig.world.attempts.load(Ordering::SeqCst),
         end.expected.len(),
         lock(&rig.world.unacked).len()
@@ -363,6 +358,70 @@ async fn write_counts(
 /// Right-aligned table cells.
 fn cells<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter().map(|c| format!("{c:>11}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Takeovers (a client connecting to another node while connected): when
+/// the old connection closed, for subscribers and publishers. Returns the
+/// old connections still open [`TAKEOVER_LIMIT`] after the new CONNACK
+/// (when that CONNACK came, what), in time order.
+fn write_takeovers(out: &mut String, rig: &Rig) -> Vec<(f64, String)> {
+    let limit = TAKEOVER_LIMIT.as_secs_f64();
+    let now = rig.world.now();
+    let mut before = 0;
+    let mut after: Vec<f64> = Vec::new();
+    let mut two_live = Vec::new();
+    let mut moves = 0;
+    for sub in &rig.subs {
+        let l = lock(&sub.log);
+        for (i, c) in l.connections.iter().enumerate().skip(1) {
+            let (true, Some(at)) = (c.by_move, c.connack) else {
+                continue;
+            };
+            moves += 1;
+            let old = &l.connections[i - 1];
+            let end = old.ended.unwrap_or(now);
+            match (old.closed_by_node, end - at) {
+                (true, lag) if lag <= 0.0 => before += 1,
+                (true, lag) if lag <= limit => after.push(lag),
+                // Dropped here (or the run ended) before the limit: not judged.
+                (false, lag) if lag <= limit => {}
+                (_, lag) => two_live.push((
+                    at,
+                    format!(
+                    "{}: connection {i} (node-{}) still open {:.0} ms after connection {} (node-{}) got its \
+                     CONNACK at {at:.3} s",
+                    sub.id,
+                    old.node,
+                    lag * 1000.0,
+                    i + 1,
+                    c.node
+                ),
+                )),
+            }
+        }
+    }
+    let p = lock(&rig.publog);
+    let longest = |v: &[f64]| v.iter().fold(0.0f64, |m, l| m.max(*l)) * 1000.0;
+    let _ = writeln!(
+        out,
+        "takeovers (a connection to another node while connected; the old one closed by its node before the \
+         new CONNACK / after it / still open {TAKEOVER_LIMIT:?} after): subscribers {moves} ({before} / {} (at \
+         most {:.0} ms after) / {}), publishers {} ({} / {} (at most {:.0} ms after) / {})",
+        after.len(),
+        longest(&after),
+        two_live.len(),
+        p.takeovers,
+        p.old_closed_before,
+        p.old_closed_after.len(),
+        longest(&p.old_closed_after),
+        p.two_live.len()
+    );
+    two_live.extend(p.two_live.iter().cloned());
+    two_live.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, t) in &two_live {
+        let _ = writeln!(out, "  TWO LIVE CONNECTIONS: {t}");
+    }
+    two_live
 }
 
 /// The table of subscribers. Returns, per subscriber, what it lost, and the

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{EventLoop, QoS};
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clients::{self, Sub};
+use crate::publishers::PubLog;
 use crate::support::pgsql::{pgsql_conf, sql_literal, wait_for_db, EMQX_DEFAULT_RULES, SESSION_RULE};
 use crate::support::{error_chain, v4_options, Broker, TestDb, V4Client, TIMEOUT};
 use crate::world::{lock, World};
@@ -82,6 +83,7 @@ pub(crate) struct Rig {
     nodes_tx: watch::Sender<NodeAddrs>,
     pub(crate) sub_ids: Vec<String>,
     pub(crate) subs: Vec<Sub>,
+    pub(crate) publog: Arc<Mutex<PubLog>>,
     pub(crate) kills: Vec<NodeKill>,
     pub(crate) faults: Faults,
 }
@@ -134,6 +136,7 @@ impl Rig {
             nodes_tx,
             sub_ids,
             subs,
+            publog: Arc::default(),
             kills: Vec::new(),
             faults: Faults::default(),
         };
