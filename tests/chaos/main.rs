@@ -89,8 +89,11 @@
 //! own connection to the private server), [`faults`] (the kinds of fault,
 //! the schedule, and the rig they are injected into), [`drain`] (the end of
 //! the run, after the faults), [`report`] (the counts, stalls and repeats
-//! printed, and the verdict) and [`diagnosis`] (what is printed on a
-//! failure).
+//! printed, and the verdict), [`diagnosis`] (what is printed on a failure)
+//! and [`logs`] (the broker's log lines of a moment).
+//!
+//! The cluster chaos test (`tests/chaos/cluster/`, its own test binary)
+//! shares [`world`] and [`logs`].
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 #[path = "../support/mod.rs"]
@@ -101,6 +104,7 @@ mod db;
 mod diagnosis;
 mod drain;
 mod faults;
+mod logs;
 mod report;
 mod world;
 
