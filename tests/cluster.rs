@@ -377,6 +377,85 @@ async fn simultaneous_connects_to_two_nodes_leave_one_live_connection() {
     }
 }
 
+/// Found by the cluster chaos test: a client that leaves one node and at
+/// once connects to another raced the first node's release of its row, and
+/// the claim failed: the connection was attached unclaimed, so a third node
+/// it connected to next did not ask that one to let go.
+#[tokio::test]
+async fn a_client_hopping_between_nodes_never_keeps_two_connections() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 3, "").await;
+    let addrs: Vec<_> = cluster.iter().map(|b| b.addr).collect();
+    // Many clients hop at once: the race needs a release and a claim of
+    // one client id to overlap in the database.
+    let hoppers = (0..20).map(|h| {
+        let addrs = addrs.clone();
+        tokio::spawn(async move {
+            for round in 0..10 {
+                let id = format!("hopper-{h}-{round}");
+                let (first, _) = V4Client::connect(v4_options(addrs[0], &id, true)).await;
+                first.disconnect().await;
+                let (mut second, _) = V4Client::connect(v4_options(addrs[1], &id, true)).await;
+                let (third, _) = V4Client::connect(v4_options(addrs[2], &id, true)).await;
+                // The connection on the second node is closed (3.1.1: no DISCONNECT).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(
+                        !left.is_zero(),
+                        "{id}: the second node kept its connection after the client connected to the third"
+                    );
+                    if let Some(Err(_)) = second.poll_once(left).await {
+                        break;
+                    }
+                }
+                third.disconnect().await;
+            }
+        })
+    });
+    for h in hoppers.collect::<Vec<_>>() {
+        h.await.expect("a hopper failed");
+    }
+}
+
+/// Found by the cluster chaos test: a connection that took the client id
+/// over on the same node, then the end of the session it replaced, released
+/// the new connection's claim; a node the client connected to next found
+/// no owner to ask, and both connections stayed.
+#[tokio::test]
+async fn a_takeover_on_one_node_then_a_move_to_another_leaves_one_connection() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let pg = db.client().await;
+    for round in 0..5 {
+        let id = format!("twice-{round}");
+        let (mut first, _) = V4Client::connect(v4_options(cluster[0].addr, &id, true)).await;
+        let (mut second, _) = V4Client::connect(v4_options(cluster[0].addr, &id, true)).await;
+        // The first connection is closed by the takeover on its own node.
+        while !matches!(first.poll_once(TIMEOUT).await, Some(Err(_)) | None) {}
+        // The row still names node-0 (the end of the replaced session did not release it).
+        wait_for_db(
+            &pg,
+            &format!("select count(*) from postbox_client where clientid = '{id}' and node = 'node-0'"),
+            Some(1),
+        )
+        .await;
+        let (third, _) = V4Client::connect(v4_options(cluster[1].addr, &id, true)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{id}: node-0 kept its connection after the client moved to node-1"
+            );
+            if let Some(Err(_)) = second.poll_once(left).await {
+                break;
+            }
+        }
+        third.disconnect().await;
+    }
+}
+
 #[tokio::test]
 async fn a_persistent_session_moves_to_another_node_with_everything_it_missed() {
     let db = TestDb::create().await;

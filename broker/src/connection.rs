@@ -254,6 +254,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         conn,
         assigned_id,
         props,
+        claim,
     };
     let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
         crate::session::start(&shared, attach);

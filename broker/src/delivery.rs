@@ -84,4 +84,7 @@ pub struct Attach {
     pub assigned_id: bool,
     /// CONNACK properties from the `client.connect` fold.
     pub props: ConnProperties,
+    /// In a cluster: the generation of the claim this connection was
+    /// attached under (released when the session ends here).
+    pub claim: Option<i64>,
 }

@@ -90,6 +90,15 @@ pub trait Ownership: Send + Sync {
     /// Runs `start` (attaching the connection) under the claim `gen`, unless
     /// another node has taken the client id over since: then false.
     fn attach(&self, clientid: &Arc<str>, gen: i64, start: Box<dyn FnOnce() + '_>) -> bool;
+
+    /// The session attached under the claim `gen` ended here: the claim is
+    /// released, unless a newer one (a connection that took over) holds
+    /// the client id now.
+    fn release<'a>(
+        &'a self,
+        clientid: &'a Arc<str>,
+        gen: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
 /// State shared by every task of one broker.

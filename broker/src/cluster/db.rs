@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS postbox_route (
     grp    text NOT NULL DEFAULT '',
     PRIMARY KEY (node, filter, grp)
 );
+-- One row per client id ever claimed; node '' when no node has it.
 CREATE TABLE IF NOT EXISTS postbox_client (
     clientid text PRIMARY KEY,
     node     text NOT NULL,

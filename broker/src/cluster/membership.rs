@@ -85,8 +85,12 @@ async fn beat(c: &Cluster, registered: &mut bool) -> Result<Others, DbError> {
                 &[&me, &c.address.as_str()],
             )
             .await?;
+        let reclaimed = c.reclaim(&client).await?;
         let _ = c.route_ops.send(RouteOp::Announce);
         *registered = true;
+        if reclaimed > 0 {
+            tracing::info!(reclaimed, "cluster: this node's live clients are its own again");
+        }
         tracing::info!(address = %c.address, "cluster: node registered");
     }
     let rows = client
@@ -179,7 +183,7 @@ async fn delete_node(
             .execute("DELETE FROM postbox_route WHERE node = $1", &[&node])
             .await?;
         client
-            .execute("DELETE FROM postbox_client WHERE node = $1", &[&node])
+            .execute("UPDATE postbox_client SET node = '' WHERE node = $1", &[&node])
             .await?;
         client
             .execute(

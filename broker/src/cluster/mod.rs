@@ -78,7 +78,7 @@ impl ClusterTasks {
                 .execute("DELETE FROM postbox_route WHERE node = $1", &[&me])
                 .await?;
             client
-                .execute("DELETE FROM postbox_client WHERE node = $1", &[&me])
+                .execute("UPDATE postbox_client SET node = '' WHERE node = $1", &[&me])
                 .await?;
             client
                 .execute(
@@ -143,20 +143,6 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
     let _ = shared
         .ownership
         .set(Arc::clone(&c) as Arc<dyn crate::shared::Ownership>);
-    {
-        // A session that ends here releases its claim.
-        let c = Arc::clone(&c);
-        shared
-            .hooks
-            .session_terminated
-            .add("cluster", i32::MIN, move |args, ()| {
-                let c = Arc::clone(&c);
-                async move {
-                    c.released(&args.client.clientid).await;
-                    Ok(hooks_spec::Flow::Continue(()))
-                }
-            });
-    }
     let mut tasks = vec![tokio::spawn(peer::accept_loop(
         listener,
         Arc::clone(&shared),
@@ -225,5 +211,13 @@ impl crate::shared::Ownership for Cluster {
 
     fn attach(&self, clientid: &Arc<str>, gen: i64, start: Box<dyn FnOnce() + '_>) -> bool {
         self.attach_claimed(clientid, gen, start)
+    }
+
+    fn release<'a>(
+        &'a self,
+        clientid: &'a Arc<str>,
+        gen: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.released(clientid, gen))
     }
 }

@@ -16,7 +16,11 @@
 //! Each node remembers the generation of the claim behind each of its
 //! sessions: a request to let go that is older than the claim is ignored,
 //! and a connection whose claim was taken over before it was attached is
-//! refused. When a session ends here, its row is released.
+//! refused. When a session ends here, its row is released: the row stays,
+//! with no node (rows are never deleted, so a claim's `SELECT ... FOR
+//! UPDATE` always finds the row its `INSERT ... ON CONFLICT DO NOTHING`
+//! saw; a release that deleted it in between once let a claim fail and the
+//! connection be attached unclaimed, leaving two live connections).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,6 +164,30 @@ impl Cluster {
         self.owned.waiting().remove(&(clientid.to_string(), gen));
     }
 
+    /// After this node joined again (the others had declared it down, and
+    /// released its clients' rows): the rows of its live sessions that
+    /// nobody claimed since are its own again, so a later claim elsewhere
+    /// asks this node to let go.
+    pub(super) async fn reclaim(&self, client: &tokio_postgres::Client) -> Result<u64, DbError> {
+        let (ids, gens): (Vec<String>, Vec<i64>) = self
+            .owned
+            .claims()
+            .iter()
+            .map(|(c, g)| (c.to_string(), *g))
+            .unzip();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let me: &str = &self.me;
+        Ok(client
+            .execute(
+                "UPDATE postbox_client p SET node = $1 FROM unnest($2::text[], $3::int8[]) AS u(c, g)
+                 WHERE p.clientid = u.c AND p.gen = u.g AND p.node = ''",
+                &[&me, &ids, &gens],
+            )
+            .await?)
+    }
+
     /// After the LISTEN connection was (re)made: requests to let go may have
     /// been missed; every claim of this node that the table now gives to
     /// another node is let go.
@@ -206,18 +234,25 @@ impl Cluster {
         true
     }
 
-    /// A session ended here: its claim and its row are released.
-    pub(super) async fn released(&self, clientid: &Arc<str>) {
-        let Some(gen) = self.owned.claims().remove(clientid) else {
-            return;
-        };
+    /// A session attached under the claim `gen` ended here: the claim and
+    /// its row are released, unless a newer claim holds the client id now (a
+    /// connection that took the session over here: the old session's end
+    /// must not release the new connection's claim).
+    pub(super) async fn released(&self, clientid: &Arc<str>, gen: i64) {
+        {
+            let mut claims = self.owned.claims();
+            if claims.get(clientid) != Some(&gen) {
+                return;
+            }
+            claims.remove(clientid);
+        }
         let me: &str = &self.me;
         let id: &str = clientid;
         let result = async {
             let client = self.db.client().await?;
             client
                 .execute(
-                    "DELETE FROM postbox_client WHERE clientid = $1 AND node = $2 AND gen = $3",
+                    "UPDATE postbox_client SET node = '' WHERE clientid = $1 AND node = $2 AND gen = $3",
                     &[&id, &me, &gen],
                 )
                 .await

@@ -78,6 +78,7 @@ impl Session {
         }
         self.client = attach.client.clone();
         self.hook_args = HookArgs::default();
+        self.claim = attach.claim;
         self.expiry_secs = attach.client.session_expiry;
         self.shared.registry.update_client(self.uid, &self.client);
         // Not in memory (the broker restarted): a plugin may have kept it.
@@ -404,6 +405,9 @@ impl Session {
                 session,
             }))
             .await;
+        if let (Some(own), Some(gen)) = (self.shared.ownership.get(), self.claim) {
+            own.release(&self.client.clientid, gen).await;
+        }
         // A connection may have been handed to us after we left the registry: give it a new session.
         for cmd in self.rx.close() {
             if let super::SessionCmd::Attach(attach) = cmd {

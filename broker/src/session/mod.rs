@@ -173,6 +173,9 @@ pub(crate) struct Session {
     conn: Option<Conn>,
     /// Connections attached so far (0: the session is new).
     next_gen: u64,
+    /// In a cluster: the claim of the connection attached last, released
+    /// when the session ends.
+    claim: Option<i64>,
     /// Keyed by the filter as the client sent it (`$share/...` included).
     subscriptions: HashMap<String, Subscription>,
     inflight: VecDeque<Inflight>,
@@ -300,6 +303,7 @@ impl Session {
             created_at: SystemTime::now(),
             conn: None,
             next_gen: 1,
+            claim: None,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
             unsent: 0,
