@@ -45,6 +45,40 @@ impl Session {
         }
     }
 
+    /// Before a connection is closed because the client connected again
+    /// (here or on another node): the acknowledgements it already sent and
+    /// the socket holds are taken, so a message it acknowledged just before
+    /// is not delivered to it again on the new connection. Other packets of
+    /// the replaced connection are not acted on (a PUBLISH it carried was
+    /// not acknowledged: the client sends it again).
+    pub(super) async fn take_last_acks(&mut self) {
+        use tokio::io::AsyncReadExt;
+        /// Reads that do not wait, at most (what the socket holds).
+        const READS: usize = 16;
+        for _ in 0..READS {
+            let Some(c) = self.conn.as_mut() else { return };
+            c.inbuf.reserve(4096);
+            // A zero timeout polls the read once: only what has arrived.
+            match tokio::time::timeout(Duration::ZERO, c.reader.read_buf(&mut c.inbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        loop {
+            let decoded = match self.conn.as_mut() {
+                Some(c) => c.codec.decode(&mut c.inbuf),
+                None => return,
+            };
+            match decoded {
+                Ok(Some(Packet::PubAck(a))) => self.client_puback(a).await,
+                Ok(Some(Packet::PubRec(a))) => self.client_pubrec(a).await,
+                Ok(Some(Packet::PubComp(a))) => self.client_pubcomp(a).await,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
     async fn decode_failed(&mut self, e: DecodeError) -> Option<Exit> {
         let code = e.reason_code();
         self.protocol_error(&format!("bad packet: {e}"), code).await

@@ -40,6 +40,7 @@ impl Session {
             // With expiry 0 the old session ends with its connection.
             old_session_ended = self.expiry_secs == 0;
             hooks.session_takeovered.run(self.session_args()).await;
+            Box::pin(self.take_last_acks()).await;
             if self.client.protocol == ProtocolVersion::V5 {
                 self.send(Packet::Disconnect(Disconnect {
                     reason: 0x8E,
@@ -362,6 +363,7 @@ impl Session {
     /// ending in storage (`moved`): the other node restores it, once `done`
     /// says the storage plugin has recorded what it must.
     pub(super) async fn moved(mut self, done: tokio::sync::oneshot::Sender<()>) {
+        Box::pin(self.take_last_acks()).await;
         if self.client.protocol == ProtocolVersion::V5 && self.conn.is_some() {
             self.send(Packet::Disconnect(Disconnect {
                 reason: 0x8E,
