@@ -151,6 +151,14 @@ impl Links {
         }
     }
 
+    /// Whether the link to `node` has a connection now.
+    pub fn connected(&self, node: &str) -> bool {
+        let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+        links
+            .get(node)
+            .is_some_and(|l| l.state.connected.load(Ordering::Relaxed))
+    }
+
     /// The nodes there is a link to.
     pub fn nodes(&self) -> Vec<NodeName> {
         self.links

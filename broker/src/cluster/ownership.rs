@@ -132,12 +132,26 @@ impl Cluster {
     /// The request is a notification, heard only by a node listening at that
     /// moment: it is sent again every [`KICK_REPEAT`] until answered (a node
     /// that was not listening also checks its claims when it listens again).
+    /// A node this node's link cannot reach at two requests in a row is not
+    /// waited for further: it was killed (its connections died with it) and
+    /// is not declared down yet; the client need not wait for that.
     async fn kick(&self, node: &str, clientid: &str, gen: i64) {
         let (tx, mut rx) = oneshot::channel();
         self.owned.waiting().insert((clientid.to_string(), gen), tx);
         let deadline = tokio::time::Instant::now() + KICK_WAIT;
-        let mut answered = false;
+        let mut settled = false;
+        let mut unreachable = 0;
         while tokio::time::Instant::now() < deadline {
+            if self.links.connected(node) {
+                unreachable = 0;
+            } else {
+                unreachable += 1;
+                if unreachable > 2 {
+                    tracing::info!(%clientid, %node, "cluster: the previous node is unreachable; not waiting for it to let the client go");
+                    settled = true;
+                    break;
+                }
+            }
             let sent = async {
                 let client = self.db.client().await?;
                 client
@@ -154,11 +168,11 @@ impl Cluster {
                 break;
             }
             if tokio::time::timeout(KICK_REPEAT, &mut rx).await.is_ok() {
-                answered = true;
+                settled = true;
                 break;
             }
         }
-        if !answered {
+        if !settled {
             tracing::warn!(%clientid, %node, "cluster: the previous node did not let the client go within {KICK_WAIT:?}; going on");
         }
         self.owned.waiting().remove(&(clientid.to_string(), gen));
