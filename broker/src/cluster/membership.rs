@@ -179,18 +179,23 @@ async fn delete_node(
         )
         .await?;
     if deleted > 0 {
-        client
-            .execute("DELETE FROM postbox_route WHERE node = $1", &[&node])
-            .await?;
-        client
-            .execute("UPDATE postbox_client SET node = '' WHERE node = $1", &[&node])
-            .await?;
-        client
-            .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&super::routes::CHANNEL, &format!("*{}:{node}0:", node.len())],
-            )
-            .await?;
+        release_node(client, node).await?;
     }
     Ok(deleted)
+}
+
+/// In the caller's transaction, with `node`'s row deleted: its routes go
+/// (the others hear to forget them) and its clients' rows are released (a
+/// claim elsewhere does not wait for it).
+pub(super) async fn release_node(
+    client: &tokio_postgres::Client,
+    node: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM postbox_route WHERE node = $1", &[&node])
+        .await?;
+    client
+        .execute("UPDATE postbox_client SET node = '' WHERE node = $1", &[&node])
+        .await?;
+    super::routes::notify_reload(client, node).await
 }

@@ -74,18 +74,7 @@ impl ClusterTasks {
             client
                 .execute("DELETE FROM postbox_node WHERE name = $1", &[&me])
                 .await?;
-            client
-                .execute("DELETE FROM postbox_route WHERE node = $1", &[&me])
-                .await?;
-            client
-                .execute("UPDATE postbox_client SET node = '' WHERE node = $1", &[&me])
-                .await?;
-            client
-                .execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&routes::CHANNEL, &format!("*{}:{me}0:", me.len())],
-                )
-                .await?;
+            membership::release_node(&client, me).await?;
             client.batch_execute("COMMIT").await?;
             Ok::<(), DbError>(())
         })

@@ -123,6 +123,15 @@ async fn write(c: &Cluster, batch: &[RouteOp]) -> Result<(), DbError> {
     }
 }
 
+/// Tells every node to read `node`'s routes again (in the caller's
+/// transaction: heard once it commits).
+pub(super) async fn notify_reload(
+    client: &tokio_postgres::Client,
+    node: &str,
+) -> Result<(), tokio_postgres::Error> {
+    notify(client, &payload('*', node, "", "")).await
+}
+
 async fn notify(client: &tokio_postgres::Client, payload: &str) -> Result<(), tokio_postgres::Error> {
     client
         .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
