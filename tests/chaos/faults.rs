@@ -9,13 +9,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::clients::{self, Sub, SubCmd};
+use crate::clients::{Sub, SubCmd, Subscriber};
 use crate::db::Db;
+use crate::shared_clients::{start_subscribers, subscribe_before_the_run};
+use crate::shared_run::{Rounds, ScheduleRun};
 use crate::support::pg_cluster::{PgCluster, StopMode};
 use crate::support::pgsql::{EMQX_DEFAULT_RULES, SESSION_RULE};
 use crate::support::{Broker, TIMEOUT};
 use crate::world::{lock, DbFault, DbFaultKind, Kill, Rng, World};
-use crate::{DB, FAULT_PAUSE_MS, OUTAGE_MS, PAGE, SUBSCRIBERS};
+use crate::{DB, OUTAGE_MS, PAGE, SUBSCRIBERS};
 
 /// How many faults of each kind were injected.
 #[derive(Default)]
@@ -75,14 +77,6 @@ const ROUND: [Fault; 9] = [
     Fault::PgStopWithKill,
 ];
 
-/// How the schedule went.
-pub(crate) struct ScheduleRun {
-    /// Rounds begun.
-    pub(crate) rounds: usize,
-    /// When the last fault was over (seconds since `t0`).
-    pub(crate) faults_stopped: f64,
-}
-
 /// Everything the fault schedule acts on.
 pub(crate) struct Rig {
     pub(crate) world: Arc<World>,
@@ -130,14 +124,15 @@ impl Rig {
     pub(crate) async fn set_up() -> Rig {
         let (broker, mut db) = start_db_and_broker().await;
         let sub_ids: Vec<String> = (0..SUBSCRIBERS).map(|i| format!("chaos-sub-{i}")).collect();
-        clients::subscribe_before_the_run(broker.addr, &mut db, &sub_ids).await;
+        let pg = db.live(Instant::now() + TIMEOUT).await.unwrap();
+        subscribe_before_the_run(pg, sub_ids.iter().map(|id| (broker.addr, id))).await;
         db.positions(&sub_ids, TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("positions: {e}"));
 
         let world = Arc::new(World::start());
         let (addr_tx, addr_rx) = watch::channel(broker.addr);
-        let subs = clients::start_subscribers(&sub_ids, &world, &addr_rx).await;
+        let subs = start_subscribers(&sub_ids, &world, |_| addr_rx.clone(), Subscriber::run).await;
         Rig {
             world,
             broker,
@@ -154,33 +149,13 @@ impl Rig {
         self.addr_tx.subscribe()
     }
 
-    /// Faults, in rounds of every kind; the first round runs whole, later
-    /// ones stop once `secs` have passed.
+    /// Faults, in [`Rounds`] of every kind for `secs`.
     pub(crate) async fn run_schedule(&mut self, rng: &mut Rng, secs: u64) -> ScheduleRun {
-        let fault_end = Instant::now() + Duration::from_secs(secs);
-        let round: Vec<Fault> = ROUND.to_vec();
-        let mut rounds = 0;
-        'rounds: loop {
-            rounds += 1;
-            let mut order = round.clone();
-            rng.shuffle(&mut order);
-            self.world.note(format!("schedule: round {rounds}: {order:?}"));
-            for fault in order {
-                tokio::time::sleep(rng.ms(FAULT_PAUSE_MS.0, FAULT_PAUSE_MS.1)).await;
-                if rounds > 1 && Instant::now() >= fault_end {
-                    break 'rounds;
-                }
-                self.inject(fault, rng).await;
-            }
-            if Instant::now() >= fault_end {
-                break;
-            }
+        let mut rounds = Rounds::new(&ROUND, secs);
+        while let Some(fault) = rounds.next(&self.world, rng).await {
+            self.inject(fault, rng).await;
         }
-        self.world.note("faults stop");
-        ScheduleRun {
-            rounds,
-            faults_stopped: self.world.now(),
-        }
+        rounds.finish(&self.world)
     }
 
     fn drop_sub(&self, s: usize, down: Duration) {

@@ -90,10 +90,13 @@
 //! the schedule, and the rig they are injected into), [`drain`] (the end of
 //! the run, after the faults), [`report`] (the counts, stalls and repeats
 //! printed, and the verdict), [`diagnosis`] (what is printed on a failure)
-//! and [`logs`] (the broker's log lines of a moment).
+//! and [`logs`] (the broker's log lines of a moment); [`shared_clients`]
+//! (what the subscribers and publishers of both chaos tests have in common)
+//! and [`shared_run`] (the rounds of the schedule, and the drain at the
+//! end, as both chaos tests run them).
 //!
 //! The cluster chaos test (`tests/chaos/cluster/`, its own test binary)
-//! shares [`world`] and [`logs`].
+//! shares [`world`], [`logs`], [`shared_clients`] and [`shared_run`].
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 #[path = "../support/mod.rs"]
@@ -106,6 +109,8 @@ mod drain;
 mod faults;
 mod logs;
 mod report;
+mod shared_clients;
+mod shared_run;
 mod world;
 
 use std::time::Duration;

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 
 use crate::db::Db;
 use crate::drain::Ending;
-use crate::faults::{Rig, ScheduleRun};
+use crate::faults::Rig;
+use crate::shared_run::ScheduleRun;
 use crate::world::{lock, DbFault, Kill, Repeat, Settings};
 use crate::{STALL_LIMIT, SUBSCRIBERS};
 
@@ -322,7 +323,7 @@ async fn write_counts(
     let Ending {
         max_id,
         positions,
-        after_last_crash,
+        last: after_last_crash,
         ..
     } = end;
     let _ = writeln!(

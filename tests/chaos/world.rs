@@ -201,22 +201,48 @@ pub(crate) struct DbFault {
     pub(crate) back_at: f64,
 }
 
-/// One subscriber's record.
+/// One subscriber's record: the single-node test's whole record, and the
+/// part of the cluster test's that is the same.
 #[derive(Default)]
 pub(crate) struct SubLog {
     /// Payload -> every arrival.
     pub(crate) received: HashMap<String, Vec<Arrival>>,
-    /// Payload -> when this subscriber's PUBACK for it was written.
-    pub(crate) ack_written: HashMap<String, f64>,
+    /// Payload -> when this subscriber's PUBACK for it was written, and on
+    /// which connection (the single-node test keeps the first PUBACK, the
+    /// cluster test the latest).
+    pub(crate) ack_written: HashMap<String, (f64, usize)>,
     /// Arrivals of a payload whose PUBACK had been written before.
     pub(crate) repeats: Vec<Repeat>,
     /// Arrivals again of a payload whose PUBACK had not been written yet
     /// (allowed: at-least-once).
     pub(crate) redelivered_before_ack: usize,
+    /// Connections that got a CONNACK.
     pub(crate) connects: usize,
     pub(crate) connected: bool,
     /// Times a drop armed with `DropAfter` fired.
     pub(crate) mid_stream_drops: usize,
+}
+
+impl SubLog {
+    /// Records `arrival` of `payload`: a repeat when its PUBACK was written
+    /// before, a redelivery when it came before without one.
+    pub(crate) fn arrived(&mut self, payload: &str, arrival: Arrival) {
+        if let Some(&(acked_at, acked_on)) = self.ack_written.get(payload) {
+            self.repeats.push(Repeat {
+                payload: payload.to_string(),
+                acked_at,
+                acked_on,
+                again_at: arrival.at,
+                again_on: arrival.connection,
+            });
+        } else if self.received.contains_key(payload) {
+            self.redelivered_before_ack += 1;
+        }
+        self.received
+            .entry(payload.to_string())
+            .or_default()
+            .push(arrival);
+    }
 }
 
 /// One arrival of a PUBLISH at a subscriber.
@@ -243,9 +269,15 @@ impl std::fmt::Debug for Arrival {
     }
 }
 
+/// An arrival of a payload whose PUBACK had been written before.
 #[derive(Clone, Debug)]
 pub(crate) struct Repeat {
     pub(crate) payload: String,
+    /// When the PUBACK before it was written (see [`SubLog::ack_written`]),
+    /// and on which connection.
     pub(crate) acked_at: f64,
+    pub(crate) acked_on: usize,
+    /// When it came again, and on which connection.
     pub(crate) again_at: f64,
+    pub(crate) again_on: usize,
 }

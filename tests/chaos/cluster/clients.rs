@@ -1,20 +1,22 @@
 //! The subscribers (rumqttc, MQTT 3.1.1), on a node chosen at random on
 //! every (re)connect: persistent sessions that record every arrival with the
 //! connection it came on, every PUBACK they write, and every connection
-//! (node, CONNACK, end). The publishers are in [`crate::publishers`].
+//! (node, CONNACK, end). The publishers are in [`crate::publishers`]; the
+//! subscribers' common part with the single-node test's is in
+//! [`crate::shared_clients`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, Outgoing, QoS};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::rig::{nodelay, pick, NodeAddrs};
-use crate::support::{v4_options, TIMEOUT};
-use crate::world::{lock, Arrival, Rng, World};
+use crate::rig::{pick, NodeAddrs};
+use crate::shared_clients::{self, nodelay, StopCmd, SubRecord};
+use crate::support::v4_options;
+use crate::world::{lock, Rng, SubLog as Common};
 use crate::{CONNECT_TIMEOUT, FILTER, RETRY_PAUSE};
 
 // ---------------------------------------------------------------------------
@@ -36,43 +38,26 @@ pub(crate) struct ConnRecord {
     pub(crate) by_move: bool,
 }
 
-/// One subscriber's record.
+/// One subscriber's record: what every chaos subscriber records (its
+/// `ack_written` keeps the latest PUBACK of a payload), and its
+/// connections, moves and probes.
 #[derive(Default)]
 pub(crate) struct SubLog {
-    /// Payload -> every arrival.
-    pub(crate) received: HashMap<String, Vec<Arrival>>,
-    /// Payload -> when its latest PUBACK was written, and on which connection.
-    pub(crate) ack_written: HashMap<String, (f64, usize)>,
-    /// Arrivals of a payload whose PUBACK had been written before.
-    pub(crate) repeats: Vec<Repeat>,
-    /// Arrivals again of a payload whose PUBACK had not been written yet
-    /// (allowed: at-least-once).
-    pub(crate) redelivered_before_ack: usize,
+    pub(crate) common: Common,
     pub(crate) connections: Vec<ConnRecord>,
-    pub(crate) connected: bool,
-    /// Times a drop armed with `DropAfter` fired.
-    pub(crate) mid_stream_drops: usize,
     /// Moves whose new connection got its CONNACK.
     pub(crate) moves: usize,
     /// The nodes probes came from (before the run).
     pub(crate) probes_from: HashSet<usize>,
 }
 
-/// An arrival of a payload whose PUBACK had been written before.
-#[derive(Clone, Debug)]
-pub(crate) struct Repeat {
-    pub(crate) payload: String,
-    /// When the latest PUBACK before it was written, and on which connection.
-    pub(crate) acked_at: f64,
-    pub(crate) acked_on: usize,
-    /// When it came again, and on which connection.
-    pub(crate) again_at: f64,
-    pub(crate) again_on: usize,
-}
+impl SubRecord for SubLog {
+    fn common(&self) -> &Common {
+        &self.common
+    }
 
-impl SubLog {
-    pub(crate) fn connects(&self) -> usize {
-        self.connections.iter().filter(|c| c.connack.is_some()).count()
+    fn common_mut(&mut self) -> &mut Common {
+        &mut self.common
     }
 }
 
@@ -81,12 +66,7 @@ impl SubLog {
 // ---------------------------------------------------------------------------
 
 /// A subscriber task and how to reach it.
-pub(crate) struct Sub {
-    pub(crate) id: String,
-    pub(crate) log: Arc<Mutex<SubLog>>,
-    pub(crate) tx: mpsc::UnboundedSender<SubCmd>,
-    task: JoinHandle<()>,
-}
+pub(crate) type Sub = shared_clients::Sub<SubLog, SubCmd>;
 
 pub(crate) enum SubCmd {
     /// Drop the connection now (no DISCONNECT), reconnect after `down`;
@@ -110,55 +90,8 @@ pub(crate) enum SubCmd {
     Stop,
 }
 
-/// Starts a task for each subscriber and waits until every one has connected.
-pub(crate) async fn start_subscribers(
-    sub_ids: &[String],
-    world: &Arc<World>,
-    nodes: &watch::Receiver<NodeAddrs>,
-    seed: u64,
-) -> Vec<Sub> {
-    let mut subs = Vec::new();
-    for (i, id) in sub_ids.iter().enumerate() {
-        let log = Arc::new(Mutex::new(SubLog::default()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber {
-            id: id.clone(),
-            world: world.clone(),
-            nodes: nodes.clone(),
-            log: log.clone(),
-            cmds: rx,
-            rng: Rng::new(seed.wrapping_add(1000 + i as u64)),
-            drop_after: None,
-            reply: None,
-            move_reply: None,
-        };
-        let task = tokio::spawn(subscriber.run());
-        subs.push(Sub {
-            id: id.clone(),
-            log,
-            tx,
-            task,
-        });
-    }
-    let deadline = Instant::now() + TIMEOUT;
-    while subs.iter().any(|s| lock(&s.log).connects() == 0) {
-        assert!(Instant::now() < deadline, "the subscribers did not connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    subs
-}
-
-/// Tells every subscriber to stop and waits until each has.
-pub(crate) async fn stop_subscribers(subs: &mut [Sub]) {
-    for s in subs.iter() {
-        let _ = s.tx.send(SubCmd::Stop);
-    }
-    for s in subs.iter_mut() {
-        tokio::time::timeout(TIMEOUT, &mut s.task)
-            .await
-            .unwrap_or_else(|_| panic!("{} did not stop", s.id))
-            .expect("subscriber task");
-    }
+impl StopCmd for SubCmd {
+    const STOP: SubCmd = SubCmd::Stop;
 }
 
 /// The first poll of an event loop (TCP connect, CONNECT, CONNACK): in a
@@ -223,32 +156,43 @@ async fn poll_opt(c: &mut Option<Conn>) -> Result<Event, ConnectionError> {
     }
 }
 
-/// A persistent subscriber (clean session false, manual acks): acknowledges
-/// every PUBLISH as soon as it is polled, on the connection it came on. It
-/// subscribed once before the run; on reconnect it relies on its session,
-/// or subscribes again when told it has none.
-struct Subscriber {
-    id: String,
-    world: Arc<World>,
+/// A subscriber's own part: where it finds the nodes, how it chooses, and
+/// who waits for its next CONNACK.
+pub(crate) struct Moving {
     nodes: watch::Receiver<NodeAddrs>,
-    log: Arc<Mutex<SubLog>>,
-    cmds: mpsc::UnboundedReceiver<SubCmd>,
     /// Its choices of node.
     rng: Rng,
-    /// Armed by [`SubCmd::DropAfter`]: PUBLISHes to go, and how long to stay down then.
-    drop_after: Option<(u64, Duration)>,
     /// Gets the node of the next CONNACK.
     reply: Option<oneshot::Sender<usize>>,
     /// Gets the node of the CONNACK of the move under way.
     move_reply: Option<oneshot::Sender<Option<usize>>>,
 }
 
+impl Moving {
+    /// Subscriber `i`'s, its choices drawn from `seed`.
+    pub(crate) fn new(nodes: &watch::Receiver<NodeAddrs>, seed: u64, i: usize) -> Moving {
+        Moving {
+            nodes: nodes.clone(),
+            rng: Rng::new(seed.wrapping_add(1000 + i as u64)),
+            reply: None,
+            move_reply: None,
+        }
+    }
+}
+
+/// A persistent subscriber (clean session false, manual acks): acknowledges
+/// every PUBLISH as soon as it is polled, on the connection it came on. It
+/// subscribed once before the run; on reconnect it relies on its session,
+/// or subscribes again when told it has none. Started with
+/// [`shared_clients::start_subscribers`].
+pub(crate) type Subscriber = shared_clients::Subscriber<SubLog, SubCmd, Moving>;
+
 impl Subscriber {
-    async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         loop {
-            let r = self.rng.below(1 << 32);
+            let r = self.own.rng.below(1 << 32);
             let Some(cur) = self.open(None, r, false) else {
-                if !self.stay_down(RETRY_PAUSE).await {
+                if !self.stay_down(RETRY_PAUSE, Self::while_down).await {
                     return;
                 }
                 continue;
@@ -256,8 +200,8 @@ impl Subscriber {
             let Some(down) = self.connection(cur).await else {
                 return;
             };
-            lock(&self.log).connected = false;
-            if !self.stay_down(down).await {
+            lock(&self.log).common.connected = false;
+            if !self.stay_down(down, Self::while_down).await {
                 return;
             }
         }
@@ -266,7 +210,7 @@ impl Subscriber {
     /// Starts a connection to the node at draw `r` among those up (other
     /// than `exclude`).
     fn open(&mut self, exclude: Option<usize>, r: u64, by_move: bool) -> Option<Conn> {
-        let (node, addr) = pick(&self.nodes.borrow(), exclude, r)?;
+        let (node, addr) = pick(&self.own.nodes.borrow(), exclude, r)?;
         let mut opts = v4_options(addr, &self.id, false);
         opts.set_manual_acks(true);
         // Acks are queued with try_ack from the task that polls: room for all.
@@ -327,7 +271,7 @@ impl Subscriber {
             };
             match step {
                 Step::Cmd(Some(SubCmd::Drop { down, reply })) => {
-                    self.reply = reply.or(self.reply.take());
+                    self.own.reply = reply.or(self.own.reply.take());
                     self.world.note(format!(
                         "{}: connection {} (node-{}) dropped by the schedule, down {down:?}",
                         self.id, cur.no, cur.node
@@ -353,7 +297,7 @@ impl Subscriber {
                         "{}: moving: connection {} to node-{} while connection {} (node-{}) is open",
                         self.id, new.no, new.node, cur.no, cur.node
                     ));
-                    self.move_reply = Some(reply);
+                    self.own.move_reply = Some(reply);
                     old = Some(std::mem::replace(&mut cur, new));
                 }
                 Step::Cmd(Some(SubCmd::Stop) | None) => return None,
@@ -386,7 +330,7 @@ impl Subscriber {
             self.ended(o, why, false);
         }
         // A move whose connection never got its CONNACK.
-        if let Some(r) = self.move_reply.take() {
+        if let Some(r) = self.own.move_reply.take() {
             let _ = r.send(None);
         }
     }
@@ -407,7 +351,7 @@ impl Subscriber {
         let Some(o) = old.as_mut() else { return };
         match ev {
             Ok(Event::Incoming(Incoming::Publish(p))) => {
-                if let Some(payload) = self.record_arrival(&p, o.no) {
+                if let Some(payload) = self.record(&p, o.no) {
                     o.client.try_ack(&p).expect("queue PUBACK");
                     o.unwritten.insert(p.pkid, payload);
                 }
@@ -442,7 +386,7 @@ impl Subscriber {
                 self.on_connected(cur, ack.session_present, old.is_some());
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let payload = self.record_arrival(&p, cur.no)?;
+                let payload = self.record(&p, cur.no)?;
                 if let Some(down) = self.mid_stream_drop(&payload) {
                     return Some(down);
                 }
@@ -471,7 +415,8 @@ impl Subscriber {
         let now = self.world.now();
         let mut l = lock(&self.log);
         l.connections[cur.no - 1].connack = Some(now);
-        l.connected = true;
+        l.common.connects += 1;
+        l.common.connected = true;
         if l.connections[cur.no - 1].by_move {
             l.moves += 1;
         }
@@ -487,10 +432,10 @@ impl Subscriber {
                 ""
             }
         ));
-        if let Some(r) = self.reply.take() {
+        if let Some(r) = self.own.reply.take() {
             let _ = r.send(cur.node);
         }
-        if let Some(r) = self.move_reply.take() {
+        if let Some(r) = self.own.move_reply.take() {
             let _ = r.send(Some(cur.node));
         }
         if !session_present {
@@ -503,81 +448,44 @@ impl Subscriber {
     fn ack_written(&self, c: &mut Conn, pkid: u16) {
         if let Some(payload) = c.unwritten.remove(&pkid) {
             let now = self.world.now();
-            lock(&self.log).ack_written.insert(payload, (now, c.no));
+            lock(&self.log).common.ack_written.insert(payload, (now, c.no));
         }
     }
 
-    /// Records the arrival of `p` on connection `no` (a repeat when its
-    /// PUBACK was written before) and returns its payload; `None` for a
+    /// Records the arrival of `p` on connection `no` (see
+    /// [`Subscriber::record_arrival`]) and returns its payload; `None` for a
     /// probe (recorded apart, not acknowledged: QoS 0).
-    fn record_arrival(&self, p: &rumqttc::Publish, no: usize) -> Option<String> {
-        let payload = String::from_utf8_lossy(&p.payload).into_owned();
-        let mut l = lock(&self.log);
-        if let Some(from) = payload.strip_prefix("probe-") {
-            if let Some(n) = from.split('-').next().and_then(|n| n.parse().ok()) {
-                l.probes_from.insert(n);
+    fn record(&self, p: &rumqttc::Publish, no: usize) -> Option<String> {
+        // A probe's payload is `probe-<node>-<i>` (see `Rig::until_routed`);
+        // looked for in the bytes, so that a message is decoded only once.
+        if p.payload.starts_with(b"probe-") {
+            let payload = shared_clients::payload_text(p);
+            let from = payload.strip_prefix("probe-").and_then(|f| f.split('-').next());
+            if let Some(n) = from.and_then(|n| n.parse().ok()) {
+                lock(&self.log).probes_from.insert(n);
             }
             return None;
         }
-        let now = self.world.now();
-        if let Some(&(acked_at, acked_on)) = l.ack_written.get(&payload) {
-            l.repeats.push(Repeat {
-                payload: payload.clone(),
-                acked_at,
-                acked_on,
-                again_at: now,
-                again_on: no,
-            });
-        } else if l.received.contains_key(&payload) {
-            l.redelivered_before_ack += 1;
-        }
-        let arrival = Arrival {
-            at: now,
-            connection: no,
-            pkid: p.pkid,
-            dup: p.dup,
-        };
-        l.received.entry(payload.clone()).or_default().push(arrival);
-        Some(payload)
+        Some(self.record_arrival(p, no))
     }
 
-    /// Counts down an armed mid-stream drop: how long to stay down when it
-    /// fires on this PUBLISH (which is then not acknowledged).
-    fn mid_stream_drop(&mut self, payload: &str) -> Option<Duration> {
-        let (n, down) = self.drop_after?;
-        if n <= 1 {
-            self.drop_after = None;
-            lock(&self.log).mid_stream_drops += 1;
-            self.world.note(format!(
-                "{}: connection dropped mid-stream on receiving {payload} (not acknowledged), down {down:?}",
-                self.id
-            ));
-            return Some(down);
-        }
-        self.drop_after = Some((n - 1, down));
-        None
-    }
-
-    /// Stays disconnected for `down`, taking the commands that come
-    /// meanwhile: false when told to stop.
-    async fn stay_down(&mut self, down: Duration) -> bool {
-        let until = Instant::now() + down;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                cmd = self.cmds.recv() => match cmd {
-                    Some(SubCmd::Drop { reply, .. }) => {
-                        self.reply = reply.or(self.reply.take());
-                        self.world.note(format!("{}: drop skipped (not connected)", self.id));
-                    }
-                    Some(SubCmd::DropAfter { n, down }) => self.drop_after = Some((n, down)),
-                    Some(SubCmd::Move { reply, .. }) => {
-                        self.world.note(format!("{}: move skipped (not connected)", self.id));
-                        let _ = reply.send(None);
-                    }
-                    Some(SubCmd::Stop) | None => return false,
-                },
+    /// A command while disconnected (see [`Subscriber::stay_down`]): false
+    /// when told to stop.
+    fn while_down(&mut self, cmd: Option<SubCmd>) -> bool {
+        match cmd {
+            Some(SubCmd::Drop { reply, .. }) => {
+                self.own.reply = reply.or(self.own.reply.take());
+                self.world
+                    .note(format!("{}: drop skipped (not connected)", self.id));
             }
+            Some(SubCmd::DropAfter { n, down }) => self.drop_after = Some((n, down)),
+            Some(SubCmd::Move { reply, .. }) => {
+                self.world
+                    .note(format!("{}: move skipped (not connected)", self.id));
+                let _ = reply.send(None);
+            }
+            Some(SubCmd::Stop) | None => return false,
         }
+        true
     }
 }

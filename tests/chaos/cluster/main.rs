@@ -84,9 +84,11 @@
 //! [`rig`] (the database, the nodes, SIGKILLs and restarts), [`clients`]
 //! (the subscribers), [`publishers`], [`schedule`] (the kinds of fault and
 //! their rounds), [`drain`] (the end of the run), [`report`] and
-//! [`diagnosis`];
-//! [`world`] (randomness, settings, clock, timeline, the publishers'
-//! records) and [`logs`] are the single-node test's.
+//! [`diagnosis`]; [`world`] (randomness, settings, clock, timeline, the
+//! publishers' records and what every subscriber records), [`logs`],
+//! [`shared_clients`] (what the clients of both chaos tests have in common)
+//! and [`shared_run`] (the rounds of the schedule, and the drain) are shared
+//! with the single-node test (`tests/chaos/`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 #[path = "../../support/mod.rs"]
@@ -94,6 +96,10 @@ mod support;
 
 #[path = "../logs.rs"]
 mod logs;
+#[path = "../shared_clients.rs"]
+mod shared_clients;
+#[path = "../shared_run.rs"]
+mod shared_run;
 #[path = "../world.rs"]
 mod world;
 

@@ -7,17 +7,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::rig::{nodelay, pick, NodeAddrs};
-use crate::support::v4_options;
+use crate::rig::{pick, NodeAddrs};
+use crate::shared_clients::{connect_publisher, Messages};
 use crate::world::{lock, Rng, World};
-use crate::{
-    CONNECT_TIMEOUT, PUBACK_TIMEOUT, PUBLISHERS, PUBLISHER_STAY, PUBLISH_PAUSE, RETRY_PAUSE, TAKEOVER_LIMIT,
-};
+use crate::{PUBLISHERS, PUBLISHER_STAY, RETRY_PAUSE, TAKEOVER_LIMIT};
 
 /// What the publishers' connections did.
 #[derive(Default)]
@@ -58,19 +56,6 @@ pub(crate) fn start_publishers(
         .collect()
 }
 
-/// Tells the publishers to stop (each finishes the message in hand) and
-/// waits until each has.
-pub(crate) async fn stop_publishers(world: &World, publishers: Vec<JoinHandle<()>>) {
-    world.stop_publishing.store(true, Ordering::SeqCst);
-    for p in publishers {
-        tokio::time::timeout(PUBACK_TIMEOUT + 2 * CONNECT_TIMEOUT + Duration::from_secs(5), p)
-            .await
-            .expect("a publisher did not stop")
-            .expect("publisher task");
-    }
-    world.note("publishers stopped");
-}
-
 /// One connection of a publisher.
 struct PubConn {
     node: usize,
@@ -78,13 +63,11 @@ struct PubConn {
     events: EventLoop,
 }
 
-/// A publisher (clean session) on a node chosen at random: one QoS 1
-/// message at a time, counted as acknowledged only when its PUBACK arrived.
-/// A message without PUBACK is published again on a new connection as a new
-/// attempt (`-a<N>`), so a stored-but-unacknowledged attempt is never
-/// mistaken for a repeat. After [`PUBLISHER_STAY`] messages it goes to
-/// another node: half the time with a DISCONNECT first, half the time by
-/// connecting there while still connected here.
+/// A publisher (clean session) on a node chosen at random: [`Messages`] on
+/// a connection, a new connection after each message given up. After
+/// [`PUBLISHER_STAY`] messages it goes to another node: half the time with
+/// a DISCONNECT first, half the time by connecting there while still
+/// connected here.
 struct Publisher {
     id: String,
     k: usize,
@@ -100,8 +83,7 @@ impl Publisher {
     }
 
     async fn run(mut self) {
-        let mut seq: u64 = 0;
-        let mut attempt: u32 = 0;
+        let mut messages = Messages::new(self.k);
         let mut conn: Option<PubConn> = None;
         let mut last_node = None;
         while !self.stopping() {
@@ -124,30 +106,13 @@ impl Publisher {
                 if self.stopping() {
                     return;
                 }
-                let topic = format!("chaos/{}/{}", self.k, seq % 3);
-                let payload = format!("p{}-{seq:06}-a{attempt}", self.k);
-                self.world.attempts.fetch_add(1, Ordering::SeqCst);
-                c.client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                if !messages
+                    .publish(&self.world, &c.client, &mut c.events, Some(c.node))
                     .await
-                    .expect("queue PUBLISH");
-                let outcome = puback(&mut c.events).await;
-                let now = self.world.now();
-                if let Err(why) = outcome {
-                    let why = format!("node-{}: {why}", c.node);
-                    lock(&self.world.unacked).push((payload, now, why));
-                    attempt += 1;
+                {
                     failed = true;
                     break;
                 }
-                lock(&self.world.acked).insert(payload, now);
-                {
-                    let mut last = lock(&self.world.last_ack);
-                    *last = last.max(now);
-                }
-                seq += 1;
-                attempt = 0;
-                tokio::time::sleep(PUBLISH_PAUSE).await;
             }
             if failed {
                 continue;
@@ -165,16 +130,10 @@ impl Publisher {
     async fn connect(&self, exclude: Option<usize>, r: u64) -> Option<PubConn> {
         let picked = pick(&self.nodes.borrow(), exclude, r).or_else(|| pick(&self.nodes.borrow(), None, r));
         let (node, addr) = picked?;
-        let (client, mut events) = AsyncClient::new(v4_options(addr, &self.id, true), 16);
-        nodelay(&mut events);
-        match tokio::time::timeout(CONNECT_TIMEOUT, events.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success => {
-                lock(&self.log).connects += 1;
-                self.world.note(format!("{}: connected to node-{node}", self.id));
-                Some(PubConn { node, client, events })
-            }
-            _ => None,
-        }
+        let (client, events) = connect_publisher(addr, &self.id).await?;
+        lock(&self.log).connects += 1;
+        self.world.note(format!("{}: connected to node-{node}", self.id));
+        Some(PubConn { node, client, events })
     }
 
     /// Connects to another node while `old` is still connected: the cluster
@@ -233,22 +192,4 @@ async fn disconnect(mut c: PubConn) {
         }
     })
     .await;
-}
-
-/// Polls until the PUBACK of the PUBLISH just queued arrives, within
-/// [`PUBACK_TIMEOUT`]; else why not.
-async fn puback(events: &mut EventLoop) -> Result<(), String> {
-    tokio::time::timeout(PUBACK_TIMEOUT, async {
-        let mut pkid = None;
-        loop {
-            match events.poll().await {
-                Ok(Event::Outgoing(Outgoing::Publish(p))) if pkid.is_none() => pkid = Some(p),
-                Ok(Event::Incoming(Incoming::PubAck(a))) if Some(a.pkid) == pkid => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("connection ended: {e}")),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| Err(format!("no PUBACK within {PUBACK_TIMEOUT:?}")))
 }

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use crate::clients::{ConnRecord, Repeat, SubLog};
+use crate::clients::{ConnRecord, SubLog};
 use crate::drain::Ending;
 use crate::rig::{NodeKill, Rig};
-use crate::schedule::ScheduleRun;
-use crate::world::{lock, Arrival, Settings};
+use crate::shared_run::ScheduleRun;
+use crate::world::{lock, Arrival, Repeat, Settings};
 use crate::{AFTER_FINAL_MOVE, DOWN_MARGIN, NODE_TIMEOUT, SUBSCRIBERS, TAKEOVER_LIMIT};
 
 // ---------------------------------------------------------------------------
@@ -143,7 +143,8 @@ fn classify(
 
 /// The ids below `id` that first arrived after `t`.
 fn out_of_order(log: &SubLog, ids: &HashMap<String, i64>, id: i64, t: f64) -> Vec<i64> {
-    log.received
+    log.common
+        .received
         .iter()
         .filter(|(_, a)| a.first().is_some_and(|a| a.at > t))
         .filter_map(|(p, _)| ids.get(p).copied())
@@ -171,7 +172,7 @@ pub(crate) fn describe_conn(no: usize, c: &ConnRecord) -> String {
 /// subscriber had its CONNACK: (payload, arrival, that later connection).
 pub(crate) fn overlaps(log: &SubLog) -> Vec<(String, Arrival, usize)> {
     let mut out = Vec::new();
-    for (p, arrivals) in &log.received {
+    for (p, arrivals) in &log.common.received {
         for a in arrivals {
             let later = log.connections[a.connection..]
                 .iter()
@@ -297,9 +298,9 @@ async fn write_counts(
          end)",
         f.sub_drops,
         f.mid_stream_armed,
-        logs.iter().map(|l| l.mid_stream_drops).sum::<usize>(),
+        logs.iter().map(|l| l.common.mid_stream_drops).sum::<usize>(),
         f.moves,
-        end.final_moves.iter().flatten().count(),
+        end.last.moved_to.iter().flatten().count(),
     );
     let waits: Vec<f64> = conns
         .iter()
@@ -350,7 +351,7 @@ async fn write_counts(
         out,
         "stored: {stored} rows, newest id {}; positions after the drain {:?}; after the final move (to nodes \
          {:?}), received in {AFTER_FINAL_MOVE:?}: {:?}",
-        end.max_id, end.positions, end.final_moves, end.after_final_move
+        end.max_id, end.positions, end.last.moved_to, end.last.received
     );
     down_late
 }
@@ -459,7 +460,7 @@ fn write_subscribers(out: &mut String, rig: &Rig, end: &Ending) -> (Vec<Vec<Stri
     let mut late = Vec::new();
     for (sub, lost) in rig.subs.iter().zip(&end.lost_at_drain) {
         let l = lock(&sub.log);
-        let came_late = lost.iter().filter(|p| l.received.contains_key(*p)).count();
+        let came_late = lost.iter().filter(|p| l.common.received.contains_key(*p)).count();
         if came_late > 0 {
             late.push(format!("{}: {came_late}", sub.id));
         }
@@ -467,12 +468,16 @@ fn write_subscribers(out: &mut String, rig: &Rig, end: &Ending) -> (Vec<Vec<Stri
         total_overlaps += overlaps;
         let cols = [
             expected.len(),
-            l.received.len(),
+            l.common.received.len(),
             lost.len(),
-            l.repeats.len(),
-            l.redelivered_before_ack,
-            l.received.keys().filter(|p| !expected.contains_key(*p)).count(),
-            l.connects(),
+            l.common.repeats.len(),
+            l.common.redelivered_before_ack,
+            l.common
+                .received
+                .keys()
+                .filter(|p| !expected.contains_key(*p))
+                .count(),
+            l.common.connects,
             l.moves,
             overlaps,
         ];
@@ -507,7 +512,7 @@ fn write_repeats(
     for (i, sub) in rig.subs.iter().enumerate() {
         let l = lock(&sub.log);
         let mut causes: Vec<(RepeatKind, usize, String)> = Vec::new();
-        for r in &l.repeats {
+        for r in &l.common.repeats {
             let (kind, why) = classify(r, i, &l, ids, &rig.kills);
             if kind.is_violation() {
                 violating[i].push((r.clone(), format!("{kind:?}: {why}")));

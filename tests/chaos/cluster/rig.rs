@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{EventLoop, QoS};
+use rumqttc::QoS;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::clients::{self, Sub};
+use crate::clients::{Moving, Sub, Subscriber};
 use crate::publishers::PubLog;
+use crate::shared_clients::{start_subscribers, subscribe_before_the_run};
 use crate::support::pgsql::{pgsql_conf, sql_literal, wait_for_db, EMQX_DEFAULT_RULES, SESSION_RULE};
 use crate::support::{error_chain, v4_options, Broker, TestDb, V4Client, TIMEOUT};
 use crate::world::{lock, World};
@@ -32,14 +33,6 @@ pub(crate) fn pick(nodes: &NodeAddrs, exclude: Option<usize>, r: u64) -> Option<
         .filter(|(i, _)| Some(*i) != exclude)
         .collect();
     (!up.is_empty()).then(|| up[(r % up.len() as u64) as usize])
-}
-
-/// PUBACKs leave at once (no Nagle delay): a PUBACK reported as written is
-/// on its way, not held in the socket's send queue.
-pub(crate) fn nodelay(events: &mut EventLoop) {
-    let mut o = events.network_options();
-    o.set_tcp_nodelay(true);
-    events.set_network_options(o);
 }
 
 /// One SIGKILL of a node.
@@ -123,11 +116,22 @@ impl Rig {
         )
         .await;
         let sub_ids: Vec<String> = (0..SUBSCRIBERS).map(|i| format!("chaos-sub-{i}")).collect();
-        subscribe_before_the_run(&nodes, &pg, &sub_ids).await;
+        // Subscriber `i` subscribes on node `i`.
+        let at = sub_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (nodes[i % nodes.len()].addr, id));
+        subscribe_before_the_run(&pg, at).await;
 
         let world = Arc::new(World::start());
         let (nodes_tx, nodes_rx) = watch::channel(nodes.iter().map(|n| Some(n.addr)).collect());
-        let subs = clients::start_subscribers(&sub_ids, &world, &nodes_rx, seed).await;
+        let subs = start_subscribers(
+            &sub_ids,
+            &world,
+            |i| Moving::new(&nodes_rx, seed, i),
+            Subscriber::run,
+        )
+        .await;
         let rig = Rig {
             world,
             nodes,
@@ -268,29 +272,5 @@ impl Rig {
         self.nodes_tx.send_modify(|a| a[n] = Some(addr));
         self.kills[k].restarted = self.world.now();
         self.world.note(format!("node-{n}: restarted on {addr}"));
-    }
-}
-
-/// Every subscription exists before the first publish: each subscriber
-/// connects once with a persistent session (subscriber `i` to node `i`),
-/// subscribes to [`FILTER`] and disconnects, and the plugin has stored its
-/// subscription and position.
-async fn subscribe_before_the_run(nodes: &[Broker], pg: &tokio_postgres::Client, sub_ids: &[String]) {
-    for (i, id) in sub_ids.iter().enumerate() {
-        let (mut c, _) = V4Client::connect(v4_options(nodes[i % nodes.len()].addr, id, false)).await;
-        c.subscribe(FILTER, QoS::AtLeastOnce).await;
-        c.disconnect().await;
-        for table in ["mqtt_sub", "mqtt_acked"] {
-            wait_for_db(
-                pg,
-                &format!(
-                    "select count(*) from {table} where clientid = {} and topic = {}",
-                    sql_literal(id),
-                    sql_literal(FILTER)
-                ),
-                Some(1),
-            )
-            .await;
-        }
     }
 }

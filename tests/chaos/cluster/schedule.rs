@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::clients::SubCmd;
 use crate::rig::Rig;
+use crate::shared_run::{Rounds, ScheduleRun};
 use crate::world::Rng;
-use crate::{CONNECT_TIMEOUT, FAULT_PAUSE_MS, NODES, SUBSCRIBERS};
+use crate::{CONNECT_TIMEOUT, NODES, SUBSCRIBERS};
 
 /// The kinds of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,40 +48,13 @@ pub(crate) const ROUND: [Fault; 8] = [
     Fault::DropThenKill,
 ];
 
-/// How the schedule went.
-pub(crate) struct ScheduleRun {
-    /// Rounds begun.
-    pub(crate) rounds: usize,
-    /// When the last fault was over (seconds since `t0`).
-    pub(crate) faults_stopped: f64,
-}
-
-/// Faults, in rounds of every kind; the first round runs whole, later ones
-/// stop once `secs` have passed.
+/// Faults, in [`Rounds`] of every kind for `secs`.
 pub(crate) async fn run(rig: &mut Rig, rng: &mut Rng, secs: u64) -> ScheduleRun {
-    let fault_end = Instant::now() + Duration::from_secs(secs);
-    let mut rounds = 0;
-    'rounds: loop {
-        rounds += 1;
-        let mut order = ROUND.to_vec();
-        rng.shuffle(&mut order);
-        rig.world.note(format!("schedule: round {rounds}: {order:?}"));
-        for fault in order {
-            tokio::time::sleep(rng.ms(FAULT_PAUSE_MS.0, FAULT_PAUSE_MS.1)).await;
-            if rounds > 1 && Instant::now() >= fault_end {
-                break 'rounds;
-            }
-            inject(rig, fault, rng).await;
-        }
-        if Instant::now() >= fault_end {
-            break;
-        }
+    let mut rounds = Rounds::new(&ROUND, secs);
+    while let Some(fault) = rounds.next(&rig.world, rng).await {
+        inject(rig, fault, rng).await;
     }
-    rig.world.note("faults stop");
-    ScheduleRun {
-        rounds,
-        faults_stopped: rig.world.now(),
-    }
+    rounds.finish(&rig.world)
 }
 
 /// Tells subscriber `s` to move to another node (draw `r`); the node it
