@@ -464,3 +464,40 @@ async fn a_full_disk_holds_publishes_until_there_is_space_again() {
         .wait_for_log("storing messages again: PostgreSQL is back")
         .await;
 }
+
+/// Found by the chaos test: a broker that restarted while PostgreSQL was
+/// down gave a persistent client a new session (session present 0, no
+/// subscriptions), and the messages stored for it never reached it. The
+/// client is now refused (3.1.1 CONNACK 3, server unavailable) until its
+/// stored session can be read; then it resumes with what it missed.
+#[tokio::test]
+async fn a_stored_session_is_not_replaced_by_a_new_one_while_postgresql_is_down() {
+    let cluster = PgCluster::start().await;
+    cluster.create_db("mqtt").await;
+    let conf = cluster_conf(&cluster, SESSION_RULE);
+    let mut broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    let (mut sub, _) = V4Client::connect(v4_options(broker.addr, "kept-sub", false)).await;
+    sub.subscribe("kept/t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let (mut publisher, _) = V4Client::connect(v4_options(broker.addr, "kept-pub", true)).await;
+    publisher
+        .publish("kept/t", QoS::AtLeastOnce, false, "while away")
+        .await;
+    publisher.disconnect().await;
+
+    // The broker restarts while PostgreSQL is stopped.
+    cluster.stop(StopMode::Fast).await;
+    broker.restart().await;
+    let refused = support::auth::v4_refusal(v4_options(broker.addr, "kept-sub", false)).await;
+    assert_eq!(refused, rumqttc::ConnectReturnCode::ServiceUnavailable);
+    broker.wait_for_log("the stored session cannot be read now").await;
+
+    // PostgreSQL is back: the client resumes its session, message included.
+    cluster.start_again().await;
+    broker.wait_for_log("answers: connected").await;
+    let (mut sub, ack) = V4Client::connect(v4_options(broker.addr, "kept-sub", false)).await;
+    assert!(ack.session_present, "the stored session is resumed");
+    let m = sub.next_publish().await;
+    assert_eq!(text(&m), "while away");
+}

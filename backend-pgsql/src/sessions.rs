@@ -31,7 +31,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hooks_spec::{DisconnectReason, Flow, Hooks, QoS, SessionArgs, StoredSession, SubOpts, TopicFilter};
+use hooks_spec::{
+    DisconnectReason, Flow, Hooks, QoS, Registration, Restore, SessionArgs, StoredSession, SubOpts,
+    TopicFilter,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::{ToSql, Type};
 
@@ -462,21 +465,32 @@ fn full_filter(filter: &str, opts: &SubOpts) -> String {
 /// in step with the broker's sessions.
 pub(crate) fn register(store: &Arc<SessionStore>, hooks: &Hooks, node: &str) {
     let s = Arc::clone(store);
-    hooks
-        .session_restore
-        .add(NAME, 0, move |args: Arc<SessionArgs>, acc| {
+    hooks.session_restore.register(Registration {
+        owner: NAME.to_string(),
+        priority: 0,
+        timeout: None,
+        // The database did not answer in time: the client is refused and
+        // comes back, rather than given a new session (which would lose
+        // what the stored one is owed).
+        on_failure: Some(Arc::new(|_| Flow::Continue(Restore::Unavailable))),
+        filter: None,
+        callback: Arc::new(move |args: Arc<SessionArgs>, acc| {
             let s = Arc::clone(&s);
-            async move {
-                if acc.is_some() {
+            Box::pin(async move {
+                if acc != Restore::Nothing {
                     return Ok(Flow::Continue(acc));
                 }
                 if s.unavailable() {
-                    tracing::warn!(clientid = %args.client.clientid, "PostgreSQL is down: the stored session cannot be restored now (a new session)");
-                    return Ok(Flow::Continue(None));
+                    tracing::warn!(clientid = %args.client.clientid, "PostgreSQL is down: the stored session cannot be read now (the connection is refused; the client tries again)");
+                    return Ok(Flow::Continue(Restore::Unavailable));
                 }
-                Ok(Flow::Continue(s.restore(&args.client.clientid).await))
-            }
-        });
+                Ok(Flow::Continue(match s.restore(&args.client.clientid).await {
+                    Some(stored) => Restore::Kept(stored),
+                    None => Restore::Nothing,
+                }))
+            })
+        }),
+    });
     for (chain, fresh) in [(&hooks.session_created, true), (&hooks.session_resumed, false)] {
         let (s, node) = (Arc::clone(store), node.to_string());
         chain.add(NAME, 0, move |args: Arc<SessionArgs>, ()| {

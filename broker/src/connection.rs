@@ -18,7 +18,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use hooks_spec::{AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, ConnackArgs, ProtocolVersion};
+use hooks_spec::{
+    AuthArgs, AuthResult, ClientInfo, ConnInfo, ConnProperties, ConnackArgs, ProtocolVersion, Restore,
+    SessionArgs, SessionInfo,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -37,6 +40,7 @@ mod rc {
     pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
@@ -246,6 +250,24 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         return;
     }
 
+    // A session to resume that is not in memory (a broker restart, or the
+    // client came from another node): a plugin may have kept it.
+    let restored = if existing.is_none() && !client.clean_start && client.session_expiry > 0 {
+        match restore(&shared, &client).await {
+            Restore::Kept(stored) => Some(stored),
+            Restore::Nothing => None,
+            Restore::Unavailable => {
+                tracing::warn!(%peer, clientid = %clientid, "refused: the stored session cannot be read now (server unavailable)");
+                refuse_with_hook(&shared, &mut stream, &conn, rc::SERVER_UNAVAILABLE).await;
+                if let (Some(own), Some(gen)) = (shared.ownership.get(), claim) {
+                    own.release(&clientid, gen).await;
+                }
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let attach = Attach {
         stream,
         inbuf: buf,
@@ -255,6 +277,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         assigned_id,
         props,
         claim,
+        restored,
     };
     let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
         crate::session::start(&shared, attach);
@@ -290,6 +313,29 @@ async fn read_connect(stream: &mut Stream, buf: &mut BytesMut, max: usize) -> Re
             return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
+}
+
+/// The `session.restore` fold for `client`, before its session exists.
+async fn restore(shared: &Shared, client: &ClientInfo) -> Restore {
+    if shared.hooks.session_restore.is_empty() {
+        return Restore::Nothing;
+    }
+    let args = Arc::new(SessionArgs {
+        client: client.clone(),
+        session: SessionInfo {
+            clientid: Arc::clone(&client.clientid),
+            subscriptions: 0,
+            inflight: 0,
+            queued: 0,
+            created_at: std::time::SystemTime::now(),
+        },
+    });
+    shared
+        .hooks
+        .session_restore
+        .run_fold(args, Restore::Nothing)
+        .await
+        .into_inner()
 }
 
 /// Runs client.connack for a refusal, sends the CONNACK and closes.

@@ -87,4 +87,7 @@ pub struct Attach {
     /// In a cluster: the generation of the claim this connection was
     /// attached under (released when the session ends here).
     pub claim: Option<i64>,
+    /// The session a plugin kept, read before the connection was handed
+    /// over (used when the session is new here).
+    pub restored: Option<hooks_spec::StoredSession>,
 }

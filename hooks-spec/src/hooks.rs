@@ -163,7 +163,7 @@ pub struct Hooks {
     pub client_unsubscribe: Chain<ClientSubArgs, Vec<String>>,
     /// `session.restore`: fold over a stored session, for a connection that
     /// asked to resume a session the broker does not have in memory.
-    pub session_restore: Chain<SessionArgs, Option<StoredSession>>,
+    pub session_restore: Chain<SessionArgs, Restore>,
     /// `session.created`.
     pub session_created: Chain<SessionArgs, ()>,
     /// `session.subscribed`: after a subscription is in the router, before SUBACK.

@@ -176,6 +176,21 @@ pub struct StoredSession {
     pub subscriptions: Vec<TopicFilter>,
 }
 
+/// The accumulator of `session.restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Restore {
+    /// Nothing kept (or no plugin keeps sessions): a new session.
+    #[default]
+    Nothing,
+    /// The session as a plugin kept it.
+    Kept(StoredSession),
+    /// A plugin keeps sessions but cannot read them now (its database does
+    /// not answer): the broker refuses the connection (CONNACK 0x88, 3.1.1:
+    /// 3, server unavailable) and the client tries again later, instead of
+    /// a new session that would lose what the kept one is owed.
+    Unavailable,
+}
+
 /// MQTT 5 PUBLISH properties that travel with a message end to end.
 /// Topic alias and subscription identifiers are per hop and are not here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

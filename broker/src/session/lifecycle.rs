@@ -83,10 +83,9 @@ impl Session {
         self.expiry_secs = attach.client.session_expiry;
         self.shared.registry.update_client(self.uid, &self.client);
         // Not in memory (the broker restarted): a plugin may have kept it.
-        let restored = if fresh && !self.client.clean_start && self.expiry_secs > 0 {
-            self.stored_session().await
-        } else {
-            None
+        let restored = match attach.restored {
+            Some(stored) if fresh => self.stored_session(stored),
+            _ => None,
         };
         session_present |= restored.is_some();
         if !session_present {
@@ -200,16 +199,7 @@ impl Session {
 
     /// The session a plugin kept for this client (`session.restore`), if it
     /// belongs to the same user name: another user does not inherit it.
-    async fn stored_session(&mut self) -> Option<StoredSession> {
-        let hooks = Arc::clone(&self.shared.hooks);
-        if hooks.session_restore.is_empty() {
-            return None;
-        }
-        let stored = hooks
-            .session_restore
-            .run_fold(self.session_args(), None)
-            .await
-            .into_inner()?;
+    fn stored_session(&self, stored: StoredSession) -> Option<StoredSession> {
         if stored.username != self.client.username {
             tracing::info!(clientid = %self.client.clientid, previous = ?stored.username, username = ?self.client.username,
                 "stored session of another user name: starting clean");
