@@ -498,6 +498,36 @@ async fn a_persistent_session_moves_to_another_node_with_everything_it_missed() 
     moved.expect_no_publish(Duration::from_millis(500)).await;
 }
 
+/// Found by the cluster chaos test: messages a client acknowledged above
+/// its read position (one below them still in flight) were known only to
+/// the node that received the acknowledgements, so the node the session
+/// moved to delivered them again.
+#[tokio::test]
+async fn a_session_that_moves_is_not_sent_again_what_it_acknowledged_above_a_message_in_flight() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    let mut opts = v4_options(cluster[0].addr, "gapper", false);
+    opts.set_manual_acks(true);
+    let (mut c, _) = V4Client::connect(opts).await;
+    c.subscribe("gap/t", QoS::AtLeastOnce).await;
+    publish_all(cluster[0].addr, "pub-a", "gap/t", &numbered(0..3)).await;
+    ack_all_but_the_first_of_three(&mut c).await;
+    wait_for_acked_above(&pg, "gapper", "gap/t", 2).await;
+
+    let mut opts = v4_options(cluster[1].addr, "gapper", false);
+    opts.set_manual_acks(true);
+    let (mut moved, ack) = V4Client::connect(opts).await;
+    assert!(ack.session_present);
+    c.expect_disconnected().await;
+    let p = moved.next_publish().await;
+    assert_eq!(text(&p), "m0", "the one in flight comes again");
+    ack_now(&mut moved, &p).await;
+    moved.expect_no_publish(Duration::from_millis(500)).await;
+    let ids = stored_ids(&pg, "gap/t").await;
+    wait_for_position(&pg, "gapper", "gap/t", ids[2]).await;
+}
+
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }

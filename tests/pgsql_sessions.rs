@@ -118,6 +118,34 @@ async fn a_311_session_survives_a_crash_with_a_message_in_flight() {
 
 /// MQTT 5, session expiry 3600: the subscription's options come back with
 /// it (subscription identifier, no local).
+/// What a client acknowledged above a message still in flight is recorded
+/// with its position: a broker SIGKILLed and started again sends the one in
+/// flight, not those.
+#[tokio::test]
+async fn a_crash_does_not_resend_what_was_acknowledged_above_a_message_in_flight() {
+    let db = TestDb::create().await;
+    let mut broker = session_broker(&db).await;
+    let pg = db.client().await;
+    let mut opts = persistent(broker.addr, "gap-crash");
+    opts.set_manual_acks(true);
+    let (mut c, _) = V4Client::connect(opts).await;
+    c.subscribe("gap/c", QoS::AtLeastOnce).await;
+    publish_all(broker.addr, "pub", "gap/c", &numbered(0..3)).await;
+    ack_all_but_the_first_of_three(&mut c).await;
+    wait_for_acked_above(&pg, "gap-crash", "gap/c", 2).await;
+
+    broker.kill().await;
+    broker.restart().await;
+    let mut opts = persistent(broker.addr, "gap-crash");
+    opts.set_manual_acks(true);
+    let (mut back, ack) = V4Client::connect(opts).await;
+    assert!(ack.session_present);
+    let p = back.next_publish().await;
+    assert_eq!(text(&p), "m0");
+    ack_now(&mut back, &p).await;
+    back.expect_no_publish(Duration::from_millis(500)).await;
+}
+
 #[tokio::test]
 async fn an_mqtt5_session_comes_back_with_its_subscription_options() {
     let db = TestDb::create().await;

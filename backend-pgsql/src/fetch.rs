@@ -127,13 +127,15 @@ impl Fetcher {
         }
         let key: TrackKey = (clientid.to_string(), filter.to_string());
         // Not before the migrations ran (the database answered since startup).
-        self.schema.ready(&self.pool.name)?;
+        let schema = self.schema.ready(&self.pool.name)?;
         let conn = self.pool.get().await?;
+        let read_position = if schema.acked_above {
+            "SELECT mid::int8, acked_above FROM mqtt_acked WHERE clientid = $1 AND topic = $2"
+        } else {
+            "SELECT mid::int8, NULL::int8[] FROM mqtt_acked WHERE clientid = $1 AND topic = $2"
+        };
         let existing = conn
-            .query_typed_opt(
-                "SELECT mid::int8 FROM mqtt_acked WHERE clientid = $1 AND topic = $2",
-                &[(&clientid, Type::TEXT), (&filter, Type::TEXT)],
-            )
+            .query_typed_opt(read_position, &[(&clientid, Type::TEXT), (&filter, Type::TEXT)])
             .await
             .map_err(PgsqlError::query("read position (mqtt_acked)"))?;
         match existing {
@@ -158,9 +160,9 @@ impl Fetcher {
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
                 let position: i64 = row.get(0);
-                let (from, epoch) = self
-                    .tracks
-                    .start(key.clone(), position, i32::from(qos.as_u8()), opts);
+                let (from, epoch) =
+                    self.tracks
+                        .start(key.clone(), position, &[], i32::from(qos.as_u8()), opts);
                 if late {
                     // What the client acknowledged meanwhile is recorded, and
                     // what was stored since the SUBSCRIBE (held by the session)
@@ -178,9 +180,17 @@ impl Fetcher {
                 Ok(())
             }
             Some(row) => {
-                let (from, epoch) = self
-                    .tracks
-                    .start(key.clone(), row.get(0), i32::from(qos.as_u8()), opts);
+                let position: i64 = row.try_get(0).map_err(PgsqlError::query("mqtt_acked.mid"))?;
+                let acked_above: Option<Vec<i64>> = row
+                    .try_get(1)
+                    .map_err(PgsqlError::query("mqtt_acked.acked_above"))?;
+                let (from, epoch) = self.tracks.start(
+                    key.clone(),
+                    position,
+                    acked_above.as_deref().unwrap_or_default(),
+                    i32::from(qos.as_u8()),
+                    opts,
+                );
                 // Acknowledgements collected while it was unregistered.
                 let _ = self.dirty.send(key.clone());
                 drop(conn);

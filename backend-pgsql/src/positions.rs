@@ -242,16 +242,26 @@ impl Tracks {
     }
 
     /// Starts (or restarts, on a re-subscribe) tracking. The position never
-    /// goes back below what this node already knew; returns the position to
+    /// goes back below what this node already knew, and what the database
+    /// records as acknowledged above it (`db_acked`: by this client, on
+    /// whichever node) joins what this node knew; returns the position to
     /// fetch from and the subscription's epoch (any paging of an earlier
     /// subscription on this key is abandoned).
-    pub fn start(&self, key: TrackKey, db_position: i64, qos: i32, opts: FetchOpts) -> (i64, u64) {
+    pub fn start(
+        &self,
+        key: TrackKey,
+        db_position: i64,
+        db_acked: &[i64],
+        qos: i32,
+        opts: FetchOpts,
+    ) -> (i64, u64) {
         let mut map = self.lock();
         let t = map.entry(key);
         t.opts = opts;
         t.position = t.position.max(db_position);
         let p = t.position;
         t.delivered.retain(|&id| id > p);
+        t.acked.extend(db_acked.iter().copied());
         t.acked.retain(|&id| id > p);
         t.qos = qos;
         t.active = true;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/V2__message_properties.sql"),
     ),
     (3, "sessions", include_str!("../../sql/V3__sessions.sql")),
+    (4, "acked_above", include_str!("../../sql/V4__acked_above.sql")),
 ];
 
 /// The columns V2 adds to `mqtt_msg` and `mqtt_retain` for MQTT 5 message
@@ -55,6 +56,10 @@ pub struct SchemaInfo {
     /// `mqtt_sub.session` exists (schema V3): rows of persistent sessions are
     /// told apart from EMQX's provisioned ones.
     pub sub_session: bool,
+    /// `mqtt_acked.acked_above` exists (schema V4): what a client acknowledged
+    /// above its position is recorded, so a session that moves to another
+    /// node (or a restarted broker) does not deliver it again.
+    pub acked_above: bool,
 }
 
 /// The schema of one pool's database, once known. A broker that starts
@@ -151,13 +156,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, Pg
 /// What the tables hold is checked, not what `postbox_schema_version` says:
 /// tables dropped and made again by hand keep the recorded version.
 pub async fn detect(client: &tokio_postgres::Client) -> Result<SchemaInfo, PgsqlError> {
-    let mut wanted = vec!["payload", "session"];
+    let mut wanted = vec!["payload", "session", "acked_above"];
     wanted.extend(PROPERTY_COLUMNS);
     let rows = client
         .query_typed(
             "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
              WHERE table_schema = current_schema() AND column_name::text = ANY($1)
-               AND table_name IN ('mqtt_msg', 'mqtt_retain', 'mqtt_sub')",
+               AND table_name IN ('mqtt_msg', 'mqtt_retain', 'mqtt_sub', 'mqtt_acked')",
             &[(&wanted, Type::TEXT_ARRAY)],
         )
         .await
@@ -191,6 +196,9 @@ fn info_from_columns(columns: &[(String, String, String)]) -> SchemaInfo {
         message_properties: has_properties("mqtt_msg"),
         retain_properties: has_properties("mqtt_retain"),
         sub_session: columns.iter().any(|(t, c, _)| t == "mqtt_sub" && c == "session"),
+        acked_above: columns
+            .iter()
+            .any(|(t, c, _)| t == "mqtt_acked" && c == "acked_above"),
     }
 }
 

@@ -158,6 +158,33 @@ pub async fn ack_now(c: &mut V4Client, p: &rumqttc::Publish) {
     .await
 }
 
+/// Waits until `mqtt_acked.acked_above` of (`clientid`, `filter`) holds
+/// `n` ids: acknowledgements above the read position are recorded.
+pub async fn wait_for_acked_above(client: &tokio_postgres::Client, clientid: &str, filter: &str, n: i64) {
+    wait_for_db(
+        client,
+        &format!(
+            "select coalesce(cardinality(acked_above), 0)::int8 from mqtt_acked where clientid = {} and topic = {}",
+            sql_literal(clientid),
+            sql_literal(filter)
+        ),
+        Some(n),
+    )
+    .await
+}
+
+/// Receives m0, m1 and m2 on `c` (manual acks) and acknowledges m1 and m2
+/// only: m0 stays in flight and holds the read position below the others.
+pub async fn ack_all_but_the_first_of_three(c: &mut V4Client) {
+    for i in 0..3 {
+        let p = c.next_publish().await;
+        assert_eq!(text(&p), format!("m{i}"));
+        if i > 0 {
+            ack_now(c, &p).await;
+        }
+    }
+}
+
 /// Connects a 3.1.1 client (clean session) and publishes `payloads` to
 /// `topic` at QoS 1, each acknowledged before the next.
 pub async fn publish_all(addr: std::net::SocketAddr, id: &str, topic: &str, payloads: &[String]) {

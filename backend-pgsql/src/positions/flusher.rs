@@ -255,7 +255,8 @@ async fn advance(
     schema: &SchemaCell,
     round: &[(TrackKey, Candidate)],
 ) -> Result<Vec<(i64, Option<i64>)>, PgsqlError> {
-    let expiry = schema.ready(&pool.name)?.message_properties;
+    let info = schema.ready(&pool.name)?;
+    let expiry = info.message_properties;
     let conn = pool.get().await?;
     let client: &tokio_postgres::Client = &conn;
     let reads: Vec<(String, String)> = round
@@ -318,18 +319,40 @@ async fn advance(
     let clientids: Vec<&str> = round.iter().map(|((clientid, _), _)| clientid.as_str()).collect();
     let filters: Vec<&str> = round.iter().map(|((_, filter), _)| filter.as_str()).collect();
     let mids: Vec<i64> = computed.iter().map(|(position, _)| *position).collect();
+    // What was acknowledged above each new position, as an array literal per
+    // subscription (one bind parameter for all of them; NULL: nothing).
+    let above: Vec<Option<String>> = round
+        .iter()
+        .zip(&computed)
+        .map(|((_, c), (position, _))| acked_above_literal(&c.acked, *position))
+        .collect();
+    let update = if info.acked_above {
+        // Merged with what is recorded, not replaced: a write from a node the
+        // session left, retried late, must not erase what the node it moved
+        // to recorded (every id in either was acknowledged by the client).
+        "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid),
+                acked_above = (SELECT array_agg(DISTINCT x ORDER BY x)
+                               FROM unnest(a.acked_above || u.above::int8[]) AS x
+                               WHERE x > GREATEST(a.mid, u.mid))
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
+         WHERE a.clientid = u.clientid AND a.topic = u.topic
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
+    } else {
+        "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid)
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
+         WHERE a.clientid = u.clientid AND a.topic = u.topic
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
+    };
     let rows = client
         .query_typed(
             // UPDATE only: the row exists since the first subscription; an
             // unsubscribe that deleted it meanwhile must not see it come back.
-            "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid)
-             FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(clientid, topic, mid)
-             WHERE a.clientid = u.clientid AND a.topic = u.topic
-             RETURNING a.clientid::text, a.topic::text, a.mid::int8",
+            update,
             &[
                 (&clientids, Type::TEXT_ARRAY),
                 (&filters, Type::TEXT_ARRAY),
                 (&mids, Type::INT8_ARRAY),
+                (&above, Type::TEXT_ARRAY),
             ],
         )
         .await
@@ -356,6 +379,18 @@ async fn advance(
             (mid, gap)
         })
         .collect())
+}
+
+/// `acked` (ascending) above `position` as a PostgreSQL array literal
+/// (`{12,13}`), or `None` when there is none.
+pub(super) fn acked_above_literal(acked: &[i64], position: i64) -> Option<String> {
+    let start = acked.partition_point(|&id| id <= position);
+    let above = &acked[start..];
+    if above.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = above.iter().map(i64::to_string).collect();
+    Some(format!("{{{}}}", ids.join(",")))
 }
 
 /// The first id of `matching` (ascending) that is not in `acked` (ascending).

@@ -1,6 +1,6 @@
 //! Unit tests of the position bookkeeping.
 
-use super::flusher::first_gap;
+use super::flusher::{acked_above_literal, first_gap};
 use super::*;
 
 #[test]
@@ -18,9 +18,9 @@ fn key() -> TrackKey {
 #[test]
 fn positions_never_go_back_on_restart() {
     let t = Tracks::default();
-    assert_eq!(t.start(key(), 10, 1, FetchOpts::default()).0, 10);
+    assert_eq!(t.start(key(), 10, &[], 1, FetchOpts::default()).0, 10);
     assert_eq!(
-        t.start(key(), 4, 1, FetchOpts::default()).0,
+        t.start(key(), 4, &[], 1, FetchOpts::default()).0,
         10,
         "a stale database position does not move it back"
     );
@@ -29,8 +29,8 @@ fn positions_never_go_back_on_restart() {
 #[test]
 fn acks_are_tracked_per_matching_subscription() {
     let t = Tracks::default();
-    t.start(key(), 10, 1, FetchOpts::default());
-    t.start(("c".into(), "b".into()), 0, 1, FetchOpts::default());
+    t.start(key(), 10, &[], 1, FetchOpts::default());
+    t.start(("c".into(), "b".into()), 0, &[], 1, FetchOpts::default());
     t.delivered("c", "a/x", 12);
     assert_eq!(t.acked("c", "a/x", 12), vec![key()]);
     assert!(
@@ -44,7 +44,7 @@ fn acks_are_tracked_per_matching_subscription() {
 #[test]
 fn a_gap_not_in_flight_asks_for_a_page_and_an_in_flight_one_does_not() {
     let t = Tracks::default();
-    t.start(key(), 10, 1, FetchOpts::default());
+    t.start(key(), 10, &[], 1, FetchOpts::default());
     t.delivered("c", "a/x", 11);
     t.acked("c", "a/x", 12);
     assert_eq!(t.advanced(&key(), 10, Some(11)), None, "11 is on its way");
@@ -64,8 +64,8 @@ fn a_gap_not_in_flight_asks_for_a_page_and_an_in_flight_one_does_not() {
 #[test]
 fn acks_above_the_position_outlive_the_session() {
     let t = Tracks::default();
-    t.start(key(), 10, 1, FetchOpts::default());
-    t.start(("c".into(), "b".into()), 3, 1, FetchOpts::default());
+    t.start(key(), 10, &[], 1, FetchOpts::default());
+    t.start(("c".into(), "b".into()), 3, &[], 1, FetchOpts::default());
     t.delivered("c", "a/x", 11);
     t.delivered("c", "a/x", 12);
     t.acked("c", "a/x", 12);
@@ -76,7 +76,7 @@ fn acks_above_the_position_outlive_the_session() {
         "nothing to remember"
     );
     assert_eq!(t.advanced(&key(), 10, Some(11)), None, "no session to page to");
-    assert_eq!(t.start(key(), 10, 1, FetchOpts::default()).0, 10);
+    assert_eq!(t.start(key(), 10, &[], 1, FetchOpts::default()).0, 10);
     assert_eq!(
         t.acked_within(&key(), 11, 20),
         HashSet::from([12]),
@@ -105,7 +105,7 @@ fn the_next_page_is_read_while_the_previous_one_is_delivered() {
     let t = Tracks::default();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _ = t.pages.set(tx);
-    let (from, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    let (from, epoch) = t.start(key(), 0, &[], 1, FetchOpts::default());
     assert_eq!(from, 0);
     t.begin_read(&key(), epoch);
     assert_eq!(
@@ -133,7 +133,7 @@ fn the_next_page_is_read_while_the_previous_one_is_delivered() {
 #[test]
 fn no_page_is_read_while_another_is_on_its_way_to_the_session() {
     let t = Tracks::default();
-    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, epoch) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), epoch);
     assert_eq!(read_page(&t, epoch, &[1], Some(1)), due(1, epoch));
     // Page 2 is read but not yet handed over when page 1 completes: no read
@@ -152,9 +152,9 @@ fn no_page_is_read_while_another_is_on_its_way_to_the_session() {
 #[test]
 fn pages_of_an_earlier_subscription_are_dropped() {
     let t = Tracks::default();
-    let (_, old) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, old) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), old);
-    let (_, new) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, new) = t.start(key(), 0, &[], 1, FetchOpts::default());
     assert_ne!(old, new);
     assert_eq!(
         t.settings(&key(), old),
@@ -168,7 +168,7 @@ fn pages_of_an_earlier_subscription_are_dropped() {
 #[test]
 fn a_page_acknowledged_before_it_was_read_does_not_hold_the_next() {
     let t = Tracks::default();
-    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, epoch) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), epoch);
     assert_eq!(read_page(&t, epoch, &[1, 2], Some(2)), due(2, epoch));
     t.acked("c", "a/x", 3);
@@ -185,7 +185,7 @@ fn a_page_acknowledged_before_it_was_read_does_not_hold_the_next() {
 #[test]
 fn the_position_passing_a_page_retires_it() {
     let t = Tracks::default();
-    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, epoch) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), epoch);
     assert_eq!(read_page(&t, epoch, &[1, 2], Some(2)), due(2, epoch));
     assert_eq!(read_page(&t, epoch, &[3, 4], Some(4)), None);
@@ -198,16 +198,16 @@ fn the_position_passing_a_page_retires_it() {
 #[test]
 fn a_page_read_for_an_ended_or_replaced_subscription_is_not_handed_over() {
     let t = Tracks::default();
-    let (_, epoch) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, epoch) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), epoch);
     t.forget_client("c");
     assert!(
         t.page_read(&key(), epoch, &[1], Some(1), 1).is_none(),
         "the session ended"
     );
-    let (_, old) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, old) = t.start(key(), 0, &[], 1, FetchOpts::default());
     t.begin_read(&key(), old);
-    let (_, new) = t.start(key(), 0, 1, FetchOpts::default());
+    let (_, new) = t.start(key(), 0, &[], 1, FetchOpts::default());
     assert!(
         t.page_read(&key(), old, &[1], Some(1), 1).is_none(),
         "subscribed again"
@@ -236,7 +236,7 @@ fn acknowledgements_before_registration_are_kept_and_written_after_it() {
         t.dropped("c", "a/x", 4).is_empty(),
         "no replay before it is known"
     );
-    t.start(key(), 2, 1, FetchOpts::default());
+    t.start(key(), 2, &[], 1, FetchOpts::default());
     let c = t.candidate(&key()).expect("written once registered");
     assert_eq!((c.from, c.high, c.acked), (2, 3, vec![3]));
 }
@@ -244,7 +244,7 @@ fn acknowledgements_before_registration_are_kept_and_written_after_it() {
 #[test]
 fn a_dropped_message_makes_the_store_read_again_until_a_read_covers_it() {
     let t = Tracks::default();
-    let (_, epoch) = t.start(key(), 5, 1, FetchOpts::default());
+    let (_, epoch) = t.start(key(), 5, &[], 1, FetchOpts::default());
     // Nothing paging: a drop of id 9 asks for a read after what was read (the position).
     assert_eq!(
         t.dropped("c", "a/x", 9),
@@ -267,4 +267,27 @@ fn a_dropped_message_makes_the_store_read_again_until_a_read_covers_it() {
         t.dropped("c", "a/x", 5).is_empty(),
         "at or below the position: nothing to read"
     );
+}
+
+#[test]
+fn what_the_database_records_as_acknowledged_above_the_position_is_not_paged_again() {
+    let t = Tracks::default();
+    // Another node recorded position 10 with 12 and 13 acknowledged above it
+    // (11 was still in flight when the session moved).
+    let (from, _) = t.start(key(), 10, &[9, 12, 13], 1, FetchOpts::default());
+    assert_eq!(from, 10);
+    assert_eq!(
+        t.acked_within(&key(), 11, 20),
+        [12, 13].into_iter().collect(),
+        "left out of the replay; 9 is below the position and dropped"
+    );
+    let c = t.candidate(&key()).unwrap();
+    assert_eq!((c.from, c.high, c.acked), (10, 13, vec![12, 13]));
+}
+
+#[test]
+fn acknowledgements_above_the_position_are_written_as_an_array() {
+    assert_eq!(acked_above_literal(&[3, 5, 8], 8), None);
+    assert_eq!(acked_above_literal(&[3, 5, 8], 4).as_deref(), Some("{5,8}"));
+    assert_eq!(acked_above_literal(&[], 0), None);
 }

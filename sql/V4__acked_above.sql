@@ -1,0 +1,11 @@
+-- Postbox schema, version 4: what a client acknowledged above its read
+-- position. Idempotent, like the others.
+--
+-- `mqtt_acked.mid` only moves over a contiguous range: a message still in
+-- flight below messages the client already acknowledged holds it back (a
+-- live message acknowledged during the replay of a backlog, say). Those
+-- acknowledged ids were kept only in the memory of the node that received
+-- the acknowledgements, so a session that moved to another node (or a
+-- broker that restarted) delivered them again. They are kept here, sorted,
+-- all above `mid` (NULL or empty: none), and left out of the next replay.
+ALTER TABLE mqtt_acked ADD COLUMN IF NOT EXISTS acked_above bigint[];
