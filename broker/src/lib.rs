@@ -33,6 +33,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod handle;
+pub mod http;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;

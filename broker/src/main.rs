@@ -111,6 +111,9 @@ async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>, mut hangup: Hangup) 
     if let Some(addr) = server.cluster_addr() {
         println!("cluster listening on {addr}");
     }
+    if let Some(addr) = server.http_addr() {
+        println!("http listening on {addr}");
+    }
     tracing::info!(addrs = ?server.local_addrs(), "postbox started");
     let stop = wait_for_signal();
     tokio::pin!(stop);

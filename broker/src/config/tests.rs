@@ -42,6 +42,7 @@ fn defaults() -> Config {
         shutdown_timeout: Duration::from_secs(10),
         sys_interval: Some(Duration::from_secs(60)),
         cluster: None,
+        management: None,
     }
 }
 
@@ -122,6 +123,7 @@ fn every_key() {
             shutdown_timeout: Duration::ZERO,
             sys_interval: Some(Duration::from_millis(250)),
             cluster: None,
+            management: None,
         }
     );
 }
