@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod delivery;
 pub mod handle;
 pub mod http;
