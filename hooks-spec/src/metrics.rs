@@ -282,8 +282,8 @@ impl MetricsRegistry {
             });
             return Ok(metric);
         };
-        let same_kind = family.members.first().map_or(true, |(_, m)| m.same_kind(&metric));
-        if family.help != help || !same_kind {
+        let other_kind = family.members.first().is_some_and(|(_, m)| !m.same_kind(&metric));
+        if family.help != help || other_kind {
             return Err(MetricsError::Conflict(name.to_string()));
         }
         if let Some((_, existing)) = family.members.iter().find(|(l, _)| *l == labels) {

@@ -267,7 +267,7 @@ pub async fn subscriptions(State(state): State<super::super::State>, Query(param
             let node = node.clone();
             v.subscriptions
                 .iter()
-                .filter(|(f, o)| topic.map_or(true, |t| t == f) && qos.map_or(true, |q| q == o.qos as u8))
+                .filter(|(f, o)| topic.is_none_or(|t| t == f) && qos.is_none_or(|q| q == o.qos as u8))
                 .map(move |(f, o)| subscription_json(&node, &clientid, f, o))
                 .collect::<Vec<_>>()
         })
