@@ -50,11 +50,18 @@ async fn missing_config_file_is_named() {
 
 #[tokio::test]
 async fn shipped_configs_start_the_broker_with_the_backend() {
-    // The shipped etc/ files, unchanged but for the database name.
+    // The shipped etc/ files, unchanged but for the database name and the
+    // HTTP listener's port (8081 may be taken on a test machine).
     let db = TestDb::create().await;
     let dir = temp_dir("shipped");
     let etc = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc");
-    std::fs::copy(format!("{etc}/postbox.conf"), dir.join("postbox.conf")).unwrap();
+    let shipped = std::fs::read_to_string(format!("{etc}/postbox.conf")).unwrap();
+    assert!(shipped.contains("\nmanagement.listener.http = 127.0.0.1:8081\n"));
+    let shipped = shipped.replace(
+        "\nmanagement.listener.http = 127.0.0.1:8081\n",
+        "\nmanagement.listener.http = 127.0.0.1:0\n",
+    );
+    std::fs::write(dir.join("postbox.conf"), shipped).unwrap();
     let backend = std::fs::read_to_string(format!("{etc}/backend_pgsql.conf")).unwrap();
     let backend = backend.replace(
         "backend.pgsql.pool1.database = mqtt",

@@ -57,6 +57,8 @@ pub struct Fetcher {
     pub tracks: Arc<Tracks>,
     /// Subscriptions whose position must be recomputed.
     pub dirty: mpsc::UnboundedSender<TrackKey>,
+    /// Pages and messages replayed, the offline backlog.
+    pub metrics: crate::metrics::ReplayMetrics,
 }
 
 impl Fetcher {
@@ -319,6 +321,8 @@ impl Fetcher {
                 let _ = self.dirty.send(k);
             }
         }
+        self.metrics.pages.inc();
+        self.metrics.messages.add(deliveries.len() as u64);
         // Err: the client left; its next subscription starts again from the position.
         let handed = self
             .handle

@@ -43,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod functions;
+pub mod metrics;
 pub mod pool;
 pub mod positions;
 pub mod retention;
@@ -106,6 +107,8 @@ pub struct BackendPgsql {
 
 struct Running {
     tasks: Vec<JoinHandle<()>>,
+    /// The pools in use, for the health check.
+    pools: Vec<NamedPool>,
     /// The position flusher's last round, run at stop.
     drain: Option<positions::DrainHandle>,
 }
@@ -191,8 +194,28 @@ impl Plugin for BackendPgsql {
         };
         register::all(&engine, &ctx.hooks);
         let drain = engine.drain.clone();
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks, drain });
+        let pools = engine.pools.values().map(|p| p.pool.clone()).collect();
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks, pools, drain });
         Ok(())
+    }
+
+    /// Healthy when every PostgreSQL server a rule uses answers `SELECT 1`.
+    async fn health(&self) -> Result<(), String> {
+        let pools: Vec<NamedPool> = match &*self.running.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(r) => r.pools.clone(),
+            None => return Err("not started".to_string()),
+        };
+        let checks = pools.iter().map(metrics::pool_answers);
+        let failed: Vec<String> = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 
     async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError> {
@@ -253,14 +276,19 @@ async fn start_engine(
                     Action::Function(Function::OnMessagePublish | Function::OnMessageStore)
                 )
         });
-        let writer = stores.then(|| {
-            Writer::spawn(
-                np.clone(),
-                schema.clone(),
-                cfg.batch_size,
-                Arc::clone(&stats.store),
-            )
-        });
+        let writer = match stores {
+            true => {
+                let m = metrics::WriterMetrics::register(&ctx.metrics, &name).map_err(|e| e.to_string())?;
+                Some(Writer::spawn_with_metrics(
+                    np.clone(),
+                    schema.clone(),
+                    cfg.batch_size,
+                    Arc::clone(&stats.store),
+                    m,
+                ))
+            }
+            false => None,
+        };
         if stores {
             if let Some(retention) = cfg.msg_retention {
                 tasks.push(tokio::spawn(retention::run(np.clone(), retention)));
@@ -340,7 +368,13 @@ async fn start_engine(
             pages_tx,
         );
         drain = Some(drain_handle);
+        let replay = metrics::ReplayMetrics::register(&ctx.metrics, &pool_name).map_err(|e| e.to_string())?;
+        tasks.push(tokio::spawn(metrics::count_backlog(
+            state.pool.clone(),
+            replay.backlog.clone(),
+        )));
         let f = Arc::new(Fetcher {
+            metrics: replay,
             pool: state.pool.clone(),
             schema: state.schema.clone(),
             handle: Arc::clone(&ctx.broker),

@@ -47,6 +47,7 @@ use tokio_postgres::types::Type;
 use self::batch::Outcome;
 
 use crate::error::PgsqlError;
+use crate::metrics::WriterMetrics;
 use crate::pool::NamedPool;
 use crate::positions::RETRY_DELAY;
 use crate::schema::{SchemaCell, SchemaInfo};
@@ -123,6 +124,7 @@ pub struct StoreStats {
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
     stats: Arc<StoreStats>,
+    metrics: WriterMetrics,
 }
 
 impl Writer {
@@ -130,13 +132,25 @@ impl Writer {
     /// Requests queue (and their publishers wait) until `schema` is known:
     /// the database has answered at least once.
     pub fn spawn(pool: NamedPool, schema: SchemaCell, batch_size: usize, stats: Arc<StoreStats>) -> Writer {
+        Writer::spawn_with_metrics(pool, schema, batch_size, stats, WriterMetrics::detached())
+    }
+
+    /// [`Writer::spawn`], updating `metrics` (registered with the broker).
+    pub fn spawn_with_metrics(
+        pool: NamedPool,
+        schema: SchemaCell,
+        batch_size: usize,
+        stats: Arc<StoreStats>,
+        metrics: WriterMetrics,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
         let task_stats = Arc::clone(&stats);
+        let task_metrics = metrics.clone();
         tokio::spawn(async move {
             let schema = schema.wait().await;
-            run(pool, schema, batch_size.max(1), rx, task_stats).await;
+            run(pool, schema, batch_size.max(1), rx, task_stats, task_metrics).await;
         });
-        Writer { tx, stats }
+        Writer { tx, stats, metrics }
     }
 
     /// Stores one message; returns its row id once committed.
@@ -151,6 +165,7 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         if self.tx.try_send(Pending::new(req, reply)).is_err() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.failed.inc();
             return Err(PgsqlError::WriterGone);
         }
         match rx.await {
@@ -170,8 +185,13 @@ struct Sent {
     /// Its transaction id, once it holds the write lock.
     locked: oneshot::Receiver<i64>,
     txid: Option<i64>,
-    /// The outcome, with the requests back (for retries or another try).
-    done: JoinHandle<(Vec<StoreRequest>, Result<Outcome, PgsqlError>)>,
+    /// The outcome, with the requests back (for retries or another try),
+    /// and how long the write took.
+    done: JoinHandle<(
+        Vec<StoreRequest>,
+        Result<Outcome, PgsqlError>,
+        std::time::Duration,
+    )>,
 }
 
 fn send(pool: &NamedPool, schema: SchemaInfo, batch: Vec<Pending>, after: Option<i64>) -> Sent {
@@ -180,8 +200,9 @@ fn send(pool: &NamedPool, schema: SchemaInfo, batch: Vec<Pending>, after: Option
     let (locked_tx, locked) = oneshot::channel();
     let pool = pool.clone();
     let done = tokio::spawn(async move {
+        let started = std::time::Instant::now();
         let result = batch::write(&pool, schema, &reqs, after, Some(locked_tx)).await;
-        (reqs, result)
+        (reqs, result, started.elapsed())
     });
     Sent {
         replies,
@@ -196,6 +217,7 @@ struct Run {
     pool: NamedPool,
     schema: SchemaInfo,
     stats: Arc<StoreStats>,
+    metrics: WriterMetrics,
     in_outage: bool,
     /// Requests to write before anything queued, oldest first: those of
     /// batches that did not commit (the database was unreachable, or the
@@ -221,6 +243,7 @@ async fn run(
     batch_size: usize,
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<StoreStats>,
+    metrics: WriterMetrics,
 ) {
     // Open the two connections the batches in flight use now, not when the
     // first publishes wait for them (errors show on the first batch).
@@ -229,6 +252,7 @@ async fn run(
         pool,
         schema,
         stats,
+        metrics,
         in_outage: false,
         carry: VecDeque::new(),
     };
@@ -268,6 +292,8 @@ async fn run(
         // a session that ended) was told "not stored"; storing its message now
         // would make it arrive anyway, and again when it is sent again.
         batch.retain(|p| !p.reply.is_closed());
+        let waiting = rx.len() + w.carry.len() + batch.len();
+        w.metrics.queue.set(i64::try_from(waiting).unwrap_or(i64::MAX));
         let after = ahead.as_ref().and_then(|a| a.txid);
         let mut next = (!batch.is_empty()).then(|| send(&w.pool, w.schema, batch, after));
         let mut again: Vec<Pending> = Vec::new();
@@ -319,7 +345,7 @@ impl Run {
     /// Waits for a batch and answers its publishers.
     async fn settle(&mut self, sent: Sent) -> Settled {
         let Sent { replies, done, .. } = sent;
-        let (reqs, result) = match done.await {
+        let (reqs, result, took) = match done.await {
             Ok(r) => r,
             Err(e) => {
                 // The batch's task panicked or was cancelled: nothing is known stored.
@@ -329,6 +355,7 @@ impl Run {
         };
         match result {
             Ok(Outcome::Stored(ids)) => {
+                self.metrics.commit_seconds.observe_duration(took);
                 self.stored(replies, ids).await;
                 Settled::Committed
             }
@@ -359,10 +386,13 @@ impl Run {
     async fn stored(&mut self, replies: Vec<Reply>, ids: Vec<i64>) {
         if self.in_outage {
             self.in_outage = false;
+            self.metrics.outage.set(0);
             tracing::warn!(pool = %self.pool.name, "storing messages again: PostgreSQL is back");
         }
         let stats = &self.stats;
         stats.stored.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        self.metrics.stored.add(ids.len() as u64);
+        self.metrics.batch_size.observe(ids.len() as f64);
         if let Some(&last) = ids.last() {
             stats.last_id.fetch_max(last, Ordering::Relaxed);
         }
@@ -410,6 +440,7 @@ impl Run {
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.failed.inc();
                     tracing::warn!(pool = %self.pool.name, topic = %req.topic, "message refused by the database: {e}");
                     let _ = reply.send(Err(e.to_string()));
                     first_error.get_or_insert(e);
@@ -485,6 +516,7 @@ impl Run {
         self.stats
             .failed
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        self.metrics.failed.add(replies.len() as u64);
         let msg = e.to_string();
         for reply in replies {
             let _ = reply.send(Err(msg.clone()));
@@ -494,6 +526,7 @@ impl Run {
     fn note_outage(&mut self, e: &PgsqlError) {
         if !self.in_outage {
             self.in_outage = true;
+            self.metrics.outage.set(1);
             self.stats.outages.fetch_add(1, Ordering::Relaxed);
             tracing::error!(pool = %self.pool.name, "cannot store messages (publishers are not acknowledged until this recovers): {e}");
         }

@@ -36,6 +36,7 @@
 //! | `hooks.timeout` | duration > 0 | `5s` |
 //! | `shutdown.timeout` | duration | `10s` |
 //! | `cluster.*` | see [`cluster`] | no cluster |
+//! | `management.*` | see [`management`] | no HTTP listener |
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
@@ -47,8 +48,10 @@ use crate::rate_limit::Rate;
 
 pub mod cluster;
 mod listeners;
+pub mod management;
 
 pub use cluster::ClusterConfig;
+pub use management::ManagementConfig;
 
 /// The largest packet MQTT can express (the remaining length's maximum).
 const MAX_PACKET_SIZE_LIMIT: u64 = 268_435_455;
@@ -93,6 +96,9 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     /// `cluster.*`: the cluster this node belongs to; `None`: a single node.
     pub cluster: Option<ClusterConfig>,
+    /// `management.*`: the HTTP listener (metrics, health, management API);
+    /// `None`: no HTTP listener (the default without `management.listener.http`).
+    pub management: Option<ManagementConfig>,
 }
 
 /// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`) or
@@ -370,7 +376,9 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(60)),
             cluster: None,
+            management: None,
         };
+        let mut management = management::Draft::default();
         let mut listeners = listeners::Listeners::new(&dir);
         let mut cluster = cluster::Draft::default();
         for e in &conf.entries {
@@ -469,11 +477,13 @@ impl Config {
                 }
                 _ if listeners.take(conf, e)? => {}
                 _ if cluster.take(conf, e)? => {}
+                _ if management.take(conf, e)? => {}
                 _ => return Err(conf.error(e, "unknown key")),
             }
         }
         cfg.listeners = listeners.finish(conf)?;
         cfg.cluster = cluster.finish(conf)?;
+        cfg.management = management.finish();
         if cfg.listeners.is_empty() {
             cfg.listeners.push(default_listener());
         }

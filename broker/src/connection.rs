@@ -92,7 +92,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
     let timeout = shared.config.mqtt.connect_timeout;
     let mut shutdown = shared.shutdown_rx();
     let read = tokio::select! {
-        r = tokio::time::timeout_at(admission.deadline, read_connect(&mut stream, &mut buf, max)) => r,
+        r = tokio::time::timeout_at(admission.deadline, read_connect(&mut stream, &mut buf, max, &shared.metrics.bytes_received)) => r,
         // Shutdown does not wait for a client that has not finished connecting.
         _ = shutdown.changed() => return,
     };
@@ -301,7 +301,12 @@ enum ReadError {
     Decode(DecodeError),
 }
 
-async fn read_connect(stream: &mut Stream, buf: &mut BytesMut, max: usize) -> Result<Connect, ReadError> {
+async fn read_connect(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max: usize,
+    bytes_read: &std::sync::atomic::AtomicU64,
+) -> Result<Connect, ReadError> {
     loop {
         match codec::decode_connect(buf, max) {
             Ok(Some(c)) => return Ok(c),
@@ -309,6 +314,7 @@ async fn read_connect(stream: &mut Stream, buf: &mut BytesMut, max: usize) -> Re
             Err(e) => return Err(ReadError::Decode(e)),
         }
         let n = stream.read_buf(buf).await.map_err(ReadError::Io)?;
+        crate::metrics::Metrics::add_bytes(bytes_read, n);
         if n == 0 {
             return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }

@@ -47,10 +47,36 @@ pub enum SessionCmd {
     /// session over: close the connection (MQTT 5: DISCONNECT 0x8E), end the
     /// session here (`session.terminated`, `moved`), then say so on the sender.
     Moved(tokio::sync::oneshot::Sender<()>),
+    /// The management API asks what the session holds.
+    Inspect(tokio::sync::oneshot::Sender<SessionView>),
+    /// The management API closes the client's connection (MQTT 5: DISCONNECT
+    /// 0x98 "Administrative action"); the session stays for its expiry, as
+    /// after any lost connection. The sender hears whether a connection was
+    /// attached.
+    Kick(tokio::sync::oneshot::Sender<bool>),
     /// The broker is shutting down (sent to every registered session; a
     /// session also checks `Shared::is_shutting_down` on every turn, so one
     /// that registers after the message went out stops too).
     Shutdown,
+}
+
+/// What a session holds, for the management API.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// The client as of its latest connection.
+    pub client: ClientInfo,
+    /// A connection is attached.
+    pub connected: bool,
+    /// Its subscriptions: the filter as the client sent it, and the options.
+    pub subscriptions: Vec<(String, SubOpts)>,
+    /// Deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages queued beyond the inflight window.
+    pub queued: usize,
+    /// QoS 2 messages from the client waiting for PUBREL.
+    pub awaiting_rel: usize,
+    /// When the session was created.
+    pub created_at: std::time::SystemTime,
 }
 
 /// A message routed to one session.

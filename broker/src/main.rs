@@ -1,5 +1,6 @@
-//! The `postbox` command: runs the broker, or (`postbox passwd`) manages a
-//! Mosquitto-compatible password file.
+//! The `postbox` command: runs the broker, manages a Mosquitto-compatible
+//! password file (`postbox passwd`), or talks to a running node's management
+//! API (`postbox ctl`).
 
 mod plugins;
 
@@ -45,12 +46,21 @@ enum Cmd {
     /// line from standard input); `passwd [-c] -b FILE USER PASSWORD` takes it from the command
     /// line; `passwd -D FILE USER` deletes the user. `-c` creates (or overwrites) the file.
     Passwd(postbox::auth::passwd_cli::PasswdArgs),
+    /// Talk to a running node's management API (`management.listener.http`).
+    ///
+    /// `ctl status`, `ctl clients [--page N] [--limit N]`, `ctl kick CLIENTID`,
+    /// `ctl subscriptions [CLIENTID]`, `ctl publish TOPIC PAYLOAD [--qos N] [--retain]`;
+    /// `--url` (default http://127.0.0.1:8081), `--user`/`--password` (default
+    /// admin/public), or POSTBOX_API_URL, POSTBOX_API_USER, POSTBOX_API_PASSWORD.
+    Ctl(postbox::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Passwd(args)) = &cli.command {
-        return postbox::auth::passwd_cli::main(args);
+    match &cli.command {
+        Some(Cmd::Passwd(args)) => return postbox::auth::passwd_cli::main(args),
+        Some(Cmd::Ctl(args)) => return postbox::ctl::main(args),
+        None => {}
     }
     let mut config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -110,6 +120,9 @@ async fn run(config: Config, plugins: Vec<Box<dyn Plugin>>, mut hangup: Hangup) 
     }
     if let Some(addr) = server.cluster_addr() {
         println!("cluster listening on {addr}");
+    }
+    if let Some(addr) = server.http_addr() {
+        println!("http listening on {addr}");
     }
     tracing::info!(addrs = ?server.local_addrs(), "postbox started");
     let stop = wait_for_signal();

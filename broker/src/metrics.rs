@@ -6,6 +6,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hooks_spec::{DropReason, QoS};
+
+/// Every [`DropReason`], in the order of [`Metrics::dropped_by_reason`].
+pub const DROP_REASONS: [DropReason; 6] = [
+    DropReason::NoSubscribers,
+    DropReason::QueueFull,
+    DropReason::Expired,
+    DropReason::Denied,
+    DropReason::TooLarge,
+    DropReason::StoreFailed,
+];
+
 /// Broker counters (monotonic since start).
 #[derive(Default)]
 pub struct Metrics {
@@ -29,12 +41,76 @@ pub struct Metrics {
     pub cluster_received: AtomicU64,
     /// Messages for another node dropped because its link's queue was full.
     pub cluster_dropped: AtomicU64,
+    /// PUBLISH packets received from clients, by QoS (0, 1, 2).
+    pub messages_received: [AtomicU64; 3],
+    /// PUBLISH packets sent to clients, by QoS (0, 1, 2); a resend counts again.
+    pub messages_sent: [AtomicU64; 3],
+    /// Bytes read from client connections.
+    pub bytes_received: AtomicU64,
+    /// Bytes written to client connections.
+    pub bytes_sent: AtomicU64,
+    /// `messages_dropped` by reason, in the order of [`DROP_REASONS`].
+    pub dropped_by_reason: [AtomicU64; 6],
 }
 
 impl Metrics {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a PUBLISH received from a client.
+    pub fn received(&self, qos: QoS) {
+        self.messages_received[qos as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a PUBLISH written for a client.
+    pub fn sent(&self, qos: QoS) {
+        self.messages_sent[qos as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped message (total and by reason).
+    pub fn dropped(&self, reason: DropReason) {
+        self.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        let i = DROP_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a byte counter.
+    pub fn add_bytes(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The traffic counters by EMQX 4's metric names (the management API's
+    /// `/api/v4/metrics` adds them to [`Metrics::snapshot`]).
+    pub fn traffic_snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let r = &self.messages_received;
+        let s = &self.messages_sent;
+        let mut out = vec![
+            ("bytes.received", get(&self.bytes_received)),
+            ("bytes.sent", get(&self.bytes_sent)),
+            ("messages.received", r.iter().map(get).sum()),
+            ("messages.qos0.received", get(&r[0])),
+            ("messages.qos1.received", get(&r[1])),
+            ("messages.qos2.received", get(&r[2])),
+            ("messages.sent", s.iter().map(get).sum()),
+            ("messages.qos0.sent", get(&s[0])),
+            ("messages.qos1.sent", get(&s[1])),
+            ("messages.qos2.sent", get(&s[2])),
+        ];
+        for (reason, c) in DROP_REASONS.iter().zip(&self.dropped_by_reason) {
+            let name = match reason {
+                DropReason::NoSubscribers => "messages.dropped.no_subscribers",
+                DropReason::QueueFull => "messages.dropped.queue_full",
+                DropReason::Expired => "messages.dropped.expired",
+                DropReason::Denied => "messages.dropped.denied",
+                DropReason::TooLarge => "messages.dropped.too_large",
+                DropReason::StoreFailed => "messages.dropped.store_failed",
+            };
+            out.push((name, get(c)));
+        }
+        out
     }
 
     /// Every counter by its published name (EMQX's names where EMQX has one).

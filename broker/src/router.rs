@@ -400,6 +400,12 @@ impl Router {
         read(&self.plain).len() + read(&self.shared).len() + read(&self.nodes).len()
     }
 
+    /// Subscriptions of sessions on this node (plain and shared), without
+    /// the routes of other nodes.
+    pub fn local_len(&self) -> usize {
+        read(&self.plain).len() + read(&self.shared).len()
+    }
+
     /// True when nobody subscribes to anything.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

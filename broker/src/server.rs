@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::Arc;
 
-use hooks_spec::{Hooks, Plugin, PluginContext};
+use hooks_spec::{Hooks, MetricsRegistry, Plugin, PluginContext};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -29,7 +29,8 @@ pub struct Server {
     shared: Arc<Shared>,
     cluster: Option<crate::cluster::ClusterTasks>,
     addrs: Vec<SocketAddr>,
-    plugins: Vec<Box<dyn Plugin>>,
+    plugins: Vec<Arc<dyn Plugin>>,
+    http: Option<crate::http::HttpServer>,
     shutdown_tx: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -63,6 +64,12 @@ impl Server {
             };
             bound.push((listener, addr, spec));
         }
+        let http_bound = match &config.management {
+            Some(m) => Some(crate::http::bind(m).await?),
+            None => None,
+        };
+        let started_at = std::time::SystemTime::now();
+        let metrics = Arc::new(MetricsRegistry::new());
         let shared = Arc::new(Shared {
             config,
             hooks: Arc::clone(&hooks),
@@ -85,11 +92,13 @@ impl Server {
             None => None,
         };
         let handle: Arc<dyn hooks_spec::BrokerHandle> = Arc::new(Handle::new(Arc::clone(&shared)));
-        let mut started: Vec<Box<dyn Plugin>> = Vec::new();
+        let mut started: Vec<Arc<dyn Plugin>> = Vec::new();
         for plugin in plugins {
+            let plugin: Arc<dyn Plugin> = Arc::from(plugin);
             let ctx = PluginContext {
                 hooks: Arc::clone(&hooks),
                 broker: Arc::clone(&handle),
+                metrics: Arc::clone(&metrics),
             };
             if let Err(e) = plugin.start(ctx).await {
                 let name = plugin.name().to_string();
@@ -112,18 +121,33 @@ impl Server {
                 interval,
             )));
         }
+        let mut listening = Vec::new();
         for (listener, addr, spec) in bound {
             addrs.push(addr);
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                listener,
-                Arc::clone(&shared),
-                spec,
-            )));
+            let task = tokio::spawn(listener::accept_loop(listener, Arc::clone(&shared), spec));
+            listening.push(task.abort_handle());
+            accept_tasks.push(task);
         }
+        let http = match (http_bound, &shared.config.management) {
+            (Some(b), Some(m)) => {
+                let state = crate::http::HttpState {
+                    shared: Arc::clone(&shared),
+                    config: m.clone(),
+                    plugins: started.clone(),
+                    metrics,
+                    listeners: listening,
+                    links: cluster.as_ref().map(crate::cluster::ClusterTasks::links),
+                    started: started_at,
+                };
+                Some(crate::http::HttpServer::serve(b, Arc::new(state)))
+            }
+            _ => None,
+        };
         Ok(Server {
             shared,
             cluster,
             addrs,
+            http,
             plugins: started,
             shutdown_tx,
             accept_tasks,
@@ -133,6 +157,11 @@ impl Server {
     /// The cluster listener's address, when the node is in a cluster.
     pub fn cluster_addr(&self) -> Option<SocketAddr> {
         self.cluster.as_ref().map(|c| c.listen)
+    }
+
+    /// The HTTP listener's address (`management.listener.http`), when configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
     }
 
     /// The bound listener addresses, in config order.
@@ -193,6 +222,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("sessions still running after {timeout:?}; stopping anyway");
+        }
+        if let Some(http) = self.http {
+            http.stopped().await;
         }
         if let Some(c) = &self.cluster {
             c.leave().await;

@@ -177,7 +177,7 @@ impl Shared {
 
     /// Counts a dropped message and runs message.dropped in the background.
     pub fn fire_dropped(&self, msg: &Arc<Message>, reason: DropReason, clientid: Option<&Arc<str>>) {
-        self.metrics.messages_dropped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dropped(reason);
         if self.hooks.message_dropped.is_empty() {
             return;
         }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
+use crate::metrics::CallStats;
 use crate::HookPoint;
 
 /// A boxed, sendable future: what every callback returns.
@@ -101,6 +102,8 @@ struct Entry<A, Acc> {
     on_failure: Option<FailurePolicy<Acc>>,
     filter: Option<Filter<A, Acc>>,
     callback: Callback<A, Acc>,
+    /// Shared by every callback of this owner on this chain.
+    stats: CallStats,
 }
 
 /// The callbacks of one hook point, in run order.
@@ -123,6 +126,9 @@ pub struct Chain<A, Acc> {
     logged_at_ms: AtomicU64,
     /// `failures` when a failure was last logged.
     logged_failures: AtomicU64,
+    /// Timing and failures per owner, kept after the owner's callbacks are
+    /// removed (a plugin that starts again goes on counting).
+    stats: RwLock<Vec<(String, CallStats)>>,
 }
 
 /// How often a chain logs its failed callbacks at most.
@@ -155,7 +161,23 @@ where
             created: Instant::now(),
             logged_at_ms: AtomicU64::new(u64::MAX),
             logged_failures: AtomicU64::new(0),
+            stats: RwLock::new(Vec::new()),
         }
+    }
+
+    /// The timing and failures of each owner's callbacks on this chain.
+    pub fn call_stats(&self) -> Vec<(String, CallStats)> {
+        self.stats.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stats_for(&self, owner: &str) -> CallStats {
+        let mut all = self.stats.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = all.iter().find(|(o, _)| o == owner) {
+            return s.clone();
+        }
+        let s = CallStats::default();
+        all.push((owner.to_string(), s.clone()));
+        s
     }
 
     /// The hook point this chain serves.
@@ -182,7 +204,9 @@ where
     /// Adds a callback with all options.
     pub fn register(&self, reg: Registration<A, Acc>) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let stats = self.stats_for(&reg.owner);
         let entry = Entry {
+            stats,
             owner: reg.owner,
             priority: reg.priority,
             seq,
@@ -273,14 +297,17 @@ where
                 continue;
             }
             let saved = acc.clone();
+            // Two clock reads per call (tens of nanoseconds) for the latency
+            // histogram; its update is atomics only.
+            let started = Instant::now();
             let mut call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
             // Most callbacks finish on their first poll (in-memory work): only
-            // those that wait get a timer, which costs a clock read and a timer
-            // wheel entry per call.
+            // those that wait get a timer, which costs a timer wheel entry per call.
             let outcome = match (&mut call).now_or_never() {
                 Some(done) => Ok(done),
                 None => tokio::time::timeout(entry.timeout, call).await,
             };
+            entry.stats.latency.observe_duration(started.elapsed());
             let failure = match outcome {
                 Ok(Ok(Ok(Flow::Continue(next)))) => {
                     acc = next;
@@ -291,6 +318,7 @@ where
                 Ok(Err(panic)) => format!("panicked: {}", panic_text(&panic)),
                 Err(_) => format!("exceeded its time limit of {:?}", entry.timeout),
             };
+            entry.stats.failures.inc();
             self.log_failure(&entry.owner, &failure);
             let policy = entry.on_failure.as_ref().unwrap_or(&self.default_failure);
             match policy(saved) {
@@ -325,6 +353,7 @@ impl<A, Acc> Entry<A, Acc> {
             on_failure: self.on_failure.clone(),
             filter: self.filter.clone(),
             callback: Arc::clone(&self.callback),
+            stats: self.stats.clone(),
         }
     }
 }

@@ -249,6 +249,44 @@ impl Hooks {
             + self.message_dropped.remove_owner(owner)
     }
 
+    /// Each hook point's timing and failures per owner (plugin), for `/metrics`.
+    pub fn call_stats(&self) -> Vec<(HookPoint, String, crate::metrics::CallStats)> {
+        let mut out = Vec::new();
+        let mut add = |point: HookPoint, stats: Vec<(String, crate::metrics::CallStats)>| {
+            out.extend(stats.into_iter().map(|(owner, s)| (point, owner, s)));
+        };
+        add(HookPoint::ClientConnect, self.client_connect.call_stats());
+        add(HookPoint::ClientConnack, self.client_connack.call_stats());
+        add(HookPoint::ClientConnected, self.client_connected.call_stats());
+        add(
+            HookPoint::ClientDisconnected,
+            self.client_disconnected.call_stats(),
+        );
+        add(
+            HookPoint::ClientAuthenticate,
+            self.client_authenticate.call_stats(),
+        );
+        add(HookPoint::ClientCheckAcl, self.client_check_acl.call_stats());
+        add(HookPoint::ClientSubscribe, self.client_subscribe.call_stats());
+        add(HookPoint::ClientUnsubscribe, self.client_unsubscribe.call_stats());
+        add(HookPoint::SessionRestore, self.session_restore.call_stats());
+        add(HookPoint::SessionCreated, self.session_created.call_stats());
+        add(HookPoint::SessionSubscribed, self.session_subscribed.call_stats());
+        add(
+            HookPoint::SessionUnsubscribed,
+            self.session_unsubscribed.call_stats(),
+        );
+        add(HookPoint::SessionResumed, self.session_resumed.call_stats());
+        add(HookPoint::SessionDiscarded, self.session_discarded.call_stats());
+        add(HookPoint::SessionTakeovered, self.session_takeovered.call_stats());
+        add(HookPoint::SessionTerminated, self.session_terminated.call_stats());
+        add(HookPoint::MessagePublish, self.message_publish.call_stats());
+        add(HookPoint::MessageDelivered, self.message_delivered.call_stats());
+        add(HookPoint::MessageAcked, self.message_acked.call_stats());
+        add(HookPoint::MessageDropped, self.message_dropped.call_stats());
+        out
+    }
+
     /// Failed callback calls across all hooks.
     pub fn failures(&self) -> u64 {
         self.client_connect.failures()

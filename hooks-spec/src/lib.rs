@@ -14,6 +14,8 @@
 //!   reload on SIGHUP, stop); [`BrokerHandle`]: what a plugin can
 //!   ask of the broker (deliver into a session, subscribe on a client's behalf,
 //!   publish, look up a client).
+//! - [`MetricsRegistry`]: where a plugin registers the metrics the broker
+//!   serves on `/metrics` ([`metrics`]); hook callbacks are timed by the chain.
 //! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],
 //!   [`Message`] (with [`Headers`] plugins may set, such as the storage row id).
 //!
@@ -54,6 +56,7 @@ pub mod chain;
 pub mod conf;
 pub mod hookpoint;
 pub mod hooks;
+pub mod metrics;
 pub mod plugin;
 pub mod types;
 
@@ -61,5 +64,6 @@ pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookErr
 pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;
+pub use metrics::{CallStats, Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
 pub use plugin::{BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError};
 pub use types::*;

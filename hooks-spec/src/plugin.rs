@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::hooks::Hooks;
+use crate::metrics::MetricsRegistry;
 use crate::types::{ClientInfo, Message, QoS, SubOpts};
 
 /// Why a plugin could not load its configuration or start.
@@ -46,6 +47,9 @@ pub struct PluginContext {
     pub hooks: Arc<Hooks>,
     /// How it acts on the broker.
     pub broker: Arc<dyn BrokerHandle>,
+    /// Where it registers the metrics the broker serves on `/metrics`
+    /// (see [`crate::metrics`]); hook callbacks are timed without it.
+    pub metrics: Arc<MetricsRegistry>,
 }
 
 /// A broker plugin. The broker enables the plugins named in `plugins.load`
@@ -79,6 +83,16 @@ pub trait Plugin: Send + Sync {
     /// The default does nothing: for plugins that read nothing worth
     /// reloading, or that look their data up on each use (a database).
     async fn reload(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Whether what the plugin depends on answers now (its database, say):
+    /// `Err` says what does not. The broker's health endpoint (`/status`)
+    /// answers 503 while any started plugin returns `Err`. Called on every
+    /// health probe, concurrently with everything else: it must be cheap
+    /// and bounded in time (the broker gives up on it after 5 s and counts
+    /// that as unhealthy). The default: healthy.
+    async fn health(&self) -> Result<(), String> {
         Ok(())
     }
 }

@@ -380,6 +380,9 @@ pub enum DisconnectReason {
     /// records what it must before the other node restores it, and keeps
     /// the stored session).
     Moved,
+    /// An operator closed the connection (management API
+    /// `DELETE /api/v4/clients/{clientid}`, `postbox ctl kick`).
+    Kicked,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -394,6 +397,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Expired => f.write_str("expired"),
             DisconnectReason::Discarded => f.write_str("discarded"),
             DisconnectReason::Moved => f.write_str("moved"),
+            DisconnectReason::Kicked => f.write_str("kicked"),
         }
     }
 }

@@ -1273,6 +1273,7 @@ pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
 pub mod auth;
+pub mod http;
 pub mod pg_cluster;
 pub mod pgsql;
 

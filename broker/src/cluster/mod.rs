@@ -61,6 +61,11 @@ pub struct ClusterTasks {
 const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ClusterTasks {
+    /// The links to the other nodes (what the management API lists).
+    pub fn links(&self) -> Arc<Links> {
+        Arc::clone(&self.cluster.links)
+    }
+
     /// Leaves the cluster (at shutdown, after the sessions ended): this
     /// node's rows go at once, so the others forget its routes now and its
     /// clients are claimed elsewhere without waiting for it, instead of after

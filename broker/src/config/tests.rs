@@ -42,6 +42,7 @@ fn defaults() -> Config {
         shutdown_timeout: Duration::from_secs(10),
         sys_interval: Some(Duration::from_secs(60)),
         cluster: None,
+        management: None,
     }
 }
 
@@ -122,6 +123,7 @@ fn every_key() {
             shutdown_timeout: Duration::ZERO,
             sys_interval: Some(Duration::from_millis(250)),
             cluster: None,
+            management: None,
         }
     );
 }
@@ -395,8 +397,15 @@ fn shipped_config_loads_and_matches_the_defaults() {
             file: PathBuf::from(SHIPPED),
             plugins_etc_dir: dir.to_path_buf(),
             // What differs from the defaults: the backend and the password file
-            // are enabled, and anonymous access is off.
+            // are enabled, anonymous access is off, and the HTTP listener is
+            // on for this host only.
             plugins: vec!["backend_pgsql".to_string(), "auth_file".to_string()],
+            management: Some(ManagementConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+                app_id: "admin".to_string(),
+                app_secret: "public".to_string(),
+                max_row_limit: 10_000,
+            }),
             mqtt: MqttLimits {
                 allow_anonymous: false,
                 ..MqttLimits::default()
@@ -440,6 +449,10 @@ fn shipped_config_documents_every_key() {
         "plugins.etc_dir",
         "hooks.timeout",
         "shutdown.timeout",
+        "management.listener.http",
+        "management.default_application.id",
+        "management.default_application.secret",
+        "management.max_row_limit",
     ];
     for key in keys {
         assert!(
@@ -458,6 +471,9 @@ fn shipped_config_documents_every_key() {
 
 #[path = "tests_listeners.rs"]
 mod listeners;
+
+#[path = "tests_management.rs"]
+mod management;
 
 #[test]
 fn cluster_keys() {

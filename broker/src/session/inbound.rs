@@ -60,7 +60,9 @@ impl Session {
             c.inbuf.reserve(4096);
             // A zero timeout polls the read once: only what has arrived.
             match tokio::time::timeout(Duration::ZERO, c.reader.read_buf(&mut c.inbuf)).await {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(n)) if n > 0 => {
+                    crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_received, n);
+                }
                 _ => break,
             }
         }
@@ -109,6 +111,7 @@ impl Session {
     /// PUBLISH from the client: resolve the topic alias, validate, check the
     /// ACL, run message.publish (the acknowledgement waits for it), route.
     async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
+        self.shared.metrics.received(p.qos);
         let now = std::time::Instant::now();
         if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
             if !bucket.try_take(now) {

@@ -23,6 +23,25 @@ impl Session {
         }
     }
 
+    /// What the management API shows of this session.
+    pub(super) fn view(&self) -> crate::delivery::SessionView {
+        let mut subscriptions: Vec<(String, hooks_spec::SubOpts)> = self
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), s.opts.clone()))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::delivery::SessionView {
+            client: self.client.clone(),
+            connected: self.conn.is_some(),
+            subscriptions,
+            inflight: self.inflight.len(),
+            queued: self.queue.len(),
+            awaiting_rel: self.awaiting_rel.len(),
+            created_at: self.created_at,
+        }
+    }
+
     fn session_args(&self) -> Arc<SessionArgs> {
         Arc::new(SessionArgs {
             client: self.client.clone(),

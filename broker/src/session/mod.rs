@@ -404,6 +404,19 @@ impl Session {
                             let (filter, opts) = *sub;
                             Box::pin(self.subscribe_for_plugin(filter, opts)).await
                         }
+                        SessionCmd::Inspect(reply) => {
+                            let _ = reply.send(self.view());
+                        }
+                        SessionCmd::Kick(reply) => {
+                            let _ = reply.send(self.conn.is_some());
+                            if self.conn.is_some() {
+                                tracing::info!(clientid = %self.client.clientid, "kicked by the management API");
+                                return Box::pin(
+                                    self.connection_lost(hooks_spec::DisconnectReason::Kicked, Some(0x98)),
+                                )
+                                .await;
+                            }
+                        }
                         SessionCmd::Shutdown => return Some(Exit::Shutdown),
                         SessionCmd::Moved(done) => return Some(Exit::Moved(done)),
                     }
@@ -418,7 +431,8 @@ impl Session {
                 return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
-            Event::Read(Ok(_)) => {
+            Event::Read(Ok(n)) => {
+                crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_received, n);
                 if let Some(c) = self.conn.as_mut() {
                     c.last_seen = Instant::now();
                 }
@@ -429,7 +443,8 @@ impl Session {
                 return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
-            Event::Wrote(Ok(_)) => {
+            Event::Wrote(Ok(n)) => {
+                crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_sent, n);
                 if self
                     .conn
                     .as_ref()
@@ -478,7 +493,11 @@ impl Session {
         if let Some(c) = self.conn.as_mut() {
             if !c.outbuf.is_empty() {
                 let out = c.outbuf.split();
-                let _ = tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await;
+                if let Ok(Ok(())) =
+                    tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await
+                {
+                    crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_sent, out.len());
+                }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;
         }

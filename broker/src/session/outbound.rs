@@ -224,7 +224,10 @@ impl Session {
             c.codec.encode_publish_ref(&publish, &mut c.outbuf)
         };
         match encoded {
-            Ok(()) => true,
+            Ok(()) => {
+                self.shared.metrics.sent(routed.qos);
+                true
+            }
             Err(EncodeError::TooLarge { .. }) => {
                 // MQTT 5 3.1.2.25: discard what the client cannot take, as if delivered.
                 self.shared
