@@ -66,6 +66,18 @@ async fn writer_and_replay_metrics_move_with_traffic() {
     let mut b = b;
     b.restart().await;
     let http = b.http_addr().await;
+    // The backlog is counted at start (then every 30 s): the N messages
+    // the subscriber has not acknowledged.
+    let backlog_key = format!("postbox_pgsql_backlog_messages{pool}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let backlog = loop {
+        let v = value(&scrape(http).await, &backlog_key);
+        if v >= 0.0 || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(backlog, N as f64, "the offline backlog");
     let (mut sub, _) = V4Client::connect(v4_options(b.addr, "pg-sub", false)).await;
     sub.subscribe("pg/#", QoS::AtLeastOnce).await;
     for _ in 0..N {
