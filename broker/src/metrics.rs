@@ -3,6 +3,11 @@
 //! Every refusal the broker makes on a client's behalf (failed
 //! authentication, an ACL denial, a rate limit) is counted here as well as
 //! logged, so an operator can watch them; [`crate::sys`] publishes them.
+//!
+//! Traffic (bytes and packets in and out) is counted per socket read or
+//! write, not per packet: a connection counts its packets in plain integers
+//! ([`Traffic`]) and adds them here when it reads or writes, so the hot path
+//! pays a few relaxed atomic adds per system call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,12 +34,53 @@ pub struct Metrics {
     pub cluster_received: AtomicU64,
     /// Messages for another node dropped because its link's queue was full.
     pub cluster_dropped: AtomicU64,
+    /// Bytes read from client connections (MQTT bytes: TLS framing is not counted).
+    pub bytes_received: AtomicU64,
+    /// Bytes written to client connections (MQTT bytes).
+    pub bytes_sent: AtomicU64,
+    /// MQTT packets of any type received from clients.
+    pub packets_received: AtomicU64,
+    /// MQTT packets of any type sent to clients.
+    pub packets_sent: AtomicU64,
+    /// CONNECT packets received (accepted or refused).
+    pub connects_received: AtomicU64,
+}
+
+/// Packets one connection counted since it last added them to [`Metrics`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    /// Packets decoded.
+    pub packets_in: u32,
+    /// Packets encoded for sending.
+    pub packets_out: u32,
+}
+
+impl Traffic {
+    /// Adds the packets counted so far to `metrics` and starts again from 0.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if self.packets_in > 0 {
+            metrics
+                .packets_received
+                .fetch_add(u64::from(self.packets_in), Ordering::Relaxed);
+        }
+        if self.packets_out > 0 {
+            metrics
+                .packets_sent
+                .fetch_add(u64::from(self.packets_out), Ordering::Relaxed);
+        }
+        *self = Traffic::default();
+    }
 }
 
 impl Metrics {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Every counter by its published name (EMQX's names where EMQX has one).
@@ -51,6 +97,11 @@ impl Metrics {
             ("cluster.forwarded", get(&self.cluster_forwarded)),
             ("cluster.received", get(&self.cluster_received)),
             ("cluster.dropped", get(&self.cluster_dropped)),
+            ("bytes.received", get(&self.bytes_received)),
+            ("bytes.sent", get(&self.bytes_sent)),
+            ("packets.received", get(&self.packets_received)),
+            ("packets.sent", get(&self.packets_sent)),
+            ("packets.connect.received", get(&self.connects_received)),
         ]
     }
 }

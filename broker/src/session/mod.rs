@@ -120,6 +120,8 @@ struct Conn {
     /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
     /// client starts with a full bucket, so it can re-send what was refused.
     publish_bucket: Option<crate::rate_limit::TokenBucket>,
+    /// Packets counted since they were last added to the broker's counters.
+    traffic: crate::metrics::Traffic,
 }
 
 /// One subscription of this session.
@@ -418,7 +420,8 @@ impl Session {
                 return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
-            Event::Read(Ok(_)) => {
+            Event::Read(Ok(n)) => {
+                crate::metrics::Metrics::add(&self.shared.metrics.bytes_received, n);
                 if let Some(c) = self.conn.as_mut() {
                     c.last_seen = Instant::now();
                 }
@@ -429,7 +432,12 @@ impl Session {
                 return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
             }
-            Event::Wrote(Ok(_)) => {
+            Event::Wrote(Ok(n)) => {
+                let metrics = &self.shared.metrics;
+                crate::metrics::Metrics::add(&metrics.bytes_sent, n);
+                if let Some(c) = self.conn.as_mut() {
+                    c.traffic.flush(metrics);
+                }
                 if self
                     .conn
                     .as_ref()
@@ -461,7 +469,6 @@ impl Session {
                         }
                     }
                 }
-                tracing::info!(clientid = %self.client.clientid, "keepalive timeout");
                 return Box::pin(
                     self.connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D)),
                 )
@@ -478,7 +485,10 @@ impl Session {
         if let Some(c) = self.conn.as_mut() {
             if !c.outbuf.is_empty() {
                 let out = c.outbuf.split();
-                let _ = tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await;
+                let wrote = tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await;
+                if matches!(wrote, Ok(Ok(()))) {
+                    crate::metrics::Metrics::add(&self.shared.metrics.bytes_sent, out.len());
+                }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;
         }
