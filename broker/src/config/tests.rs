@@ -36,6 +36,7 @@ fn defaults() -> Config {
         listeners: vec![Listener::tcp("external", "0.0.0.0:1883".parse().unwrap())],
         mqtt: MqttLimits::default(),
         log_level: "info".into(),
+        log_format: LogFormat::Text,
         plugins: vec![],
         plugins_etc_dir: PathBuf::from("/opt/postbox/etc"),
         hooks_timeout: Duration::from_secs(5),
@@ -85,6 +86,7 @@ fn every_key() {
          mqtt.max_subscriptions = 20\n\
          mqtt.max_topic_levels = 8\n\
          log.level = DEBUG\n\
+         log.format = json\n\
          plugins.load = backend_pgsql, other\n\
          plugins.etc_dir = plugins.d\n\
          hooks.timeout = 2s\n\
@@ -116,6 +118,7 @@ fn every_key() {
                 publish_limit: None,
             },
             log_level: "debug".into(),
+            log_format: LogFormat::Json,
             plugins: vec!["backend_pgsql".into(), "other".into()],
             plugins_etc_dir: PathBuf::from("/opt/postbox/etc/plugins.d"),
             hooks_timeout: Duration::from_secs(2),
@@ -338,6 +341,14 @@ fn log_levels() {
         e.message,
         "expected one of `error`, `warn`, `info`, `debug`, `trace`, got `verbose`"
     );
+}
+
+#[test]
+fn log_formats() {
+    assert_eq!(ok("log.format = text").log_format, LogFormat::Text);
+    assert_eq!(ok("log.format = JSON").log_format, LogFormat::Json);
+    let e = bad("log.format", "syslog");
+    assert_eq!(e.message, "expected `text` or `json`, got `syslog`");
 }
 
 #[test]
