@@ -91,7 +91,8 @@ pub struct Config {
     /// `shutdown.timeout`: how long shutdown waits for connections and
     /// plugins to finish. Default `10s`.
     pub shutdown_timeout: Duration,
-    /// `sys.interval`: how often the counters are published under `$SYS`;
+    /// `sys.interval`: how often the counters are published under `$SYS`
+    /// (EMQX's and Mosquitto's names, [`crate::sys`]);
     /// `0s` turns that off (`None`). Default `1m`.
     pub sys_interval: Option<Duration>,
     /// `cluster.*`: the cluster this node belongs to; `None`: a single node.

@@ -447,6 +447,7 @@ fn shipped_config_documents_every_key() {
         "listener.ssl.external.peer_cert_as_username",
         "listener.ssl.external.max_conn_rate",
         "log.level",
+        "log.format",
         "plugins.load",
         "plugins.etc_dir",
         "hooks.timeout",

@@ -477,5 +477,5 @@ fn log_disconnected(clientid: &str, conn: &hooks_spec::ConnInfo, reason: &Discon
         DisconnectReason::ProtocolError(what) => ("protocol_error".to_string(), Some(what.as_str())),
         other => (other.to_string(), None),
     };
-    tracing::info!(clientid, peer = %conn.peer, reason, detail, "client disconnected");
+    tracing::info!(clientid = %clientid, peer = %conn.peer, reason = %reason, detail, "client disconnected");
 }
