@@ -95,9 +95,7 @@ async fn text_logs_name_takeover_protocol_errors_and_shutdown() {
     let (mut first, _) = V4Client::connect(v4_options(broker.addr, "log-twin", true)).await;
     let (mut second, _) = V4Client::connect(v4_options(broker.addr, "log-twin", true)).await;
     first.expect_disconnected().await;
-    broker
-        .wait_for_log("client disconnected clientid=log-twin")
-        .await;
+    broker.wait_for_log("client disconnected clientid=log-twin").await;
     // A second CONNECT is a protocol error.
     let mut raw = raw_connected(broker.addr, "log-rude", 60).await;
     raw.send(&connect_v4_bytes("log-rude", true, 60)).await;

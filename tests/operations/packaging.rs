@@ -208,7 +208,10 @@ async fn two_nodes_of_the_cluster_example_form_a_cluster() {
         if n == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "{n} nodes registered after {TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} nodes registered after {TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -219,11 +222,17 @@ async fn two_nodes_of_the_cluster_example_form_a_cluster() {
     let (mut publ, _) = V4Client::connect(b.alice("pub-on-b")).await;
     let deadline = Instant::now() + 2 * TIMEOUT;
     'probing: loop {
-        assert!(Instant::now() < deadline, "node b never routed to node a's subscriber");
+        assert!(
+            Instant::now() < deadline,
+            "node b never routed to node a's subscriber"
+        );
         publ.publish("sensors/alice/probe", QoS::AtMostOnce, false, "probe")
             .await;
         let until = Instant::now() + Duration::from_millis(200);
-        while let Some(ev) = sub.poll_once(until.saturating_duration_since(Instant::now())).await {
+        while let Some(ev) = sub
+            .poll_once(until.saturating_duration_since(Instant::now()))
+            .await
+        {
             if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) = ev {
                 break 'probing;
             }
@@ -238,4 +247,40 @@ async fn two_nodes_of_the_cluster_example_form_a_cluster() {
             break;
         }
     }
+}
+
+/// `systemd-analyze verify` accepts `packaging/postbox.service` without a
+/// warning (it warns about unknown keys and bad values, and checks that the
+/// `ExecStart` binary exists: here the one under test stands in for
+/// `/usr/bin/postbox`).
+#[tokio::test]
+async fn the_systemd_unit_verifies_without_warnings() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/postbox.service"
+    ))
+    .unwrap();
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecStart=/usr/bin/postbox -c /etc/postbox/postbox.conf"),
+        "{unit}"
+    );
+    assert!(
+        unit.lines().any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"),
+        "{unit}"
+    );
+    let dir = temp_dir("unit");
+    let path = dir.join("postbox.service");
+    let bin = broker_bin();
+    std::fs::write(&path, unit.replace("/usr/bin/postbox", bin.to_str().unwrap())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run systemd-analyze (Debian package `systemd`): {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stderr.trim(), "", "systemd-analyze verify warns");
 }

@@ -87,7 +87,9 @@ async fn sys_topics_under_mosquitto_names_move_with_traffic() {
     let version = sys.until("$SYS/broker/version", |_| true).await;
     assert_eq!(version, format!("postbox {}", env!("CARGO_PKG_VERSION")));
     let uptime = sys.until("$SYS/broker/uptime", |_| true).await;
-    let secs = uptime.strip_suffix(" seconds").unwrap_or_else(|| panic!("uptime: {uptime:?}"));
+    let secs = uptime
+        .strip_suffix(" seconds")
+        .unwrap_or_else(|| panic!("uptime: {uptime:?}"));
     assert!(secs.parse::<u64>().is_ok(), "uptime: {uptime:?}");
     sys.until("$SYS/broker/clients/connected", |v| v == "1").await;
 
@@ -112,13 +114,11 @@ async fn sys_topics_under_mosquitto_names_move_with_traffic() {
     sys.until("$SYS/broker/clients/total", |v| v == "3").await;
     // Packets: 2 CONNECT, 1 SUBSCRIBE, 20 PUBLISH and 20 PUBACK in; 2 CONNACK,
     // 1 SUBACK, 20 PUBACK and 20 PUBLISH out (and the watcher's own $SYS).
-    sys.at_least("$SYS/broker/messages/received", received + 43)
-        .await;
+    sys.at_least("$SYS/broker/messages/received", received + 43).await;
     sys.at_least("$SYS/broker/messages/sent", sent + 43).await;
     sys.at_least("$SYS/broker/bytes/received", bytes_in + 20_000)
         .await;
-    sys.at_least("$SYS/broker/bytes/sent", bytes_out + 20_000)
-        .await;
+    sys.at_least("$SYS/broker/bytes/sent", bytes_out + 20_000).await;
     for load in [
         "$SYS/broker/load/messages/received/1min",
         "$SYS/broker/load/bytes/received/1min",
