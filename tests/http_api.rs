@@ -157,6 +157,13 @@ async fn clients_are_listed_paged_searched_and_kicked() {
     assert_eq!(kicked.json()["code"], 0);
     let mut first = clients.remove(0);
     first.expect_disconnected().await;
+    b.wait_for_log("client disconnected clientid=dev-0").await;
+    assert!(
+        b.logs()
+            .lines()
+            .any(|l| l.contains("client disconnected clientid=dev-0") && l.contains("reason=kicked")),
+        "the log names the kick"
+    );
     let left = get(http, "/api/v4/clients?conn_state=connected").await.json();
     assert_eq!(left["meta"]["count"], 4);
     let again = request(

@@ -31,6 +31,7 @@
 //! | `mqtt.max_topic_levels` | integer (0 = unlimited) | `0` |
 //! | `mqtt.publish_limit` | `<count>,<duration>` (e.g. `100,10s`) | unset (no limit) |
 //! | `log.level` | `error`, `warn`, `info`, `debug`, `trace` | `info` |
+//! | `log.format` | `text` or `json` (one JSON object per line) | `text` |
 //! | `plugins.load` | comma-separated plugin names | empty |
 //! | `plugins.etc_dir` | directory | the config file's directory |
 //! | `hooks.timeout` | duration > 0 | `5s` |
@@ -78,6 +79,8 @@ pub struct Config {
     /// `log.level`: one of `error`, `warn`, `info`, `debug`, `trace`
     /// (stored lowercase). Default `info`.
     pub log_level: String,
+    /// `log.format`: how log lines are written to stderr. Default `text`.
+    pub log_format: LogFormat,
     /// `plugins.load`: the plugins to enable, in start order.
     /// Default: none.
     pub plugins: Vec<String>,
@@ -91,7 +94,8 @@ pub struct Config {
     /// `shutdown.timeout`: how long shutdown waits for connections and
     /// plugins to finish. Default `10s`.
     pub shutdown_timeout: Duration,
-    /// `sys.interval`: how often the counters are published under `$SYS`;
+    /// `sys.interval`: how often the counters are published under `$SYS`
+    /// (EMQX's and Mosquitto's names, [`crate::sys`]);
     /// `0s` turns that off (`None`). Default `1m`.
     pub sys_interval: Option<Duration>,
     /// `cluster.*`: the cluster this node belongs to; `None`: a single node.
@@ -99,6 +103,17 @@ pub struct Config {
     /// `management.*`: the HTTP listener (metrics, health, management API);
     /// `None`: no HTTP listener (the default without `management.listener.http`).
     pub management: Option<ManagementConfig>,
+}
+
+/// `log.format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `text`: `<time> <LEVEL> <target>: <message> <key>=<value>...` (the default).
+    #[default]
+    Text,
+    /// `json`: one JSON object per line, with `timestamp`, `level`,
+    /// `target`, `message` and the line's fields at the top level.
+    Json,
 }
 
 /// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`) or
@@ -370,6 +385,7 @@ impl Config {
             listeners: Vec::new(),
             mqtt: MqttLimits::default(),
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             plugins: Vec::new(),
             plugins_etc_dir: dir.clone(),
             hooks_timeout: Duration::from_secs(5),
@@ -440,6 +456,17 @@ impl Config {
                         ));
                     }
                     cfg.log_level = level;
+                }
+                "log.format" => {
+                    cfg.log_format = match e.value.to_ascii_lowercase().as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => {
+                            return Err(
+                                conf.error(e, format!("expected `text` or `json`, got {}", shown(&e.value)))
+                            )
+                        }
+                    };
                 }
                 "plugins.load" => {
                     let plugins = conf.parse_list(e);

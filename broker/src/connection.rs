@@ -92,7 +92,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
     let timeout = shared.config.mqtt.connect_timeout;
     let mut shutdown = shared.shutdown_rx();
     let read = tokio::select! {
-        r = tokio::time::timeout_at(admission.deadline, read_connect(&mut stream, &mut buf, max, &shared.metrics.bytes_received)) => r,
+        r = tokio::time::timeout_at(admission.deadline, read_connect(&shared, &mut stream, &mut buf, max)) => r,
         // Shutdown does not wait for a client that has not finished connecting.
         _ = shutdown.changed() => return,
     };
@@ -109,6 +109,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
             tracing::info!(%peer, level, "refusing unsupported protocol level");
             // The client's version is unknown: answer in 3.1.1 form (code 0x01), as the spec asks.
             refuse(
+                &shared,
                 &mut stream,
                 ProtocolVersion::V311,
                 rc::UNSUPPORTED_PROTOCOL_VERSION,
@@ -126,7 +127,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
     if admission.rate_limited {
         // Logged (throttled) and counted by the accept loop; this is the detail.
         tracing::debug!(%peer, clientid = %connect.client_id, "refused: listener connection rate exceeded");
-        refuse(&mut stream, protocol, rc::CONNECTION_RATE_EXCEEDED).await;
+        refuse(&shared, &mut stream, protocol, rc::CONNECTION_RATE_EXCEEDED).await;
         return;
     }
     if admission.cert_cn_as_username {
@@ -137,7 +138,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         if let Err(e) = crate::topic::validate_topic_name(&will.topic, shared.config.mqtt.max_topic_levels) {
             tracing::info!(%peer, topic = %will.topic, "refused: invalid will topic: {e}");
             if protocol == ProtocolVersion::V5 {
-                refuse(&mut stream, protocol, rc::TOPIC_NAME_INVALID).await;
+                refuse(&shared, &mut stream, protocol, rc::TOPIC_NAME_INVALID).await;
             }
             return;
         }
@@ -302,22 +303,26 @@ enum ReadError {
 }
 
 async fn read_connect(
+    shared: &Shared,
     stream: &mut Stream,
     buf: &mut BytesMut,
     max: usize,
-    bytes_read: &std::sync::atomic::AtomicU64,
 ) -> Result<Connect, ReadError> {
     loop {
         match codec::decode_connect(buf, max) {
-            Ok(Some(c)) => return Ok(c),
+            Ok(Some(c)) => {
+                Metrics::bump(&shared.metrics.packets_received);
+                Metrics::bump(&shared.metrics.connects_received);
+                return Ok(c);
+            }
             Ok(None) => {}
             Err(e) => return Err(ReadError::Decode(e)),
         }
         let n = stream.read_buf(buf).await.map_err(ReadError::Io)?;
-        crate::metrics::Metrics::add_bytes(bytes_read, n);
         if n == 0 {
             return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+        Metrics::add(&shared.metrics.bytes_received, n);
     }
 }
 
@@ -357,10 +362,10 @@ async fn refuse_with_hook(shared: &Shared, stream: &mut Stream, conn: &ConnInfo,
             .run_fold(args, ConnProperties::default())
             .await;
     }
-    refuse(stream, conn.protocol, code).await;
+    refuse(shared, stream, conn.protocol, code).await;
 }
 
-async fn refuse(stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
+async fn refuse(shared: &Shared, stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
     let codec = Codec {
         protocol,
         max_packet_size: usize::MAX,
@@ -371,8 +376,10 @@ async fn refuse(stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
         code,
         props: Default::default(),
     };
-    if codec.encode(&Packet::ConnAck(connack), &mut out, None).is_ok() {
-        let _ = stream.write_all(&out).await;
+    if codec.encode(&Packet::ConnAck(connack), &mut out, None).is_ok() && stream.write_all(&out).await.is_ok()
+    {
+        Metrics::bump(&shared.metrics.packets_sent);
+        Metrics::add(&shared.metrics.bytes_sent, out.len());
     }
     let _ = stream.shutdown().await;
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hooks_spec::{ConfError, ConfFile, Plugin};
-use postbox::config::{Config, Listener};
+use postbox::config::{Config, Listener, LogFormat};
 use postbox::{BrokerError, Server};
 
 /// Every message allocates on one worker thread and is freed on another
@@ -77,11 +77,20 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level, next to `message`: what log shippers expect.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -3,6 +3,11 @@
 //! Every refusal the broker makes on a client's behalf (failed
 //! authentication, an ACL denial, a rate limit) is counted here as well as
 //! logged, so an operator can watch them; [`crate::sys`] publishes them.
+//!
+//! Traffic (bytes and packets in and out) is counted per socket read or
+//! write, not per packet: a connection counts its packets in plain integers
+//! ([`Traffic`]) and adds them here when it reads or writes, so the hot path
+//! pays a few relaxed atomic adds per system call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,12 +50,44 @@ pub struct Metrics {
     pub messages_received: [AtomicU64; 3],
     /// PUBLISH packets sent to clients, by QoS (0, 1, 2); a resend counts again.
     pub messages_sent: [AtomicU64; 3],
-    /// Bytes read from client connections.
+    /// Bytes read from client connections (MQTT bytes: TLS framing is not counted).
     pub bytes_received: AtomicU64,
-    /// Bytes written to client connections.
+    /// Bytes written to client connections (MQTT bytes).
     pub bytes_sent: AtomicU64,
     /// `messages_dropped` by reason, in the order of [`DROP_REASONS`].
     pub dropped_by_reason: [AtomicU64; 6],
+    /// MQTT packets of any type received from clients.
+    pub packets_received: AtomicU64,
+    /// MQTT packets of any type sent to clients.
+    pub packets_sent: AtomicU64,
+    /// CONNECT packets received (accepted or refused).
+    pub connects_received: AtomicU64,
+}
+
+/// Packets one connection counted since it last added them to [`Metrics`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    /// Packets decoded.
+    pub packets_in: u32,
+    /// Packets encoded for sending.
+    pub packets_out: u32,
+}
+
+impl Traffic {
+    /// Adds the packets counted so far to `metrics` and starts again from 0.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if self.packets_in > 0 {
+            metrics
+                .packets_received
+                .fetch_add(u64::from(self.packets_in), Ordering::Relaxed);
+        }
+        if self.packets_out > 0 {
+            metrics
+                .packets_sent
+                .fetch_add(u64::from(self.packets_out), Ordering::Relaxed);
+        }
+        *self = Traffic::default();
+    }
 }
 
 impl Metrics {
@@ -76,8 +113,8 @@ impl Metrics {
         self.dropped_by_reason[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds `n` to a byte counter.
-    pub fn add_bytes(counter: &AtomicU64, n: usize) {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -87,9 +124,8 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let r = &self.messages_received;
         let s = &self.messages_sent;
+        // bytes.* are in snapshot().
         let mut out = vec![
-            ("bytes.received", get(&self.bytes_received)),
-            ("bytes.sent", get(&self.bytes_sent)),
             ("messages.received", r.iter().map(get).sum()),
             ("messages.qos0.received", get(&r[0])),
             ("messages.qos1.received", get(&r[1])),
@@ -127,6 +163,11 @@ impl Metrics {
             ("cluster.forwarded", get(&self.cluster_forwarded)),
             ("cluster.received", get(&self.cluster_received)),
             ("cluster.dropped", get(&self.cluster_dropped)),
+            ("bytes.received", get(&self.bytes_received)),
+            ("bytes.sent", get(&self.bytes_sent)),
+            ("packets.received", get(&self.packets_received)),
+            ("packets.sent", get(&self.packets_sent)),
+            ("packets.connect.received", get(&self.connects_received)),
         ]
     }
 }

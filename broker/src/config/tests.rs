@@ -36,6 +36,7 @@ fn defaults() -> Config {
         listeners: vec![Listener::tcp("external", "0.0.0.0:1883".parse().unwrap())],
         mqtt: MqttLimits::default(),
         log_level: "info".into(),
+        log_format: LogFormat::Text,
         plugins: vec![],
         plugins_etc_dir: PathBuf::from("/opt/postbox/etc"),
         hooks_timeout: Duration::from_secs(5),
@@ -86,6 +87,7 @@ fn every_key() {
          mqtt.max_subscriptions = 20\n\
          mqtt.max_topic_levels = 8\n\
          log.level = DEBUG\n\
+         log.format = json\n\
          plugins.load = backend_pgsql, other\n\
          plugins.etc_dir = plugins.d\n\
          hooks.timeout = 2s\n\
@@ -117,6 +119,7 @@ fn every_key() {
                 publish_limit: None,
             },
             log_level: "debug".into(),
+            log_format: LogFormat::Json,
             plugins: vec!["backend_pgsql".into(), "other".into()],
             plugins_etc_dir: PathBuf::from("/opt/postbox/etc/plugins.d"),
             hooks_timeout: Duration::from_secs(2),
@@ -343,6 +346,14 @@ fn log_levels() {
 }
 
 #[test]
+fn log_formats() {
+    assert_eq!(ok("log.format = text").log_format, LogFormat::Text);
+    assert_eq!(ok("log.format = JSON").log_format, LogFormat::Json);
+    let e = bad("log.format", "syslog");
+    assert_eq!(e.message, "expected `text` or `json`, got `syslog`");
+}
+
+#[test]
 fn plugins_list() {
     assert!(ok("plugins.load =").plugins.is_empty());
     assert_eq!(ok("plugins.load = a,b , c").plugins, ["a", "b", "c"]);
@@ -445,6 +456,7 @@ fn shipped_config_documents_every_key() {
         "listener.ssl.external.peer_cert_as_username",
         "listener.ssl.external.max_conn_rate",
         "log.level",
+        "log.format",
         "plugins.load",
         "plugins.etc_dir",
         "hooks.timeout",

@@ -34,12 +34,20 @@ impl Session {
             };
             match decoded {
                 Ok(Some(packet)) => {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.traffic.packets_in = c.traffic.packets_in.saturating_add(1);
+                    }
                     if let Some(exit) = self.handle_packet(packet).await {
                         return Some(exit);
                     }
                     self.conn.as_ref()?;
                 }
-                Ok(None) => return None,
+                Ok(None) => {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.traffic.flush(&self.shared.metrics);
+                    }
+                    return None;
+                }
                 Err(e) => return Box::pin(self.decode_failed(e)).await,
             }
         }
@@ -60,9 +68,7 @@ impl Session {
             c.inbuf.reserve(4096);
             // A zero timeout polls the read once: only what has arrived.
             match tokio::time::timeout(Duration::ZERO, c.reader.read_buf(&mut c.inbuf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_received, n);
-                }
+                Ok(Ok(n)) if n > 0 => crate::metrics::Metrics::add(&self.shared.metrics.bytes_received, n),
                 _ => break,
             }
         }
@@ -71,6 +77,9 @@ impl Session {
                 Some(c) => c.codec.decode(&mut c.inbuf),
                 None => return,
             };
+            if let (Ok(Some(_)), Some(c)) = (&decoded, self.conn.as_mut()) {
+                c.traffic.packets_in = c.traffic.packets_in.saturating_add(1);
+            }
             match decoded {
                 Ok(Some(Packet::PubAck(a))) => self.client_puback(a).await,
                 Ok(Some(Packet::PubRec(a))) => self.client_pubrec(a).await,

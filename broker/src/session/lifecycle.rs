@@ -146,6 +146,7 @@ impl Session {
             publish_bucket: limits
                 .publish_limit
                 .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
+            traffic: crate::metrics::Traffic::default(),
         });
         self.shared.connected_add(1);
         self.online.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -185,6 +186,17 @@ impl Session {
             code: 0,
             props,
         }));
+        // The one line per connection (refusals are logged where they are made).
+        tracing::info!(
+            clientid = %self.client.clientid,
+            peer = %attach.conn.peer,
+            username = self.client.username.as_deref(),
+            protocol = %self.client.protocol,
+            keepalive = keepalive_secs,
+            clean_start = self.client.clean_start,
+            session_present,
+            "client connected"
+        );
 
         // Redeliver what was inflight, with DUP, in the order it was first sent,
         // as far as the client's (possibly smaller) window allows; then the queue.
@@ -296,7 +308,8 @@ impl Session {
 
     /// Closes on a protocol violation with an MQTT 5 reason code.
     pub(super) async fn protocol_error(&mut self, what: &str, code: u8) -> Option<Exit> {
-        tracing::info!(clientid = %self.client.clientid, reason_code = code, "closing connection: {what}");
+        // The disconnect line (info) says what; this adds the code.
+        tracing::debug!(clientid = %self.client.clientid, reason_code = code, "closing connection: {what}");
         // Boxed: callers are on hot paths, and closing is rare (see Session::run).
         Box::pin(self.connection_lost(DisconnectReason::ProtocolError(what.to_string()), Some(code))).await
     }
@@ -317,7 +330,9 @@ impl Session {
             return;
         }
         self.flush().await;
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else { return };
+        conn.traffic.flush(&self.shared.metrics);
+        log_disconnected(&self.client.clientid, &conn.info, &reason);
         self.shared.connected_add(-1);
         self.online.store(false, std::sync::atomic::Ordering::Relaxed);
         let hooks = Arc::clone(&self.shared.hooks);
@@ -471,4 +486,15 @@ impl Session {
         }
         self.shared.registry.remove(&self.client.clientid, self.uid);
     }
+}
+
+/// The one line per closed connection: who, from where, and why
+/// (`reason`: EMQX's names, see [`DisconnectReason`]'s `Display`; a protocol
+/// error's text goes to `detail`).
+fn log_disconnected(clientid: &str, conn: &hooks_spec::ConnInfo, reason: &DisconnectReason) {
+    let (reason, detail) = match reason {
+        DisconnectReason::ProtocolError(what) => ("protocol_error".to_string(), Some(what.as_str())),
+        other => (other.to_string(), None),
+    };
+    tracing::info!(clientid = %clientid, peer = %conn.peer, reason = %reason, detail, "client disconnected");
 }

@@ -120,6 +120,8 @@ struct Conn {
     /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
     /// client starts with a full bucket, so it can re-send what was refused.
     publish_bucket: Option<crate::rate_limit::TokenBucket>,
+    /// Packets counted since they were last added to the broker's counters.
+    traffic: crate::metrics::Traffic,
 }
 
 /// One subscription of this session.
@@ -432,7 +434,7 @@ impl Session {
                     .await;
             }
             Event::Read(Ok(n)) => {
-                crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_received, n);
+                crate::metrics::Metrics::add(&self.shared.metrics.bytes_received, n);
                 if let Some(c) = self.conn.as_mut() {
                     c.last_seen = Instant::now();
                 }
@@ -444,7 +446,11 @@ impl Session {
                     .await;
             }
             Event::Wrote(Ok(n)) => {
-                crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_sent, n);
+                let metrics = &self.shared.metrics;
+                crate::metrics::Metrics::add(&metrics.bytes_sent, n);
+                if let Some(c) = self.conn.as_mut() {
+                    c.traffic.flush(metrics);
+                }
                 if self
                     .conn
                     .as_ref()
@@ -476,7 +482,6 @@ impl Session {
                         }
                     }
                 }
-                tracing::info!(clientid = %self.client.clientid, "keepalive timeout");
                 return Box::pin(
                     self.connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D)),
                 )
@@ -493,10 +498,9 @@ impl Session {
         if let Some(c) = self.conn.as_mut() {
             if !c.outbuf.is_empty() {
                 let out = c.outbuf.split();
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await
-                {
-                    crate::metrics::Metrics::add_bytes(&self.shared.metrics.bytes_sent, out.len());
+                let wrote = tokio::time::timeout(Duration::from_secs(2), c.writer.write_all(&out)).await;
+                if matches!(wrote, Ok(Ok(()))) {
+                    crate::metrics::Metrics::add(&self.shared.metrics.bytes_sent, out.len());
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;

@@ -23,8 +23,9 @@ impl Session {
     /// hundreds of filters to a client that accepts 512 bytes) is not sent.
     pub(super) fn send(&mut self, packet: Packet) {
         if let Some(c) = self.conn.as_mut() {
-            if let Err(e) = c.codec.encode(&packet, &mut c.outbuf, c.client_max_packet) {
-                tracing::warn!(clientid = %self.client.clientid, "cannot encode packet: {e}");
+            match c.codec.encode(&packet, &mut c.outbuf, c.client_max_packet) {
+                Ok(()) => c.traffic.packets_out = c.traffic.packets_out.saturating_add(1),
+                Err(e) => tracing::warn!(clientid = %self.client.clientid, "cannot encode packet: {e}"),
             }
         }
     }
@@ -226,6 +227,7 @@ impl Session {
         match encoded {
             Ok(()) => {
                 self.shared.metrics.sent(routed.qos);
+                c.traffic.packets_out = c.traffic.packets_out.saturating_add(1);
                 true
             }
             Err(EncodeError::TooLarge { .. }) => {
