@@ -35,5 +35,10 @@ EXPOSE 1883 8883 4370
 # SIGTERM (docker stop) is a graceful shutdown; give it time:
 #   docker stop -t 30 <container>
 STOPSIGNAL SIGTERM
+# /status through the management listener (127.0.0.1:8081 in the example):
+# healthy once the MQTT listeners are up (and, with the PostgreSQL backend,
+# the database answers).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s \
+    CMD ["/usr/bin/postbox", "ctl", "--url", "http://127.0.0.1:8081", "--user", "admin", "--password", "public", "status"]
 ENTRYPOINT ["/usr/bin/postbox"]
 CMD ["-c", "/etc/postbox/postbox.conf"]

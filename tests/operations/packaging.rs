@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::QoS;
@@ -79,6 +80,8 @@ async fn etc_dir(example: &str, edit: impl FnOnce(String) -> String, db: Option<
 struct Node {
     child: Child,
     addr: SocketAddr,
+    /// The `http listening on` address, when the config has one.
+    http: Arc<Mutex<Option<SocketAddr>>>,
     dir: PathBuf,
 }
 
@@ -117,11 +120,32 @@ impl Node {
             );
         };
         // Keep reading stdout, so the broker never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&http);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(a) = line.strip_prefix("http listening on ") {
+                    *seen.lock().unwrap() = a.trim().parse::<SocketAddr>().ok();
+                }
+            }
+        });
         Node {
             child,
             addr,
+            http,
             dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The HTTP listener's address (waits for its line).
+    async fn http_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + BROKER_TIMEOUT;
+        loop {
+            if let Some(a) = *self.http.lock().unwrap() {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no `http listening on` line");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -149,7 +173,12 @@ impl Drop for Node {
 
 #[tokio::test]
 async fn the_single_node_example_serves_its_users() {
-    let dir = etc_dir("single-node.conf", |c| c, None).await;
+    let dir = etc_dir(
+        "single-node.conf",
+        |c| set_key(&c, "management.listener.http", "127.0.0.1:0"),
+        None,
+    )
+    .await;
     let node = Node::start(&dir).await;
 
     let anonymous = V4Client::try_connect(v4_options(node.addr, "nobody", true)).await;
@@ -176,6 +205,35 @@ async fn the_single_node_example_serves_its_users() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|l| l["message"] == "client connected" && l["clientid"] == "kitchen");
     assert!(connected.is_some(), "{logs}");
+
+    // The Docker image's HEALTHCHECK: `postbox ctl status` with the
+    // example's credentials succeeds against the example's HTTP listener.
+    let url = format!("http://{}", node.http_addr().await);
+    let status = Command::new(broker_bin())
+        .args([
+            "ctl",
+            "--url",
+            &url,
+            "--user",
+            "admin",
+            "--password",
+            "public",
+            "status",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let example = std::fs::read_to_string(format!("{ETC}/examples/single-node.conf")).unwrap();
+    assert!(example.contains("\nmanagement.listener.http = 127.0.0.1:8081\n"));
+    let dockerfile = std::fs::read_to_string(format!("{ETC}/../Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(
+            r#""ctl", "--url", "http://127.0.0.1:8081", "--user", "admin", "--password", "public", "status""#
+        ),
+        "the HEALTHCHECK uses the example's listener and credentials"
+    );
 }
 
 #[tokio::test]
@@ -188,6 +246,7 @@ async fn two_nodes_of_the_cluster_example_form_a_cluster() {
             |c| {
                 let c = set_key(&c, "node.name", name);
                 let c = set_key(&c, "cluster.database", &db.url);
+                let c = set_key(&c, "management.listener.http", "127.0.0.1:0");
                 set_key(&c, "cluster.listen", "127.0.0.1:0")
             },
             Some(&db),
