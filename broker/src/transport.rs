@@ -33,6 +33,13 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Whether written bytes may wait in a buffer of the stream's own until
+    /// it is flushed (TLS records, WebSocket messages); plain TCP writes
+    /// straight to the socket.
+    pub fn buffers_writes(&self) -> bool {
+        matches!(self, Stream::Boxed(_))
+    }
+
     /// Splits into halves the session task can poll independently. TCP
     /// splits without a lock; other streams share one through `tokio::io::split`.
     pub fn split(self) -> (Reader, Writer) {

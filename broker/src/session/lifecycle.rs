@@ -119,6 +119,7 @@ impl Session {
         let keepalive_secs = self.client.keepalive;
         let send_window =
             usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
+        let flushes = attach.stream.buffers_writes();
         let (reader, writer) = attach.stream.split();
         let keepalive = (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
         self.next_gen += 1;
@@ -147,6 +148,8 @@ impl Session {
                 .publish_limit
                 .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
             traffic: crate::metrics::Traffic::default(),
+            flushes,
+            unflushed: false,
         });
         self.shared.connected_add(1);
         self.online.store(true, std::sync::atomic::Ordering::Relaxed);

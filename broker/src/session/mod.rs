@@ -122,6 +122,11 @@ struct Conn {
     publish_bucket: Option<crate::rate_limit::TokenBucket>,
     /// Packets counted since they were last added to the broker's counters.
     traffic: crate::metrics::Traffic,
+    /// The writer may keep written bytes in a buffer of its own (TLS,
+    /// WebSocket): it is flushed once the output buffer is empty.
+    flushes: bool,
+    /// Bytes were written since the last flush (only when `flushes`).
+    unflushed: bool,
 }
 
 /// One subscription of this session.
@@ -211,6 +216,8 @@ enum Event {
     Replay(Replay),
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
+    /// The writer's own buffer was flushed.
+    Flushed(std::io::Result<()>),
     Published(PublishDone),
     /// The keep-alive timer fired: a timeout, or re-armed if packets came since.
     KeepaliveDue,
@@ -362,13 +369,15 @@ impl Session {
                     inbuf,
                     outbuf,
                     keepalive,
+                    unflushed,
                     ..
                 } = c;
                 let want_write = !outbuf.is_empty();
+                let want_flush = !want_write && *unflushed;
                 // Not biased: a flood of deliveries must not starve the client's
                 // input (PINGREQ, acknowledgements), nor the other way round.
                 tokio::select! {
-                    r = writer.write_buf(outbuf), if want_write => Event::Wrote(r),
+                    e = write_or_flush(writer, outbuf), if want_write || want_flush => e,
                     Some(done) = self.pending.next(), if pending_nonempty => Event::Published(done),
                     r = self.replay_rx.recv() => Event::Replay(r),
                     cmd = self.rx.recv() => Event::Cmd(cmd),
@@ -440,16 +449,22 @@ impl Session {
                 }
                 return self.process_input().await;
             }
-            Event::Read(Err(e)) | Event::Wrote(Err(e)) => {
+            Event::Read(Err(e)) | Event::Wrote(Err(e)) | Event::Flushed(Err(e)) => {
                 tracing::debug!(clientid = %self.client.clientid, "socket error: {e}");
                 return Box::pin(self.connection_lost(hooks_spec::DisconnectReason::SocketClosed, None))
                     .await;
+            }
+            Event::Flushed(Ok(())) => {
+                if let Some(c) = self.conn.as_mut() {
+                    c.unflushed = false;
+                }
             }
             Event::Wrote(Ok(n)) => {
                 let metrics = &self.shared.metrics;
                 crate::metrics::Metrics::add(&metrics.bytes_sent, n);
                 if let Some(c) = self.conn.as_mut() {
                     c.traffic.flush(metrics);
+                    c.unflushed = c.flushes;
                 }
                 if self
                     .conn
@@ -505,6 +520,15 @@ impl Session {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), c.writer.shutdown()).await;
         }
+    }
+}
+
+/// Writes the output buffer, or flushes the writer when the buffer is empty.
+async fn write_or_flush(writer: &mut crate::transport::Writer, outbuf: &mut BytesMut) -> Event {
+    if outbuf.is_empty() {
+        Event::Flushed(writer.flush().await)
+    } else {
+        Event::Wrote(writer.write_buf(outbuf).await)
     }
 }
 
