@@ -2,16 +2,14 @@
 //! certificate verification, the certificate's common name as username,
 //! and startup errors for bad certificate files.
 //!
-//! Certificates are made at test time with the `openssl` command (as
-//! tests/pgsql_tls.rs does): a CA, a server certificate for 127.0.0.1 and
-//! localhost, a client certificate `CN=device-42`, and a second CA with
-//! its own client certificate that the broker must not trust.
+//! Certificates are made at test time with the `openssl` command
+//! (`support::certs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -19,141 +17,14 @@ use bytes::BytesMut;
 use hooks_spec::{AclResult, AuthResult, ConfFile, Flow, Hooks, Plugin, PluginContext, PluginError};
 use postbox::config::Config;
 use postbox::Server;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use support::certs::Certs;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-
-// ---------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------
-
-/// A directory of test certificates, removed on drop.
-struct Certs {
-    dir: PathBuf,
-}
-
-/// Runs `openssl` in `dir` with `args` (split at whitespace; no argument has spaces).
-fn openssl(dir: &Path, args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = std::process::Command::new("openssl")
-        .args(&args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is needed to make test certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A fresh EC P-256 key, without a passphrase.
-const NEW_KEY: &str = "-nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1";
-
-impl Certs {
-    fn generate() -> Certs {
-        let dir = temp_dir("tls-certs");
-        for (name, cn) in [("ca", "PostboxTestCA"), ("other-ca", "UntrustedTestCA")] {
-            openssl(
-                &dir,
-                &format!(
-                    "req -x509 -new {NEW_KEY} -days 2 -subj /CN={cn} \
-                     -addext basicConstraints=critical,CA:TRUE \
-                     -addext keyUsage=critical,keyCertSign,cRLSign -keyout {name}.key -out {name}.pem"
-                ),
-            );
-        }
-        let server_ext = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                          extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
-        let client_ext = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                          extendedKeyUsage=clientAuth\n";
-        std::fs::write(dir.join("server.ext"), server_ext).unwrap();
-        std::fs::write(dir.join("client.ext"), client_ext).unwrap();
-        for (serial, (name, cn, ca, ext)) in [
-            ("server", "localhost", "ca", "server.ext"),
-            ("client", "device-42", "ca", "client.ext"),
-            ("intruder", "intruder", "other-ca", "client.ext"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            openssl(
-                &dir,
-                &format!("req -new {NEW_KEY} -subj /CN={cn} -keyout {name}.key -out {name}.csr"),
-            );
-            openssl(
-                &dir,
-                &format!(
-                    "x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -set_serial {} -days 2 \
-                     -extfile {ext} -out {name}.pem",
-                    1000 + serial
-                ),
-            );
-        }
-        Certs { dir }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    /// A client configuration trusting `ca` (`ca.pem` or `other-ca.pem`),
-    /// presenting the client certificate `client` (`client` or `intruder`) if given.
-    fn client_config(&self, ca: &str, client: Option<&str>) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(self.dir.join(ca)).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match client {
-            None => builder.with_no_client_auth(),
-            Some(name) => {
-                let chain = CertificateDer::pem_file_iter(self.dir.join(format!("{name}.pem")))
-                    .unwrap()
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = PrivateKeyDer::from_pem_file(self.dir.join(format!("{name}.key"))).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-        };
-        Arc::new(config)
-    }
-
-    /// Config lines for `listener.ssl.<name>` on 127.0.0.1:0 with this server
-    /// certificate, plus `extra` settings (`.verify = ...`) for it.
-    fn listener(&self, name: &str, extra: &[(&str, &str)]) -> String {
-        let mut conf = format!(
-            "listener.ssl.{name} = 127.0.0.1:0\nlistener.ssl.{name}.certfile = {}\n\
-             listener.ssl.{name}.keyfile = {}\n",
-            self.path("server.pem"),
-            self.path("server.key")
-        );
-        for (k, v) in extra {
-            let v = if *v == "CA" {
-                self.path("ca.pem")
-            } else {
-                v.to_string()
-            };
-            conf.push_str(&format!("listener.ssl.{name}.{k} = {v}\n"));
-        }
-        conf
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 const VERIFY_PEER: (&str, &str) = ("verify", "verify_peer");
 const CA: (&str, &str) = ("cacertfile", "CA");
@@ -205,18 +76,6 @@ impl TlsMqtt {
             .await
             .expect("no packet and no close within 10 s")
     }
-}
-
-fn frame_len(buf: &[u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for i in 1..=4 {
-        let b = *buf.get(i)?;
-        len += usize::from(b & 0x7f) << (7 * (i - 1));
-        if b & 0x80 == 0 {
-            return Some(1 + i + len);
-        }
-    }
-    panic!("malformed remaining length from the broker")
 }
 
 /// MQTT 3.1.1 CONNECT with a username and no password.

@@ -116,9 +116,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`) or
-/// TLS (`listener.ssl.<name> = <ip:port>`), with its settings
-/// (`listener.<tcp|ssl>.<name>.<setting>`).
+/// One MQTT listener: plain TCP (`listener.tcp.<name> = <ip:port>`),
+/// TLS (`listener.ssl.<name>`), WebSocket (`listener.ws.<name>`) or
+/// WebSocket over TLS (`listener.wss.<name>`), with its settings
+/// (`listener.<kind>.<name>.<setting>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The `<name>` part of the key (for example `external`).
@@ -129,8 +130,19 @@ pub struct Listener {
     /// up to as many; beyond it a connection is refused after its CONNECT
     /// (CONNACK 0x9F, 3.1.1: 0x03). `None`: unlimited (the default).
     pub max_conn_rate: Option<u32>,
-    /// `Some` for a `listener.ssl` listener: its TLS settings.
+    /// `Some` for a `listener.ssl` or `listener.wss` listener: its TLS settings.
     pub tls: Option<TlsSettings>,
+    /// `Some` for a `listener.ws` or `listener.wss` listener: MQTT runs
+    /// over WebSocket binary messages after an HTTP upgrade.
+    pub websocket: Option<WebSocketSettings>,
+}
+
+/// The WebSocket side of a `listener.ws` / `listener.wss` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketSettings {
+    /// `.mqtt_path` (EMQX's key): the HTTP path clients upgrade on; any
+    /// other path is answered 404. Default `/mqtt`.
+    pub path: String,
 }
 
 impl Listener {
@@ -141,12 +153,18 @@ impl Listener {
             addr,
             max_conn_rate: None,
             tls: None,
+            websocket: None,
         }
     }
 
-    /// The listener's key: `listener.tcp.<name>` or `listener.ssl.<name>`.
+    /// The listener's key: `listener.<tcp|ssl|ws|wss>.<name>`.
     pub fn key(&self) -> String {
-        let kind = if self.tls.is_some() { "ssl" } else { "tcp" };
+        let kind = match (self.tls.is_some(), self.websocket.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "ssl",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        };
         format!("listener.{kind}.{}", self.name)
     }
 }

@@ -53,6 +53,7 @@ pub mod tls;
 pub mod topic;
 pub mod transport;
 pub mod trie;
+pub mod websocket;
 
 use std::net::SocketAddr;
 

@@ -3,7 +3,7 @@
 //! The accept loop only accepts: it takes a token from the listener's
 //! connection-rate bucket (`max_conn_rate`; the loop is the bucket's only
 //! user, so it needs no lock), and spawns the connection's task, which does
-//! everything slow (the TLS handshake, reading CONNECT). A connection over
+//! everything slow (the TLS handshake, the WebSocket upgrade, reading CONNECT). A connection over
 //! the rate is counted here and logged at most once per
 //! [`RATE_LOG_EVERY`]; its task reads its CONNECT and refuses it.
 
@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::{LogThrottle, Rate, TokenBucket};
 use crate::shared::Shared;
 use crate::tls::TlsListener;
+use crate::websocket::WsListener;
 
 /// The most often the "connection rate exceeded" warning is logged per listener.
 pub const RATE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -29,8 +30,10 @@ pub struct ListenerSpec {
     pub key: String,
     /// `max_conn_rate`, when set.
     pub max_conn_rate: Option<u32>,
-    /// The TLS side of a `listener.ssl` listener.
+    /// The TLS side of a `listener.ssl` or `listener.wss` listener.
     pub tls: Option<TlsListener>,
+    /// The WebSocket side of a `listener.ws` or `listener.wss` listener.
+    pub websocket: Option<WsListener>,
 }
 
 /// Accepts connections until the task is aborted at shutdown.
@@ -63,11 +66,19 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, spec: Liste
                     cert_cn_as_username: false,
                 };
                 let shared = Arc::clone(&shared);
-                match &spec.tls {
-                    None => tokio::spawn(connection::handle_tcp(shared, stream, peer, admission)),
-                    Some(tls) => {
+                match (&spec.tls, &spec.websocket) {
+                    (None, None) => tokio::spawn(connection::handle_tcp(shared, stream, peer, admission)),
+                    (Some(tls), None) => {
                         tokio::spawn(crate::tls::serve(shared, tls.clone(), stream, peer, admission))
                     }
+                    (tls, Some(ws)) => tokio::spawn(crate::websocket::serve(
+                        shared,
+                        ws.clone(),
+                        tls.clone(),
+                        stream,
+                        peer,
+                        admission,
+                    )),
                 };
             }
             Err(e) => {

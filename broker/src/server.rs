@@ -61,6 +61,9 @@ impl Server {
                 key: l.key(),
                 max_conn_rate: l.max_conn_rate,
                 tls,
+                websocket: l.websocket.as_ref().map(|w| crate::websocket::WsListener {
+                    path: w.path.as_str().into(),
+                }),
             };
             bound.push((listener, addr, spec));
         }

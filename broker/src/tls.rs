@@ -154,21 +154,37 @@ pub async fn serve(
 ) {
     let _task = shared.tasks.enter();
     let _ = tcp.set_nodelay(true);
+    if let Some((stream, peer, admission)) = handshake(&shared, &tls, tcp, addr, admission).await {
+        connection::handle_admitted(shared, stream, peer, admission).await;
+    }
+}
+
+/// The server side of the TLS handshake, which must finish by the admission
+/// deadline: the encrypted stream, the peer with its certificate's common
+/// name, and the admission with the listener's `peer_cert_as_username`.
+/// `None` (logged) when the handshake fails, times out or shutdown begins.
+pub async fn handshake(
+    shared: &Shared,
+    tls: &TlsListener,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    admission: Admission,
+) -> Option<(Stream, Peer, Admission)> {
     let mut shutdown = shared.shutdown_rx();
     let handshake = tokio::select! {
         r = tokio::time::timeout_at(admission.deadline, tls.acceptor.accept(tcp)) => r,
         // Shutdown does not wait for a client that has not finished connecting.
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
     };
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Err(_) => {
             tracing::debug!(peer = %addr, "TLS handshake not finished within mqtt.connect_timeout, closing");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             log_failed_handshake(addr, &e);
-            return;
+            return None;
         }
     };
     let cert_common_name = stream
@@ -185,7 +201,7 @@ pub async fn serve(
         addr,
         cert_common_name,
     };
-    connection::handle_admitted(shared, Stream::Boxed(Box::new(stream)), peer, admission).await;
+    Some((Stream::Boxed(Box::new(stream)), peer, admission))
 }
 
 /// A TLS error (bad or missing certificate, no common protocol) is worth an

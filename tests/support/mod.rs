@@ -1040,7 +1040,7 @@ pub struct RawClient {
 }
 
 /// Total length of the first packet in `buf` if its fixed header is complete.
-fn frame_len(buf: &[u8]) -> Option<usize> {
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
     let mut len: usize = 0;
     let mut shift = 0;
     for i in 1..=4 {
@@ -1273,6 +1273,7 @@ pub fn disconnect_bytes() -> Vec<u8> {
     vec![0xE0, 0x00]
 }
 pub mod auth;
+pub mod certs;
 pub mod http;
 pub mod pg_cluster;
 pub mod pgsql;

@@ -1,5 +1,6 @@
-//! The `listener.*` keys: `listener.tcp.<name>` and `listener.ssl.<name>`,
-//! each an address line plus optional settings `listener.<kind>.<name>.<setting>`.
+//! The `listener.*` keys: `listener.tcp.<name>`, `listener.ssl.<name>`,
+//! `listener.ws.<name>` and `listener.wss.<name>`, each an address line plus
+//! optional settings `listener.<kind>.<name>.<setting>`.
 //!
 //! A listener's settings may come before or after its address line (the file
 //! is read whole, then each listener is assembled); a setting whose listener
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use hooks_spec::{ConfEntry, ConfError, ConfFile};
 
-use super::{shown, ConfPath, Listener, PeerCertField, TlsSettings};
+use super::{shown, ConfPath, Listener, PeerCertField, TlsSettings, WebSocketSettings};
 
 /// The settings a `listener.tcp.<name>` takes.
 const TCP_SETTINGS: &[&str] = &["max_conn_rate"];
@@ -26,16 +27,70 @@ const SSL_SETTINGS: &[&str] = &[
     "fail_if_no_peer_cert",
     "peer_cert_as_username",
 ];
+/// The settings a `listener.ws.<name>` takes.
+const WS_SETTINGS: &[&str] = &["max_conn_rate", "mqtt_path"];
+/// The settings a `listener.wss.<name>` takes.
+const WSS_SETTINGS: &[&str] = &[
+    "max_conn_rate",
+    "mqtt_path",
+    "keyfile",
+    "certfile",
+    "cacertfile",
+    "verify",
+    "fail_if_no_peer_cert",
+    "peer_cert_as_username",
+];
+
+/// The HTTP path a WebSocket listener upgrades on when `mqtt_path` is not set.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
+
+/// The four kinds of MQTT listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Tcp,
+    Ssl,
+    Ws,
+    Wss,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Ssl => "ssl",
+            Kind::Ws => "ws",
+            Kind::Wss => "wss",
+        }
+    }
+
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            Kind::Tcp => TCP_SETTINGS,
+            Kind::Ssl => SSL_SETTINGS,
+            Kind::Ws => WS_SETTINGS,
+            Kind::Wss => WSS_SETTINGS,
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Kind::Ssl | Kind::Wss)
+    }
+
+    fn websocket(self) -> bool {
+        matches!(self, Kind::Ws | Kind::Wss)
+    }
+}
 
 /// One listener while the file is being read.
 struct Draft<'a> {
-    ssl: bool,
+    kind: Kind,
     name: &'a str,
     /// The address line and the address.
     addr: Option<(&'a ConfEntry, SocketAddr)>,
     /// The first line naming this listener (for "no address line" errors).
     first: &'a ConfEntry,
     max_conn_rate: Option<u32>,
+    mqtt_path: Option<String>,
     certfile: Option<ConfPath>,
     keyfile: Option<ConfPath>,
     cacertfile: Option<(&'a ConfEntry, ConfPath)>,
@@ -45,13 +100,14 @@ struct Draft<'a> {
 }
 
 impl<'a> Draft<'a> {
-    fn new(ssl: bool, name: &'a str, first: &'a ConfEntry) -> Draft<'a> {
+    fn new(kind: Kind, name: &'a str, first: &'a ConfEntry) -> Draft<'a> {
         Draft {
-            ssl,
+            kind,
             name,
             addr: None,
             first,
             max_conn_rate: None,
+            mqtt_path: None,
             certfile: None,
             keyfile: None,
             cacertfile: None,
@@ -62,7 +118,7 @@ impl<'a> Draft<'a> {
     }
 
     fn key(&self) -> String {
-        format!("listener.{}.{}", if self.ssl { "ssl" } else { "tcp" }, self.name)
+        format!("listener.{}.{}", self.kind.name(), self.name)
     }
 }
 
@@ -70,8 +126,8 @@ impl<'a> Draft<'a> {
 pub(super) struct Listeners<'a> {
     dir: PathBuf,
     drafts: Vec<Draft<'a>>,
-    /// (ssl, name) to its index in `drafts`.
-    index: HashMap<(bool, &'a str), usize>,
+    /// (kind, name) to its index in `drafts`.
+    index: HashMap<(Kind, &'a str), usize>,
 }
 
 impl<'a> Listeners<'a> {
@@ -87,14 +143,14 @@ impl<'a> Listeners<'a> {
     /// Takes `e` if its key is a listener key (`Ok(true)`); `Ok(false)` for
     /// any other key, which the caller reports as unknown.
     pub(super) fn take(&mut self, conf: &ConfFile, e: &'a ConfEntry) -> Result<bool, ConfError> {
-        let Some((ssl, name, setting)) = split_key(&e.key) else {
+        let Some((kind, name, setting)) = split_key(&e.key) else {
             return Ok(false);
         };
-        let at = match self.index.get(&(ssl, name)) {
+        let at = match self.index.get(&(kind, name)) {
             Some(&at) => at,
             None => {
-                self.drafts.push(Draft::new(ssl, name, e));
-                self.index.insert((ssl, name), self.drafts.len() - 1);
+                self.drafts.push(Draft::new(kind, name, e));
+                self.index.insert((kind, name), self.drafts.len() - 1);
                 self.drafts.len() - 1
             }
         };
@@ -116,7 +172,20 @@ impl<'a> Listeners<'a> {
                     }
                 });
             }
-            Some(_) if !ssl => return Err(unknown_setting(conf, e, ssl)),
+            Some("mqtt_path") if kind.websocket() => {
+                if !e.value.starts_with('/') || e.value.contains(char::is_whitespace) {
+                    return Err(conf.error(
+                        e,
+                        format!(
+                            "expected the HTTP path WebSocket clients connect to, starting with `/` \
+                             (such as `/mqtt`), got {}",
+                            shown(&e.value)
+                        ),
+                    ));
+                }
+                d.mqtt_path = Some(e.value.clone());
+            }
+            Some(_) if !kind.tls() => return Err(unknown_setting(conf, e, kind)),
             Some("certfile") => d.certfile = Some(conf_path(conf, e, &dir)?),
             Some("keyfile") => d.keyfile = Some(conf_path(conf, e, &dir)?),
             Some("cacertfile") => d.cacertfile = Some((e, conf_path(conf, e, &dir)?)),
@@ -146,7 +215,7 @@ impl<'a> Listeners<'a> {
                 }
                 d.peer_cert_as_username = Some((e, PeerCertField::Cn));
             }
-            Some(_) => return Err(unknown_setting(conf, e, ssl)),
+            Some(_) => return Err(unknown_setting(conf, e, kind)),
         }
         Ok(true)
     }
@@ -183,16 +252,20 @@ impl<'a> Listeners<'a> {
                     ));
                 }
             }
-            let tls = if d.ssl {
+            let tls = if d.kind.tls() {
                 Some(tls_settings(conf, entry, &d)?)
             } else {
                 None
             };
+            let websocket = d.kind.websocket().then(|| WebSocketSettings {
+                path: d.mqtt_path.clone().unwrap_or_else(|| DEFAULT_WS_PATH.to_string()),
+            });
             out.push(Listener {
                 name: d.name.to_string(),
                 addr,
                 max_conn_rate: d.max_conn_rate,
                 tls,
+                websocket,
             });
             lines.push(entry);
         }
@@ -200,26 +273,23 @@ impl<'a> Listeners<'a> {
     }
 }
 
-fn unknown_setting(conf: &ConfFile, e: &ConfEntry, ssl: bool) -> ConfError {
-    let (kind, known) = if ssl {
-        ("listener.ssl", SSL_SETTINGS)
-    } else {
-        ("listener.tcp", TCP_SETTINGS)
-    };
+fn unknown_setting(conf: &ConfFile, e: &ConfEntry, kind: Kind) -> ConfError {
     conf.error(
         e,
-        format!("unknown key (a `{kind}` listener takes: {})", known.join(", ")),
+        format!(
+            "unknown key (a `listener.{}` listener takes: {})",
+            kind.name(),
+            kind.settings().join(", ")
+        ),
     )
 }
 
-/// `listener.<tcp|ssl>.<name>[.<setting>]` split into (ssl, name, setting).
-fn split_key(key: &str) -> Option<(bool, &str, Option<&str>)> {
+/// `listener.<tcp|ssl|ws|wss>.<name>[.<setting>]` split into (kind, name, setting).
+fn split_key(key: &str) -> Option<(Kind, &str, Option<&str>)> {
     let rest = key.strip_prefix("listener.")?;
-    let (ssl, rest) = if let Some(r) = rest.strip_prefix("tcp.") {
-        (false, r)
-    } else {
-        (true, rest.strip_prefix("ssl.")?)
-    };
+    let (kind, rest) = [Kind::Tcp, Kind::Ssl, Kind::Ws, Kind::Wss]
+        .into_iter()
+        .find_map(|k| Some((k, rest.strip_prefix(k.name())?.strip_prefix('.')?)))?;
     let (name, setting) = match rest.split_once('.') {
         Some((n, s)) => (n, Some(s)),
         None => (rest, None),
@@ -227,7 +297,7 @@ fn split_key(key: &str) -> Option<(bool, &str, Option<&str>)> {
     if name.is_empty() || setting.is_some_and(str::is_empty) {
         return None;
     }
-    Some((ssl, name, setting))
+    Some((kind, name, setting))
 }
 
 fn parse_addr(conf: &ConfFile, e: &ConfEntry) -> Result<SocketAddr, ConfError> {
@@ -259,10 +329,15 @@ fn conf_path(conf: &ConfFile, e: &ConfEntry, dir: &Path) -> Result<ConfPath, Con
 /// The TLS settings of an ssl listener, checked as a whole.
 fn tls_settings(conf: &ConfFile, addr_entry: &ConfEntry, d: &Draft<'_>) -> Result<TlsSettings, ConfError> {
     let key = d.key();
+    let listener = if d.kind == Kind::Wss {
+        "a wss listener"
+    } else {
+        "an ssl listener"
+    };
     let missing = |setting: &str, what: &str| {
         conf.error(
             addr_entry,
-            format!("an ssl listener needs `{key}.{setting}` ({what}), and it is not set"),
+            format!("{listener} needs `{key}.{setting}` ({what}), and it is not set"),
         )
     };
     let certfile = d

@@ -215,7 +215,9 @@ fn malformed_listener_keys_are_unknown() {
         "listener.ssl",
         "listener.ssl.",
         "listener.ssl.a.",
-        "listener.ws.a",
+        "listener.ws",
+        "listener.wss.",
+        "listener.websocket.a",
         "listener.a",
     ] {
         let e = bad(key, "0.0.0.0:1883");

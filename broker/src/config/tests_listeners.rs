@@ -107,6 +107,7 @@ fn ssl_listener_with_every_setting() {
                 name: "secure".into(),
                 addr: "[::]:8883".parse().unwrap(),
                 max_conn_rate: Some(20),
+                websocket: None,
                 tls: Some(TlsSettings {
                     certfile: conf_path(
                         "/opt/postbox/etc/certs/server.pem",
@@ -233,4 +234,77 @@ fn addresses_are_unique_across_kinds_except_port_zero() {
     ));
     let keys: Vec<String> = c.listeners.iter().map(Listener::key).collect();
     assert_eq!(keys, ["listener.tcp.secure", "listener.ssl.secure"]);
+}
+
+#[test]
+fn ws_and_wss_listeners_default_to_path_mqtt() {
+    let c = ok("listener.ws.web = 0.0.0.0:8083\n\
+                listener.wss.web = 0.0.0.0:8084\n\
+                listener.wss.web.certfile = /c.pem\n\
+                listener.wss.web.keyfile = /k.pem\n\
+                listener.wss.web.mqtt_path = /mqtt/secure\n\
+                listener.ws.web.max_conn_rate = 100\n");
+    let keys: Vec<String> = c.listeners.iter().map(Listener::key).collect();
+    assert_eq!(keys, ["listener.ws.web", "listener.wss.web"]);
+    let ws = &c.listeners[0];
+    assert_eq!(ws.websocket.as_ref().map(|w| w.path.as_str()), Some("/mqtt"));
+    assert_eq!((ws.tls.is_none(), ws.max_conn_rate), (true, Some(100)));
+    let wss = &c.listeners[1];
+    assert_eq!(
+        wss.websocket.as_ref().map(|w| w.path.as_str()),
+        Some("/mqtt/secure")
+    );
+    assert_eq!(
+        wss.tls.as_ref().map(|t| t.certfile.path.clone()),
+        Some(PathBuf::from("/c.pem"))
+    );
+    // tcp and ssl listeners are not WebSocket listeners.
+    assert!(ok(SSL).listeners[0].websocket.is_none());
+}
+
+#[test]
+fn bad_websocket_settings_name_their_line() {
+    let e = bad("listener.ws.web.mqtt_path", "mqtt");
+    assert!(
+        e.message
+            .starts_with("expected the HTTP path WebSocket clients connect to"),
+        "{e}"
+    );
+    let e = err_at(
+        "listener.ws.web = 0.0.0.0:8083\nlistener.ws.web.certfile = c.pem\n",
+        2,
+        "listener.ws.web.certfile",
+    );
+    assert_eq!(
+        e.message,
+        "unknown key (a `listener.ws` listener takes: max_conn_rate, mqtt_path)"
+    );
+    let e = err_at(
+        "listener.tcp.a = 0.0.0.0:1883\nlistener.tcp.a.mqtt_path = /mqtt\n",
+        2,
+        "listener.tcp.a.mqtt_path",
+    );
+    assert!(
+        e.message
+            .starts_with("unknown key (a `listener.tcp` listener takes"),
+        "{e}"
+    );
+    let e = err_at(
+        "listener.wss.w = 0.0.0.0:8084\nlistener.wss.w.keyfile = k.pem\n",
+        1,
+        "listener.wss.w",
+    );
+    assert_eq!(
+        e.message,
+        "a wss listener needs `listener.wss.w.certfile` (the server's certificate chain, PEM), and it is not set"
+    );
+    let e = err_at(
+        "listener.ws.a = 0.0.0.0:8083\nlistener.tcp.b = 0.0.0.0:8083\n",
+        2,
+        "listener.tcp.b",
+    );
+    assert_eq!(
+        e.message,
+        "address 0.0.0.0:8083 is already used by `listener.ws.a` on line 1"
+    );
 }
