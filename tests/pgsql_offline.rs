@@ -240,3 +240,70 @@ async fn a_paged_replay_runs_at_most_two_pages_ahead_of_the_acknowledgements() {
     let mut c = device(&broker, "ahead", "ahead/t").await;
     c.expect_no_publish(Duration::from_millis(300)).await;
 }
+
+/// The topics of the stored rows, in id order.
+async fn stored_topics(pg: &tokio_postgres::Client) -> Vec<String> {
+    pg.query("select topic::text from mqtt_msg order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `backend.pgsql.msg_retention.<N>`: the first rule whose filter matches a
+/// message's topic decides how long it is kept, rows no rule matches keep
+/// `msg_retention`, and a device that comes back receives what is kept.
+#[tokio::test]
+async fn retention_rules_by_topic_decide_what_a_returning_device_still_gets() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(
+        &db,
+        "backend.pgsql.msg_retention = 10m\n\
+         backend.pgsql.msg_retention.1 = short/# 20s\n\
+         backend.pgsql.msg_retention.2 = keep/# infinity\n\
+         backend.pgsql.msg_retention.3 = short/keep/# infinity\n\
+         backend.pgsql.msg_retention.4 = x.y 20s\n",
+    )
+    .await;
+    let pg = db.client().await;
+    device(&broker, "archive", "#").await.disconnect().await;
+    let topics = ["short/a", "short/keep/x", "keep/b", "other/c", "x.y", "xzy"];
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "publisher", true)).await;
+    for t in topics {
+        p.publish_acked(t, QoS::AtLeastOnce, false, t).await;
+    }
+    assert_eq!(stored_topics(&pg).await, topics);
+
+    // Five minutes old: past the 20 s rules (rule 1 decides for short/keep/x,
+    // although rule 3 would keep it; `.` in x.y is no wildcard), within the
+    // 10 minute default.
+    pg.batch_execute("update mqtt_msg set arrived = now() - interval '5 minutes'")
+        .await
+        .unwrap();
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_msg where topic in ('short/a', 'short/keep/x', 'x.y')",
+        Some(0),
+    )
+    .await;
+    assert_eq!(stored_topics(&pg).await, ["keep/b", "other/c", "xzy"]);
+
+    // Two hours old: past the default; keep/# is kept for ever.
+    pg.batch_execute("update mqtt_msg set arrived = now() - interval '2 hours'")
+        .await
+        .unwrap();
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_msg where topic in ('other/c', 'xzy')",
+        Some(0),
+    )
+    .await;
+    assert_eq!(stored_topics(&pg).await, ["keep/b"]);
+    broker.wait_for_log("retention: deleted expired messages").await;
+
+    let mut archive = device(&broker, "archive", "#").await;
+    let got = archive.next_publish().await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("keep/b", &b"keep/b"[..]));
+    archive.expect_no_publish(Duration::from_millis(500)).await;
+}

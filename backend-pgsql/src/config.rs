@@ -72,8 +72,12 @@ pub struct PgsqlConfig {
     /// long (default `None`: no limit).
     pub time_range: Option<Duration>,
     /// `backend.pgsql.msg_retention`: how long stored messages are kept
-    /// (default 7 days; `None` for `infinity`: kept for ever).
+    /// (default 7 days; `None` for `infinity`: kept for ever), unless a
+    /// [`TopicRetention`] rule matches their topic.
     pub msg_retention: Option<Duration>,
+    /// `backend.pgsql.msg_retention.<N>`: retention by topic filter, in
+    /// ascending `N` (the first match decides).
+    pub topic_retention: Vec<TopicRetention>,
     /// `backend.pgsql.batch_size`: the most messages written in one statement
     /// (group commit; default 1000; 1 = one INSERT per message).
     pub batch_size: usize,
@@ -318,6 +322,8 @@ impl PgsqlConfig {
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
     ///   `msg_retention`, `batch_size`, `store_timeout`;
+    /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
+    ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
     pub fn from_conf(conf: &ConfFile) -> Result<PgsqlConfig, ConfError> {
         let r = Reader { conf };
@@ -327,6 +333,7 @@ impl PgsqlConfig {
             max_returned_count: DEFAULT_MAX_RETURNED_COUNT,
             time_range: None,
             msg_retention: Some(DEFAULT_MSG_RETENTION),
+            topic_retention: Vec::new(),
             batch_size: DEFAULT_BATCH_SIZE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             rules: Vec::new(),
@@ -351,6 +358,17 @@ impl PgsqlConfig {
             };
             if e.key.starts_with(RULE_KEY_PREFIX) {
                 rule_entries.push(e);
+                continue;
+            }
+            if let Some(n) = rest.strip_prefix("msg_retention.") {
+                let rule = TopicRetention::from_entry(conf, e, n)?;
+                if let Some(other) = cfg.topic_retention.iter().find(|o| o.n == rule.n) {
+                    return Err(conf.error(
+                        e,
+                        format!("retention rule {} is already set on line {}", rule.n, other.line),
+                    ));
+                }
+                cfg.topic_retention.push(rule);
                 continue;
             }
             match rest {
@@ -438,9 +456,13 @@ impl PgsqlConfig {
             cfg.rules.push(rule);
         }
         cfg.rules.sort_by_key(|rule| (rule.hook, rule.n));
+        cfg.topic_retention.sort_by_key(|r| r.n);
         Ok(cfg)
     }
 }
+
+mod retention;
+pub use retention::TopicRetention;
 
 #[cfg(test)]
 mod tests;

@@ -290,8 +290,9 @@ async fn start_engine(
             false => None,
         };
         if stores {
-            if let Some(retention) = cfg.msg_retention {
-                tasks.push(tokio::spawn(retention::run(np.clone(), retention)));
+            let policy = retention::Policy::of(&cfg);
+            if policy.shortest().is_some() {
+                tasks.push(tokio::spawn(retention::run(np.clone(), policy)));
             }
         }
         pools.insert(

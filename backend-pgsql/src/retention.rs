@@ -1,5 +1,13 @@
-//! Retention: deletes `mqtt_msg` rows older than `backend.pgsql.msg_retention`
-//! in bounded batches, so writers are never blocked behind one huge DELETE.
+//! Retention: deletes `mqtt_msg` rows older than their retention in bounded
+//! batches, so writers are never blocked behind one huge DELETE.
+//!
+//! A row's retention is that of the first `backend.pgsql.msg_retention.<N>`
+//! rule whose topic filter matches its topic, or `backend.pgsql.msg_retention`
+//! when none does ([`Policy`]). The rules are applied when the sweep runs,
+//! so a changed rule applies to the rows already stored too. Each finite
+//! retention is one DELETE, its filter an anchored regular expression bound
+//! as a parameter (the same conversion offline fetch uses), the filters of
+//! earlier rules excluded.
 //!
 //! Each batch is the oldest rows by `arrived`, read through the `arrived`
 //! index whatever the statistics say ([`ORDERED_SCAN`]): ordered by id, an
@@ -11,32 +19,97 @@ use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
 
+use crate::config::PgsqlConfig;
 use crate::error::PgsqlError;
 use crate::fetch::ORDERED_SCAN;
 use crate::pool::NamedPool;
+use crate::topic_match::anchored_regex;
 
 /// Rows deleted per statement.
 const BATCH: i64 = 5_000;
 
-/// How often to look for expired rows: a tenth of the retention, between 1 s and 60 s.
-pub fn interval(retention: Duration) -> Duration {
-    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+/// Which rows expire when: the default retention and the rules by topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// `backend.pgsql.msg_retention`; `None`: rows no rule matches are kept.
+    pub default: Option<Duration>,
+    /// `(anchored regular expression of the filter, retention)` per rule, in
+    /// the order they are tried; `None`: matching rows are kept.
+    pub rules: Vec<(String, Option<Duration>)>,
 }
 
-/// Deletes every expired row, batch by batch; returns how many.
-pub async fn sweep(pool: &NamedPool, retention: Duration) -> Result<u64, PgsqlError> {
+impl Policy {
+    /// The policy the configuration asks for.
+    pub fn of(cfg: &PgsqlConfig) -> Policy {
+        Policy {
+            default: cfg.msg_retention,
+            rules: cfg
+                .topic_retention
+                .iter()
+                .map(|r| (anchored_regex(&r.filter), r.retention))
+                .collect(),
+        }
+    }
+
+    /// The shortest finite retention; `None` when nothing ever expires (no sweep).
+    pub fn shortest(&self) -> Option<Duration> {
+        self.rules
+            .iter()
+            .filter_map(|(_, d)| *d)
+            .chain(self.default)
+            .min()
+    }
+}
+
+/// How often to look for expired rows: a tenth of the shortest retention,
+/// between 1 s and 60 s.
+pub fn interval(shortest: Duration) -> Duration {
+    (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Deletes every expired row, rule by rule and batch by batch; returns how many.
+pub async fn sweep(pool: &NamedPool, policy: &Policy) -> Result<u64, PgsqlError> {
+    let mut total = 0;
+    for (i, (re, retention)) in policy.rules.iter().enumerate() {
+        if let Some(d) = retention {
+            let earlier: Vec<&str> = policy.rules[..i].iter().map(|(r, _)| r.as_str()).collect();
+            total += sweep_one(pool, *d, Some(re), &earlier).await?;
+        }
+    }
+    if let Some(d) = policy.default {
+        let all: Vec<&str> = policy.rules.iter().map(|(r, _)| r.as_str()).collect();
+        total += sweep_one(pool, d, None, &all).await?;
+    }
+    Ok(total)
+}
+
+/// Deletes the rows older than `retention` whose topic matches `only` (any
+/// topic when `None`) and none of `excluded`.
+async fn sweep_one(
+    pool: &NamedPool,
+    retention: Duration,
+    only: Option<&String>,
+    excluded: &[&str],
+) -> Result<u64, PgsqlError> {
     let secs = retention.as_secs_f64();
     let mut total = 0;
     loop {
         let conn = pool.get().await?;
         let client: &tokio_postgres::Client = &conn;
-        let params: [(&(dyn ToSql + Sync), Type); 2] = [(&secs, Type::FLOAT8), (&BATCH, Type::INT8)];
+        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&secs, Type::FLOAT8),
+            (&BATCH, Type::INT8),
+            (&only, Type::TEXT),
+            (&excluded, Type::TEXT_ARRAY),
+        ];
         // One round trip: the three requests are pipelined.
         let (begun, deleted, committed) = tokio::join!(
             client.batch_execute(ORDERED_SCAN),
             client.execute_typed(
                 "DELETE FROM mqtt_msg WHERE id IN (
                      SELECT id FROM mqtt_msg WHERE arrived < now() - make_interval(secs => $1)
+                         AND ($3::text IS NULL OR topic ~ $3)
+                         AND NOT (topic ~ ANY($4::text[]))
                      ORDER BY arrived LIMIT $2)",
                 &params,
             ),
@@ -55,12 +128,16 @@ pub async fn sweep(pool: &NamedPool, retention: Duration) -> Result<u64, PgsqlEr
     }
 }
 
-/// Runs [`sweep`] every [`interval`] until the task is aborted.
-pub async fn run(pool: NamedPool, retention: Duration) {
-    let every = interval(retention);
+/// Runs [`sweep`] every [`interval`] of the shortest retention until the
+/// task is aborted; returns at once when nothing ever expires.
+pub async fn run(pool: NamedPool, policy: Policy) {
+    let Some(shortest) = policy.shortest() else {
+        return;
+    };
+    let every = interval(shortest);
     let mut failing = false;
     loop {
-        match sweep(&pool, retention).await {
+        match sweep(&pool, &policy).await {
             Ok(n) => {
                 failing = false;
                 if n > 0 {
@@ -75,5 +152,29 @@ pub async fn run(pool: NamedPool, retention: Duration) {
             }
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_runs_as_often_as_the_shortest_retention_needs() {
+        let hour = Duration::from_secs(3600);
+        let p = Policy {
+            default: Some(hour),
+            rules: vec![
+                ("^a$".into(), None),
+                ("^b$".into(), Some(Duration::from_secs(20))),
+            ],
+        };
+        assert_eq!(p.shortest(), Some(Duration::from_secs(20)));
+        assert_eq!(interval(Duration::from_secs(20)), Duration::from_secs(2));
+        let forever = Policy {
+            default: None,
+            rules: vec![("^a$".into(), None)],
+        };
+        assert_eq!(forever.shortest(), None);
     }
 }

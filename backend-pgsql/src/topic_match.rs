@@ -49,6 +49,15 @@ pub fn condition(filter: &str) -> TopicCondition {
     TopicCondition::Regex(re)
 }
 
+/// An anchored POSIX regular expression for any valid filter, with or
+/// without wildcards (retention matches every rule the same way).
+pub fn anchored_regex(filter: &str) -> String {
+    match condition(filter) {
+        TopicCondition::Regex(re) => re,
+        TopicCondition::Exact(topic) => format!("^{}$", escape(&topic)),
+    }
+}
+
 fn escape(lit: &str) -> String {
     let mut out = String::with_capacity(lit.len());
     for c in lit.chars() {
@@ -76,5 +85,11 @@ mod tests {
         assert_eq!(condition("#"), TopicCondition::Regex("^(?!\\$).*$".into()));
         assert_eq!(condition("+/x"), TopicCondition::Regex("^(?!\\$)[^/]*/x$".into()));
         assert_eq!(condition("a.b/+"), TopicCondition::Regex("^a\\.b/[^/]*$".into()));
+    }
+
+    #[test]
+    fn anchored_regexes_escape_exact_filters_too() {
+        assert_eq!(anchored_regex("a.b/c"), "^a\\.b/c$");
+        assert_eq!(anchored_regex("a/+"), "^a/[^/]*$");
     }
 }

@@ -572,3 +572,47 @@ fn shipped_optional_rules_load_when_uncommented() {
         ]
     );
 }
+
+#[test]
+fn retention_rules_by_topic_in_ascending_n() {
+    let c = ok("backend.pgsql.msg_retention = 1d\n\
+                backend.pgsql.msg_retention.2 = telemetry/+/raw 1h\n\
+                backend.pgsql.msg_retention.1 = alerts/# infinity\n");
+    assert_eq!(c.msg_retention, Some(Duration::from_secs(86400)));
+    let rules: Vec<(u32, &str, Option<Duration>, usize)> = c
+        .topic_retention
+        .iter()
+        .map(|r| (r.n, r.filter.as_str(), r.retention, r.line))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (1, "alerts/#", None, 3),
+            (2, "telemetry/+/raw", Some(Duration::from_secs(3600)), 2)
+        ]
+    );
+}
+
+#[test]
+fn bad_retention_rules_name_their_line() {
+    let k = "backend.pgsql.msg_retention.1";
+    for (value, says) in [
+        ("alerts/#", "expected `<topic filter> <duration>`"),
+        ("alerts/# 1d extra", "expected `<topic filter> <duration>`"),
+        ("alerts/#/x 1d", "`#` must be a whole level"),
+        ("alerts/# soon", "`soon` is not a duration"),
+        ("alerts/# 0s", "the duration must be greater than 0"),
+    ] {
+        let e = err(&format!("{k} = {value}\n"), 1, k);
+        assert!(e.contains(says), "{value}: {e}");
+    }
+    let e = err(
+        "backend.pgsql.msg_retention.1 = a 1h\nbackend.pgsql.msg_retention.01 = b 2h\n",
+        2,
+        "backend.pgsql.msg_retention.01",
+    );
+    assert_eq!(e, "retention rule 1 is already set on line 1");
+    let k = "backend.pgsql.msg_retention.first";
+    let e = err(&format!("{k} = a 1h\n"), 1, k);
+    assert!(e.contains("with N a number (got `first`)"), "{e}");
+}
