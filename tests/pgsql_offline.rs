@@ -307,3 +307,35 @@ async fn retention_rules_by_topic_decide_what_a_returning_device_still_gets() {
     assert_eq!((got.topic.as_str(), &got.payload[..]), ("keep/b", &b"keep/b"[..]));
     archive.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+/// EMQX's proxy subscription: a row an operator puts in `mqtt_sub` for a
+/// device that never connected stores from that moment; the device's first
+/// connect (`on_subscribe_lookup`) drains what was published since, and
+/// nothing from before.
+#[tokio::test]
+async fn a_subscription_provisioned_in_mqtt_sub_stores_from_then_for_a_device_never_seen() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "backend-service", true)).await;
+    p.publish_acked("devices/d1/cmd", QoS::AtLeastOnce, false, "before provisioning")
+        .await;
+    pg.execute(
+        "insert into mqtt_sub (clientid, topic, qos) values ('d1', 'devices/d1/#', 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    for cmd in ["cmd-1", "cmd-2", "cmd-3"] {
+        p.publish_acked("devices/d1/cmd", QoS::AtLeastOnce, false, cmd)
+            .await;
+    }
+    // The device's first connect: it subscribes to nothing itself.
+    let (mut d1, _) = V4Client::connect(v4_options(broker.addr, "d1", true)).await;
+    assert_eq!(receive_n(&mut d1, 3).await, ["cmd-1", "cmd-2", "cmd-3"]);
+    d1.expect_no_publish(Duration::from_millis(500)).await;
+    // And it stays subscribed: live messages arrive too.
+    p.publish_acked("devices/d1/cmd", QoS::AtLeastOnce, false, "live")
+        .await;
+    assert_eq!(receive_n(&mut d1, 1).await, ["live"]);
+}

@@ -142,17 +142,29 @@ impl Fetcher {
             .map_err(PgsqlError::query("read position (mqtt_acked)"))?;
         match existing {
             None => {
-                // First subscription: start at the newest stored id. A concurrent
+                // First subscription: start at the newest stored id, or, for a
+                // subscription provisioned in mqtt_sub before (EMQX's proxy
+                // subscription, for a device that never connected), at the
+                // newest id stored before it was provisioned. A concurrent
                 // first subscription (restore racing the client) inserts nothing.
                 let row = conn
                     .query_typed_one(
-                        "WITH ins AS (
+                        "WITH provisioned AS (
+                             SELECT created FROM mqtt_sub WHERE clientid = $1 AND topic = $2
+                                 AND created IS NOT NULL),
+                         ins AS (
                              INSERT INTO mqtt_acked (clientid, topic, mid, created)
-                             VALUES ($1, $2, LEAST((SELECT COALESCE(max(id), 0) FROM mqtt_msg), $3), now())
+                             VALUES ($1, $2, LEAST(
+                                 CASE WHEN EXISTS (SELECT 1 FROM provisioned)
+                                      THEN (SELECT COALESCE(max(id), 0) FROM mqtt_msg
+                                            WHERE arrived < (SELECT created FROM provisioned))
+                                      ELSE (SELECT COALESCE(max(id), 0) FROM mqtt_msg) END,
+                                 $3), now())
                              ON CONFLICT (clientid, topic) DO NOTHING
                              RETURNING mid)
                          SELECT COALESCE((SELECT mid FROM ins), (SELECT mid FROM mqtt_acked
-                                WHERE clientid = $1 AND topic = $2))::int8",
+                                WHERE clientid = $1 AND topic = $2))::int8,
+                                EXISTS (SELECT 1 FROM provisioned)",
                         &[
                             (&clientid, Type::TEXT),
                             (&filter, Type::TEXT),
@@ -161,11 +173,18 @@ impl Fetcher {
                     )
                     .await
                     .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
-                let position: i64 = row.get(0);
+                let position: i64 = row
+                    .try_get(0)
+                    .map_err(PgsqlError::query("record first position (mqtt_acked)"))?;
+                let provisioned: bool = row
+                    .try_get(1)
+                    .map_err(PgsqlError::query("record first position (mqtt_sub)"))?;
                 let (from, epoch) =
                     self.tracks
                         .start(key.clone(), position, &[], i32::from(qos.as_u8()), opts);
-                if late {
+                // A provisioned subscription has stored messages to replay,
+                // like a returning one.
+                if late || provisioned {
                     // What the client acknowledged meanwhile is recorded, and
                     // what was stored since the SUBSCRIBE (held by the session)
                     // comes from the store.
