@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PublishProperties, SubscribeReasonCode as SubCode};
 use rumqttc::v5::mqttbytes::QoS;
 use support::pgsql::*;
 use support::*;
@@ -262,4 +262,111 @@ async fn without_the_columns_messages_are_stored_and_replayed_without_properties
         "no columns, no properties: {props:?}"
     );
     sub.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+/// A device that subscribed once, EMQX-style (its position is kept by client id).
+async fn v5_device(addr: std::net::SocketAddr) -> V5Client {
+    let (mut c, _) = V5Client::connect(v5_options(addr, "dev", true)).await;
+    c.subscribe("dev/t", QoS::AtLeastOnce).await;
+    c
+}
+
+fn texts(ps: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
+    ps.iter()
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect()
+}
+
+async fn receive(c: &mut V5Client, n: usize) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(c.next_publish().await);
+    }
+    got
+}
+
+/// `backend.pgsql.arrival_property`: a replayed message carries the time the
+/// broker stored it; a live one does not.
+#[tokio::test]
+async fn replayed_messages_carry_the_time_they_were_stored() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "backend.pgsql.arrival_property = stored-at\n").await;
+    v5_device(broker.addr).await.disconnect().await;
+    let (mut publ, _) = V5Client::connect(v5_options(broker.addr, "pub", true)).await;
+    let before = std::time::SystemTime::now();
+    publ.publish_acked("dev/t", QoS::AtLeastOnce, false, "stored")
+        .await;
+    let after = std::time::SystemTime::now();
+
+    let mut dev = v5_device(broker.addr).await;
+    let got = dev.next_publish().await;
+    assert_eq!(&got.payload[..], b"stored");
+    let props = got.properties.expect("a replayed message with properties");
+    let stamps: Vec<&String> = props
+        .user_properties
+        .iter()
+        .filter(|(k, _)| k == "stored-at")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(stamps.len(), 1, "{:?}", props.user_properties);
+    let stored = humantime::parse_rfc3339(stamps[0]).unwrap();
+    // Milliseconds: the stamp is truncated.
+    assert!(
+        stored + Duration::from_millis(1) >= before && stored <= after,
+        "stored at {} between {} and {}",
+        stamps[0],
+        humantime::format_rfc3339_millis(before),
+        humantime::format_rfc3339_millis(after)
+    );
+    publ.publish_acked("dev/t", QoS::AtLeastOnce, false, "live").await;
+    let live = dev.next_publish().await;
+    assert_eq!(&live.payload[..], b"live");
+    assert!(live
+        .properties
+        .is_none_or(|p| p.user_properties.iter().all(|(k, _)| k != "stored-at")));
+}
+
+/// A SUBSCRIBE with the user property `replay-from` gets again what was
+/// stored since that time, acknowledged or not, and nothing from before;
+/// the position then moves on as usual.
+#[tokio::test]
+async fn replay_from_a_time_sends_again_what_was_stored_since() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let mut dev = v5_device(broker.addr).await;
+    let (mut publ, _) = V5Client::connect(v5_options(broker.addr, "pub", true)).await;
+    for m in ["m0", "m1"] {
+        publ.publish_acked("dev/t", QoS::AtLeastOnce, false, m).await;
+    }
+    // PUBACK comes after the commit: m0 and m1 were stored before `since`.
+    let since = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    for m in ["m2", "m3"] {
+        publ.publish_acked("dev/t", QoS::AtLeastOnce, false, m).await;
+    }
+    assert_eq!(texts(&receive(&mut dev, 4).await), ["m0", "m1", "m2", "m3"]);
+    let ids = stored_ids(&pg, "dev/t").await;
+    wait_for_position(&pg, "dev", "dev/t", ids[3]).await;
+    dev.disconnect().await;
+
+    // A plain SUBSCRIBE: everything was acknowledged, nothing comes.
+    let mut dev = v5_device(broker.addr).await;
+    dev.expect_no_publish(Duration::from_millis(300)).await;
+    // From `since`: m2 and m3 again.
+    let codes = dev
+        .subscribe_with_user_property("dev/t", QoS::AtLeastOnce, ("replay-from", &since))
+        .await;
+    assert_eq!(codes, [SubCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(texts(&receive(&mut dev, 2).await), ["m2", "m3"]);
+    dev.expect_no_publish(Duration::from_millis(300)).await;
+    wait_for_position(&pg, "dev", "dev/t", ids[3]).await;
+    // A duration ago: everything stored in the last hour.
+    dev.subscribe_with_user_property("dev/t", QoS::AtLeastOnce, ("replay-from", "1h"))
+        .await;
+    assert_eq!(texts(&receive(&mut dev, 4).await), ["m0", "m1", "m2", "m3"]);
+    // A value that is neither: the SUBSCRIBE is refused (0x83).
+    let codes = dev
+        .subscribe_with_user_property("dev/t", QoS::AtLeastOnce, ("replay-from", "yesterday"))
+        .await;
+    assert_eq!(codes, [SubCode::ImplementationSpecific]);
 }

@@ -42,6 +42,7 @@ const GLOBALS: &[&str] = &[
     "msg_retention",
     "batch_size",
     "store_timeout",
+    "arrival_property",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -84,6 +85,10 @@ pub struct PgsqlConfig {
     /// `backend.pgsql.store_timeout`: how long storing a message may take
     /// before the publisher is told it was not stored (default 5s).
     pub store_timeout: Duration,
+    /// `backend.pgsql.arrival_property`: the MQTT 5 user property replayed
+    /// messages carry the time they were stored in (RFC 3339); `None`
+    /// (default): they carry none.
+    pub arrival_property: Option<String>,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -321,7 +326,7 @@ impl PgsqlConfig {
     ///   to exist), `pool_size`, `username`, `password`, `database`, `ssl`,
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
-    ///   `msg_retention`, `batch_size`, `store_timeout`;
+    ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`;
     /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
     ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
@@ -334,6 +339,7 @@ impl PgsqlConfig {
             time_range: None,
             msg_retention: Some(DEFAULT_MSG_RETENTION),
             topic_retention: Vec::new(),
+            arrival_property: None,
             batch_size: DEFAULT_BATCH_SIZE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             rules: Vec::new(),
@@ -385,6 +391,15 @@ impl PgsqlConfig {
                 }
                 "batch_size" => cfg.batch_size = r.positive_usize(e)?,
                 "store_timeout" => cfg.store_timeout = r.positive_duration(e)?,
+                "arrival_property" => {
+                    if e.value.is_empty() || e.value.chars().any(char::is_control) {
+                        return Err(conf.error(
+                            e,
+                            "expected the name of an MQTT 5 user property, such as `stored-at`",
+                        ));
+                    }
+                    cfg.arrival_property = Some(e.value.clone());
+                }
                 _ => {
                     let Some((pool, setting)) = rest.split_once('.') else {
                         return Err(unknown());

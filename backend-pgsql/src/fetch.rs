@@ -16,6 +16,13 @@
 //!   forwards that and drops them if they expire while queued. (Only where
 //!   `mqtt_msg` has the columns of `sql/V2__message_properties.sql`.)
 //!
+//! - A SUBSCRIBE with the user property `replay-from` (MQTT 5) replays from
+//!   the first message stored at or after that time, acknowledged or not:
+//!   the position is set back (in `mqtt_acked` too) and paging starts there.
+//! - With `backend.pgsql.arrival_property` set, replayed messages carry the
+//!   time the broker stored them as an MQTT 5 user property of that name
+//!   (RFC 3339, UTC, milliseconds).
+//!
 //! Page reads must stay one short index range scan whatever the planner
 //! believes: a freshly written backlog has no statistics yet (or ids above
 //! the last ANALYZE), the planner then expects a handful of rows and picks a
@@ -59,10 +66,14 @@ pub struct Fetcher {
     pub dirty: mpsc::UnboundedSender<TrackKey>,
     /// Pages and messages replayed, the offline backlog.
     pub metrics: crate::metrics::ReplayMetrics,
+    /// `backend.pgsql.arrival_property`: the user property replayed
+    /// messages carry their storing time in; `None`: none.
+    pub arrival_property: Option<Arc<str>>,
 }
 
 impl Fetcher {
-    /// `session.subscribed`: registers the subscription or replays its backlog.
+    /// `session.subscribed`: registers the subscription or replays its
+    /// backlog; from `replay_from` when the client asked for a time.
     pub async fn on_subscribed(
         &self,
         clientid: &str,
@@ -70,9 +81,84 @@ impl Fetcher {
         qos: QoS,
         opts: FetchOpts,
         first_position_cap: i64,
+        replay_from: Option<SystemTime>,
     ) -> Result<(), PgsqlError> {
-        self.subscribed(clientid, filter, qos, opts, first_position_cap, false)
+        match replay_from {
+            Some(from) if qos != QoS::AtMostOnce => {
+                self.replay_from_time(clientid, filter, qos, opts, from).await
+            }
+            _ => {
+                self.subscribed(clientid, filter, qos, opts, first_position_cap, false)
+                    .await
+            }
+        }
+    }
+
+    /// Sets the subscription's position back to just before the first
+    /// message stored at or after `from` (by the server's clock; ids follow
+    /// storing order), in `mqtt_acked` and here, and replays from there.
+    async fn replay_from_time(
+        &self,
+        clientid: &str,
+        filter: &str,
+        qos: QoS,
+        opts: FetchOpts,
+        from: SystemTime,
+    ) -> Result<(), PgsqlError> {
+        let key: TrackKey = (clientid.to_string(), filter.to_string());
+        let schema = self.schema.ready(&self.pool.name)?;
+        let secs = from
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let clear_above = if schema.acked_above {
+            ", acked_above = NULL"
+        } else {
+            ""
+        };
+        // `arrived` is a timestamp in the server's time zone (now() as the
+        // writer's session saw it).
+        let sql = format!(
+            "WITH pos AS (
+                 SELECT COALESCE(
+                     (SELECT id - 1 FROM mqtt_msg
+                      WHERE arrived >= (to_timestamp($3) AT TIME ZONE current_setting('TimeZone'))
+                      ORDER BY arrived, id LIMIT 1),
+                     (SELECT COALESCE(max(id), 0) FROM mqtt_msg))::int8 AS mid)
+             INSERT INTO mqtt_acked (clientid, topic, mid, created)
+             SELECT $1, $2, mid, now() FROM pos
+             ON CONFLICT (clientid, topic) DO UPDATE SET mid = EXCLUDED.mid{clear_above}
+             RETURNING mid::int8"
+        );
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_typed_one(
+                &sql,
+                &[
+                    (&clientid, Type::TEXT),
+                    (&filter, Type::TEXT),
+                    (&secs, Type::FLOAT8),
+                ],
+            )
             .await
+            .map_err(PgsqlError::query(
+                "replay-from: set the position back (mqtt_acked)",
+            ))?;
+        drop(conn);
+        let position: i64 = row
+            .try_get(0)
+            .map_err(PgsqlError::query("replay-from: mqtt_acked.mid"))?;
+        tracing::info!(
+            %clientid,
+            %filter,
+            from = %humantime::format_rfc3339_millis(from),
+            position,
+            "replay-from: replaying what was stored since"
+        );
+        let (from_id, epoch) = self
+            .tracks
+            .rewind(key.clone(), position, i32::from(qos.as_u8()), opts);
+        self.tracks.begin_read(&key, epoch);
+        self.page(&key, from_id, epoch).await
     }
 
     /// The subscription could not be registered or replayed (the database did
@@ -249,8 +335,13 @@ impl Fetcher {
         } else {
             (String::new(), String::new())
         };
+        let arrival = if self.arrival_property.is_some() {
+            ", EXTRACT(EPOCH FROM arrived AT TIME ZONE current_setting('TimeZone'))::float8"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props} FROM mqtt_msg
+            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{arrival} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
                AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
@@ -298,7 +389,7 @@ impl Fetcher {
             _ => HashSet::new(),
         };
         let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
-        let mut decoder = RowDecoder::new(sub_qos, schema.message_properties);
+        let mut decoder = RowDecoder::new(sub_qos, schema.message_properties, self.arrival_property.clone());
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: i64 = row.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
@@ -384,10 +475,13 @@ struct RowDecoder {
     template: Message,
     topic: Option<Arc<str>>,
     publisher: Option<Arc<str>>,
+    /// The rows end with the storing time (seconds since the epoch), given
+    /// to the message as this user property.
+    arrival_property: Option<Arc<str>>,
 }
 
 impl RowDecoder {
-    fn new(sub_qos: QoS, with_properties: bool) -> RowDecoder {
+    fn new(sub_qos: QoS, with_properties: bool, arrival_property: Option<Arc<str>>) -> RowDecoder {
         let mut template = Message::new("", Bytes::new(), QoS::AtLeastOnce, false);
         template.timestamp = SystemTime::now();
         RowDecoder {
@@ -396,6 +490,7 @@ impl RowDecoder {
             template,
             topic: None,
             publisher: None,
+            arrival_property,
         }
     }
 
@@ -425,6 +520,16 @@ impl RowDecoder {
             let (expiry, props) = properties::decode(row, 6)?;
             message.expiry_interval = expiry;
             message.properties = props;
+        }
+        if let Some(name) = &self.arrival_property {
+            let at: Option<f64> = row.try_get(row.len() - 1)?;
+            if let Some(at) = at.filter(|s| s.is_finite() && *s >= 0.0) {
+                let stored = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(at);
+                message.properties.user_properties.push((
+                    name.to_string(),
+                    humantime::format_rfc3339_millis(stored).to_string(),
+                ));
+            }
         }
         Ok(Delivery {
             message,

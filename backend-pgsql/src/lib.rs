@@ -381,6 +381,7 @@ async fn start_engine(
             handle: Arc::clone(&ctx.broker),
             tracks: Arc::clone(&tracks),
             dirty: dirty_tx.clone(),
+            arrival_property: cfg.arrival_property.as_deref().map(Arc::from),
         });
         tasks.push(tokio::spawn(Arc::clone(&f).serve_pages(pages_rx)));
         dirty = Some(dirty_tx);

@@ -274,6 +274,21 @@ impl Tracks {
         (p, t.epoch)
     }
 
+    /// Starts tracking from `position` even when this node knew a later one:
+    /// the client asked to replay from a time (`replay-from`), so what it
+    /// acknowledged since comes again. Returns the position and the epoch,
+    /// as [`Tracks::start`].
+    pub fn rewind(&self, key: TrackKey, position: i64, qos: i32, opts: FetchOpts) -> (i64, u64) {
+        {
+            let mut map = self.lock();
+            let t = map.entry(key.clone());
+            t.position = position;
+            t.delivered.clear();
+            t.acked.clear();
+        }
+        self.start(key, position, &[], qos, opts)
+    }
+
     /// A subscription made while the database did not answer: tracked from
     /// now on, so that what the client acknowledges before [`Tracks::start`]
     /// registers it (when the database is back) is not forgotten. Its

@@ -348,7 +348,7 @@ impl Engine {
                     };
                     let cap = self.first_position_cap();
                     let result = f
-                        .on_subscribed(&client.clientid, filter, opts.qos, fetch, cap)
+                        .on_subscribed(&client.clientid, filter, opts.qos, fetch, cap, opts.replay_from)
                         .await;
                     if result.is_err() {
                         // The database did not answer: register (or replay) later,

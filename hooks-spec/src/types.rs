@@ -137,7 +137,15 @@ pub struct SubOpts {
     pub share_group: Option<String>,
     /// True when the subscription did not exist before (false for a re-subscribe).
     pub is_new: bool,
+    /// MQTT 5: the SUBSCRIBE asked for stored messages from this time on
+    /// (user property [`REPLAY_FROM`]); a storage plugin replays from the
+    /// first message it stored at or after it, acknowledged or not.
+    pub replay_from: Option<std::time::SystemTime>,
 }
+
+/// The SUBSCRIBE user property that asks a storage plugin to replay from a
+/// time: an RFC 3339 time (`2026-12-07T10:00:00Z`) or a duration ago (`90m`).
+pub const REPLAY_FROM: &str = "replay-from";
 
 impl SubOpts {
     /// Plain options for a QoS: what a 3.1.1 SUBSCRIBE carries.
@@ -150,6 +158,7 @@ impl SubOpts {
             subscription_id: None,
             share_group: None,
             is_new: true,
+            replay_from: None,
         }
     }
 }

@@ -996,6 +996,29 @@ impl V5Client {
             .await
     }
 
+    /// SUBSCRIBE to one filter with one user property and poll until its
+    /// SUBACK; returns the reason codes.
+    pub async fn subscribe_with_user_property(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        (key, value): (&str, &str),
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        let props = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+            id: None,
+            user_properties: vec![(key.to_string(), value.to_string())],
+        };
+        self.client
+            .subscribe_with_properties(filter, qos, props)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.poll_until(|ev| match ev {
+            V5Event::Incoming(V5Packet::SubAck(s)) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// PUBLISH with MQTT 5 properties and poll until its PUBACK (QoS 1 only).
     pub async fn publish_with_properties(
         &mut self,

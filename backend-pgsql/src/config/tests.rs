@@ -616,3 +616,16 @@ fn bad_retention_rules_name_their_line() {
     let e = err(&format!("{k} = a 1h\n"), 1, k);
     assert!(e.contains("with N a number (got `first`)"), "{e}");
 }
+
+#[test]
+fn arrival_property_names_a_user_property() {
+    assert_eq!(ok("").arrival_property, None);
+    let c = ok("backend.pgsql.arrival_property = stored-at\n");
+    assert_eq!(c.arrival_property.as_deref(), Some("stored-at"));
+    let k = "backend.pgsql.arrival_property";
+    let e = err(&format!("{k} =\n"), 1, k);
+    assert!(
+        e.starts_with("expected the name of an MQTT 5 user property"),
+        "{e}"
+    );
+}

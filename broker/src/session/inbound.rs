@@ -15,6 +15,7 @@ use crate::topic;
 /// the codec maps them for 3.1.1).
 mod rc {
     pub const UNSPECIFIED: u8 = 0x80;
+    pub const IMPLEMENTATION_SPECIFIC_ERROR: u8 = 0x83;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
@@ -318,7 +319,18 @@ impl Session {
         let max_subs = limits.max_subscriptions;
         let mut codes: Vec<Option<u8>> = vec![None; s.filters.len()];
         let mut wanted: Vec<TopicFilter> = Vec::new();
+        let replay_from = match replay_from(&s.user_properties, SystemTime::now()) {
+            Ok(t) => t,
+            Err(bad) => {
+                tracing::debug!(clientid = %self.client.clientid, "SUBSCRIBE refused: {bad}");
+                codes.fill(Some(rc::IMPLEMENTATION_SPECIFIC_ERROR));
+                None
+            }
+        };
         for (i, f) in s.filters.iter().enumerate() {
+            if codes[i].is_some() {
+                continue;
+            }
             let share = match topic::parse_shared(&f.filter) {
                 Ok(share) => share,
                 Err(_) => {
@@ -345,6 +357,7 @@ impl Session {
                     subscription_id: s.subscription_id,
                     share_group: share.map(|sh| sh.group.to_string()),
                     is_new: true,
+                    replay_from,
                 },
             });
         }
@@ -466,6 +479,10 @@ impl Session {
                 opts: opts.clone(),
             },
         );
+        if opts.replay_from.is_some() {
+            // The client asked for stored messages again, delivered or not.
+            self.stored.forget_seen();
+        }
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .session_subscribed
@@ -564,5 +581,51 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::PingReq => "PINGREQ",
         Packet::PingResp => "PINGRESP",
         Packet::Disconnect(_) => "DISCONNECT",
+    }
+}
+
+/// The time a SUBSCRIBE's `replay-from` user property asks stored messages
+/// to be replayed from: an RFC 3339 time, or a duration before `now`.
+fn replay_from(props: &[(String, String)], now: SystemTime) -> Result<Option<SystemTime>, String> {
+    let Some((_, value)) = props.iter().find(|(k, _)| k == hooks_spec::REPLAY_FROM) else {
+        return Ok(None);
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(value) {
+        return Ok(Some(t));
+    }
+    match humantime::parse_duration(value) {
+        Ok(ago) => Ok(Some(now.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH))),
+        Err(_) => Err(format!(
+            "user property `{}` is `{value}`: expected an RFC 3339 time (2026-12-07T10:00:00Z) or a duration \
+             ago (90m)",
+            hooks_spec::REPLAY_FROM
+        )),
+    }
+}
+
+#[cfg(test)]
+mod replay_from_tests {
+    use super::*;
+
+    fn props(v: &str) -> Vec<(String, String)> {
+        vec![
+            ("other".into(), "x".into()),
+            (hooks_spec::REPLAY_FROM.into(), v.into()),
+        ]
+    }
+
+    #[test]
+    fn times_and_durations_ago() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(replay_from(&[], now), Ok(None));
+        assert_eq!(
+            replay_from(&props("90m"), now),
+            Ok(Some(now - Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            replay_from(&props("2027-01-15T08:00:00Z"), now),
+            Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)))
+        );
+        assert!(replay_from(&props("yesterday"), now).is_err());
     }
 }

@@ -114,6 +114,12 @@ impl StoredState {
         self.held.clear();
     }
 
+    /// Forgets which stored messages were delivered, so that a replay the
+    /// client asked for (`replay-from`) sends them again.
+    pub(super) fn forget_seen(&mut self) {
+        self.seen.clear();
+    }
+
     fn is_tracked(&self) -> bool {
         !self.replaying.is_empty()
     }
