@@ -35,6 +35,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Default `backend.pgsql.store_timeout`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default `backend.pgsql.backlog_interval`.
+pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The global settings (`backend.pgsql.<name>`); none of them can be a pool name.
 const GLOBALS: &[&str] = &[
     "max_returned_count",
@@ -42,6 +45,8 @@ const GLOBALS: &[&str] = &[
     "msg_retention",
     "batch_size",
     "store_timeout",
+    "backlog_limit",
+    "backlog_interval",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -80,6 +85,13 @@ pub struct PgsqlConfig {
     /// `backend.pgsql.store_timeout`: how long storing a message may take
     /// before the publisher is told it was not stored (default 5s).
     pub store_timeout: Duration,
+    /// `backend.pgsql.backlog_limit`: a subscription whose stored,
+    /// unacknowledged messages pass this many is logged and fires
+    /// `session.backlog_exceeded` (default `None`: off).
+    pub backlog_limit: Option<u64>,
+    /// `backend.pgsql.backlog_interval`: how often each subscription's
+    /// backlog is counted (default 30s).
+    pub backlog_interval: Duration,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -317,7 +329,8 @@ impl PgsqlConfig {
     ///   to exist), `pool_size`, `username`, `password`, `database`, `ssl`,
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
-    ///   `msg_retention`, `batch_size`, `store_timeout`;
+    ///   `msg_retention`, `batch_size`, `store_timeout`, `backlog_limit`,
+    ///   `backlog_interval`;
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
     pub fn from_conf(conf: &ConfFile) -> Result<PgsqlConfig, ConfError> {
         let r = Reader { conf };
@@ -329,6 +342,8 @@ impl PgsqlConfig {
             msg_retention: Some(DEFAULT_MSG_RETENTION),
             batch_size: DEFAULT_BATCH_SIZE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            backlog_limit: None,
+            backlog_interval: DEFAULT_BACKLOG_INTERVAL,
             rules: Vec::new(),
         };
         let mut pool_entries: BTreeMap<&str, Vec<(&str, &ConfEntry)>> = BTreeMap::new();
@@ -367,6 +382,21 @@ impl PgsqlConfig {
                 }
                 "batch_size" => cfg.batch_size = r.positive_usize(e)?,
                 "store_timeout" => cfg.store_timeout = r.positive_duration(e)?,
+                "backlog_limit" => {
+                    cfg.backlog_limit = match e.value.as_str() {
+                        "off" => None,
+                        _ => match conf.parse_u64(e) {
+                            Ok(n) if n > 0 => Some(n),
+                            _ => {
+                                return Err(conf.error(
+                                    e,
+                                    format!("expected a number greater than 0 or `off`, got `{}`", e.value),
+                                ))
+                            }
+                        },
+                    }
+                }
+                "backlog_interval" => cfg.backlog_interval = r.positive_duration(e)?,
                 _ => {
                     let Some((pool, setting)) = rest.split_once('.') else {
                         return Err(unknown());
