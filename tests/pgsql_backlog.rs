@@ -416,6 +416,7 @@ async fn session_backlog_exceeded_fires_once_per_crossing() {
     for _ in 0..5 {
         sub.next_publish().await;
     }
+    sub.expect_no_publish(Duration::from_millis(300)).await;
     wait_api_backlog(http, "hk-sub", 0).await;
     sub.disconnect().await;
     assert!(events.try_recv().is_err());
