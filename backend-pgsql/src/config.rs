@@ -35,6 +35,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Default `backend.pgsql.store_timeout`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default `backend.pgsql.backlog_interval`.
+pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The global settings (`backend.pgsql.<name>`); none of them can be a pool name.
 const GLOBALS: &[&str] = &[
     "max_returned_count",
@@ -43,6 +46,8 @@ const GLOBALS: &[&str] = &[
     "batch_size",
     "store_timeout",
     "arrival_property",
+    "backlog_limit",
+    "backlog_interval",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -89,6 +94,13 @@ pub struct PgsqlConfig {
     /// messages carry the time they were stored in (RFC 3339); `None`
     /// (default): they carry none.
     pub arrival_property: Option<String>,
+    /// `backend.pgsql.backlog_limit`: a subscription whose stored,
+    /// unacknowledged messages pass this many is logged and fires
+    /// `session.backlog_exceeded` (default `None`: off).
+    pub backlog_limit: Option<u64>,
+    /// `backend.pgsql.backlog_interval`: how often each subscription's
+    /// backlog is counted (default 30s).
+    pub backlog_interval: Duration,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -326,7 +338,8 @@ impl PgsqlConfig {
     ///   to exist), `pool_size`, `username`, `password`, `database`, `ssl`,
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
-    ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`;
+    ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`,
+    ///   `backlog_limit`, `backlog_interval`;
     /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
     ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
@@ -342,6 +355,8 @@ impl PgsqlConfig {
             arrival_property: None,
             batch_size: DEFAULT_BATCH_SIZE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            backlog_limit: None,
+            backlog_interval: DEFAULT_BACKLOG_INTERVAL,
             rules: Vec::new(),
         };
         let mut pool_entries: BTreeMap<&str, Vec<(&str, &ConfEntry)>> = BTreeMap::new();
@@ -400,6 +415,21 @@ impl PgsqlConfig {
                     }
                     cfg.arrival_property = Some(e.value.clone());
                 }
+                "backlog_limit" => {
+                    cfg.backlog_limit = match e.value.as_str() {
+                        "off" => None,
+                        _ => match conf.parse_u64(e) {
+                            Ok(n) if n > 0 => Some(n),
+                            _ => {
+                                return Err(conf.error(
+                                    e,
+                                    format!("expected a number greater than 0 or `off`, got `{}`", e.value),
+                                ))
+                            }
+                        },
+                    }
+                }
+                "backlog_interval" => cfg.backlog_interval = r.positive_duration(e)?,
                 _ => {
                     let Some((pool, setting)) = rest.split_once('.') else {
                         return Err(unknown());

@@ -39,6 +39,7 @@
 //! most two unacknowledged pages ahead ([`positions::PAGES_AHEAD`]).
 
 pub mod auth;
+pub mod backlog;
 pub mod config;
 pub mod error;
 pub mod fetch;
@@ -111,6 +112,8 @@ struct Running {
     pools: Vec<NamedPool>,
     /// The position flusher's last round, run at stop.
     drain: Option<positions::DrainHandle>,
+    /// Each client's backlog, for the management API.
+    backlog: Option<Arc<backlog::BacklogCounts>>,
 }
 
 /// One pool and what runs on it.
@@ -146,6 +149,8 @@ pub(crate) struct Engine {
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
     pub(crate) drain: Option<positions::DrainHandle>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
+    /// Each client's backlog as last counted (with a fetch rule).
+    pub(crate) backlog: Option<Arc<backlog::BacklogCounts>>,
     /// Persistent sessions (on_session_restore), on the pool of its rule.
     pub(crate) sessions: Option<Arc<sessions::SessionStore>>,
     pub(crate) stats: Arc<Stats>,
@@ -195,7 +200,13 @@ impl Plugin for BackendPgsql {
         register::all(&engine, &ctx.hooks);
         let drain = engine.drain.clone();
         let pools = engine.pools.values().map(|p| p.pool.clone()).collect();
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { tasks, pools, drain });
+        let backlog = engine.backlog.clone();
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
+            tasks,
+            pools,
+            drain,
+            backlog,
+        });
         Ok(())
     }
 
@@ -216,6 +227,13 @@ impl Plugin for BackendPgsql {
         } else {
             Err(failed.join("; "))
         }
+    }
+
+    /// The backlog counts of the fetch rule's pool (none without one).
+    fn backlog_source(&self) -> Option<Arc<dyn hooks_spec::BacklogSource>> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = running.as_ref()?.backlog.clone()?;
+        Some(counts)
     }
 
     async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError> {
@@ -351,13 +369,13 @@ async fn start_engine(
 
     // Offline fetch and positions live on the pool of the first fetch rule.
     let tracks = Arc::new(Tracks::default());
-    let fetch_pool = cfg
+    let fetch_rule = cfg
         .rules
         .iter()
-        .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)))
-        .map(|r| r.pool.clone());
-    let (mut dirty, mut fetcher, mut drain) = (None, None, None);
-    if let Some(pool_name) = fetch_pool {
+        .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)));
+    let (mut dirty, mut fetcher, mut drain, mut backlog) = (None, None, None, None);
+    if let Some(rule) = fetch_rule {
+        let pool_name = rule.pool.clone();
         let state = pools
             .get(&pool_name)
             .ok_or_else(|| format!("unknown pool `{pool_name}`"))?;
@@ -374,6 +392,10 @@ async fn start_engine(
             state.pool.clone(),
             replay.backlog.clone(),
         )));
+        let time_range = rule.offline_opts.time_range.or(cfg.time_range);
+        let (watch, counts) = backlog::BacklogWatch::spawn(state.pool.clone(), &cfg, time_range, ctx)?;
+        tasks.push(watch);
+        backlog = Some(counts);
         let f = Arc::new(Fetcher {
             metrics: replay,
             pool: state.pool.clone(),
@@ -415,6 +437,7 @@ async fn start_engine(
         dirty,
         drain,
         fetcher,
+        backlog,
         stats,
         route_pending: Mutex::default(),
     })

@@ -13,6 +13,14 @@
 //! | `postbox_pgsql_replay_pages_total` | counter | pages of stored messages read for offline replay |
 //! | `postbox_pgsql_replay_messages_total` | counter | stored messages handed to sessions by replays |
 //! | `postbox_pgsql_backlog_messages` | gauge | stored messages above the lowest read position of any subscription (not yet acknowledged by every subscriber), counted every [`BACKLOG_EVERY`]; -1 until first counted |
+//! | `postbox_pgsql_backlog_subscriptions_over_limit` | gauge | subscriptions with more stored, unacknowledged messages than `backlog_limit` (0 without a limit) |
+//! | `postbox_pgsql_backlog_oldest_age_seconds` | gauge | age of the oldest message some subscription has not acknowledged (0: none) |
+//! | `postbox_pgsql_backlog_max_subscription_messages` | gauge | the largest backlog of a single subscription |
+//!
+//! The last three come from the per-subscription count of [`crate::backlog`],
+//! every `backlog_interval` (-1 until first counted): summaries, never one
+//! series per client or subscription (the `mqtt_backlog` view and the
+//! management API have those).
 //!
 //! Updating them is atomics only (no lock) on the storage path.
 

@@ -65,6 +65,7 @@ hook_points! {
     MessageDelivered => "message.delivered", Fold;
     MessageAcked => "message.acked", Notification;
     MessageDropped => "message.dropped", Notification;
+    SessionBacklogExceeded => "session.backlog_exceeded", Notification;
 }
 
 /// A string that names no hook point.
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn every_name_round_trips() {
-        assert_eq!(HookPoint::ALL.len(), 20);
+        assert_eq!(HookPoint::ALL.len(), 21);
         for p in HookPoint::ALL {
             assert_eq!(p.as_str().parse::<HookPoint>(), Ok(*p));
             assert_eq!(p.to_string(), p.as_str());

@@ -143,6 +143,25 @@ pub struct DroppedArgs {
     pub clientid: Option<Arc<str>>,
 }
 
+/// `session.backlog_exceeded` arguments: a subscription's stored,
+/// unacknowledged messages passed the limit a storage plugin was given.
+#[derive(Debug, Clone)]
+pub struct BacklogArgs {
+    /// The subscriber's client id (it may have no session on this node: an
+    /// offline client's backlog is what grows).
+    pub clientid: String,
+    /// The subscription's filter.
+    pub filter: String,
+    /// Stored messages it has not acknowledged.
+    pub pending: u64,
+    /// How long ago the oldest of them arrived.
+    pub oldest_age: Duration,
+    /// The limit it passed.
+    pub limit: u64,
+    /// This broker's node name.
+    pub node: String,
+}
+
 /// All hook chains of a broker. Plugins register on the fields.
 pub struct Hooks {
     /// `client.connect`: fold over CONNECT properties, before authentication.
@@ -187,6 +206,9 @@ pub struct Hooks {
     pub message_acked: Chain<AckedArgs, ()>,
     /// `message.dropped`: a message was not delivered to a subscriber, or to anyone.
     pub message_dropped: Chain<DroppedArgs, ()>,
+    /// `session.backlog_exceeded`: run by a storage plugin, once, when a
+    /// subscription's backlog passes its limit.
+    pub session_backlog_exceeded: Chain<BacklogArgs, ()>,
 }
 
 impl Hooks {
@@ -222,6 +244,7 @@ impl Hooks {
             message_delivered: Chain::new(HookPoint::MessageDelivered, t),
             message_acked: Chain::new(HookPoint::MessageAcked, t),
             message_dropped: Chain::new(HookPoint::MessageDropped, t),
+            session_backlog_exceeded: Chain::new(HookPoint::SessionBacklogExceeded, t),
         }
     }
 
@@ -247,6 +270,7 @@ impl Hooks {
             + self.message_delivered.remove_owner(owner)
             + self.message_acked.remove_owner(owner)
             + self.message_dropped.remove_owner(owner)
+            + self.session_backlog_exceeded.remove_owner(owner)
     }
 
     /// Each hook point's timing and failures per owner (plugin), for `/metrics`.
@@ -284,6 +308,10 @@ impl Hooks {
         add(HookPoint::MessageDelivered, self.message_delivered.call_stats());
         add(HookPoint::MessageAcked, self.message_acked.call_stats());
         add(HookPoint::MessageDropped, self.message_dropped.call_stats());
+        add(
+            HookPoint::SessionBacklogExceeded,
+            self.session_backlog_exceeded.call_stats(),
+        );
         out
     }
 
@@ -309,5 +337,6 @@ impl Hooks {
             + self.message_delivered.failures()
             + self.message_acked.failures()
             + self.message_dropped.failures()
+            + self.session_backlog_exceeded.failures()
     }
 }

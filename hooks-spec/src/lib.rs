@@ -13,7 +13,8 @@
 //! - [`Plugin`]: what a plugin implements (load its configuration, start,
 //!   reload on SIGHUP, stop); [`BrokerHandle`]: what a plugin can
 //!   ask of the broker (deliver into a session, subscribe on a client's behalf,
-//!   publish, look up a client).
+//!   publish, look up a client); [`BacklogSource`]: what a storage plugin
+//!   tells the management API about each client's backlog.
 //! - [`MetricsRegistry`]: where a plugin registers the metrics the broker
 //!   serves on `/metrics` ([`metrics`]); hook callbacks are timed by the chain.
 //! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],
@@ -46,6 +47,7 @@
 //! | `message.acked` | notification | [`AckedArgs`] | | a subscriber's PUBACK (QoS 1) or PUBCOMP (QoS 2) was received for a delivered message |
 //! | `message.dropped` | notification | [`DroppedArgs`] | | a message reached no subscriber, or was not delivered to one (queue full, expired, too large, denied) |
 //! | `client.disconnected` | notification | [`DisconnectedArgs`] | | the connection closed (any reason), before the will message is published |
+//! | `session.backlog_exceeded` | notification | [`BacklogArgs`] | | run by a storage plugin (backend_pgsql with `backlog_limit`), not the broker: a subscription's stored, unacknowledged messages passed the limit. Once per crossing: it fires again only after the backlog fell back to the limit |
 //! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0 (reason: why the connection closed), at expiry (`expired`), discarded by a clean start (`discarded`, right after `session.discarded`), or taken over by another node of the cluster (`moved`: the session continues there; the callbacks run before that node restores it) |
 //!
 //! Callbacks in one chain run one after another; the broker awaits the whole
@@ -65,5 +67,7 @@ pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;
 pub use metrics::{CallStats, Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
-pub use plugin::{BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError};
+pub use plugin::{
+    Backlog, BacklogSource, BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError,
+};
 pub use types::*;

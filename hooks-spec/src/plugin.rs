@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -95,6 +96,33 @@ pub trait Plugin: Send + Sync {
     async fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Where the broker's management API reads each client's backlog of
+    /// stored, unacknowledged messages. Only a plugin that stores messages
+    /// for offline clients has one; the first started plugin that returns
+    /// `Some` is used. The default: none.
+    fn backlog_source(&self) -> Option<Arc<dyn BacklogSource>> {
+        None
+    }
+}
+
+/// One client's backlog: the stored messages its subscriptions have not
+/// acknowledged, as a plugin last counted them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    /// Messages pending, over all its subscriptions.
+    pub pending: u64,
+    /// How long ago the oldest of them arrived (`None`: nothing pending).
+    pub oldest_age: Option<Duration>,
+}
+
+/// A plugin's per-client backlog counts ([`Plugin::backlog_source`]). Reads
+/// what the plugin counted last (it counts in the background): cheap,
+/// no I/O, callable from any task.
+pub trait BacklogSource: Send + Sync {
+    /// The backlog of `clientid`, or `None` before the first count. A client
+    /// with no stored subscription has an empty backlog.
+    fn client_backlog(&self, clientid: &str) -> Option<Backlog>;
 }
 
 /// A message handed to one client's session by a plugin.

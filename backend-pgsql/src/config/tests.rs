@@ -173,6 +173,10 @@ fn emqx_default_rule_set() {
     assert_eq!(c.msg_retention, Some(Duration::from_secs(7 * 86400)));
     assert_eq!(c.batch_size, 1000);
     assert_eq!(c.store_timeout, Duration::from_secs(5));
+    assert_eq!(
+        (c.backlog_limit, c.backlog_interval),
+        (None, Duration::from_secs(30))
+    );
     assert_eq!(c.file, PathBuf::from(FILE));
 }
 
@@ -385,7 +389,12 @@ fn globals() {
          backend.pgsql.time_range = 2h\n\
          backend.pgsql.msg_retention = infinity\n\
          backend.pgsql.batch_size = 1\n\
-         backend.pgsql.store_timeout = 500ms\n");
+         backend.pgsql.store_timeout = 500ms\n\
+         backend.pgsql.backlog_limit = 10000\n\
+         backend.pgsql.backlog_interval = 5s\n");
+    assert_eq!(c.backlog_limit, Some(10_000));
+    assert_eq!(c.backlog_interval, Duration::from_secs(5));
+    assert_eq!(ok("backend.pgsql.backlog_limit = off\n").backlog_limit, None);
     assert_eq!(c.max_returned_count, 10);
     assert_eq!(c.time_range, Some(Duration::from_secs(7200)));
     assert_eq!(c.msg_retention, None);
@@ -407,6 +416,13 @@ fn bad_globals() {
         ("time_range", "0s", "expected a duration greater than 0"),
         ("store_timeout", "0ms", "expected a duration greater than 0"),
         ("store_timeout", "soon", "expected a duration such as"),
+        ("backlog_limit", "0", "expected a number greater than 0 or `off`"),
+        (
+            "backlog_limit",
+            "many",
+            "expected a number greater than 0 or `off`",
+        ),
+        ("backlog_interval", "0s", "expected a duration greater than 0"),
         ("msg_retention", "forever", "expected `infinity` or a duration"),
         (
             "msg_retention",

@@ -11,6 +11,13 @@
 //! `_like_clientid`, `_like_username` (substring), `conn_state`
 //! (`connected` or `disconnected`); for subscriptions: `clientid`, `topic`,
 //! `qos`.
+//!
+//! With a plugin that counts backlogs (backend_pgsql with an
+//! `on_message_fetch` rule, [`hooks_spec::BacklogSource`]), each client also
+//! shows `backlog` (stored messages its subscriptions have not acknowledged,
+//! as last counted) and `backlog_oldest_age` (seconds since the oldest of
+//! them arrived; null when none), and `_gte_backlog=N` keeps the clients
+//! whose backlog is at least N (400 without such a plugin).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+
+use hooks_spec::{Backlog, BacklogSource};
 
 use super::{code, error, ok};
 use crate::delivery::{SessionCmd, SessionView};
@@ -109,12 +118,39 @@ fn sessions(state: &super::super::HttpState, params: &HashMap<String, String>) -
     all
 }
 
-/// A client as EMQX 4 shows it.
+/// The plugin that counts backlogs, if one is started.
+fn backlog_source(state: &super::super::HttpState) -> Option<Arc<dyn BacklogSource>> {
+    state.plugins.iter().find_map(|p| p.backlog_source())
+}
+
+/// `_gte_backlog`, checked: `Ok(None)` when absent.
+fn gte_backlog(params: &HashMap<String, String>, source: bool) -> Result<Option<u64>, Response> {
+    let Some(v) = params.get("_gte_backlog") else {
+        return Ok(None);
+    };
+    if !source {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            code::BAD_PARAM,
+            "`_gte_backlog` needs a plugin that counts backlogs (backend_pgsql with on_message_fetch)",
+        ));
+    }
+    v.parse::<u64>().map(Some).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            code::BAD_PARAM,
+            format!("`_gte_backlog` must be an integer of 0 or more, got `{v}`"),
+        )
+    })
+}
+
+/// A client as EMQX 4 shows it (plus its backlog, when a plugin counts them).
 fn client_json(
     node: &str,
     s: &SessionRef,
     view: Option<&SessionView>,
     limits: &crate::config::MqttLimits,
+    backlog: Option<Backlog>,
 ) -> Value {
     let c = view.map(|v| &v.client).unwrap_or(&s.client);
     let mut out = json!({
@@ -141,6 +177,11 @@ fn client_json(
         obj.insert("mqueue_len".into(), json!(v.queued));
         obj.insert("awaiting_rel".into(), json!(v.awaiting_rel));
     }
+    if let (Some(b), Some(obj)) = (backlog, out.as_object_mut()) {
+        obj.insert("backlog".into(), json!(b.pending));
+        let age = b.oldest_age.map(|a| a.as_secs());
+        obj.insert("backlog_oldest_age".into(), json!(age));
+    }
     out
 }
 
@@ -158,7 +199,17 @@ pub async fn list(State(state): State<super::super::State>, Query(params): Param
             "`conn_state` must be `connected` or `disconnected`",
         );
     }
+    let source = backlog_source(&state);
+    let min_backlog = match gte_backlog(&params, source.is_some()) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let backlog = |s: &SessionRef| source.as_ref().and_then(|b| b.client_backlog(&s.client.clientid));
     let mut rows: Vec<SessionRef> = sessions(&state, &params);
+    if let Some(min) = min_backlog {
+        // Before the first count nothing is known to reach it.
+        rows.retain(|s| backlog(s).is_some_and(|b| b.pending >= min));
+    }
     let node = state.shared.config.node_name.clone();
     let limits = &state.shared.config.mqtt;
     if let Some(wanted) = conn_state {
@@ -176,7 +227,7 @@ pub async fn list(State(state): State<super::super::State>, Query(params): Param
     let data = rows
         .iter()
         .zip(&views)
-        .map(|(s, v)| client_json(&node, s, v.as_ref(), limits))
+        .map(|(s, v)| client_json(&node, s, v.as_ref(), limits, backlog(s)))
         .collect();
     listing(data, meta)
 }
@@ -196,11 +247,13 @@ pub async fn one(State(state): State<super::super::State>, Path(clientid): Path<
     };
     let view = inspect(&s).await;
     let node = &state.shared.config.node_name;
+    let backlog = backlog_source(&state).and_then(|b| b.client_backlog(&clientid));
     ok(json!([client_json(
         node,
         &s,
         view.as_ref(),
-        &state.shared.config.mqtt
+        &state.shared.config.mqtt,
+        backlog
     )]))
 }
 
