@@ -108,6 +108,9 @@ enum Command {
     Replay(ReplayArgs),
     /// N idle connections: connect rate and broker memory per connection.
     Connections(ConnArgs),
+    /// N persistent sessions with B stored messages each reconnect at once:
+    /// time until all are drained, and the CPU (database load) it takes.
+    Storm(StormArgs),
     /// Raw PostgreSQL ingest: binary COPY into mqtt_msg, in batches (or the
     /// plugin's ways of writing a batch, for comparison).
     Copy(CopyArgs),
@@ -199,6 +202,11 @@ struct ReplayArgs {
     /// (`cpu_s`).
     #[arg(long, value_name = "PIDS", default_value = "")]
     cpu_pids: String,
+    /// The reconnecting subscriber: `rumqttc` (an independent library, the
+    /// default) or `lean` (the bench's own connection, little CPU per
+    /// message, so the broker and the database are what is measured).
+    #[arg(long, default_value = "rumqttc", value_parser = parse_client)]
+    client: ClientKind,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +231,34 @@ struct ConnArgs {
     /// Seconds allowed for opening them all.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct StormArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Persistent sessions (N).
+    #[arg(long, default_value_t = 10_000)]
+    sessions: u32,
+    /// Messages stored for each session while it is offline (B).
+    #[arg(long, default_value_t = 2)]
+    backlog: u32,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: u32,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Local addresses 127.0.0.1 .. 127.0.0.<sources> to connect from.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Seconds allowed for each phase.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Processes (comma separated ids) whose CPU time during the storm is
+    /// reported (`cpu_s`).
+    #[arg(long, value_name = "PIDS", default_value = "")]
+    cpu_pids: String,
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +308,7 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
                 settle: Duration::from_millis(a.settle_ms),
                 inflight: a.inflight,
                 cpu_pids: cpu::parse_pids(&a.cpu_pids)?,
+                lean: a.client == ClientKind::Lean,
                 run_id,
             };
             scenarios::run_replay(&t, &p).await
@@ -288,6 +325,20 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
                 run_id,
             };
             scenarios::run_connections(&t, &p).await
+        }
+        Command::Storm(a) => {
+            let t = target(&a.target)?;
+            let p = scenarios::StormParams {
+                sessions: a.sessions,
+                backlog: a.backlog,
+                concurrency: a.concurrency,
+                payload: a.payload,
+                sources: a.sources,
+                timeout: Duration::from_secs(a.timeout),
+                cpu_pids: cpu::parse_pids(&a.cpu_pids)?,
+                run_id,
+            };
+            scenarios::run_storm(&t, &p).await
         }
         Command::Copy(a) => {
             let p = copy::CopyParams {

@@ -6,6 +6,7 @@
 mod connections;
 mod load;
 mod replay;
+mod storm;
 mod wire;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::payload;
 pub use connections::{run_connections, ConnParams};
 pub use load::{run_load, Brokers, ClientKind, LoadParams, Shape};
 pub use replay::{run_replay, ReplayParams};
+pub use storm::{run_storm, StormParams};
 
 /// The error type of the tool.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;

@@ -32,6 +32,8 @@ pub struct ReplayParams {
     pub inflight: u16,
     /// Processes whose CPU time during the replay phase is reported.
     pub cpu_pids: Vec<u32>,
+    /// The reconnecting subscriber is the bench's lean connection instead of rumqttc.
+    pub lean: bool,
     /// Prefix for client ids and topics.
     pub run_id: String,
 }
@@ -124,6 +126,17 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
     tokio::time::sleep(p.settle).await;
 
     // 3. Come back, subscribe again, acknowledge every message by hand.
+    if p.lean {
+        return fetch_lean(
+            target,
+            p,
+            &topic,
+            &sub_id,
+            counters.sent.load(Ordering::Relaxed),
+            store_secs,
+        )
+        .await;
+    }
     let mut o = options(target, &sub_id, p.payload, 10);
     o.set_clean_session(!p.persistent).set_manual_acks(true);
     // Room for every acknowledgement: try_ack never finds the channel full.
@@ -232,6 +245,127 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
         qos: Some(1),
         payload: Some(p.payload.max(payload::HEADER_LEN)),
         sent: counters.sent.load(Ordering::Relaxed),
+        received: tracker.unique,
+        lost: tracker.lost(),
+        dup: tracker.duplicates(),
+        rate: if secs > 0.0 {
+            tracker.unique as f64 / secs
+        } else {
+            0.0
+        },
+        latency: Some(latency),
+        duration_s: secs,
+        note,
+        extra,
+    })
+}
+
+/// Phase 3 with the bench's lean connection: reconnect, SUBSCRIBE, and
+/// acknowledge every message as it is read (one write per burst).
+async fn fetch_lean(
+    target: &Target,
+    p: &ReplayParams,
+    topic: &str,
+    sub_id: &str,
+    sent: u64,
+    store_secs: f64,
+) -> Result<ScenarioResult, BenchError> {
+    use super::wire::{Outgoing as WireOut, WireConn};
+    use mqttbytes::v4::{self, Packet};
+
+    let n = p.count;
+    let clock = Clock::new();
+    let mut tracker = Tracker::new(0, &[n]);
+    let rcounters = Arc::new(Counters::default());
+    let progress = Progress::start(
+        format!("replay {} fetch", target.label),
+        rcounters.clone(),
+        n.into(),
+    );
+    let cpu = CpuWatch::start(&p.cpu_pids);
+    let own_cpu = CpuWatch::start(&[std::process::id()]);
+    let mut t0 = Instant::now();
+    let mut c = WireConn::connect_with(target, sub_id, p.payload, !p.persistent, None).await?;
+    if !p.persistent {
+        t0 = Instant::now();
+    }
+    let t0_ns = clock.ns_at(t0);
+    let mut sub = v4::Subscribe::new(topic, mqttbytes::QoS::AtLeastOnce);
+    sub.pkid = 1;
+    sub.write(&mut c.out)
+        .map_err(|e| format!("encode SUBSCRIBE: {e:?}"))?;
+    let mut acks_out = 0u64;
+    let fetch = async {
+        loop {
+            while let Some(packet) = c.next_packet()? {
+                match packet {
+                    Packet::Publish(msg) => {
+                        let h = payload::decode(&msg.payload).map(|h| Header { sent_ns: t0_ns, ..h });
+                        if tracker.record(h, clock.now_ns()) {
+                            rcounters.received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if msg.qos != mqttbytes::QoS::AtMostOnce {
+                            c.push(WireOut::PubAck(msg.pkid))?;
+                            acks_out += 1;
+                        }
+                    }
+                    Packet::SubAck(ack)
+                        if ack
+                            .return_codes
+                            .iter()
+                            .any(|r| matches!(r, v4::SubscribeReasonCode::Failure)) =>
+                    {
+                        return Err(BenchError::from("replay SUBSCRIBE refused"));
+                    }
+                    _ => {}
+                }
+            }
+            c.flush().await?;
+            if tracker.unique >= u64::from(n) {
+                return Ok::<Instant, BenchError>(Instant::now());
+            }
+            c.read_some().await?;
+        }
+    };
+    let fetched = tokio::time::timeout(p.timeout, fetch).await;
+    let cpu_s = cpu.finish();
+    let own_cpu_s = own_cpu.finish();
+    drop(progress);
+    let (end, timed_out) = match fetched {
+        Ok(r) => (r?, false),
+        Err(_) => (Instant::now(), true),
+    };
+    c.disconnect().await;
+    let secs = (end - t0).as_secs_f64();
+    let latency = Latency::of(std::mem::take(&mut tracker.latencies_us));
+    let mut extra = Map::new();
+    extra.insert("replay_s".into(), json!(secs));
+    extra.insert("stored".into(), json!(n));
+    extra.insert("store_s".into(), json!(store_secs));
+    extra.insert("store_rate".into(), json!(f64::from(n) / store_secs.max(1e-9)));
+    extra.insert("acks_sent".into(), json!(acks_out));
+    extra.insert("persistent_session".into(), json!(p.persistent));
+    extra.insert("timed_out".into(), json!(timed_out));
+    extra.insert("client".into(), json!("lean"));
+    if !cpu.is_empty() {
+        extra.insert("cpu_s".into(), cpu_s);
+    }
+    extra.insert("bench_cpu_s".into(), own_cpu_s["total"].clone());
+    let mut note = format!(
+        "replay {secs:.3} s{}; lean subscriber; latency = since {}",
+        if timed_out { " (timed out)" } else { "" },
+        if p.persistent { "CONNECT" } else { "SUBSCRIBE" }
+    );
+    if p.persistent {
+        note.push_str("; persistent session");
+    }
+    Ok(ScenarioResult {
+        scenario: "replay".into(),
+        target: target.label.clone(),
+        clients: "1/1".into(),
+        qos: Some(1),
+        payload: Some(p.payload.max(payload::HEADER_LEN)),
+        sent,
         received: tracker.unique,
         lost: tracker.lost(),
         dup: tracker.duplicates(),

@@ -44,9 +44,38 @@ impl WireConn {
     /// Opens a TCP connection (Nagle off), sends CONNECT (clean session) and
     /// waits for a successful CONNACK.
     pub async fn connect(target: &Target, client_id: &str, payload: usize) -> Result<Self, BenchError> {
+        Self::connect_with(target, client_id, payload, true, None).await
+    }
+
+    /// As [`WireConn::connect`], with the clean-session flag given and,
+    /// when `source` is set, from that local address (many connections to
+    /// one port need more than one source address's ephemeral ports).
+    pub async fn connect_with(
+        target: &Target,
+        client_id: &str,
+        payload: usize,
+        clean_session: bool,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, BenchError> {
         let who = client_id.to_string();
         let fut = async {
-            let stream = TcpStream::connect((target.host.as_str(), target.port))
+            let open = async {
+                let Some(source) = source else {
+                    return TcpStream::connect((target.host.as_str(), target.port)).await;
+                };
+                let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await?
+                    .find(|a| a.is_ipv4() == source.is_ipv4())
+                    .ok_or_else(|| std::io::Error::other("no address of the source's family"))?;
+                let socket = if source.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+                socket.connect(addr).await
+            };
+            let stream = open
                 .await
                 .map_err(|e| format!("{who}: connect to {}:{}: {e}", target.host, target.port))?;
             stream.set_nodelay(true)?;
@@ -59,7 +88,7 @@ impl WireConn {
             };
             let mut connect = v4::Connect::new(client_id);
             connect.keep_alive = KEEP_ALIVE.as_secs() as u16;
-            connect.clean_session = true;
+            connect.clean_session = clean_session;
             connect
                 .write(&mut conn.out)
                 .map_err(|e| format!("{who}: encode CONNECT: {e:?}"))?;
