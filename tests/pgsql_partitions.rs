@@ -136,7 +136,7 @@ async fn retention_drops_the_old_table_whole_once_its_newest_row_is_past_every_r
         &db,
         "backend.pgsql.msg_partition = 1h\n\
          backend.pgsql.msg_retention = 2h\n\
-         backend.pgsql.msg_retention.1 = t/keep/# 1h\n",
+         backend.pgsql.msg_retention.1 = t/keep/# 10s\n",
     )
     .await;
     broker.wait_for_log(PARTITIONED).await;
@@ -145,6 +145,26 @@ async fn retention_drops_the_old_table_whole_once_its_newest_row_is_past_every_r
         .await;
     assert!(!table_exists(&pg, "mqtt_msg_legacy").await, "dropped as a whole");
     assert_eq!(stored_ids(&pg, "t/old").await, Vec::<i64>::new());
+    // A row older than every partition lands in the DEFAULT partition, which
+    // is never dropped: the row sweep deletes it there.
+    pg.batch_execute(
+        "insert into mqtt_msg (topic, qos, payload, arrived) values ('t/late', 1, 'x', now() - interval '1 day')",
+    )
+    .await
+    .unwrap();
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_msg_default where topic = 't/late'",
+        Some(1),
+    )
+    .await;
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_msg where topic = 't/late'",
+        Some(0),
+    )
+    .await;
+    assert!(table_exists(&pg, "mqtt_msg_default").await);
 
     publish_all(broker.addr, "pub", "t/new", &numbered(5..8)).await;
     let mut dev = device(&broker, "dev-1", "t/#").await;
@@ -216,4 +236,78 @@ async fn two_brokers_starting_at_once_convert_the_table_once() {
     for broker in [&a, &b] {
         assert!(!broker.logs().contains("maintenance failed"), "{}", broker.logs());
     }
+}
+
+#[tokio::test]
+async fn emqx_schema_is_converted_too_and_emqx_style_inserts_keep_working() {
+    let db = TestDb::create().await;
+    db.batch_execute(EMQX_SCHEMA).await;
+    let pg = db.client().await;
+    // A row EMQX wrote without an arrival time (its column allows NULL).
+    pg.batch_execute(
+        "insert into mqtt_msg (msgid, sender, topic, qos, retain, payload) values ('a1', 'emqx', 'e/t', 1, 0, 'from emqx')",
+    )
+    .await
+    .unwrap();
+    let broker = broker_with_pgsql(&db, "backend.pgsql.msg_partition = 1d\n").await;
+    broker.wait_for_log(PARTITIONED).await;
+    assert_eq!(relkind(&pg).await, "p");
+    assert_emqx_text_payload(&pg).await;
+    assert_eq!(
+        query_opt_i64(&pg, "select count(*) from mqtt_msg where arrived is not null").await,
+        Some(1),
+        "the NULL arrival became the conversion time"
+    );
+    let dev = device(&broker, "emqx-dev", "e/#").await;
+    dev.disconnect().await;
+    // EMQX's own INSERT (a node still running EMQX on the same database).
+    pg.batch_execute(
+        "insert into mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived) \
+         values ('a2', 'emqx', 'e/t', 1, 0, 'emqx again', now())",
+    )
+    .await
+    .unwrap();
+    publish_all(broker.addr, "pub", "e/t", &["postbox".to_string()]).await;
+    let mut dev = device(&broker, "emqx-dev", "e/#").await;
+    assert_eq!(receive_n(&mut dev, 2).await, ["emqx again", "postbox"]);
+    dev.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_row_no_partition_covers_yet_waits_in_the_default_partition_and_moves_into_its_own() {
+    let db = TestDb::create().await;
+    let pg = db.client().await;
+    let broker = broker_with_pgsql(&db, "backend.pgsql.msg_partition = 1s\n").await;
+    broker.wait_for_log(PARTITIONED).await;
+    device(&broker, "dev-1", "f/#").await.disconnect().await;
+    // Stored with a clock 8 s ahead: past the partitions created ahead.
+    pg.batch_execute(
+        "insert into mqtt_msg (topic, qos, payload, arrived) values ('f/t', 1, 'ahead', now() + interval '8 seconds')",
+    )
+    .await
+    .unwrap();
+    let home = "select tableoid::regclass::text from mqtt_msg where topic = 'f/t'";
+    let at: String = pg.query_one(home, &[]).await.unwrap().get(0);
+    assert_eq!(at, "mqtt_msg_default");
+    assert_eq!(
+        query_opt_i64(
+            &pg,
+            "select count(*) from mqtt_msg where tableoid = 'mqtt_msg_default'::regclass"
+        )
+        .await,
+        Some(1)
+    );
+    // Once maintenance creates the partition of its time, the row is in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let at: String = pg.query_one(home, &[]).await.unwrap().get(0);
+        if at.starts_with("mqtt_msg_p") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still in {at}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dev = device(&broker, "dev-1", "f/#").await;
+    assert_eq!(receive_n(&mut dev, 1).await, ["ahead"]);
+    dev.expect_no_publish(Duration::from_millis(300)).await;
 }

@@ -27,6 +27,10 @@ const FUNCTIONS: &str = include_str!("../../sql/msg_partitioning.sql");
 /// Arbitrary constant for the partition maintenance lock ("postbox2").
 const PARTITION_LOCK: i64 = 0x706f_7374_626f_7832;
 
+/// How long maintenance waits for a table lock before it gives up (and
+/// tries again at the next pass).
+const MAINTENANCE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+
 /// Partitions kept ahead of the current one, so that an insert lands in a
 /// range partition even when maintenance has not run for a while.
 pub const AHEAD: i32 = 3;
@@ -119,6 +123,13 @@ pub async fn maintain(pool: &NamedPool, p: &Partitioning) -> Result<(i32, Vec<St
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
         .await
         .map_err(PgsqlError::query("pg_advisory_xact_lock (partition maintenance)"))?;
+    // DROP waits for every running reader of mqtt_msg, and inserts queue
+    // behind it: rather give up and try again at the next pass.
+    tx.batch_execute(MAINTENANCE_LOCK_TIMEOUT)
+        .await
+        .map_err(PgsqlError::query(
+            "SET LOCAL lock_timeout (partition maintenance)",
+        ))?;
     let created: i32 = tx
         .query_one("SELECT mqtt_msg_partitions_ensure($1, $2)", &[&secs, &AHEAD])
         .await
