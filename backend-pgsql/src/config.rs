@@ -49,6 +49,7 @@ const GLOBALS: &[&str] = &[
     "backlog_limit",
     "backlog_interval",
     "msg_partition",
+    "msg_delete_acked",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -106,6 +107,10 @@ pub struct PgsqlConfig {
     /// `mqtt_msg` (native range partitioning on `arrived`; retention drops
     /// whole partitions); `None` (default, `off`): one plain table.
     pub msg_partition: Option<Duration>,
+    /// `backend.pgsql.msg_delete_acked`: delete a stored message once every
+    /// subscription that needs it has acknowledged it (default false);
+    /// `Some(line)` of the key when on.
+    pub msg_delete_acked: Option<usize>,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -344,7 +349,8 @@ impl PgsqlConfig {
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
     ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`,
-    ///   `backlog_limit`, `backlog_interval`, `msg_partition`;
+    ///   `backlog_limit`, `backlog_interval`, `msg_partition`,
+    ///   `msg_delete_acked`;
     /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
     ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
@@ -363,6 +369,7 @@ impl PgsqlConfig {
             backlog_limit: None,
             backlog_interval: DEFAULT_BACKLOG_INTERVAL,
             msg_partition: None,
+            msg_delete_acked: None,
             rules: Vec::new(),
         };
         let mut pool_entries: BTreeMap<&str, Vec<(&str, &ConfEntry)>> = BTreeMap::new();
@@ -436,6 +443,7 @@ impl PgsqlConfig {
                     }
                 }
                 "backlog_interval" => cfg.backlog_interval = r.positive_duration(e)?,
+                "msg_delete_acked" => cfg.msg_delete_acked = conf.parse_bool(e)?.then_some(e.line),
                 "msg_partition" => {
                     cfg.msg_partition = match e.value.as_str() {
                         "off" => None,
@@ -525,6 +533,23 @@ impl PgsqlConfig {
             cfg.rules.push(rule);
         }
         cfg.rules.sort_by_key(|rule| (rule.hook, rule.n));
+        if let Some(line) = cfg.msg_delete_acked {
+            let fetches = cfg.rules.iter().any(|r| {
+                matches!(
+                    r.action,
+                    crate::rules::Action::Function(crate::rules::Function::OnMessageFetch)
+                )
+            });
+            if !fetches {
+                if let Some(e) = conf.entries.iter().find(|e| e.line == line) {
+                    return Err(conf.error(
+                        e,
+                        "`msg_delete_acked = on` needs an `on_message_fetch` rule: without read \
+                         positions every stored message would count as acknowledged",
+                    ));
+                }
+            }
+        }
         cfg.topic_retention.sort_by_key(|r| r.n);
         Ok(cfg)
     }

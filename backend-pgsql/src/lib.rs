@@ -38,6 +38,7 @@
 //! next page is read once the previous one is in the session's mailbox, at
 //! most two unacknowledged pages ahead ([`positions::PAGES_AHEAD`]).
 
+pub mod acked_delete;
 pub mod auth;
 pub mod backlog;
 pub mod config;
@@ -317,6 +318,9 @@ async fn start_engine(
             }
             if let Some(p) = partitions::Partitioning::of(&cfg) {
                 tasks.push(tokio::spawn(partitions::run(np.clone(), p)));
+            }
+            if cfg.msg_delete_acked.is_some() {
+                tasks.push(tokio::spawn(acked_delete::run(np.clone(), schema.clone())));
             }
         }
         pools.insert(

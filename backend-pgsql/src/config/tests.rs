@@ -178,6 +178,7 @@ fn emqx_default_rule_set() {
         (None, Duration::from_secs(30))
     );
     assert_eq!(c.msg_partition, None, "one plain table unless asked");
+    assert_eq!(c.msg_delete_acked, None);
     assert_eq!(c.file, PathBuf::from(FILE));
 }
 
@@ -401,6 +402,13 @@ fn globals() {
         Some(Duration::from_secs(86400))
     );
     assert_eq!(ok("backend.pgsql.msg_partition = off\n").msg_partition, None);
+    let fetch = r##"backend.pgsql.hook.session.subscribed.1 = {"topic": "#", "action": {"function": "on_message_fetch"}, "pool": "pool1"}"##;
+    let on = ok(&format!("{POOL1}{fetch}\nbackend.pgsql.msg_delete_acked = on\n"));
+    assert_eq!(on.msg_delete_acked, Some(3), "on, from line 3");
+    assert_eq!(
+        ok("backend.pgsql.msg_delete_acked = off\n").msg_delete_acked,
+        None
+    );
     assert_eq!(c.max_returned_count, 10);
     assert_eq!(c.time_range, Some(Duration::from_secs(7200)));
     assert_eq!(c.msg_retention, None);
@@ -432,6 +440,16 @@ fn bad_globals() {
         ("msg_partition", "0s", "expected `off` or a partition width"),
         ("msg_partition", "1500ms", "expected `off` or a partition width"),
         ("msg_partition", "daily", "expected `off` or a partition width"),
+        (
+            "msg_delete_acked",
+            "yes",
+            "expected `true`, `false`, `on` or `off`",
+        ),
+        (
+            "msg_delete_acked",
+            "on",
+            "`msg_delete_acked = on` needs an `on_message_fetch` rule",
+        ),
         ("msg_retention", "forever", "expected `infinity` or a duration"),
         (
             "msg_retention",
