@@ -312,16 +312,7 @@ async fn start_engine(
             false => None,
         };
         if stores {
-            let policy = retention::Policy::of(&cfg);
-            if policy.shortest().is_some() {
-                tasks.push(tokio::spawn(retention::run(np.clone(), policy)));
-            }
-            if let Some(p) = partitions::Partitioning::of(&cfg) {
-                tasks.push(tokio::spawn(partitions::run(np.clone(), p)));
-            }
-            if cfg.msg_delete_acked.is_some() {
-                tasks.push(tokio::spawn(acked_delete::run(np.clone(), schema.clone())));
-            }
+            tasks.extend(retention::spawn_all(&np, &schema, &cfg));
         }
         pools.insert(
             name,

@@ -22,12 +22,14 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::PgsqlConfig;
 use crate::error::PgsqlError;
 use crate::fetch::ORDERED_SCAN;
 use crate::pool::NamedPool;
+use crate::schema::SchemaCell;
 use crate::topic_match::anchored_regex;
 
 /// Rows deleted per statement.
@@ -166,6 +168,28 @@ async fn sweep_one(
         // Let writers in between batches.
         tokio::task::yield_now().await;
     }
+}
+
+/// Starts what removes stored messages from a pool the functions store in:
+/// the retention sweep (unless nothing expires), partition maintenance
+/// (`msg_partition`) and the deletion of acknowledged messages
+/// (`msg_delete_acked`).
+pub fn spawn_all(pool: &NamedPool, schema: &SchemaCell, cfg: &PgsqlConfig) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let policy = Policy::of(cfg);
+    if policy.shortest().is_some() {
+        tasks.push(tokio::spawn(run(pool.clone(), policy)));
+    }
+    if let Some(p) = crate::partitions::Partitioning::of(cfg) {
+        tasks.push(tokio::spawn(crate::partitions::run(pool.clone(), p)));
+    }
+    if cfg.msg_delete_acked.is_some() {
+        tasks.push(tokio::spawn(crate::acked_delete::run(
+            pool.clone(),
+            schema.clone(),
+        )));
+    }
+    tasks
 }
 
 /// Runs [`sweep`] every [`interval`] of the shortest retention until the
