@@ -48,6 +48,8 @@ const GLOBALS: &[&str] = &[
     "arrival_property",
     "backlog_limit",
     "backlog_interval",
+    "msg_partition",
+    "msg_delete_acked",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -101,6 +103,14 @@ pub struct PgsqlConfig {
     /// `backend.pgsql.backlog_interval`: how often each subscription's
     /// backlog is counted (default 30s).
     pub backlog_interval: Duration,
+    /// `backend.pgsql.msg_partition`: the width of the time partitions of
+    /// `mqtt_msg` (native range partitioning on `arrived`; retention drops
+    /// whole partitions); `None` (default, `off`): one plain table.
+    pub msg_partition: Option<Duration>,
+    /// `backend.pgsql.msg_delete_acked`: delete a stored message once every
+    /// subscription that needs it has acknowledged it (default false);
+    /// `Some(line)` of the key when on.
+    pub msg_delete_acked: Option<usize>,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -339,7 +349,8 @@ impl PgsqlConfig {
     ///   `ssl.cacertfile`, `ssl.certfile`, `ssl.keyfile`, `ssl.verify`;
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
     ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`,
-    ///   `backlog_limit`, `backlog_interval`;
+    ///   `backlog_limit`, `backlog_interval`, `msg_partition`,
+    ///   `msg_delete_acked`;
     /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
     ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
@@ -357,6 +368,8 @@ impl PgsqlConfig {
             store_timeout: DEFAULT_STORE_TIMEOUT,
             backlog_limit: None,
             backlog_interval: DEFAULT_BACKLOG_INTERVAL,
+            msg_partition: None,
+            msg_delete_acked: None,
             rules: Vec::new(),
         };
         let mut pool_entries: BTreeMap<&str, Vec<(&str, &ConfEntry)>> = BTreeMap::new();
@@ -430,6 +443,25 @@ impl PgsqlConfig {
                     }
                 }
                 "backlog_interval" => cfg.backlog_interval = r.positive_duration(e)?,
+                "msg_delete_acked" => cfg.msg_delete_acked = conf.parse_bool(e)?.then_some(e.line),
+                "msg_partition" => {
+                    cfg.msg_partition = match e.value.as_str() {
+                        "off" => None,
+                        _ => match conf.parse_duration(e) {
+                            Ok(d) if d >= Duration::from_secs(1) && d.subsec_nanos() == 0 => Some(d),
+                            _ => {
+                                return Err(conf.error(
+                                    e,
+                                    format!(
+                                        "expected `off` or a partition width in whole seconds, at least 1s, \
+                                         such as `1d` or `6h`, got `{}`",
+                                        e.value
+                                    ),
+                                ))
+                            }
+                        },
+                    }
+                }
                 _ => {
                     let Some((pool, setting)) = rest.split_once('.') else {
                         return Err(unknown());
@@ -501,6 +533,23 @@ impl PgsqlConfig {
             cfg.rules.push(rule);
         }
         cfg.rules.sort_by_key(|rule| (rule.hook, rule.n));
+        if let Some(line) = cfg.msg_delete_acked {
+            let fetches = cfg.rules.iter().any(|r| {
+                matches!(
+                    r.action,
+                    crate::rules::Action::Function(crate::rules::Function::OnMessageFetch)
+                )
+            });
+            if !fetches {
+                if let Some(e) = conf.entries.iter().find(|e| e.line == line) {
+                    return Err(conf.error(
+                        e,
+                        "`msg_delete_acked = on` needs an `on_message_fetch` rule: without read \
+                         positions every stored message would count as acknowledged",
+                    ));
+                }
+            }
+        }
         cfg.topic_retention.sort_by_key(|r| r.n);
         Ok(cfg)
     }

@@ -38,6 +38,7 @@
 //! next page is read once the previous one is in the session's mailbox, at
 //! most two unacknowledged pages ahead ([`positions::PAGES_AHEAD`]).
 
+pub mod acked_delete;
 pub mod auth;
 pub mod backlog;
 pub mod config;
@@ -45,6 +46,7 @@ pub mod error;
 pub mod fetch;
 pub mod functions;
 pub mod metrics;
+pub mod partitions;
 pub mod pool;
 pub mod positions;
 pub mod retention;
@@ -283,8 +285,10 @@ async fn start_engine(
             continue;
         }
         let migrates = storage_pools.contains(&name.as_str());
+        // Only the pools the functions store in are partitioned.
+        let partition = cfg.msg_partition.filter(|_| migrates);
         let schema = SchemaCell::default();
-        if let Some(task) = connect_pool(&np, migrates, &schema).await? {
+        if let Some(task) = connect_pool(&np, migrates, partition, &schema).await? {
             tasks.push(task);
         }
         let stores = cfg.rules.iter().any(|r| {
@@ -308,10 +312,7 @@ async fn start_engine(
             false => None,
         };
         if stores {
-            let policy = retention::Policy::of(&cfg);
-            if policy.shortest().is_some() {
-                tasks.push(tokio::spawn(retention::run(np.clone(), policy)));
-            }
+            tasks.extend(retention::spawn_all(&np, &schema, &cfg));
         }
         pools.insert(
             name,
@@ -444,7 +445,8 @@ async fn start_engine(
 }
 
 /// Connects a pool at startup: applies the migrations (`migrates`: a pool
-/// the functions store in) and learns the schema. A database that does not
+/// the functions store in), partitions `mqtt_msg` (`partition`: its width,
+/// `backend.pgsql.msg_partition`) and learns the schema. A database that does not
 /// answer does not stop the broker: the outage is logged once, a task tries
 /// again every [`CONNECT_RETRY`] and fills `schema` when it answers, and
 /// meanwhile messages that must be stored are not acknowledged (the writer
@@ -454,9 +456,10 @@ async fn start_engine(
 async fn connect_pool(
     np: &NamedPool,
     migrates: bool,
+    partition: Option<std::time::Duration>,
     schema: &SchemaCell,
 ) -> Result<Option<JoinHandle<()>>, String> {
-    match setup_pool(np, migrates).await {
+    match setup_pool(np, migrates, partition).await {
         Ok(info) => {
             schema.set(info);
             Ok(None)
@@ -473,7 +476,7 @@ async fn connect_pool(
                 let mut logged_refusal = false;
                 loop {
                     tokio::time::sleep(CONNECT_RETRY).await;
-                    match setup_pool(&np, migrates).await {
+                    match setup_pool(&np, migrates, partition).await {
                         Ok(info) => {
                             schema.set(info);
                             tracing::warn!(pool = %np.name, "PostgreSQL at {} answers: connected", np.addr);
@@ -497,14 +500,28 @@ async fn connect_pool(
     }
 }
 
-/// One attempt: migrations (when `migrates`), then the column types.
-async fn setup_pool(np: &NamedPool, migrates: bool) -> Result<SchemaInfo, error::PgsqlError> {
+/// One attempt: migrations (when `migrates`), partitioning (when
+/// `partition`), then the column types.
+async fn setup_pool(
+    np: &NamedPool,
+    migrates: bool,
+    partition: Option<std::time::Duration>,
+) -> Result<SchemaInfo, error::PgsqlError> {
     let mut conn = np.get().await?;
     if migrates {
         let client: &mut tokio_postgres::Client = &mut conn;
         let applied = schema::migrate(client).await?;
         if !applied.is_empty() {
             tracing::info!(pool = %np.name, ?applied, "applied schema migrations");
+        }
+        if let Some(width) = partition {
+            if partitions::convert(client, width).await? {
+                tracing::info!(
+                    pool = %np.name,
+                    width = %humantime::format_duration(width),
+                    "mqtt_msg is now partitioned by arrival time (the old table is partition mqtt_msg_legacy)"
+                );
+            }
         }
     }
     let info = schema::detect(&conn).await?;

@@ -14,15 +14,22 @@
 //! unanalyzed table made every sweep walk the whole primary key (100 ms at
 //! 360,000 rows, every minute, growing with the table) even with nothing to
 //! delete.
+//!
+//! With `mqtt_msg` partitioned by time ([`crate::partitions`]), rows of the
+//! longest retention are left to the partition drop, except in the DEFAULT
+//! partition (which is never dropped): deleting them row by row as they
+//! expire would empty each partition before it could be dropped whole.
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::PgsqlConfig;
 use crate::error::PgsqlError;
 use crate::fetch::ORDERED_SCAN;
 use crate::pool::NamedPool;
+use crate::schema::SchemaCell;
 use crate::topic_match::anchored_regex;
 
 /// Rows deleted per statement.
@@ -36,6 +43,10 @@ pub struct Policy {
     /// `(anchored regular expression of the filter, retention)` per rule, in
     /// the order they are tried; `None`: matching rows are kept.
     pub rules: Vec<(String, Option<Duration>)>,
+    /// `mqtt_msg` is partitioned by time and partitions older than this
+    /// retention (the longest) are dropped whole: rows kept this long are
+    /// deleted here only from the DEFAULT partition.
+    pub partition_drop: Option<Duration>,
 }
 
 impl Policy {
@@ -48,6 +59,18 @@ impl Policy {
                 .iter()
                 .map(|r| (anchored_regex(&r.filter), r.retention))
                 .collect(),
+            partition_drop: cfg
+                .msg_partition
+                .and_then(|_| crate::partitions::longest_retention(cfg)),
+        }
+    }
+
+    /// The table a retention's rows are deleted from: all of `mqtt_msg`, or
+    /// only its DEFAULT partition when partitions are dropped at `retention`.
+    fn table(&self, retention: Duration) -> Table {
+        match self.partition_drop {
+            Some(d) if d == retention => Table::DefaultPartition,
+            _ => Table::All,
         }
     }
 
@@ -59,6 +82,15 @@ impl Policy {
             .chain(self.default)
             .min()
     }
+}
+
+/// Where a sweep deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// `mqtt_msg`, every partition.
+    All,
+    /// `mqtt_msg_default` only.
+    DefaultPartition,
 }
 
 /// How often to look for expired rows: a tenth of the shortest retention,
@@ -73,12 +105,12 @@ pub async fn sweep(pool: &NamedPool, policy: &Policy) -> Result<u64, PgsqlError>
     for (i, (re, retention)) in policy.rules.iter().enumerate() {
         if let Some(d) = retention {
             let earlier: Vec<&str> = policy.rules[..i].iter().map(|(r, _)| r.as_str()).collect();
-            total += sweep_one(pool, *d, Some(re), &earlier).await?;
+            total += sweep_one(pool, policy.table(*d), *d, Some(re), &earlier).await?;
         }
     }
     if let Some(d) = policy.default {
         let all: Vec<&str> = policy.rules.iter().map(|(r, _)| r.as_str()).collect();
-        total += sweep_one(pool, d, None, &all).await?;
+        total += sweep_one(pool, policy.table(d), d, None, &all).await?;
     }
     Ok(total)
 }
@@ -87,6 +119,7 @@ pub async fn sweep(pool: &NamedPool, policy: &Policy) -> Result<u64, PgsqlError>
 /// topic when `None`) and none of `excluded`.
 async fn sweep_one(
     pool: &NamedPool,
+    table: Table,
     retention: Duration,
     only: Option<&String>,
     excluded: &[&str],
@@ -102,17 +135,26 @@ async fn sweep_one(
             (&only, Type::TEXT),
             (&excluded, Type::TEXT_ARRAY),
         ];
-        // One round trip: the three requests are pipelined.
-        let (begun, deleted, committed) = tokio::join!(
-            client.batch_execute(ORDERED_SCAN),
-            client.execute_typed(
+        let sql = match table {
+            Table::All => {
                 "DELETE FROM mqtt_msg WHERE id IN (
                      SELECT id FROM mqtt_msg WHERE arrived < now() - make_interval(secs => $1)
                          AND ($3::text IS NULL OR topic ~ $3)
                          AND NOT (topic ~ ANY($4::text[]))
-                     ORDER BY arrived LIMIT $2)",
-                &params,
-            ),
+                     ORDER BY arrived LIMIT $2)"
+            }
+            Table::DefaultPartition => {
+                "DELETE FROM mqtt_msg_default WHERE id IN (
+                     SELECT id FROM mqtt_msg_default WHERE arrived < now() - make_interval(secs => $1)
+                         AND ($3::text IS NULL OR topic ~ $3)
+                         AND NOT (topic ~ ANY($4::text[]))
+                     ORDER BY arrived LIMIT $2)"
+            }
+        };
+        // One round trip: the three requests are pipelined.
+        let (begun, deleted, committed) = tokio::join!(
+            client.batch_execute(ORDERED_SCAN),
+            client.execute_typed(sql, &params),
             client.batch_execute("COMMIT"),
         );
         const WHAT: &str = "retention DELETE FROM mqtt_msg";
@@ -126,6 +168,28 @@ async fn sweep_one(
         // Let writers in between batches.
         tokio::task::yield_now().await;
     }
+}
+
+/// Starts what removes stored messages from a pool the functions store in:
+/// the retention sweep (unless nothing expires), partition maintenance
+/// (`msg_partition`) and the deletion of acknowledged messages
+/// (`msg_delete_acked`).
+pub fn spawn_all(pool: &NamedPool, schema: &SchemaCell, cfg: &PgsqlConfig) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let policy = Policy::of(cfg);
+    if policy.shortest().is_some() {
+        tasks.push(tokio::spawn(run(pool.clone(), policy)));
+    }
+    if let Some(p) = crate::partitions::Partitioning::of(cfg) {
+        tasks.push(tokio::spawn(crate::partitions::run(pool.clone(), p)));
+    }
+    if cfg.msg_delete_acked.is_some() {
+        tasks.push(tokio::spawn(crate::acked_delete::run(
+            pool.clone(),
+            schema.clone(),
+        )));
+    }
+    tasks
 }
 
 /// Runs [`sweep`] every [`interval`] of the shortest retention until the
@@ -168,13 +232,22 @@ mod tests {
                 ("^a$".into(), None),
                 ("^b$".into(), Some(Duration::from_secs(20))),
             ],
+            partition_drop: None,
         };
         assert_eq!(p.shortest(), Some(Duration::from_secs(20)));
         assert_eq!(interval(Duration::from_secs(20)), Duration::from_secs(2));
         let forever = Policy {
             default: None,
             rules: vec![("^a$".into(), None)],
+            partition_drop: None,
         };
         assert_eq!(forever.shortest(), None);
+        assert_eq!(p.table(hour), Table::All, "not partitioned");
+        let partitioned = Policy {
+            partition_drop: Some(hour),
+            ..p
+        };
+        assert_eq!(partitioned.table(hour), Table::DefaultPartition);
+        assert_eq!(partitioned.table(Duration::from_secs(20)), Table::All);
     }
 }

@@ -37,7 +37,7 @@ pub const PROPERTY_COLUMNS: [&str; 6] = [
 ];
 
 /// Arbitrary constant for the migration lock ("postbox1").
-const MIGRATION_LOCK: i64 = 0x706f_7374_626f_7831;
+pub(crate) const MIGRATION_LOCK: i64 = 0x706f_7374_626f_7831;
 
 /// What the tables look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -177,6 +177,8 @@ fn emqx_default_rule_set() {
         (c.backlog_limit, c.backlog_interval),
         (None, Duration::from_secs(30))
     );
+    assert_eq!(c.msg_partition, None, "one plain table unless asked");
+    assert_eq!(c.msg_delete_acked, None);
     assert_eq!(c.file, PathBuf::from(FILE));
 }
 
@@ -395,6 +397,18 @@ fn globals() {
     assert_eq!(c.backlog_limit, Some(10_000));
     assert_eq!(c.backlog_interval, Duration::from_secs(5));
     assert_eq!(ok("backend.pgsql.backlog_limit = off\n").backlog_limit, None);
+    assert_eq!(
+        ok("backend.pgsql.msg_partition = 1d\n").msg_partition,
+        Some(Duration::from_secs(86400))
+    );
+    assert_eq!(ok("backend.pgsql.msg_partition = off\n").msg_partition, None);
+    let fetch = r##"backend.pgsql.hook.session.subscribed.1 = {"topic": "#", "action": {"function": "on_message_fetch"}, "pool": "pool1"}"##;
+    let on = ok(&format!("{POOL1}{fetch}\nbackend.pgsql.msg_delete_acked = on\n"));
+    assert_eq!(on.msg_delete_acked, Some(3), "on, from line 3");
+    assert_eq!(
+        ok("backend.pgsql.msg_delete_acked = off\n").msg_delete_acked,
+        None
+    );
     assert_eq!(c.max_returned_count, 10);
     assert_eq!(c.time_range, Some(Duration::from_secs(7200)));
     assert_eq!(c.msg_retention, None);
@@ -423,6 +437,19 @@ fn bad_globals() {
             "expected a number greater than 0 or `off`",
         ),
         ("backlog_interval", "0s", "expected a duration greater than 0"),
+        ("msg_partition", "0s", "expected `off` or a partition width"),
+        ("msg_partition", "1500ms", "expected `off` or a partition width"),
+        ("msg_partition", "daily", "expected `off` or a partition width"),
+        (
+            "msg_delete_acked",
+            "yes",
+            "expected `true`, `false`, `on` or `off`",
+        ),
+        (
+            "msg_delete_acked",
+            "on",
+            "`msg_delete_acked = on` needs an `on_message_fetch` rule",
+        ),
         ("msg_retention", "forever", "expected `infinity` or a duration"),
         (
             "msg_retention",
