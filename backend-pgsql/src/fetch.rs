@@ -94,7 +94,8 @@ impl Fetcher {
         let epoch = self
             .tracks
             .start_unregistered(key.clone(), i32::from(qos.as_u8()), opts);
-        let _ = self.handle.replay(&clientid, &filter, Vec::new(), None).await;
+        let target = self.tracks.replay_to(&key).unwrap_or_else(|| clientid.clone());
+        let _ = self.handle.replay(&target, &filter, Vec::new(), None).await;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(crate::positions::RETRY_DELAY).await;
@@ -175,9 +176,13 @@ impl Fetcher {
                     return self.page(&key, from, epoch).await;
                 }
                 // An empty, complete replay: the session tracks stored ids for this filter from now on.
+                let target = self
+                    .tracks
+                    .replay_to(&key)
+                    .unwrap_or_else(|| clientid.to_string());
                 let _ = self
                     .handle
-                    .replay(clientid, filter, Vec::new(), Some(position))
+                    .replay(&target, filter, Vec::new(), Some(position))
                     .await;
                 Ok(())
             }
@@ -210,7 +215,7 @@ impl Fetcher {
             return Ok(());
         };
         let (clientid, filter) = key;
-        let (op, value) = match condition(filter) {
+        let (op, value) = match condition(crate::groups::match_filter(filter)) {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
@@ -316,7 +321,13 @@ impl Fetcher {
             .filter(|d| d.qos == QoS::AtMostOnce)
             .filter_map(|d| Some((d.message.topic.to_string(), d.message.headers.stored_id?)))
             .collect();
+        let group = crate::groups::is_group(filter);
         for (topic, id) in at_most_once {
+            if group {
+                // A shared group's track, not a client's.
+                let _ = self.tracks.acked_key(key, id, false).map(|k| self.dirty.send(k));
+                continue;
+            }
             for k in self.tracks.done_unsent(clientid, &topic, id) {
                 let _ = self.dirty.send(k);
             }
@@ -324,9 +335,16 @@ impl Fetcher {
         self.metrics.pages.inc();
         self.metrics.messages.add(deliveries.len() as u64);
         // Err: the client left; its next subscription starts again from the position.
+        // (A shared group's pages go to the member it replays to.)
+        let target = self.tracks.replay_to(key);
         let handed = self
             .handle
-            .replay(clientid, filter, deliveries, complete_through)
+            .replay(
+                target.as_deref().unwrap_or(clientid),
+                filter,
+                deliveries,
+                complete_through,
+            )
             .await
             .is_ok();
         // Only now, with this page in the session's mailbox, may the next be read.

@@ -15,6 +15,11 @@
 //! writes of positions and batches them: whatever acknowledgements arrived
 //! while it was writing are folded into the next write per subscription.
 //!
+//! A shared group (`$share/<group>/<filter>`) has one track of its own, keyed
+//! ([`crate::groups::group_key`]) so that no client's track or row can be
+//! it: its members' acknowledgements move it, and its backlog is replayed
+//! to one member ([`Track::replay_to`]). See [`crate::groups`].
+//!
 //! A backlog is replayed in pages, pipelined: the next page is read as soon
 //! as the previous one has been handed to the session, as long as fewer than
 //! [`PAGES_AHEAD`] handed pages still wait for acknowledgements (counted in
@@ -59,6 +64,11 @@ pub struct Track {
     /// collected, but no position is computed or written (the position is
     /// not known) until [`Tracks::start`] registers it.
     pub unregistered: bool,
+    /// A shared group's track: the member its backlog is replayed to.
+    pub replay_to: Option<String>,
+    /// A page was not taken (its session had ended): the replay stopped
+    /// before the backlog was complete.
+    pub interrupted: bool,
 }
 
 /// Full pages handed to a session that may wait for acknowledgements at
@@ -219,9 +229,14 @@ impl TrackMap {
         }
     }
 
-    /// One client's tracks (filter, track).
+    /// One client's tracks (filter, track): never a shared group's (whose
+    /// key a client id `$share/<group>` would reach).
     fn client_mut(&mut self, clientid: &str) -> impl Iterator<Item = (&String, &mut Track)> {
-        self.0.get_mut(clientid).into_iter().flat_map(|m| m.iter_mut())
+        self.0
+            .get_mut(clientid)
+            .into_iter()
+            .flat_map(|m| m.iter_mut())
+            .filter(|(f, _)| !crate::groups::is_group(f))
     }
 }
 
@@ -266,6 +281,7 @@ impl Tracks {
         t.qos = qos;
         t.active = true;
         t.unregistered = false;
+        t.interrupted = false;
         t.epoch += 1;
         t.paging = Paging {
             read_to: p,
@@ -421,6 +437,7 @@ impl Tracks {
         let t = map.get_mut(key).filter(|t| t.epoch == epoch)?;
         t.paging.reading = false;
         if !handed || !t.active {
+            t.interrupted |= !handed;
             t.paging = Paging::default();
             return None;
         }
@@ -459,24 +476,8 @@ impl Tracks {
         let mut due = Vec::new();
         for (f, t) in map.client_mut(clientid) {
             if hooks_match(f, topic) {
-                t.delivered.remove(&id);
-                if id > t.position {
-                    t.acked.insert(id);
-                    if !t.queued {
-                        t.queued = true;
-                        dirty.push((clientid.to_string(), f.clone()));
-                    }
-                }
-                if !settle_page {
-                    continue;
-                }
-                if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
-                    if page.done(id) {
-                        t.paging.retire(t.position);
-                        let key = (clientid.to_string(), f.clone());
-                        due.extend(t.paging.due(&key, t.epoch));
-                    }
-                }
+                let key = (clientid.to_string(), f.clone());
+                ack_track(t, key, id, settle_page, &mut dirty, &mut due);
             }
         }
         drop(map);
@@ -484,6 +485,67 @@ impl Tracks {
             self.queue_page(d);
         }
         dirty
+    }
+
+    /// [`Tracks::acked`] (`settle_page`) or [`Tracks::done_unsent`] for one
+    /// track only: a shared group's, whose member acknowledged (the caller
+    /// checked that the topic matches). Returns the key if its position
+    /// should be recomputed.
+    pub fn acked_key(&self, key: &TrackKey, id: i64, settle_page: bool) -> Option<TrackKey> {
+        let mut map = self.lock();
+        let t = map.get_mut(key)?;
+        let (mut dirty, mut due) = (Vec::new(), Vec::new());
+        ack_track(t, key.clone(), id, settle_page, &mut dirty, &mut due);
+        drop(map);
+        for d in due {
+            self.queue_page(d);
+        }
+        dirty.pop()
+    }
+
+    /// [`Tracks::delivered`] for one track only (a shared group's).
+    pub fn delivered_key(&self, key: &TrackKey, id: i64) {
+        if let Some(t) = self.lock().get_mut(key) {
+            if t.active && id > t.position {
+                t.delivered.insert(id);
+            }
+        }
+    }
+
+    /// The member a shared group's backlog goes to (for any other track:
+    /// its own client).
+    pub fn replay_to(&self, key: &TrackKey) -> Option<String> {
+        self.lock().get(key).and_then(|t| t.replay_to.clone())
+    }
+
+    /// Sets the member a shared group's backlog goes to (the track is made
+    /// if there is none; [`Tracks::start`] keeps it).
+    pub fn set_replay_to(&self, key: &TrackKey, member: Option<String>) {
+        self.lock().entry(key.clone()).replay_to = member;
+    }
+
+    /// The QoS and fetch options of a track whose backlog is not all handed
+    /// over yet (pages out, more to read, or a page its session did not
+    /// take); `None` when its replay is complete or it is not subscribed.
+    pub fn unfinished(&self, key: &TrackKey) -> Option<(i32, FetchOpts)> {
+        self.lock()
+            .get(key)
+            .filter(|t| t.active && (t.paging.active() || t.interrupted))
+            .map(|t| (t.qos, t.opts))
+    }
+
+    /// A shared group lost its last member here: as [`Tracks::forget_client`]
+    /// for its one track (what members acknowledged stays until written).
+    pub fn forget_group(&self, key: &TrackKey) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(key) else { return };
+        t.active = false;
+        t.delivered.clear();
+        t.paging = Paging::default();
+        t.replay_to = None;
+        if t.acked.is_empty() && !t.queued {
+            map.remove(key);
+        }
     }
 
     /// Queues a page read to the page server.
@@ -501,10 +563,9 @@ impl Tracks {
     /// The subscriptions tracked for a client.
     pub fn keys_of(&self, clientid: &str) -> Vec<TrackKey> {
         self.lock()
-            .0
-            .get(clientid)
-            .map(|m| m.keys().map(|f| (clientid.to_string(), f.clone())).collect())
-            .unwrap_or_default()
+            .client_mut(clientid)
+            .map(|(f, _)| (clientid.to_string(), f.clone()))
+            .collect()
     }
 
     /// Forgets one subscription (unsubscribe).
@@ -519,7 +580,11 @@ impl Tracks {
     pub fn forget_client(&self, clientid: &str) {
         let mut map = self.lock();
         if let Some(by_filter) = map.0.get_mut(clientid) {
-            by_filter.retain(|_, t| {
+            by_filter.retain(|f, t| {
+                if crate::groups::is_group(f) {
+                    // A shared group's, not this client's (crate::groups).
+                    return true;
+                }
                 t.active = false;
                 t.delivered.clear();
                 t.paging = Paging::default();
@@ -579,6 +644,8 @@ impl Tracks {
             return t.paging.due(key, epoch);
         }
         match first_gap {
+            // Not for a shared group: the gap may be queued at another member.
+            _ if crate::groups::is_group(&key.1) => None,
             Some(gap) if !t.delivered.contains(&gap) => {
                 t.paging.reading = true;
                 Some(PageDue {
@@ -595,10 +662,41 @@ impl Tracks {
 /// Runs for every stored message delivered or acknowledged, once per
 /// subscription of its client: a filter without wildcards is a plain comparison.
 fn hooks_match(filter: &str, topic: &str) -> bool {
+    let filter = crate::groups::match_filter(filter);
     if filter.contains(['+', '#']) {
         crate::mqtt_matches(filter, topic)
     } else {
         filter == topic
+    }
+}
+
+/// Records that the client acknowledged (or is done with) `id` on track
+/// `t` (`key`): the key goes to `dirty` when its position should be
+/// recomputed, and a page read the acknowledgement makes due to `due`.
+fn ack_track(
+    t: &mut Track,
+    key: TrackKey,
+    id: i64,
+    settle_page: bool,
+    dirty: &mut Vec<TrackKey>,
+    due: &mut Vec<PageDue>,
+) {
+    t.delivered.remove(&id);
+    if id > t.position {
+        t.acked.insert(id);
+        if !t.queued {
+            t.queued = true;
+            dirty.push(key.clone());
+        }
+    }
+    if !settle_page {
+        return;
+    }
+    if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
+        if page.done(id) {
+            t.paging.retire(t.position);
+            due.extend(t.paging.due(&key, t.epoch));
+        }
     }
 }
 

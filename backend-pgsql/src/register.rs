@@ -223,6 +223,7 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
                     e.mark_done(&args.client.clientid, &m.topic, id);
                 } else {
                     e.tracks.delivered(&args.client.clientid, &m.topic, id);
+                    e.group_delivered(&args.client.clientid, &m.topic, id);
                 }
             }
             ready(Flow::Continue(m))
@@ -261,6 +262,15 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
+            if let Some(group) = &args.opts.share_group {
+                // A member left its shared group (the group's position stays).
+                let key = crate::groups::group_key(group, &args.filter);
+                let e = Arc::clone(&e);
+                return Box::pin(async move {
+                    e.group_left(&args.client.clientid, &key).await;
+                    Ok(Flow::Continue(()))
+                });
+            }
             e.tracks
                 .forget(&(args.client.clientid.to_string(), args.filter.clone()));
             ready(Flow::Continue(()))
@@ -272,16 +282,22 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
-            if args.reason != hooks_spec::DisconnectReason::Moved {
+            let member = e.members.is_member(&args.client.clientid);
+            let moved = args.reason == hooks_spec::DisconnectReason::Moved;
+            if !member && !moved {
                 e.tracks.forget_client(&args.client.clientid);
                 return ready(Flow::Continue(()));
             }
-            // The session continues on another node, which reads the read
-            // positions next: what the client acknowledged here is written first.
             let e = Arc::clone(&e);
             Box::pin(async move {
+                // The session's shared groups lose a member here.
+                for key in e.members.groups_of(&args.client.clientid) {
+                    e.group_left(&args.client.clientid, &key).await;
+                }
+                // The session continues on another node, which reads the read
+                // positions next: what the client acknowledged here is written first.
                 let keys = e.tracks.keys_of(&args.client.clientid);
-                if let (Some(drain), false) = (&e.drain, keys.is_empty()) {
+                if let (Some(drain), false, true) = (&e.drain, keys.is_empty(), moved) {
                     drain.flush(keys).await;
                 }
                 e.tracks.forget_client(&args.client.clientid);
@@ -336,7 +352,25 @@ impl Engine {
             return;
         }
         let result = match &rule.action {
-            Action::Function(Function::OnMessageFetch) if opts.share_group.is_none() => match &self.fetcher {
+            Action::Function(Function::OnMessageFetch) if opts.share_group.is_some() => {
+                match (&self.fetcher, &opts.share_group) {
+                    (Some(f), Some(group)) if subscribed => {
+                        let fetch = FetchOpts {
+                            max_returned_count: rule
+                                .offline_opts
+                                .max_returned_count
+                                .unwrap_or(self.cfg.max_returned_count),
+                            time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
+                            no_local: false,
+                        };
+                        let key = crate::groups::group_key(group, filter);
+                        self.group_subscribed(f, &client.clientid, key, opts.qos, fetch)
+                            .await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Action::Function(Function::OnMessageFetch) => match &self.fetcher {
                 Some(f) => {
                     let fetch = FetchOpts {
                         max_returned_count: rule
@@ -523,7 +557,7 @@ impl Engine {
     /// The highest id a first subscription may start at: below every message
     /// this node has stored but not yet routed (a subscriber must not count as
     /// history a message that will reach it live and may go unacknowledged).
-    fn first_position_cap(&self) -> i64 {
+    pub(crate) fn first_position_cap(&self) -> i64 {
         let pending = self.route_pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.first().map_or(i64::MAX, |id| id - 1)
     }
@@ -535,5 +569,6 @@ impl Engine {
         for key in self.tracks.acked(clientid, topic, id) {
             let _ = dirty.send(key);
         }
+        self.group_done(clientid, topic, id, true);
     }
 }

@@ -101,5 +101,6 @@ fn routed_from(delivery: Delivery) -> Routed {
         retain: delivery.retain,
         subscription_ids: Vec::new(),
         filter: delivery.filter.map(Arc::from),
+        share: None,
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use hooks_spec::{Message, QoS, SubOpts};
 
-use crate::delivery::{Routed, SessionCmd, SessionTx};
+use crate::delivery::{Routed, SessionCmd, SessionTx, ShareKey};
 use crate::trie::SubTrie;
 
 /// One subscription as the router keeps it.
@@ -120,6 +120,8 @@ struct Fanout {
     qos: QoS,
     retain_as_published: bool,
     subscription_ids: Vec<u32>,
+    /// Only this shared group chose the session (see [`Routed::share`]).
+    share: Option<Arc<ShareKey>>,
 }
 
 impl Router {
@@ -377,7 +379,15 @@ impl Router {
                 turn
             };
             match &members[candidates[turn % candidates.len()]] {
-                (Member::Client(clientid), Target::Local(route)) => merge(targets, clientid, route),
+                (Member::Client(clientid), Target::Local(route)) => {
+                    let fresh = !targets.contains_key(clientid);
+                    merge(targets, clientid, route);
+                    if fresh {
+                        if let Some(f) = targets.get_mut(clientid) {
+                            f.share = Some(Arc::new(group_key));
+                        }
+                    }
+                }
                 (Member::Node(node), _) => {
                     if let Some(forwards) = forwards.as_deref_mut() {
                         match forwards.iter_mut().find(|f| &f.node == node) {
@@ -393,6 +403,44 @@ impl Router {
                 (Member::Client(_), Target::Node) => {}
             }
         }
+    }
+
+    /// Another member here of the shared group `key` than `except`, in turn
+    /// with the group's routing: one with a connection, or (`connected_only`
+    /// false) any live session when none has one. For a member that lost its
+    /// connection (or ended) with messages of the group unacknowledged.
+    pub fn other_member(&self, key: &ShareKey, except: &Arc<str>, connected_only: bool) -> Option<Route> {
+        let (filter, group) = key;
+        let mut members: Vec<(Arc<str>, Route)> = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), target| {
+            if let (true, Member::Client(c), Target::Local(route)) = (g == group, m, target) {
+                if c != except && !route.tx.is_closed() {
+                    members.push((Arc::clone(c), route.clone()));
+                }
+            }
+        });
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let online: Vec<&Route> = members
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.online.load(Ordering::Relaxed))
+            .collect();
+        let candidates: Vec<&Route> = match (online.is_empty(), connected_only) {
+            (false, _) => online,
+            (true, true) => return None,
+            (true, false) => members.iter().map(|(_, r)| r).collect(),
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = {
+            let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counters.entry((filter.clone(), Arc::clone(group))).or_insert(0);
+            let turn = *n;
+            *n = n.wrapping_add(1);
+            turn
+        };
+        Some(candidates[turn % candidates.len()].clone())
     }
 
     /// Number of routes (plain and shared, of sessions here and of other nodes).
@@ -427,6 +475,7 @@ fn merge(targets: &mut HashMap<Arc<str>, Fanout>, clientid: &Arc<str>, route: &R
         qos: route.opts.qos,
         retain_as_published: route.opts.retain_as_published,
         subscription_ids: Vec::new(),
+        share: None,
     });
     entry.qos = entry.qos.max(route.opts.qos);
     entry.retain_as_published |= route.opts.retain_as_published;
@@ -446,6 +495,7 @@ fn send(msg: &Arc<Message>, targets: HashMap<Arc<str>, Fanout>) -> usize {
             retain: f.retain_as_published && msg.retain,
             subscription_ids: f.subscription_ids,
             filter: None,
+            share: f.share,
         };
         if f.tx.send(SessionCmd::Deliver(routed)).is_ok() {
             delivered += 1;

@@ -172,6 +172,11 @@ pub trait BrokerHandle: Send + Sync {
     /// Called from `session.subscribed`, the replay is applied right after
     /// SUBACK and before any message routed after the subscription. Replays
     /// for a filter the client is no longer subscribed to are ignored.
+    ///
+    /// `filter` names the subscription as the client made it: for a shared
+    /// subscription `$share/<group>/<filter>` (a shared group's backlog is
+    /// replayed to one member; what that member leaves unacknowledged when
+    /// it disconnects goes to another member, as live messages of the group do).
     async fn replay(
         &self,
         clientid: &str,

@@ -262,7 +262,7 @@ async fn advance(
     let reads: Vec<(String, String)> = round
         .iter()
         .map(|((_, filter), _)| {
-            let (op, value) = match condition(filter) {
+            let (op, value) = match condition(crate::groups::match_filter(filter)) {
                 TopicCondition::Exact(t) => ("=", t),
                 TopicCondition::Regex(r) => ("~", r),
             };

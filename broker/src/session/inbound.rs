@@ -498,6 +498,7 @@ impl Session {
                 retain: true,
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 filter: None,
+                share: None,
             })
             .collect()
     }
@@ -524,7 +525,7 @@ impl Session {
             }
             match self.subscriptions.remove(f) {
                 Some(sub) => {
-                    self.stop_replay(&sub.filter).await;
+                    self.stop_replay(f).await;
                     self.shared.router.unsubscribe(
                         &self.client.clientid,
                         &sub.filter,

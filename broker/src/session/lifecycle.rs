@@ -321,6 +321,9 @@ impl Session {
         if self.expiry_secs == 0 {
             return Some(Exit::Terminated(reason));
         }
+        // The session lives on; what shared groups gave it goes to a member
+        // that is connected, if there is one.
+        self.redispatch_shared(false);
         if self.expiry_secs != u32::MAX {
             self.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(self.expiry_secs)));
         }
@@ -416,6 +419,10 @@ impl Session {
     /// session.terminated, and a connection handed over meanwhile.
     async fn end(&mut self, reason: DisconnectReason) {
         self.finish_pending_publishes().await;
+        if reason != DisconnectReason::Moved {
+            // MQTT 5 4.8.2: a shared group's messages outlive the member's session.
+            self.redispatch_shared(true);
+        }
         self.shared.registry.remove(&self.client.clientid, self.uid);
         for (_, sub) in self.subscriptions.drain() {
             self.shared.router.unsubscribe(

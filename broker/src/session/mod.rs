@@ -13,10 +13,13 @@
 //! - `outbound`: messages to the client (packet ids, inflight window, offline
 //!   queue, redelivery with DUP on reconnect).
 //! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
+//! - `redispatch`: messages of shared groups handed to another member when
+//!   this one loses its connection or ends.
 
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod redispatch;
 mod replay;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -1,0 +1,260 @@
+//! Durable shared subscriptions: one read position per shared group.
+//!
+//! A shared subscription `$share/<group>/<filter>` delivers each message to
+//! one member of the group, so the group, not each member, has a read
+//! position. It is a row of `mqtt_acked` like any other, with
+//! `clientid = '$share/<group>'` and `topic = '$share/<group>/<filter>'`:
+//! a client's own rows name the filter it subscribed to, which never starts
+//! with `$share/` (such a filter is a shared subscription), so no client id
+//! can reach the group's row, whatever it is. In memory the group has a
+//! track under the same key ([`crate::positions`]); a client's lookups skip
+//! tracks whose filter starts with `$share/`.
+//!
+//! - The first member to subscribe on this node (after a restart, say)
+//!   starts the group's run: the position is read (or, for a group never
+//!   seen, recorded as the newest stored id, as for a first subscription),
+//!   and the backlog above it, what no member acknowledged, is replayed to
+//!   that member, page by page, oldest first, paced by the acknowledgements.
+//!   Members that join during the run get live messages only (the broker
+//!   picks one member per message).
+//! - Any member's acknowledgement of a stored message matching the filter
+//!   counts for the group: the position moves over a contiguous
+//!   acknowledged range, as for a client (a member that also has a plain
+//!   subscription matching the topic counts its copy for the group too).
+//! - A member that loses its connection hands its unacknowledged messages
+//!   of the group to a connected member (the broker does that); a member
+//!   whose session ends, to any member left. If the member the backlog goes
+//!   to leaves while it is still paging, the run goes on with another member,
+//!   from the position.
+//! - When the last member here leaves (unsubscribes, or its session ends),
+//!   the run ends: messages stored meanwhile are routed to no one, and the
+//!   next member to subscribe gets them from the position.
+//!
+//! Not covered: a message a member's full queue dropped is fetched again
+//! only at the group's next run; a cluster has one run per node (see the
+//! crate README).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use crate::positions::TrackKey;
+
+/// What every shared group's key starts with.
+pub const PREFIX: &str = "$share/";
+
+/// The track (and `mqtt_acked` row) of shared group `group` on `filter`.
+pub fn group_key(group: &str, filter: &str) -> TrackKey {
+    (format!("{PREFIX}{group}"), format!("{PREFIX}{group}/{filter}"))
+}
+
+/// True for a shared group's track filter (`$share/<group>/<filter>`).
+pub fn is_group(filter: &str) -> bool {
+    filter.starts_with(PREFIX)
+}
+
+/// The topic filter a track's messages match: a shared group's filter
+/// without `$share/<group>/`, any other as it is.
+pub fn match_filter(filter: &str) -> &str {
+    filter
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_, inner)| inner)
+}
+
+/// Which clients here are members of which shared groups (kept in step by
+/// `session.subscribed`, `session.unsubscribed` and `session.terminated`).
+/// Behind a `std` mutex held for short, await-free updates, as the tracks.
+#[derive(Default)]
+pub struct Members(Mutex<MemberMap>);
+
+#[derive(Default)]
+struct MemberMap {
+    by_client: HashMap<String, Vec<TrackKey>>,
+    by_group: HashMap<TrackKey, BTreeSet<String>>,
+}
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemberMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `clientid` is a member of `key`; true when it is the group's first
+    /// member here (a new run starts).
+    pub fn join(&self, clientid: &str, key: &TrackKey) -> bool {
+        let mut map = self.lock();
+        let groups = map.by_client.entry(clientid.to_string()).or_default();
+        if !groups.contains(key) {
+            groups.push(key.clone());
+        }
+        let members = map.by_group.entry(key.clone()).or_default();
+        let first = members.is_empty();
+        members.insert(clientid.to_string());
+        first
+    }
+
+    /// `clientid` left `key`; returns the members left (empty: the run ends).
+    pub fn leave(&self, clientid: &str, key: &TrackKey) -> Option<Vec<String>> {
+        let mut map = self.lock();
+        let groups = map.by_client.get_mut(clientid)?;
+        let at = groups.iter().position(|k| k == key)?;
+        groups.swap_remove(at);
+        if groups.is_empty() {
+            map.by_client.remove(clientid);
+        }
+        let members = map.by_group.get_mut(key)?;
+        members.remove(clientid);
+        let left: Vec<String> = members.iter().cloned().collect();
+        if left.is_empty() {
+            map.by_group.remove(key);
+        }
+        Some(left)
+    }
+
+    /// The groups `clientid` is a member of.
+    pub fn groups_of(&self, clientid: &str) -> Vec<TrackKey> {
+        self.lock().by_client.get(clientid).cloned().unwrap_or_default()
+    }
+
+    /// True when `clientid` is a member of some group (cheap: checked for
+    /// every acknowledgement).
+    pub fn is_member(&self, clientid: &str) -> bool {
+        let map = self.lock();
+        !map.by_client.is_empty() && map.by_client.contains_key(clientid)
+    }
+}
+
+/// The hooks' side of shared groups (see the module documentation).
+impl crate::Engine {
+    /// `session.subscribed` for a shared subscription (on_message_fetch):
+    /// the first member here starts the group's run and gets its backlog;
+    /// later members get live messages only.
+    pub(crate) async fn group_subscribed(
+        &self,
+        fetcher: &std::sync::Arc<crate::fetch::Fetcher>,
+        clientid: &str,
+        key: TrackKey,
+        qos: hooks_spec::QoS,
+        opts: crate::positions::FetchOpts,
+    ) -> Result<(), crate::error::PgsqlError> {
+        let first = self.members.join(clientid, &key);
+        if !first && self.tracks.replay_to(&key).is_some() {
+            return Ok(());
+        }
+        self.tracks.set_replay_to(&key, Some(clientid.to_string()));
+        self.fetch_group(fetcher, key, qos, opts).await
+    }
+
+    /// Reads the group's position and replays its backlog to the member
+    /// set in its track; when the database does not answer, later (as for
+    /// a client's subscription).
+    async fn fetch_group(
+        &self,
+        fetcher: &std::sync::Arc<crate::fetch::Fetcher>,
+        key: TrackKey,
+        qos: hooks_spec::QoS,
+        opts: crate::positions::FetchOpts,
+    ) -> Result<(), crate::error::PgsqlError> {
+        let cap = self.first_position_cap();
+        let result = fetcher.on_subscribed(&key.0, &key.1, qos, opts, cap).await;
+        if result.is_err() {
+            let hint = cap.min(
+                self.stats
+                    .store
+                    .last_id
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            std::sync::Arc::clone(fetcher)
+                .register_later(key.0, key.1, qos, opts, hint)
+                .await;
+        }
+        result
+    }
+
+    /// A member left group `key` (unsubscribed, or its session ended here).
+    /// The last one ends the run; the member the backlog went to, while it
+    /// was not all handed over, hands the run to another member, which gets
+    /// the backlog from the position.
+    pub(crate) async fn group_left(&self, clientid: &str, key: &TrackKey) {
+        let Some(left) = self.members.leave(clientid, key) else {
+            return;
+        };
+        let Some(next) = left.first() else {
+            self.tracks.forget_group(key);
+            return;
+        };
+        if self.tracks.replay_to(key).as_deref() != Some(clientid) {
+            return;
+        }
+        self.tracks.set_replay_to(key, Some(next.clone()));
+        let (Some((qos, opts)), Some(fetcher)) = (self.tracks.unfinished(key), &self.fetcher) else {
+            return;
+        };
+        let qos = u8::try_from(qos)
+            .ok()
+            .and_then(hooks_spec::QoS::from_u8)
+            .unwrap_or(hooks_spec::QoS::AtLeastOnce);
+        tracing::debug!(group = %key.1, member = %next, "shared group: the backlog goes on with another member");
+        if let Err(e) = self.fetch_group(fetcher, key.clone(), qos, opts).await {
+            tracing::warn!(group = %key.1, "shared group: cannot replay the backlog to another member yet: {e}");
+        }
+    }
+
+    /// A member acknowledged (or is done with) stored message `id` on
+    /// `topic`: the groups of its it matches are recomputed.
+    pub(crate) fn group_done(&self, clientid: &str, topic: &str, id: i64, settle_page: bool) {
+        let Some(dirty) = &self.dirty else { return };
+        if !self.members.is_member(clientid) {
+            return;
+        }
+        for key in self.members.groups_of(clientid) {
+            if crate::mqtt_matches(match_filter(&key.1), topic) {
+                if let Some(k) = self.tracks.acked_key(&key, id, settle_page) {
+                    let _ = dirty.send(k);
+                }
+            }
+        }
+    }
+
+    /// A stored message was written to a member.
+    pub(crate) fn group_delivered(&self, clientid: &str, topic: &str, id: i64) {
+        if !self.members.is_member(clientid) {
+            return;
+        }
+        for key in self.members.groups_of(clientid) {
+            if crate::mqtt_matches(match_filter(&key.1), topic) {
+                self.tracks.delivered_key(&key, id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_key_reaches_no_client_row_and_matches_its_filter() {
+        let (clientid, topic) = group_key("g", "a/+/c");
+        assert_eq!(clientid, "$share/g");
+        assert_eq!(topic, "$share/g/a/+/c");
+        assert!(is_group(&topic));
+        assert_eq!(match_filter(&topic), "a/+/c");
+        assert_eq!(match_filter("a/+/c"), "a/+/c");
+        assert!(!is_group("a/#"));
+    }
+
+    #[test]
+    fn the_first_member_starts_a_run_and_the_last_ends_it() {
+        let m = Members::default();
+        let key = group_key("g", "t/#");
+        assert!(m.join("a", &key));
+        assert!(!m.join("b", &key));
+        assert!(!m.join("a", &key), "joining again is no new run");
+        assert_eq!(m.groups_of("a"), vec![key.clone()]);
+        assert_eq!(m.leave("a", &key), Some(vec!["b".to_string()]));
+        assert_eq!(m.leave("a", &key), None, "not a member any more");
+        assert_eq!(m.leave("b", &key), Some(vec![]));
+        assert!(!m.is_member("b"));
+        assert!(m.join("b", &key), "a new run");
+    }
+}

@@ -1,0 +1,81 @@
+//! Shared subscriptions: what a group gave this member and the client has
+//! not acknowledged goes to another member when this one cannot take it.
+//!
+//! MQTT 5 (4.8.2) lets the server send a message to another member of the
+//! group as soon as the connection to the chosen one breaks, and says it
+//! should when the chosen member's session ends. Here:
+//! - a member that loses its connection (its session lives on) hands its
+//!   unacknowledged messages of the group to a member that has a
+//!   connection; with none connected they wait here for the client;
+//! - a member whose session ends hands them to any member left (connected
+//!   first).
+//!
+//! Only messages the group chose this session for (no plain subscription of
+//! the session matched them: [`Routed::share`]) move, QoS 1 and 2 ones not
+//! yet acknowledged (a QoS 2 message whose PUBREC came stays: the client has
+//! it). A storage plugin sees the other member acknowledge it.
+
+use std::collections::VecDeque;
+
+use super::{AckState, Routed, Session, SessionCmd};
+
+impl Session {
+    /// Moves this member's unacknowledged messages of shared groups to other
+    /// members: connected ones only unless the session is `ending`.
+    pub(super) fn redispatch_shared(&mut self, ending: bool) {
+        if !self.subscriptions.values().any(|s| s.opts.share_group.is_some()) {
+            return;
+        }
+        let mut moved = 0usize;
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for entry in std::mem::take(&mut self.inflight) {
+            let movable = matches!(entry.state, AckState::PubAck | AckState::PubRec);
+            if movable && self.hand_over(&entry.routed, ending) {
+                self.pkids_in_use.remove(&entry.pkid);
+                if entry.unsent {
+                    self.unsent -= 1;
+                }
+                moved += 1;
+                continue;
+            }
+            kept.push_back(entry);
+        }
+        self.inflight = kept;
+        let mut queue = VecDeque::with_capacity(self.queue.len());
+        for routed in std::mem::take(&mut self.queue) {
+            if self.hand_over(&routed, ending) {
+                moved += 1;
+            } else {
+                queue.push_back(routed);
+            }
+        }
+        self.queue = queue;
+        if moved > 0 {
+            tracing::debug!(clientid = %self.client.clientid, moved, ending, "shared subscription messages handed to other members");
+        }
+    }
+
+    /// Sends one message of a shared group to another member; false when it
+    /// is not a group's, or no other member can take it.
+    fn hand_over(&self, routed: &Routed, ending: bool) -> bool {
+        let Some(key) = &routed.share else {
+            return false;
+        };
+        if routed.qos == hooks_spec::QoS::AtMostOnce {
+            return false;
+        }
+        let Some(route) = self
+            .shared
+            .router
+            .other_member(key, &self.client.clientid, !ending)
+        else {
+            return false;
+        };
+        let mut copy = routed.clone();
+        // As the group would have routed it to that member.
+        copy.qos = route.opts.qos.min(routed.message.qos);
+        copy.subscription_ids = route.opts.subscription_id.into_iter().collect();
+        copy.retain = route.opts.retain_as_published && routed.message.retain;
+        route.tx.send(SessionCmd::Deliver(copy)).is_ok()
+    }
+}

@@ -1,0 +1,217 @@
+//! Durable shared subscriptions: a `$share/<group>/<filter>` group has one
+//! read position in PostgreSQL (`mqtt_acked` row `$share/<group>`,
+//! `$share/<group>/<filter>`), so what it missed while every member was
+//! offline, across a broker restart, reaches the next member that
+//! subscribes, once and in order; a member that disconnects with messages
+//! unacknowledged has them delivered to another member. Clients are
+//! rumqttc (MQTT 5).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use support::pgsql::*;
+use support::*;
+
+/// A member with a persistent session (MQTT 5, session expiry 3600).
+fn member(addr: std::net::SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = v5_options(addr, id, false);
+    o.set_session_expiry_interval(Some(3600));
+    o
+}
+
+fn payload(p: &Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// The group's read position row exists (made by its first subscription).
+async fn wait_group_row(pg: &tokio_postgres::Client, group: &str, filter: &str) {
+    wait_for_db(
+        pg,
+        &format!(
+            "select count(*) from mqtt_acked where clientid = {} and topic = {}",
+            sql_literal(&format!("$share/{group}")),
+            sql_literal(&format!("$share/{group}/{filter}"))
+        ),
+        Some(1),
+    )
+    .await;
+}
+
+/// Publishes `payloads` at QoS 1 from a clean MQTT 5 client, each
+/// acknowledged (so stored) before the next.
+async fn publish_v5(addr: std::net::SocketAddr, topic: &str, payloads: &[String]) {
+    let (mut p, _) = V5Client::connect(v5_options(addr, "publisher", true)).await;
+    for m in payloads {
+        p.publish(topic, QoS::AtLeastOnce, false, m.clone()).await;
+    }
+    p.disconnect().await;
+}
+
+/// The PUBACK of `p` (manual acks) is written.
+async fn ack_v5(c: &mut V5Client, p: &Publish) {
+    c.client.ack(p).await.expect("queue PUBACK");
+    let pkid = p.pkid;
+    c.poll_until(|ev| {
+        matches!(ev, rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::PubAck(id)) if *id == pkid).then_some(())
+    })
+    .await
+}
+
+/// The scenario: the group's only member is offline while 10
+/// messages are published, the broker is SIGKILLed and started again, the
+/// member reconnects and subscribes again: it gets all 10, once, in order.
+#[tokio::test]
+async fn an_offline_only_member_gets_what_its_group_missed_across_a_restart() {
+    let db = TestDb::create().await;
+    let mut broker = broker_with_pgsql(&db, SESSION_RULE).await;
+    let pg = db.client().await;
+    let (mut c, _) = V5Client::connect(member(broker.addr, "worker-1")).await;
+    c.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "jobs/#").await;
+    c.disconnect().await;
+    let sent = numbered(0..10);
+    publish_v5(broker.addr, "jobs/1", &sent).await;
+
+    broker.kill().await;
+    broker.restart().await;
+    let (mut c, _) = V5Client::connect(member(broker.addr, "worker-1")).await;
+    c.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(payload(&c.next_publish().await));
+    }
+    assert_eq!(got, sent, "every message the group missed, once, in order");
+    c.expect_no_publish(Duration::from_millis(500)).await;
+
+    // The group's position moved over them: a second restart repeats nothing.
+    let last = *stored_ids(&pg, "jobs/1").await.last().unwrap();
+    wait_for_position(&pg, "$share/g", "$share/g/jobs/#", last).await;
+    broker.kill().await;
+    drop(c);
+    broker.restart().await;
+    let (mut c, _) = V5Client::connect(member(broker.addr, "worker-1")).await;
+    c.subscribe("$share/g/jobs/#", QoS::AtLeastOnce).await;
+    c.expect_no_publish(Duration::from_millis(500)).await;
+    // The member's own position rows are untouched: the group has its own.
+    let own = query_opt_i64(&pg, "select count(*) from mqtt_acked where clientid = 'worker-1'").await;
+    assert_eq!(own, Some(0), "no row of the member's for the shared subscription");
+}
+
+/// Two members online; one acknowledges some of its messages and
+/// disconnects with the rest unacknowledged: the other member gets those,
+/// nothing is lost and nothing acknowledged comes again (not even after a
+/// restart).
+#[tokio::test]
+async fn a_member_that_leaves_with_unacknowledged_messages_hands_them_to_another() {
+    let db = TestDb::create().await;
+    let mut broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let mut a_opts = member(broker.addr, "member-a");
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(a_opts).await;
+    a.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V5Client::connect(member(broker.addr, "member-b")).await;
+    b.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "work/#").await;
+
+    let sent = numbered(0..10);
+    publish_v5(broker.addr, "work/1", &sent).await;
+    // In turn: half each. A acknowledges its first two only.
+    let mut a_acked = BTreeSet::new();
+    let mut a_unacked = BTreeSet::new();
+    for i in 0..5 {
+        let p = a.next_publish().await;
+        if i < 2 {
+            ack_v5(&mut a, &p).await;
+            a_acked.insert(payload(&p));
+        } else {
+            a_unacked.insert(payload(&p));
+        }
+    }
+    let mut at_b = Vec::new();
+    for _ in 0..5 {
+        at_b.push(payload(&b.next_publish().await));
+    }
+    a.disconnect().await;
+    for _ in 0..a_unacked.len() {
+        at_b.push(payload(&b.next_publish().await));
+    }
+    b.expect_no_publish(Duration::from_millis(500)).await;
+
+    let b_set: BTreeSet<String> = at_b.iter().cloned().collect();
+    assert_eq!(
+        b_set.len(),
+        at_b.len(),
+        "no duplicates at the other member: {at_b:?}"
+    );
+    assert!(
+        a_unacked.is_subset(&b_set),
+        "what A left unacknowledged reached B"
+    );
+    assert!(a_acked.is_disjoint(&b_set), "nothing A acknowledged came again");
+    let all: BTreeSet<String> = a_acked.union(&b_set).cloned().collect();
+    assert_eq!(all, sent.iter().cloned().collect(), "nothing lost");
+
+    // Every message is acknowledged by a member: the group's position is past them all.
+    let last = *stored_ids(&pg, "work/1").await.last().unwrap();
+    wait_for_position(&pg, "$share/g", "$share/g/work/#", last).await;
+    assert!(broker.terminate().await.success());
+    drop(b);
+    broker.restart().await;
+    let (mut b, _) = V5Client::connect(member(broker.addr, "member-b")).await;
+    b.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    b.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+/// Every member offline while messages are published, the broker restarted
+/// (gracefully), both members back: each message reaches exactly one of them.
+#[tokio::test]
+async fn with_every_member_back_each_missed_message_reaches_exactly_one() {
+    let db = TestDb::create().await;
+    let mut broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    for id in ["m-1", "m-2"] {
+        let (mut c, _) = V5Client::connect(member(broker.addr, id)).await;
+        c.subscribe("$share/pool/orders/+", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    wait_group_row(&pg, "pool", "orders/+").await;
+    let sent = numbered(0..10);
+    publish_v5(broker.addr, "orders/eu", &sent).await;
+    assert!(broker.terminate().await.success());
+    broker.restart().await;
+
+    let (mut one, _) = V5Client::connect(member(broker.addr, "m-1")).await;
+    let (mut two, _) = V5Client::connect(member(broker.addr, "m-2")).await;
+    one.subscribe("$share/pool/orders/+", QoS::AtLeastOnce).await;
+    two.subscribe("$share/pool/orders/+", QoS::AtLeastOnce).await;
+    let mut got: Vec<String> = Vec::new();
+    for c in [&mut one, &mut two] {
+        while let Some(ev) = c.backlog.pop_front() {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) = ev {
+                got.push(payload(&p));
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while got.len() < sent.len() {
+        assert!(tokio::time::Instant::now() < deadline, "only {got:?} arrived");
+        for c in [&mut one, &mut two] {
+            if let Some(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(50)).await
+            {
+                got.push(payload(&p));
+            }
+        }
+    }
+    one.expect_no_publish(Duration::from_millis(300)).await;
+    two.expect_no_publish(Duration::from_millis(300)).await;
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "no message twice: {got:?}");
+    assert_eq!(unique, sent.iter().cloned().collect(), "every message");
+}
