@@ -215,3 +215,29 @@ async fn with_every_member_back_each_missed_message_reaches_exactly_one() {
     assert_eq!(unique.len(), got.len(), "no message twice: {got:?}");
     assert_eq!(unique, sent.iter().cloned().collect(), "every message");
 }
+
+/// Without a restart: what the group gave its only member while that member
+/// was offline reaches the next member that connects, in order, and not
+/// the first member too when it comes back.
+#[tokio::test]
+async fn what_an_offline_member_holds_reaches_the_next_member_that_connects() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let (mut a, _) = V5Client::connect(member(broker.addr, "early")).await;
+    a.subscribe("$share/g/feed/#", QoS::AtLeastOnce).await;
+    a.disconnect().await;
+    let sent = numbered(0..5);
+    publish_v5(broker.addr, "feed/x", &sent).await;
+
+    let (mut b, _) = V5Client::connect(member(broker.addr, "late")).await;
+    b.subscribe("$share/g/feed/#", QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(payload(&b.next_publish().await));
+    }
+    assert_eq!(got, sent, "in order, once");
+    let (mut a, ack) = V5Client::connect(member(broker.addr, "early")).await;
+    assert!(ack.session_present);
+    a.expect_no_publish(Duration::from_millis(500)).await;
+    b.expect_no_publish(Duration::from_millis(100)).await;
+}

@@ -137,7 +137,9 @@ impl crate::Engine {
         opts: crate::positions::FetchOpts,
     ) -> Result<(), crate::error::PgsqlError> {
         let first = self.members.join(clientid, &key);
-        if !first && self.tracks.replay_to(&key).is_some() {
+        if qos == hooks_spec::QoS::AtMostOnce || (!first && self.tracks.replay_to(&key).is_some()) {
+            // A QoS 0 member has nothing stored for it (as a QoS 0
+            // subscription); the next QoS 1/2 member starts the run.
             return Ok(());
         }
         self.tracks.set_replay_to(&key, Some(clientid.to_string()));

@@ -349,6 +349,8 @@ async fn run_op(client: &tokio_postgres::Client, op: &Op) -> Result<Option<Store
             .await
         }
         Op::End { clientid, expired } => {
+            // Never a shared group's position (`$share/...` topics): a client
+            // id `$share/<group>` must not take it along (crate::groups).
             exec(
                 "WITH s AS (DELETE FROM mqtt_session WHERE clientid = $1),
                       subs AS (DELETE FROM mqtt_sub WHERE clientid = $1 AND session),

@@ -55,6 +55,10 @@ pub enum SessionCmd {
     /// after any lost connection. The sender hears whether a connection was
     /// attached.
     Kick(tokio::sync::oneshot::Sender<bool>),
+    /// A member of one of this session's shared groups has a connection
+    /// now: a session without one hands what its groups gave it, and the
+    /// client has not acknowledged, to connected members.
+    HandOverShared,
     /// The broker is shutting down (sent to every registered session; a
     /// session also checks `Shared::is_shutting_down` on every turn, so one
     /// that registers after the message went out stops too).

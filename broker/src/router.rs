@@ -443,6 +443,21 @@ impl Router {
         Some(candidates[turn % candidates.len()].clone())
     }
 
+    /// The members here of the shared group `key`, other than `except`, that
+    /// have no connection.
+    pub fn offline_members(&self, key: &ShareKey, except: &Arc<str>) -> Vec<SessionTx> {
+        let (filter, group) = key;
+        let mut out = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), target| {
+            if let (true, Member::Client(c), Target::Local(route)) = (g == group, m, target) {
+                if c != except && !route.online.load(Ordering::Relaxed) && !route.tx.is_closed() {
+                    out.push(route.tx.clone());
+                }
+            }
+        });
+        out
+    }
+
     /// Number of routes (plain and shared, of sessions here and of other nodes).
     pub fn len(&self) -> usize {
         read(&self.plain).len() + read(&self.shared).len() + read(&self.nodes).len()
@@ -591,6 +606,66 @@ mod tests {
         }
         assert_eq!((local_n, forwarded), (5, 5), "in turn");
         assert_eq!(got(&mut here), 5);
+    }
+
+    fn local_online(
+        router: &Router,
+        clientid: &str,
+        filter: &str,
+        group: Option<&str>,
+        online: bool,
+    ) -> crate::mailbox::Receiver<SessionCmd> {
+        let (tx, rx) = crate::mailbox::mailbox();
+        let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
+        opts.share_group = group.map(str::to_string);
+        let route = Route {
+            tx,
+            online: Arc::new(AtomicBool::new(online)),
+            opts,
+        };
+        router.subscribe(&Arc::from(clientid), filter, route);
+        rx
+    }
+
+    fn share_of(rx: &mut crate::mailbox::Receiver<SessionCmd>) -> Option<Option<Arc<ShareKey>>> {
+        match rx.try_recv()? {
+            SessionCmd::Deliver(r) => Some(r.share),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_delivery_only_a_shared_group_chose_is_marked_with_the_group() {
+        let r = Router::new();
+        let mut m1 = local(&r, "m1", "s/#", Some("g"));
+        let _shared = local(&r, "both", "s/#", Some("h"));
+        // The same session's channel (the merged delivery goes to the first route's).
+        let mut both = local(&r, "both", "s/1", None);
+        r.route(&msg("s/1"));
+        let key: ShareKey = ("s/#".to_string(), Arc::from("g"));
+        assert_eq!(share_of(&mut m1), Some(Some(Arc::new(key))));
+        assert_eq!(
+            share_of(&mut both),
+            Some(None),
+            "a session a plain subscription also matched keeps its copy"
+        );
+    }
+
+    #[test]
+    fn another_member_is_a_connected_one_unless_the_session_ends() {
+        let r = Router::new();
+        let key: ShareKey = ("s/#".to_string(), Arc::from("g"));
+        let me: Arc<str> = Arc::from("me");
+        let _me = local_online(&r, "me", "s/#", Some("g"), false);
+        let _off = local_online(&r, "off", "s/#", Some("g"), false);
+        assert!(r.other_member(&key, &me, true).is_none(), "nobody connected");
+        assert!(r.other_member(&key, &me, false).is_some(), "ending: any member");
+        assert_eq!(r.offline_members(&key, &me).len(), 1, "not itself");
+        let _on = local_online(&r, "on", "s/#", Some("g"), true);
+        let route = r.other_member(&key, &me, true).expect("the connected one");
+        assert!(route.online.load(Ordering::Relaxed));
+        let other: ShareKey = ("s/#".to_string(), Arc::from("x"));
+        assert!(r.other_member(&other, &me, false).is_none(), "another group");
     }
 
     #[test]

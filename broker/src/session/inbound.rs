@@ -466,6 +466,10 @@ impl Session {
                 opts: opts.clone(),
             },
         );
+        if opts.share_group.is_some() && self.conn.is_some() {
+            // A connected member: what offline members of the group hold comes here.
+            self.call_offline_members();
+        }
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .session_subscribed

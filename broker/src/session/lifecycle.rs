@@ -217,6 +217,8 @@ impl Session {
             }
         }
 
+        // What the groups gave members that are offline can come here now.
+        self.call_offline_members();
         hooks
             .client_connected
             .run(Arc::new(ClientArgs {

@@ -431,6 +431,11 @@ impl Session {
                                 .await;
                             }
                         }
+                        SessionCmd::HandOverShared => {
+                            if self.conn.is_none() {
+                                self.redispatch_shared(false);
+                            }
+                        }
                         SessionCmd::Shutdown => return Some(Exit::Shutdown),
                         SessionCmd::Moved(done) => return Some(Exit::Moved(done)),
                     }

@@ -8,7 +8,11 @@
 //!   unacknowledged messages of the group to a member that has a
 //!   connection; with none connected they wait here for the client;
 //! - a member whose session ends hands them to any member left (connected
-//!   first).
+//!   first);
+//! - a member that has a connection again, or subscribes while connected,
+//!   asks the members without one to hand theirs over (what the group gave
+//!   them while every member was offline reaches the next member that
+//!   connects).
 //!
 //! Only messages the group chose this session for (no plain subscription of
 //! the session matched them: [`Routed::share`]) move, QoS 1 and 2 ones not
@@ -52,6 +56,20 @@ impl Session {
         self.queue = queue;
         if moved > 0 {
             tracing::debug!(clientid = %self.client.clientid, moved, ending, "shared subscription messages handed to other members");
+        }
+    }
+
+    /// This session has a connection (again) or a new shared subscription:
+    /// members of its groups without one hand over what they hold.
+    pub(super) fn call_offline_members(&self) {
+        for sub in self.subscriptions.values() {
+            let Some(group) = sub.opts.share_group.as_deref() else {
+                continue;
+            };
+            let key = (sub.filter.clone(), std::sync::Arc::from(group));
+            for tx in self.shared.router.offline_members(&key, &self.client.clientid) {
+                let _ = tx.send(SessionCmd::HandOverShared);
+            }
         }
     }
 
