@@ -241,3 +241,88 @@ async fn what_an_offline_member_holds_reaches_the_next_member_that_connects() {
     a.expect_no_publish(Duration::from_millis(500)).await;
     b.expect_no_publish(Duration::from_millis(100)).await;
 }
+
+/// A backlog replayed page by page to the member that started the group's
+/// run, while another member joins and live messages are routed to both:
+/// the pages end where the run began, so the live messages the other member
+/// holds unacknowledged do not come again with a later page; each message
+/// reaches one member.
+#[tokio::test]
+async fn live_messages_to_other_members_do_not_come_again_with_the_backlog() {
+    let db = TestDb::create().await;
+    let rules = EMQX_DEFAULT_RULES.replace(
+        r##""action": {"function": "on_message_fetch"}, "pool""##,
+        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 2}, "pool""##,
+    );
+    assert_ne!(rules, EMQX_DEFAULT_RULES);
+    let conf = pgsql_conf(&db, &rules);
+    let mut broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    let pg = db.client().await;
+    let mut a_opts = member(broker.addr, "pager");
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(a_opts).await;
+    a.subscribe("$share/g/log/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "log/#").await;
+    a.disconnect().await;
+    let backlog = numbered(0..10);
+    publish_v5(broker.addr, "log/1", &backlog).await;
+    assert!(broker.terminate().await.success());
+    broker.restart().await;
+
+    let mut a_opts = member(broker.addr, "pager");
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(a_opts).await;
+    a.subscribe("$share/g/log/#", QoS::AtLeastOnce).await;
+    // The first page is out, unacknowledged: the backlog waits.
+    let mut at_a = vec![a.next_publish().await, a.next_publish().await];
+    // The other member holds its messages unacknowledged (so the group's
+    // acknowledgements do not hide them from a page).
+    let mut b_opts = member(broker.addr, "helper");
+    b_opts.set_manual_acks(true);
+    let (mut b, _) = V5Client::connect(b_opts).await;
+    b.subscribe("$share/g/log/#", QoS::AtLeastOnce).await;
+    let live: Vec<String> = (0..4).map(|i| format!("live{i}")).collect();
+    publish_v5(broker.addr, "log/1", &live).await;
+
+    let mut got: Vec<String> = Vec::new();
+    let want = backlog.len() + live.len();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while got.len() < want {
+        assert!(tokio::time::Instant::now() < deadline, "only {got:?} arrived");
+        for p in std::mem::take(&mut at_a) {
+            got.push(payload(&p));
+            ack_v5(&mut a, &p).await;
+        }
+        // (Publishes that came while an acknowledgement was written.)
+        while let Some(ev) = a.backlog.pop_front() {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) = ev {
+                at_a.push(p);
+            }
+        }
+        while let Some(ev) = b.backlog.pop_front() {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) = ev {
+                got.push(payload(&p));
+            }
+        }
+        if let Some(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)))) =
+            a.poll_once(Duration::from_millis(30)).await
+        {
+            at_a.push(p);
+        }
+        if let Some(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)))) =
+            b.poll_once(Duration::from_millis(30)).await
+        {
+            got.push(payload(&p));
+        }
+    }
+    for p in std::mem::take(&mut at_a) {
+        got.push(payload(&p));
+    }
+    a.expect_no_publish(Duration::from_millis(500)).await;
+    b.expect_no_publish(Duration::from_millis(100)).await;
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "no message twice: {got:?}");
+    let all: BTreeSet<String> = backlog.iter().chain(&live).cloned().collect();
+    assert_eq!(unique, all);
+}

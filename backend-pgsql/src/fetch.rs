@@ -141,6 +141,16 @@ impl Fetcher {
             .query_typed_opt(read_position, &[(&clientid, Type::TEXT), (&filter, Type::TEXT)])
             .await
             .map_err(PgsqlError::query("read position (mqtt_acked)"))?;
+        if crate::groups::is_group(filter) && self.tracks.run_bound(&key).is_none() {
+            // A shared group's backlog ends where its run here begins: what is
+            // stored later is routed live to a member (see crate::groups).
+            let newest: i64 = conn
+                .query_typed_one("SELECT COALESCE(max(id), 0)::int8 FROM mqtt_msg", &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(PgsqlError::query("newest stored id (mqtt_msg)"))?;
+            self.tracks.bound_run(&key, newest);
+        }
         match existing {
             None => {
                 // First subscription: start at the newest stored id. A concurrent
@@ -240,20 +250,23 @@ impl Fetcher {
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
                AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
+               AND ($7::int8 IS NULL OR id <= $7)
                {not_expired}
              ORDER BY id LIMIT $4"
         );
+        let bound = self.tracks.run_bound(key);
         let limit = i64::try_from(opts.max_returned_count).unwrap_or(i64::MAX);
         let conn = self.pool.get().await?;
         let client: &tokio_postgres::Client = &conn;
         // No local (MQTT 5): the client's own messages are not for it.
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&from, Type::INT8),
             (&value, Type::TEXT),
             (&opts.time_range_secs, Type::FLOAT8),
             (&limit, Type::INT8),
             (&opts.no_local, Type::BOOL),
             (clientid, Type::TEXT),
+            (&bound, Type::INT8),
         ];
         // One round trip: the requests are pipelined. The newest id is read
         // first: ids become visible in increasing order, so the page (a later

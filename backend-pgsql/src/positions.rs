@@ -69,6 +69,9 @@ pub struct Track {
     /// A page was not taken (its session had ended): the replay stopped
     /// before the backlog was complete.
     pub interrupted: bool,
+    /// A shared group's run here: the newest stored id when it began. Its
+    /// backlog ends there (what was stored later went live to a member).
+    pub run_bound: Option<i64>,
 }
 
 /// Full pages handed to a session that may wait for acknowledgements at
@@ -524,6 +527,16 @@ impl Tracks {
         self.lock().entry(key.clone()).replay_to = member;
     }
 
+    /// The last id of a shared group's backlog in its current run, if set.
+    pub fn run_bound(&self, key: &TrackKey) -> Option<i64> {
+        self.lock().get(key).and_then(|t| t.run_bound)
+    }
+
+    /// Sets the last id of a shared group's backlog for its current run.
+    pub fn bound_run(&self, key: &TrackKey, newest: i64) {
+        self.lock().entry(key.clone()).run_bound = Some(newest);
+    }
+
     /// The QoS and fetch options of a track whose backlog is not all handed
     /// over yet (pages out, more to read, or a page its session did not
     /// take); `None` when its replay is complete or it is not subscribed.
@@ -543,6 +556,7 @@ impl Tracks {
         t.delivered.clear();
         t.paging = Paging::default();
         t.replay_to = None;
+        t.run_bound = None;
         if t.acked.is_empty() && !t.queued {
             map.remove(key);
         }

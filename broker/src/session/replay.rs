@@ -259,6 +259,11 @@ impl Session {
         if complete {
             self.release_held().await;
         }
+        if self.conn.is_none() {
+            // A shared group's pages for a member without a connection go to
+            // a connected member, as its live messages do (redispatch).
+            self.redispatch_shared(false);
+        }
     }
 
     /// The subscription `filter` (as the client sent it) ended: it no longer
