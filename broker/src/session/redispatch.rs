@@ -15,9 +15,12 @@
 //!   connects).
 //!
 //! Only messages the group chose this session for (no plain subscription of
-//! the session matched them: [`Routed::share`]) move, QoS 1 and 2 ones not
-//! yet acknowledged (a QoS 2 message whose PUBREC came stays: the client has
-//! it). A storage plugin sees the other member acknowledge it.
+//! the session matched them: [`Routed::share`]) move: queued ones, and QoS 1
+//! ones sent and not acknowledged. A QoS 2 message once sent stays while the
+//! session lives: the client may hold its packet id until PUBREL (MQTT 5
+//! 4.3.3) and would take another message sent under that id for a copy of
+//! it (when the session ends, it moves unless its PUBREC came). A storage plugin
+//! sees the other member acknowledge what moved.
 
 use std::collections::VecDeque;
 
@@ -33,7 +36,8 @@ impl Session {
         let mut moved = 0usize;
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for entry in std::mem::take(&mut self.inflight) {
-            let movable = matches!(entry.state, AckState::PubAck | AckState::PubRec);
+            // (Once the session ends, the client's packet ids end with it.)
+            let movable = entry.state == AckState::PubAck || (ending && entry.state == AckState::PubRec);
             if movable && self.hand_over(&entry.routed, ending) {
                 self.pkids_in_use.remove(&entry.pkid);
                 if entry.unsent {
