@@ -326,3 +326,47 @@ async fn live_messages_to_other_members_do_not_come_again_with_the_backlog() {
     let all: BTreeSet<String> = backlog.iter().chain(&live).cloned().collect();
     assert_eq!(unique, all);
 }
+
+/// The member the backlog is replayed to leaves (its session ends) with
+/// pages unacknowledged: another member gets what it left and the rest of
+/// the backlog, each message once, in order.
+#[tokio::test]
+async fn the_backlog_goes_on_with_another_member_when_its_member_leaves() {
+    let db = TestDb::create().await;
+    let rules = EMQX_DEFAULT_RULES.replace(
+        r##""action": {"function": "on_message_fetch"}, "pool""##,
+        r##""action": {"function": "on_message_fetch"}, "offline_opts": {"max_returned_count": 2}, "pool""##,
+    );
+    let conf = pgsql_conf(&db, &rules);
+    let mut broker =
+        Broker::start_with_files("plugins.load = backend_pgsql\n", &[("backend_pgsql.conf", &conf)]).await;
+    let pg = db.client().await;
+    let (mut c, _) = V5Client::connect(member(broker.addr, "first")).await;
+    c.subscribe("$share/g/q/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "q/#").await;
+    c.disconnect().await;
+    let backlog = numbered(0..10);
+    publish_v5(broker.addr, "q/1", &backlog).await;
+    assert!(broker.terminate().await.success());
+    broker.restart().await;
+
+    // A member whose session ends with its connection (no session expiry).
+    let mut a_opts = v5_options(broker.addr, "leaver", true);
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(a_opts).await;
+    a.subscribe("$share/g/q/#", QoS::AtLeastOnce).await;
+    let first = a.next_publish().await;
+    assert_eq!(payload(&first), "m0", "the backlog goes to the first member");
+    let (mut b, _) = V5Client::connect(member(broker.addr, "stayer")).await;
+    b.subscribe("$share/g/q/#", QoS::AtLeastOnce).await;
+    a.disconnect().await;
+
+    let mut got = Vec::new();
+    for _ in 0..backlog.len() {
+        got.push(payload(&b.next_publish().await));
+    }
+    assert_eq!(got, backlog, "everything, once, in order");
+    b.expect_no_publish(Duration::from_millis(500)).await;
+    let last = *stored_ids(&pg, "q/1").await.last().unwrap();
+    wait_for_position(&pg, "$share/g", "$share/g/q/#", last).await;
+}

@@ -364,6 +364,13 @@ impl Fetcher {
         if let Some(due) = self.tracks.page_handed(key, epoch, handed) {
             self.tracks.queue_page(due);
         }
+        if !handed && group {
+            // The member left: another one takes the replay from this page on.
+            let tried = target.as_deref().unwrap_or(clientid);
+            if let Some(due) = self.tracks.interrupted(key, epoch, from, tried) {
+                self.tracks.queue_page(due);
+            }
+        }
         Ok(())
     }
 

@@ -23,9 +23,10 @@
 //!   subscription matching the topic counts its copy for the group too).
 //! - A member that loses its connection hands its unacknowledged messages
 //!   of the group to a connected member (the broker does that); a member
-//!   whose session ends, to any member left. If the member the backlog goes
-//!   to leaves while it is still paging, the run goes on with another member,
-//!   from the position.
+//!   whose session ends, to any member left (with the pages it had not yet
+//!   taken). If the member the backlog goes to leaves while it is still
+//!   paging, the next pages go to another member (a page its session could
+//!   no longer take is read again for that one).
 //! - When the last member here leaves (unsubscribes, or its session ends),
 //!   the run ends: messages stored meanwhile are routed to no one, and the
 //!   next member to subscribe gets them from the position.
@@ -173,10 +174,11 @@ impl crate::Engine {
     }
 
     /// A member left group `key` (unsubscribed, or its session ended here).
-    /// The last one ends the run; the member the backlog went to, while it
-    /// was not all handed over, hands the run to another member, which gets
-    /// the backlog from the position.
-    pub(crate) async fn group_left(&self, clientid: &str, key: &TrackKey) {
+    /// The last one ends the run; if it was the member the backlog goes to,
+    /// the next pages go to another member (what it was handed and left
+    /// unacknowledged the broker moved to other members), and a page its
+    /// session could no longer take is read again for the new one.
+    pub(crate) fn group_left(&self, clientid: &str, key: &TrackKey) {
         let Some(left) = self.members.leave(clientid, key) else {
             return;
         };
@@ -188,16 +190,9 @@ impl crate::Engine {
             return;
         }
         self.tracks.set_replay_to(key, Some(next.clone()));
-        let (Some((qos, opts)), Some(fetcher)) = (self.tracks.unfinished(key), &self.fetcher) else {
-            return;
-        };
-        let qos = u8::try_from(qos)
-            .ok()
-            .and_then(hooks_spec::QoS::from_u8)
-            .unwrap_or(hooks_spec::QoS::AtLeastOnce);
-        tracing::debug!(group = %key.1, member = %next, "shared group: the backlog goes on with another member");
-        if let Err(e) = self.fetch_group(fetcher, key.clone(), qos, opts).await {
-            tracing::warn!(group = %key.1, "shared group: cannot replay the backlog to another member yet: {e}");
+        if let Some(due) = self.tracks.resume(key) {
+            tracing::debug!(group = %key.1, member = %next, "shared group: the backlog goes on with another member");
+            self.tracks.queue_page(due);
         }
     }
 

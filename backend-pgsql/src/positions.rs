@@ -66,9 +66,9 @@ pub struct Track {
     pub unregistered: bool,
     /// A shared group's track: the member its backlog is replayed to.
     pub replay_to: Option<String>,
-    /// A page was not taken (its session had ended): the replay stopped
-    /// before the backlog was complete.
-    pub interrupted: bool,
+    /// A shared group's page was not taken (the member's session had
+    /// ended): the replay stopped there, reading above this id.
+    pub interrupted_at: Option<i64>,
     /// A shared group's run here: the newest stored id when it began. Its
     /// backlog ends there (what was stored later went live to a member).
     pub run_bound: Option<i64>,
@@ -284,7 +284,7 @@ impl Tracks {
         t.qos = qos;
         t.active = true;
         t.unregistered = false;
-        t.interrupted = false;
+        t.interrupted_at = None;
         t.epoch += 1;
         t.paging = Paging {
             read_to: p,
@@ -440,7 +440,6 @@ impl Tracks {
         let t = map.get_mut(key).filter(|t| t.epoch == epoch)?;
         t.paging.reading = false;
         if !handed || !t.active {
-            t.interrupted |= !handed;
             t.paging = Paging::default();
             return None;
         }
@@ -537,14 +536,34 @@ impl Tracks {
         self.lock().entry(key.clone()).run_bound = Some(newest);
     }
 
-    /// The QoS and fetch options of a track whose backlog is not all handed
-    /// over yet (pages out, more to read, or a page its session did not
-    /// take); `None` when its replay is complete or it is not subscribed.
-    pub fn unfinished(&self, key: &TrackKey) -> Option<(i32, FetchOpts)> {
-        self.lock()
-            .get(key)
-            .filter(|t| t.active && (t.paging.active() || t.interrupted))
-            .map(|t| (t.qos, t.opts))
+    /// A shared group's page read above `from` in `epoch` could not be
+    /// handed to member `tried` (its session had ended): the replay resumes
+    /// there with another member. Returns that read at once when another
+    /// member was set meanwhile; else [`Tracks::resume`] gives it once one is.
+    pub fn interrupted(&self, key: &TrackKey, epoch: u64, from: i64, tried: &str) -> Option<PageDue> {
+        {
+            let mut map = self.lock();
+            let t = map.get_mut(key).filter(|t| t.active && t.epoch == epoch)?;
+            t.interrupted_at = Some(t.interrupted_at.map_or(from, |f| f.min(from)));
+            if t.replay_to.as_deref() == Some(tried) {
+                return None;
+            }
+        }
+        self.resume(key)
+    }
+
+    /// The page read that resumes an interrupted replay, if there is one
+    /// (and no read is running).
+    pub fn resume(&self, key: &TrackKey) -> Option<PageDue> {
+        let mut map = self.lock();
+        let t = map.get_mut(key).filter(|t| t.active && !t.paging.reading)?;
+        let from = t.interrupted_at.take()?;
+        t.paging.reading = true;
+        Some(PageDue {
+            key: key.clone(),
+            from,
+            epoch: t.epoch,
+        })
     }
 
     /// A shared group lost its last member here: as [`Tracks::forget_client`]

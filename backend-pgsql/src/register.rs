@@ -265,11 +265,8 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
             if let Some(group) = &args.opts.share_group {
                 // A member left its shared group (the group's position stays).
                 let key = crate::groups::group_key(group, &args.filter);
-                let e = Arc::clone(&e);
-                return Box::pin(async move {
-                    e.group_left(&args.client.clientid, &key).await;
-                    Ok(Flow::Continue(()))
-                });
+                e.group_left(&args.client.clientid, &key);
+                return ready(Flow::Continue(()));
             }
             e.tracks
                 .forget(&(args.client.clientid.to_string(), args.filter.clone()));
@@ -282,22 +279,20 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
-            let member = e.members.is_member(&args.client.clientid);
-            let moved = args.reason == hooks_spec::DisconnectReason::Moved;
-            if !member && !moved {
+            // The session's shared groups lose a member here.
+            for key in e.members.groups_of(&args.client.clientid) {
+                e.group_left(&args.client.clientid, &key);
+            }
+            if args.reason != hooks_spec::DisconnectReason::Moved {
                 e.tracks.forget_client(&args.client.clientid);
                 return ready(Flow::Continue(()));
             }
+            // The session continues on another node, which reads the read
+            // positions next: what the client acknowledged here is written first.
             let e = Arc::clone(&e);
             Box::pin(async move {
-                // The session's shared groups lose a member here.
-                for key in e.members.groups_of(&args.client.clientid) {
-                    e.group_left(&args.client.clientid, &key).await;
-                }
-                // The session continues on another node, which reads the read
-                // positions next: what the client acknowledged here is written first.
                 let keys = e.tracks.keys_of(&args.client.clientid);
-                if let (Some(drain), false, true) = (&e.drain, keys.is_empty(), moved) {
+                if let (Some(drain), false) = (&e.drain, keys.is_empty()) {
                     drain.flush(keys).await;
                 }
                 e.tracks.forget_client(&args.client.clientid);

@@ -421,11 +421,20 @@ impl Session {
     /// session.terminated, and a connection handed over meanwhile.
     async fn end(&mut self, reason: DisconnectReason) {
         self.finish_pending_publishes().await;
+        self.shared.registry.remove(&self.client.clientid, self.uid);
         if reason != DisconnectReason::Moved {
+            // Pages handed to this session and not yet applied belong to
+            // shared groups as much as its queue does: taken, then moved
+            // (out of the registry first: later pages go to another member).
+            if self.subscriptions.values().any(|s| s.opts.share_group.is_some()) {
+                // Closed: a page sent from now on is refused, not lost.
+                for replay in self.replay_rx.close() {
+                    self.apply_replay(replay).await;
+                }
+            }
             // MQTT 5 4.8.2: a shared group's messages outlive the member's session.
             self.redispatch_shared(true);
         }
-        self.shared.registry.remove(&self.client.clientid, self.uid);
         for (_, sub) in self.subscriptions.drain() {
             self.shared.router.unsubscribe(
                 &self.client.clientid,
