@@ -370,3 +370,35 @@ async fn the_backlog_goes_on_with_another_member_when_its_member_leaves() {
     let last = *stored_ids(&pg, "q/1").await.last().unwrap();
     wait_for_position(&pg, "$share/g", "$share/g/q/#", last).await;
 }
+
+/// What members acknowledged above a message still unacknowledged is
+/// recorded with the group's position: after a SIGKILL only that message
+/// comes again.
+#[tokio::test]
+async fn after_a_crash_only_what_no_member_acknowledged_comes_again() {
+    let db = TestDb::create().await;
+    let mut broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let mut opts = member(broker.addr, "careful");
+    opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(opts).await;
+    a.subscribe("$share/g/t/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "t/#").await;
+    publish_v5(broker.addr, "t/1", &numbered(0..5)).await;
+    for i in 0..5 {
+        let p = a.next_publish().await;
+        assert_eq!(payload(&p), format!("m{i}"));
+        if i > 0 {
+            ack_v5(&mut a, &p).await;
+        }
+    }
+    wait_for_acked_above(&pg, "$share/g", "$share/g/t/#", 4).await;
+    broker.kill().await;
+    drop(a);
+    broker.restart().await;
+
+    let (mut a, _) = V5Client::connect(member(broker.addr, "careful")).await;
+    a.subscribe("$share/g/t/#", QoS::AtLeastOnce).await;
+    assert_eq!(payload(&a.next_publish().await), "m0");
+    a.expect_no_publish(Duration::from_millis(500)).await;
+}
