@@ -402,3 +402,41 @@ async fn after_a_crash_only_what_no_member_acknowledged_comes_again() {
     assert_eq!(payload(&a.next_publish().await), "m0");
     a.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+/// More is published while every member is offline than their queues hold
+/// (`mqtt.max_queue_len = 3`): what the queues dropped comes from the store
+/// when a member is back, so it gets every message, each once.
+#[tokio::test]
+async fn what_full_queues_of_offline_members_dropped_comes_from_the_store() {
+    let db = TestDb::create().await;
+    let conf = pgsql_conf(&db, EMQX_DEFAULT_RULES);
+    let broker = Broker::start_with_files(
+        "mqtt.max_queue_len = 3\nplugins.load = backend_pgsql\n",
+        &[("backend_pgsql.conf", &conf)],
+    )
+    .await;
+    let pg = db.client().await;
+    for id in ["w-1", "w-2"] {
+        let (mut c, _) = V5Client::connect(member(broker.addr, id)).await;
+        c.subscribe("$share/g/burst/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    wait_group_row(&pg, "g", "burst/#").await;
+    let sent = numbered(0..20);
+    publish_v5(broker.addr, "burst/1", &sent).await;
+
+    let (mut a, ack) = V5Client::connect(member(broker.addr, "w-1")).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(payload(&a.next_publish().await));
+    }
+    a.expect_no_publish(Duration::from_millis(500)).await;
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "no message twice: {got:?}");
+    assert_eq!(unique, sent.iter().cloned().collect());
+    let (mut b, _) = V5Client::connect(member(broker.addr, "w-2")).await;
+    b.expect_no_publish(Duration::from_millis(500)).await;
+    let last = *stored_ids(&pg, "burst/1").await.last().unwrap();
+    wait_for_position(&pg, "$share/g", "$share/g/burst/#", last).await;
+}

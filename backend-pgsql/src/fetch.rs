@@ -374,6 +374,64 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Hands a shared group's missed messages `ids` (dropped by a member's
+    /// full queue) to `member`, oldest first; returns the ids handed (rows
+    /// that expired or were deleted meanwhile are left out). Unlike a page,
+    /// these are not a range: other members may hold the ids between them.
+    pub async fn replay_missed(
+        &self,
+        key: &TrackKey,
+        member: &str,
+        ids: &[i64],
+        qos: i32,
+    ) -> Result<Vec<i64>, PgsqlError> {
+        let schema = self.schema.ready(&self.pool.name)?;
+        let payload = if schema.payload_bytea {
+            "payload"
+        } else {
+            "convert_to(payload, 'UTF8')"
+        };
+        let (props, not_expired) = if schema.message_properties {
+            (
+                format!(", {}", properties::SELECT_COLUMNS),
+                format!("AND {}", properties::NOT_EXPIRED),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let sql = format!(
+            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props} FROM mqtt_msg
+             WHERE id = ANY($1) {not_expired} ORDER BY id"
+        );
+        let conn = self.pool.get().await?;
+        let what = || format!("read missed messages of `{}`", key.1);
+        let rows = conn
+            .query_typed(&sql, &[(&ids, Type::INT8_ARRAY)])
+            .await
+            .map_err(|e| PgsqlError::query(what())(e))?;
+        drop(conn);
+        let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
+        let mut decoder = RowDecoder::new(sub_qos, schema.message_properties);
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut handed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
+            deliveries.push(
+                decoder
+                    .decode(id, row)
+                    .map_err(|e| PgsqlError::query(what())(e))?,
+            );
+            handed.push(id);
+        }
+        let through = handed.last().copied().unwrap_or(0);
+        self.metrics.messages.add(deliveries.len() as u64);
+        self.handle
+            .replay(member, &key.1, deliveries, Some(through))
+            .await
+            .map_err(|e| PgsqlError::Store(format!("{}: {e}", what())))?;
+        Ok(handed)
+    }
+
     /// Serves page requests until the plugin stops.
     pub async fn serve_pages(self: Arc<Self>, mut pages: mpsc::UnboundedReceiver<PageDue>) {
         while let Some(due) = pages.recv().await {

@@ -31,9 +31,11 @@
 //!   the run ends: messages stored meanwhile are routed to no one, and the
 //!   next member to subscribe gets them from the position.
 //!
-//! Not covered: a message a member's full queue dropped is fetched again
-//! only at the group's next run; a cluster has one run per node (see the
-//! crate README).
+//! - A message a member's full queue dropped is recorded as missed and
+//!   handed again, from the store, to the next member that connects,
+//!   subscribes or acknowledges, a page at a time ([`crate::fetch::Fetcher::replay_missed`]).
+//!
+//! Not covered: a cluster has one run per node (see the README).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -141,6 +143,9 @@ impl crate::Engine {
         if qos == hooks_spec::QoS::AtMostOnce || (!first && self.tracks.replay_to(&key).is_some()) {
             // A QoS 0 member has nothing stored for it (as a QoS 0
             // subscription); the next QoS 1/2 member starts the run.
+            if qos != hooks_spec::QoS::AtMostOnce {
+                self.group_catch_up(&key, clientid);
+            }
             return Ok(());
         }
         self.tracks.set_replay_to(&key, Some(clientid.to_string()));
@@ -197,7 +202,8 @@ impl crate::Engine {
     }
 
     /// A member acknowledged (or is done with) stored message `id` on
-    /// `topic`: the groups of its it matches are recomputed.
+    /// `topic`: the groups of its it matches are recomputed, and the member
+    /// (it has a connection) is handed missed messages, if any wait.
     pub(crate) fn group_done(&self, clientid: &str, topic: &str, id: i64, settle_page: bool) {
         let Some(dirty) = &self.dirty else { return };
         if !self.members.is_member(clientid) {
@@ -208,8 +214,52 @@ impl crate::Engine {
                 if let Some(k) = self.tracks.acked_key(&key, id, settle_page) {
                     let _ = dirty.send(k);
                 }
+                self.group_catch_up(&key, clientid);
             }
         }
+    }
+
+    /// A member's session dropped stored message `id` (its queue was full):
+    /// each of its groups the topic matches delivers it again later.
+    pub(crate) fn group_dropped(&self, clientid: &str, topic: &str, id: i64) {
+        if !self.members.is_member(clientid) {
+            return;
+        }
+        for key in self.members.groups_of(clientid) {
+            if crate::mqtt_matches(match_filter(&key.1), topic) {
+                self.tracks.missed(&key, id);
+            }
+        }
+    }
+
+    /// A member connected: its groups hand it what they missed.
+    pub(crate) fn group_member_connected(&self, clientid: &str) {
+        if !self.members.is_member(clientid) {
+            return;
+        }
+        for key in self.members.groups_of(clientid) {
+            self.group_catch_up(&key, clientid);
+        }
+    }
+
+    /// Hands `member` (it has a connection, or just subscribed) the next
+    /// messages group `key` missed, if some wait and none handed before is
+    /// unacknowledged; read in a task of its own (the caller is a hook).
+    fn group_catch_up(&self, key: &TrackKey, member: &str) {
+        let Some(fetcher) = &self.fetcher else { return };
+        let Some((ids, qos)) = self.tracks.take_missed(key, self.cfg.max_returned_count) else {
+            return;
+        };
+        let (fetcher, key, member) = (std::sync::Arc::clone(fetcher), key.clone(), member.to_string());
+        tokio::spawn(async move {
+            match fetcher.replay_missed(&key, &member, &ids, qos).await {
+                Ok(handed) => fetcher.tracks.missed_handed(&key, &ids, &handed, false),
+                Err(e) => {
+                    tracing::debug!(group = %key.1, %member, "shared group: missed messages not handed over yet: {e}");
+                    fetcher.tracks.missed_handed(&key, &ids, &[], true);
+                }
+            }
+        });
     }
 
     /// A stored message was written to a member.

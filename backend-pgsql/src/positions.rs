@@ -72,6 +72,14 @@ pub struct Track {
     /// A shared group's run here: the newest stored id when it began. Its
     /// backlog ends there (what was stored later went live to a member).
     pub run_bound: Option<i64>,
+    /// A shared group's stored messages a member's session dropped (its
+    /// queue was full), to be delivered again from the store.
+    pub missed: BTreeSet<i64>,
+    /// Those handed to a member again and not yet acknowledged: the next
+    /// ones wait for them.
+    pub missed_out: BTreeSet<i64>,
+    /// Missed messages are being read and handed over.
+    pub missed_reading: bool,
 }
 
 /// Full pages handed to a session that may wait for acknowledgements at
@@ -623,6 +631,8 @@ fn ack_track(
     due: &mut Vec<PageDue>,
 ) {
     t.delivered.remove(&id);
+    t.missed.remove(&id);
+    t.missed_out.remove(&id);
     if id > t.position {
         t.acked.insert(id);
         if !t.queued {

@@ -250,9 +250,20 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
                     for due in e.tracks.dropped(client, &args.message.topic, id) {
                         e.tracks.queue_page(due);
                     }
+                    e.group_dropped(client, &args.message.topic, id);
                 }
                 _ => {}
             }
+            ready(Flow::Continue(()))
+        },
+    );
+    let e = Arc::clone(engine);
+    plain(
+        &hooks.client_connected,
+        -1000,
+        |_, _| true,
+        move |args, ()| {
+            e.group_member_connected(&args.client.clientid);
             ready(Flow::Continue(()))
         },
     );

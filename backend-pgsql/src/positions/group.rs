@@ -81,6 +81,50 @@ impl Tracks {
         })
     }
 
+    /// A member's session dropped stored message `id` of the group (its
+    /// queue was full): the group delivers it again ([`Tracks::take_missed`]).
+    pub fn missed(&self, key: &TrackKey, id: i64) {
+        if let Some(t) = self.lock().get_mut(key) {
+            if t.active && id > t.position && !t.acked.contains(&id) {
+                t.missed.insert(id);
+            }
+        }
+    }
+
+    /// Up to `n` missed messages to hand to a member, oldest first, with the
+    /// group's QoS: when some are missed, none handed before waits for an
+    /// acknowledgement, no read of them runs, and the backlog is all
+    /// handed over (its pages come first).
+    pub fn take_missed(&self, key: &TrackKey, n: usize) -> Option<(Vec<i64>, i32)> {
+        let mut map = self.lock();
+        let t = map.get_mut(key).filter(|t| t.active)?;
+        if t.missed.is_empty() || !t.missed_out.is_empty() || t.missed_reading || t.paging.active() {
+            return None;
+        }
+        let ids: Vec<i64> = t.missed.iter().copied().take(n.max(1)).collect();
+        for id in &ids {
+            t.missed.remove(id);
+        }
+        t.missed_reading = true;
+        Some((ids, t.qos))
+    }
+
+    /// The missed messages `ids` were read: `handed` are now with a member
+    /// (they wait for acknowledgements); the others had expired or were
+    /// deleted (nothing to deliver). When the read or the hand-over
+    /// `failed`, they all go back to be tried again.
+    pub fn missed_handed(&self, key: &TrackKey, ids: &[i64], handed: &[i64], failed: bool) {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(key) else { return };
+        t.missed_reading = false;
+        if failed {
+            t.missed.extend(ids.iter().copied().filter(|id| *id > t.position));
+            return;
+        }
+        t.missed_out
+            .extend(handed.iter().copied().filter(|id| !t.acked.contains(id)));
+    }
+
     /// A shared group lost its last member here: as [`Tracks::forget_client`]
     /// for its one track (what members acknowledged stays until written).
     pub fn forget_group(&self, key: &TrackKey) {
@@ -91,6 +135,8 @@ impl Tracks {
         t.paging = Paging::default();
         t.replay_to = None;
         t.run_bound = None;
+        t.missed.clear();
+        t.missed_out.clear();
         if t.acked.is_empty() && !t.queued {
             map.remove(key);
         }

@@ -128,9 +128,18 @@ impl StoredState {
     }
 
     /// A stored message was dropped: every replayed filter it matches must
-    /// get it from the store, so they hold their live messages again.
-    fn dropped(&mut self, topic_name: &str, id: i64) {
-        for r in self.replaying.values_mut() {
+    /// get it from the store, so they hold their live messages again. Not a
+    /// shared group's (`shared`: only a group chose this session for it):
+    /// the plugin has the group deliver it again, to whichever member, and
+    /// one member holding back its live messages would not bring it.
+    fn dropped(&mut self, topic_name: &str, id: i64, shared: bool) {
+        if shared {
+            return;
+        }
+        for (key, r) in self.replaying.iter_mut() {
+            if key.starts_with("$share/") {
+                continue;
+            }
             if topic::matches(&r.filter, topic_name) {
                 r.paging = true;
                 r.dropped_max = Some(r.dropped_max.map_or(id, |d| d.max(id)));
@@ -189,13 +198,14 @@ impl Session {
         };
         let topic = std::sync::Arc::clone(&routed.message.topic);
         let qos = routed.qos;
+        let shared = routed.share.is_some();
         match self.enqueue(routed, replayed).await {
             Ok(()) => {
                 self.stored.seen.insert(id);
             }
             // QoS 0 is at most once (never queued offline): not fetched again.
             Err(DropReason::QueueFull) if qos != hooks_spec::QoS::AtMostOnce => {
-                self.stored.dropped(&topic, id)
+                self.stored.dropped(&topic, id, shared)
             }
             Err(_) => {}
         }
@@ -209,7 +219,8 @@ impl Session {
             DropReason::QueueFull,
             Some(&self.client.clientid),
         );
-        self.stored.dropped(&routed.message.topic, id);
+        self.stored
+            .dropped(&routed.message.topic, id, routed.share.is_some());
     }
 
     /// Stored messages a plugin replays for one subscription, oldest first.
