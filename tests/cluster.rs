@@ -687,3 +687,59 @@ async fn a_node_that_shuts_down_leaves_at_once() {
     );
     assert!(cluster[1].logs().contains("cluster: left the cluster"));
 }
+
+/// A member that disconnects with messages of its shared group
+/// unacknowledged, and no other member on its node: a member on another
+/// node gets them (MQTT 5 4.8.2), so every message reaches the group.
+#[tokio::test]
+async fn a_shared_members_unacknowledged_messages_go_to_a_member_on_another_node() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let mut a_opts = v4_options(cluster[0].addr, "member-a", false);
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V4Client::connect(a_opts).await;
+    a.subscribe("$share/g/hand/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "member-b", true)).await;
+    b.subscribe("$share/g/hand/#", QoS::AtLeastOnce).await;
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "watch", true)).await;
+    watch.subscribe("hand/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "hand/probe").await;
+    // Node 0 knows node 1's member once node 1 took a probe; drop the probes.
+    let strip = |c: &mut V4Client| c.backlog.clear();
+    strip(&mut a);
+    strip(&mut b);
+
+    let n = 10;
+    let payloads: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "hand/jobs", &payloads).await;
+    let (mut at_a, mut at_b): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + TIMEOUT;
+    while at_a.len() + at_b.len() < n {
+        assert!(Instant::now() < deadline, "only {at_a:?} and {at_b:?} arrived");
+        for (c, got) in [(&mut a, &mut at_a), (&mut b, &mut at_b)] {
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                if text(&p).starts_with("job") {
+                    got.push(text(&p));
+                }
+            }
+        }
+    }
+    assert!(
+        !at_a.is_empty() && !at_b.is_empty(),
+        "in turn: {at_a:?} and {at_b:?}"
+    );
+    // A acknowledged none of its messages; it leaves.
+    a.disconnect().await;
+    for _ in 0..at_a.len() {
+        at_b.push(text(&b.next_publish().await));
+    }
+    b.expect_no_publish(Duration::from_millis(300)).await;
+    let unique: std::collections::BTreeSet<String> = at_b.iter().cloned().collect();
+    assert_eq!(
+        unique,
+        payloads.iter().cloned().collect(),
+        "every message reached the group"
+    );
+}

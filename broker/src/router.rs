@@ -443,6 +443,30 @@ impl Router {
         Some(candidates[turn % candidates.len()].clone())
     }
 
+    /// Another node of the cluster with members of the shared group `key`,
+    /// in turn with the group's routing (that node picks one of its members).
+    pub fn member_node(&self, key: &ShareKey) -> Option<NodeName> {
+        let (filter, group) = key;
+        let mut nodes: Vec<NodeName> = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), _| {
+            if let (true, Member::Node(n)) = (g == group, m) {
+                nodes.push(Arc::clone(n));
+            }
+        });
+        if nodes.is_empty() {
+            return None;
+        }
+        nodes.sort();
+        let turn = {
+            let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counters.entry((filter.clone(), Arc::clone(group))).or_insert(0);
+            let turn = *n;
+            *n = n.wrapping_add(1);
+            turn
+        };
+        Some(Arc::clone(&nodes[turn % nodes.len()]))
+    }
+
     /// The members here of the shared group `key`, other than `except`, that
     /// have no connection.
     pub fn offline_members(&self, key: &ShareKey, except: &Arc<str>) -> Vec<SessionTx> {

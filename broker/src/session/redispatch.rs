@@ -9,6 +9,9 @@
 //!   connection; with none connected they wait here for the client;
 //! - a member whose session ends hands them to any member left (connected
 //!   first);
+//! - in a cluster, with no connected member here, another node with members
+//!   of the group takes them (it picks one of its members, as for a routed
+//!   message);
 //! - a member that has a connection again, or subscribes while connected,
 //!   asks the members without one to hand theirs over (what the group gave
 //!   them while every member was offline reaches the next member that
@@ -86,12 +89,18 @@ impl Session {
         if routed.qos == hooks_spec::QoS::AtMostOnce {
             return false;
         }
-        let Some(route) = self
-            .shared
-            .router
-            .other_member(key, &self.client.clientid, !ending)
-        else {
-            return false;
+        let router = &self.shared.router;
+        let route = match router.other_member(key, &self.client.clientid, true) {
+            Some(route) => route,
+            None => {
+                if self.forward_to_member_node(key, routed) {
+                    return true;
+                }
+                match router.other_member(key, &self.client.clientid, false) {
+                    Some(route) if ending => route,
+                    _ => return false,
+                }
+            }
         };
         let mut copy = routed.clone();
         // As the group would have routed it to that member.
@@ -99,5 +108,27 @@ impl Session {
         copy.subscription_ids = route.opts.subscription_id.into_iter().collect();
         copy.retain = route.opts.retain_as_published && routed.message.retain;
         route.tx.send(SessionCmd::Deliver(copy)).is_ok()
+    }
+
+    /// Forwards one message of group `key` to another node with members of
+    /// it; false when there is none (or no cluster) or its link dropped it.
+    fn forward_to_member_node(&self, key: &crate::delivery::ShareKey, routed: &Routed) -> bool {
+        let (Some(forwarder), Some(node)) =
+            (self.shared.forwarder.get(), self.shared.router.member_node(key))
+        else {
+            return false;
+        };
+        // Not retained again: the other nodes have it as retained already.
+        let mut msg = (*routed.message).clone();
+        msg.retain = false;
+        let forward = crate::router::Forward {
+            node,
+            plain: false,
+            groups: vec![(key.0.clone(), std::sync::Arc::clone(&key.1))],
+        };
+        forwarder
+            .forward(&std::sync::Arc::new(msg), vec![forward])
+            .dropped
+            == 0
     }
 }
