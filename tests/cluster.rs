@@ -743,3 +743,73 @@ async fn a_shared_members_unacknowledged_messages_go_to_a_member_on_another_node
         "every message reached the group"
     );
 }
+
+/// A durable shared group with members on two nodes: each node records what
+/// its members acknowledged, and the group's one read position still moves
+/// past every message (what the other node recorded is no gap).
+#[tokio::test]
+async fn a_shared_groups_position_moves_with_members_on_two_nodes() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    let (mut a, _) = V4Client::connect(v4_options(cluster[0].addr, "pos-a", true)).await;
+    a.subscribe("$share/g/split/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "pos-b", true)).await;
+    b.subscribe("$share/g/split/#", QoS::AtLeastOnce).await;
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "pos-watch", true)).await;
+    watch.subscribe("split/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "split/probe").await;
+
+    let n = 20;
+    let payloads: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "split/jobs", &payloads).await;
+    let (mut on_a, mut on_b) = (0, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    while on_a + on_b < n {
+        assert!(Instant::now() < deadline, "only {on_a} + {on_b} arrived");
+        for (c, count) in [(&mut a, &mut on_a), (&mut b, &mut on_b)] {
+            while let Some(ev) = c.backlog.pop_front() {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                    *count += usize::from(text(&p).starts_with("job"));
+                }
+            }
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                *count += usize::from(text(&p).starts_with("job"));
+            }
+        }
+    }
+    assert!(
+        on_a > 0 && on_b > 0,
+        "both nodes' members got some ({on_a} and {on_b})"
+    );
+    // Acknowledged by both (rumqttc acknowledges on receipt): the position passes them all.
+    let last = *stored_ids(&pg, "split/jobs").await.last().unwrap();
+    // Keep both event loops turning while the positions are written.
+    let check = format!(
+        "select (mid >= {last})::int4::int8 from mqtt_acked where clientid = '$share/g' and topic = '$share/g/split/#'"
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if query_opt_i64(&pg, &check).await == Some(1) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let rows = pg
+                .query(
+                    "select clientid::text, topic::text, mid::int8, acked_above::text from mqtt_acked",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let rows: Vec<(String, String, i64, Option<String>)> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+            panic!("the group's position did not pass {last}: {rows:?}");
+        }
+        let _ = a.poll_once(Duration::from_millis(20)).await;
+        let _ = b.poll_once(Duration::from_millis(20)).await;
+    }
+}

@@ -35,6 +35,10 @@
 //!   handed again, from the store, to the next member that connects,
 //!   subscribes or acknowledges, a page at a time ([`crate::fetch::Fetcher::replay_missed`]).
 //!
+//! - In a cluster each node records what its own members acknowledged; the
+//!   position flusher counts what the others recorded in the row
+//!   (`acked_above`) as acknowledged too ([`crate::positions`]).
+//!
 //! Not covered: a cluster has one run per node (see the README).
 
 use std::collections::{BTreeSet, HashMap};
