@@ -813,3 +813,61 @@ async fn a_shared_groups_position_moves_with_members_on_two_nodes() {
         let _ = b.poll_once(Duration::from_millis(20)).await;
     }
 }
+
+/// A durable shared group with a member on one node holding messages
+/// unacknowledged: a member that joins on another node is not replayed
+/// them (they are the first member's), and gets them, once, when the first
+/// member leaves.
+#[tokio::test]
+async fn a_member_joining_on_another_node_does_not_get_what_a_member_holds() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let mut a_opts = v4_options(cluster[0].addr, "holder", false);
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V4Client::connect(a_opts).await;
+    a.subscribe("$share/g/late/#", QoS::AtLeastOnce).await;
+    // Node 1 knows node 0's member once a probe published there reaches it.
+    let (mut p, _) = V4Client::connect(v4_options(cluster[1].addr, "late-prober", true)).await;
+    let deadline = Instant::now() + TIMEOUT;
+    'known: for i in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never routed to node 0's member"
+        );
+        p.publish("late/probe", QoS::AtMostOnce, false, format!("probe-{i}"))
+            .await;
+        let until = Instant::now() + Duration::from_millis(200);
+        while let Some(ev) = a.poll_once(until.saturating_duration_since(Instant::now())).await {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) = ev {
+                if text(&m).starts_with("probe-") {
+                    break 'known;
+                }
+            }
+        }
+    }
+    p.disconnect().await;
+    let held: Vec<String> = (0..4).map(|i| format!("held{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "late/jobs", &held).await;
+    for want in &held {
+        loop {
+            let m = a.next_publish().await;
+            if text(&m).starts_with("held") {
+                assert_eq!(&text(&m), want);
+                break;
+            }
+        }
+    }
+
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "joiner", true)).await;
+    b.subscribe("$share/g/late/#", QoS::AtLeastOnce).await;
+    b.expect_no_publish(Duration::from_millis(500)).await;
+    // The holder leaves without acknowledging: its messages go to the joiner.
+    a.disconnect().await;
+    let mut got = Vec::new();
+    for _ in 0..held.len() {
+        got.push(text(&b.next_publish().await));
+    }
+    got.sort();
+    assert_eq!(got, held, "each once");
+    b.expect_no_publish(Duration::from_millis(500)).await;
+}

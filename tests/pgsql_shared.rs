@@ -440,3 +440,41 @@ async fn what_full_queues_of_offline_members_dropped_comes_from_the_store() {
     let last = *stored_ids(&pg, "burst/1").await.last().unwrap();
     wait_for_position(&pg, "$share/g", "$share/g/burst/#", last).await;
 }
+
+/// A member that unsubscribes with messages of the group unacknowledged
+/// hands them to another member (they would no longer count for the
+/// group), and the group's position passes every message.
+#[tokio::test]
+async fn a_member_that_unsubscribes_hands_over_what_it_holds() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    let pg = db.client().await;
+    let mut a_opts = member(broker.addr, "quitter");
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V5Client::connect(a_opts).await;
+    a.subscribe("$share/g/u/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V5Client::connect(member(broker.addr, "keeper")).await;
+    b.subscribe("$share/g/u/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "u/#").await;
+    let sent = numbered(0..6);
+    publish_v5(broker.addr, "u/1", &sent).await;
+    let at_a: BTreeSet<String> = [payload(&a.next_publish().await), payload(&a.next_publish().await)]
+        .into_iter()
+        .chain([payload(&a.next_publish().await)])
+        .collect();
+    let mut at_b = BTreeSet::new();
+    for _ in 0..3 {
+        at_b.insert(payload(&b.next_publish().await));
+    }
+    a.unsubscribe("$share/g/u/#").await;
+    for _ in 0..at_a.len() {
+        assert!(at_b.insert(payload(&b.next_publish().await)), "no duplicate");
+    }
+    assert_eq!(
+        at_b,
+        sent.iter().cloned().collect(),
+        "all at the member that stayed"
+    );
+    let last = *stored_ids(&pg, "u/1").await.last().unwrap();
+    wait_for_position(&pg, "$share/g", "$share/g/u/#", last).await;
+}

@@ -39,7 +39,12 @@
 //!   position flusher counts what the others recorded in the row
 //!   (`acked_above`) as acknowledged too ([`crate::positions`]).
 //!
-//! Not covered: a cluster has one run per node (see the README).
+//! - In a cluster, the first member on a node gets no backlog when other
+//!   nodes have members (`BrokerHandle::shared_members_elsewhere`): what
+//!   this node's members leave goes to them.
+//!
+//! Not covered: nodes that get their first members at the same moment
+//! (a whole cluster restarted) may each replay the backlog (see the README).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -133,8 +138,9 @@ impl Members {
 /// The hooks' side of shared groups (see the module documentation).
 impl crate::Engine {
     /// `session.subscribed` for a shared subscription (on_message_fetch):
-    /// the first member here starts the group's run and gets its backlog;
-    /// later members get live messages only.
+    /// the first member here starts the group's run and gets its backlog
+    /// (none when other nodes have members: `elsewhere`); later members get
+    /// live messages only.
     pub(crate) async fn group_subscribed(
         &self,
         fetcher: &std::sync::Arc<crate::fetch::Fetcher>,
@@ -142,8 +148,15 @@ impl crate::Engine {
         key: TrackKey,
         qos: hooks_spec::QoS,
         opts: crate::positions::FetchOpts,
+        elsewhere: bool,
     ) -> Result<(), crate::error::PgsqlError> {
         let first = self.members.join(clientid, &key);
+        if first && elsewhere {
+            // Members on other nodes have the group's messages (and what this
+            // node's members leave goes to them): no backlog here, or those
+            // they hold unacknowledged would come twice. Live from now on.
+            self.tracks.bound_run(&key, 0);
+        }
         if qos == hooks_spec::QoS::AtMostOnce || (!first && self.tracks.replay_to(&key).is_some()) {
             // A QoS 0 member has nothing stored for it (as a QoS 0
             // subscription); the next QoS 1/2 member starts the run.

@@ -370,7 +370,8 @@ impl Engine {
                             no_local: false,
                         };
                         let key = crate::groups::group_key(group, filter);
-                        self.group_subscribed(f, &client.clientid, key, opts.qos, fetch)
+                        let elsewhere = self.handle.shared_members_elsewhere(group, filter);
+                        self.group_subscribed(f, &client.clientid, key, opts.qos, fetch, elsewhere)
                             .await
                     }
                     _ => Ok(()),

@@ -89,6 +89,12 @@ impl BrokerHandle for Handle {
         )
     }
 
+    fn shared_members_elsewhere(&self, group: &str, filter: &str) -> bool {
+        self.shared
+            .router
+            .has_member_node(&(filter.to_string(), Arc::from(group)))
+    }
+
     async fn publish(&self, message: Message) -> Result<usize, HandleError> {
         crate::publish::from_plugin(&self.shared, message)
     }

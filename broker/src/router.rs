@@ -443,6 +443,16 @@ impl Router {
         Some(candidates[turn % candidates.len()].clone())
     }
 
+    /// Some other node of the cluster has members of the shared group `key`.
+    pub fn has_member_node(&self, key: &ShareKey) -> bool {
+        let (filter, group) = key;
+        let mut found = false;
+        read(&self.shared).for_each_at(filter, |(g, m), _| {
+            found |= g == group && matches!(m, Member::Node(_));
+        });
+        found
+    }
+
     /// Another node of the cluster with members of the shared group `key`,
     /// in turn with the group's routing (that node picks one of its members).
     pub fn member_node(&self, key: &ShareKey) -> Option<NodeName> {

@@ -185,6 +185,16 @@ pub trait BrokerHandle: Send + Sync {
         complete_through: Option<i64>,
     ) -> Result<(), HandleError>;
 
+    /// True when another node of the cluster has members of shared group
+    /// `group` on `filter` (without `$share/`). A storage plugin then leaves
+    /// the group's backlog to them: their node has been handed every
+    /// message of the group a member here could hold. The default (no
+    /// cluster): false.
+    fn shared_members_elsewhere(&self, group: &str, filter: &str) -> bool {
+        let _ = (group, filter);
+        false
+    }
+
     /// Subscribes a client as if it had sent SUBSCRIBE (session.subscribed fires).
     async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError>;
 

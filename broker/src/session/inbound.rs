@@ -535,6 +535,9 @@ impl Session {
                         &sub.filter,
                         sub.opts.share_group.as_deref(),
                     );
+                    if let Some(group) = sub.opts.share_group.as_deref() {
+                        self.redispatch_group(&(sub.filter.clone(), Arc::from(group)));
+                    }
                     hooks
                         .session_unsubscribed
                         .run(Arc::new(SubscribedArgs {

@@ -12,6 +12,8 @@
 //! - in a cluster, with no connected member here, another node with members
 //!   of the group takes them (it picks one of its members, as for a routed
 //!   message);
+//! - a member that unsubscribes hands over what it holds of that group (it
+//!   would not count for the group any more);
 //! - a member that has a connection again, or subscribes while connected,
 //!   asks the members without one to hand theirs over (what the group gave
 //!   them while every member was offline reaches the next member that
@@ -28,6 +30,7 @@
 use std::collections::VecDeque;
 
 use super::{AckState, Routed, Session, SessionCmd};
+use crate::delivery::ShareKey;
 
 impl Session {
     /// Moves this member's unacknowledged messages of shared groups to other
@@ -36,12 +39,27 @@ impl Session {
         if !self.subscriptions.values().any(|s| s.opts.share_group.is_some()) {
             return;
         }
+        self.move_shared(None, ending, ending);
+    }
+
+    /// The client unsubscribed from shared group `key`: what the group gave
+    /// it and it has not acknowledged goes to another member (any, connected
+    /// first).
+    pub(super) fn redispatch_group(&mut self, key: &ShareKey) {
+        self.move_shared(Some(key), true, false);
+    }
+
+    /// Moves the unacknowledged messages of shared groups (`only` one) to
+    /// other members (`any_member`: not only connected ones); QoS 2 ones sent
+    /// too when the client's packet ids end (`ids_end`: the session ends).
+    fn move_shared(&mut self, only: Option<&ShareKey>, any_member: bool, ids_end: bool) {
+        let mine = |r: &Routed| only.is_none_or(|k| r.share.as_deref() == Some(k));
         let mut moved = 0usize;
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for entry in std::mem::take(&mut self.inflight) {
             // (Once the session ends, the client's packet ids end with it.)
-            let movable = entry.state == AckState::PubAck || (ending && entry.state == AckState::PubRec);
-            if movable && self.hand_over(&entry.routed, ending) {
+            let movable = entry.state == AckState::PubAck || (ids_end && entry.state == AckState::PubRec);
+            if movable && mine(&entry.routed) && self.hand_over(&entry.routed, any_member) {
                 self.pkids_in_use.remove(&entry.pkid);
                 if entry.unsent {
                     self.unsent -= 1;
@@ -54,7 +72,7 @@ impl Session {
         self.inflight = kept;
         let mut queue = VecDeque::with_capacity(self.queue.len());
         for routed in std::mem::take(&mut self.queue) {
-            if self.hand_over(&routed, ending) {
+            if mine(&routed) && self.hand_over(&routed, any_member) {
                 moved += 1;
             } else {
                 queue.push_back(routed);
@@ -62,7 +80,7 @@ impl Session {
         }
         self.queue = queue;
         if moved > 0 {
-            tracing::debug!(clientid = %self.client.clientid, moved, ending, "shared subscription messages handed to other members");
+            tracing::debug!(clientid = %self.client.clientid, moved, any_member, "shared subscription messages handed to other members");
         }
     }
 
@@ -82,7 +100,7 @@ impl Session {
 
     /// Sends one message of a shared group to another member; false when it
     /// is not a group's, or no other member can take it.
-    fn hand_over(&self, routed: &Routed, ending: bool) -> bool {
+    fn hand_over(&self, routed: &Routed, any_member: bool) -> bool {
         let Some(key) = &routed.share else {
             return false;
         };
@@ -97,7 +115,7 @@ impl Session {
                     return true;
                 }
                 match router.other_member(key, &self.client.clientid, false) {
-                    Some(route) if ending => route,
+                    Some(route) if any_member => route,
                     _ => return false,
                 }
             }
@@ -112,7 +130,7 @@ impl Session {
 
     /// Forwards one message of group `key` to another node with members of
     /// it; false when there is none (or no cluster) or its link dropped it.
-    fn forward_to_member_node(&self, key: &crate::delivery::ShareKey, routed: &Routed) -> bool {
+    fn forward_to_member_node(&self, key: &ShareKey, routed: &Routed) -> bool {
         let (Some(forwarder), Some(node)) =
             (self.shared.forwarder.get(), self.shared.router.member_node(key))
         else {
