@@ -30,18 +30,16 @@
 //! - When the last member here leaves (unsubscribes, or its session ends),
 //!   the run ends: messages stored meanwhile are routed to no one, and the
 //!   next member to subscribe gets them from the position.
-//!
 //! - A message a member's full queue dropped is recorded as missed and
 //!   handed again, from the store, to the next member that connects,
-//!   subscribes or acknowledges, a page at a time ([`crate::fetch::Fetcher::replay_missed`]).
-//!
+//!   subscribes or acknowledges, a page at a time
+//!   ([`crate::fetch::Fetcher::replay_missed`]).
 //! - In a cluster each node records what its own members acknowledged; the
 //!   position flusher counts what the others recorded in the row
-//!   (`acked_above`) as acknowledged too ([`crate::positions`]).
-//!
-//! - In a cluster, the first member on a node gets no backlog when other
-//!   nodes have members (`BrokerHandle::shared_members_elsewhere`): what
-//!   this node's members leave goes to them.
+//!   (`acked_above`) as acknowledged too ([`crate::positions`]). The first
+//!   member on a node gets no backlog when other nodes have members
+//!   (`BrokerHandle::shared_members_elsewhere`): what this node's members
+//!   leave goes to them.
 //!
 //! Not covered: nodes that get their first members at the same moment
 //! (a whole cluster restarted) may each replay the backlog (see the README).
