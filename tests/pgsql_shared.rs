@@ -478,3 +478,34 @@ async fn a_member_that_unsubscribes_hands_over_what_it_holds() {
     let last = *stored_ids(&pg, "u/1").await.last().unwrap();
     wait_for_position(&pg, "$share/g", "$share/g/u/#", last).await;
 }
+
+/// A client whose id is the group's own (`$share/g`) has rows of its own,
+/// never the group's: when its session expires its rows go, the group's stay.
+#[tokio::test]
+async fn a_client_named_like_the_group_never_takes_its_position() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, SESSION_RULE).await;
+    let pg = db.client().await;
+    let (mut m, _) = V5Client::connect(member(broker.addr, "real-member")).await;
+    m.subscribe("$share/g/n/#", QoS::AtLeastOnce).await;
+    wait_group_row(&pg, "g", "n/#").await;
+
+    let mut o = v5_options(broker.addr, "$share/g", false);
+    o.set_session_expiry_interval(Some(1));
+    let (mut c, _) = V5Client::connect(o).await;
+    c.subscribe("n/#", QoS::AtLeastOnce).await;
+    let own = "select count(*) from mqtt_acked where clientid = '$share/g' and topic = 'n/#'";
+    wait_for_db(&pg, own, Some(1)).await;
+    c.disconnect().await;
+    // The session expires (1 s) and is removed with its rows.
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_session where clientid = '$share/g'",
+        Some(0),
+    )
+    .await;
+    wait_for_db(&pg, own, Some(0)).await;
+    // The group's row is still there.
+    wait_group_row(&pg, "g", "n/#").await;
+    drop(m);
+}
