@@ -85,17 +85,19 @@ LANGUAGE sql STABLE AS $fn$
            EXTRACT(EPOCH FROM now() - p.oldest_ts)::float8
     FROM mqtt_acked a
     LEFT JOIN mqtt_sub s ON s.clientid = a.clientid AND s.topic = a.topic
+    -- A shared group's row (`$share/<group>/<filter>`) matches by its filter.
+    CROSS JOIN LATERAL (SELECT regexp_replace(a.topic, '^\$share/[^/]+/', '') AS filter) f
     CROSS JOIN LATERAL (
         SELECT count(*)::int8 AS pending, min(m.id)::int8 AS oldest_id,
                min(m.arrived)::timestamptz AS oldest_ts
         FROM (
             SELECT e.id, e.arrived, e.sender, e.expires_at FROM mqtt_msg e
-            WHERE strpos(a.topic, '+') = 0 AND strpos(a.topic, '#') = 0
-              AND e.topic = a.topic AND e.id > a.mid
+            WHERE strpos(f.filter, '+') = 0 AND strpos(f.filter, '#') = 0
+              AND e.topic = f.filter AND e.id > a.mid
             UNION ALL
             SELECT w.id, w.arrived, w.sender, w.expires_at FROM mqtt_msg w
-            WHERE (strpos(a.topic, '+') > 0 OR strpos(a.topic, '#') > 0)
-              AND w.id > a.mid AND w.topic ~ mqtt_filter_regex(a.topic)
+            WHERE (strpos(f.filter, '+') > 0 OR strpos(f.filter, '#') > 0)
+              AND w.id > a.mid AND w.topic ~ mqtt_filter_regex(f.filter)
         ) m
         WHERE NOT (m.id = ANY (COALESCE(a.acked_above, '{}'::int8[])))
           AND (m.expires_at IS NULL OR m.expires_at > now())

@@ -687,3 +687,187 @@ async fn a_node_that_shuts_down_leaves_at_once() {
     );
     assert!(cluster[1].logs().contains("cluster: left the cluster"));
 }
+
+/// A member that disconnects with messages of its shared group
+/// unacknowledged, and no other member on its node: a member on another
+/// node gets them (MQTT 5 4.8.2), so every message reaches the group.
+#[tokio::test]
+async fn a_shared_members_unacknowledged_messages_go_to_a_member_on_another_node() {
+    let db = TestDb::create().await;
+    let cluster = nodes(&db, 2, "").await;
+    let mut a_opts = v4_options(cluster[0].addr, "member-a", false);
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V4Client::connect(a_opts).await;
+    a.subscribe("$share/g/hand/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "member-b", true)).await;
+    b.subscribe("$share/g/hand/#", QoS::AtLeastOnce).await;
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "watch", true)).await;
+    watch.subscribe("hand/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "hand/probe").await;
+    // Node 0 knows node 1's member once node 1 took a probe; drop the probes.
+    let strip = |c: &mut V4Client| c.backlog.clear();
+    strip(&mut a);
+    strip(&mut b);
+
+    let n = 10;
+    let payloads: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "hand/jobs", &payloads).await;
+    let (mut at_a, mut at_b): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + TIMEOUT;
+    while at_a.len() + at_b.len() < n {
+        assert!(Instant::now() < deadline, "only {at_a:?} and {at_b:?} arrived");
+        for (c, got) in [(&mut a, &mut at_a), (&mut b, &mut at_b)] {
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                if text(&p).starts_with("job") {
+                    got.push(text(&p));
+                }
+            }
+        }
+    }
+    assert!(
+        !at_a.is_empty() && !at_b.is_empty(),
+        "in turn: {at_a:?} and {at_b:?}"
+    );
+    // A acknowledged none of its messages; it leaves.
+    a.disconnect().await;
+    for _ in 0..at_a.len() {
+        at_b.push(text(&b.next_publish().await));
+    }
+    b.expect_no_publish(Duration::from_millis(300)).await;
+    let unique: std::collections::BTreeSet<String> = at_b.iter().cloned().collect();
+    assert_eq!(
+        unique,
+        payloads.iter().cloned().collect(),
+        "every message reached the group"
+    );
+}
+
+/// A durable shared group with members on two nodes: each node records what
+/// its members acknowledged, and the group's one read position still moves
+/// past every message (what the other node recorded is no gap).
+#[tokio::test]
+async fn a_shared_groups_position_moves_with_members_on_two_nodes() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    let (mut a, _) = V4Client::connect(v4_options(cluster[0].addr, "pos-a", true)).await;
+    a.subscribe("$share/g/split/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "pos-b", true)).await;
+    b.subscribe("$share/g/split/#", QoS::AtLeastOnce).await;
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "pos-watch", true)).await;
+    watch.subscribe("split/probe", QoS::AtMostOnce).await;
+    until_routed(&cluster[0], &mut watch, "split/probe").await;
+
+    let n = 20;
+    let payloads: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "split/jobs", &payloads).await;
+    let (mut on_a, mut on_b) = (0, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    while on_a + on_b < n {
+        assert!(Instant::now() < deadline, "only {on_a} + {on_b} arrived");
+        for (c, count) in [(&mut a, &mut on_a), (&mut b, &mut on_b)] {
+            while let Some(ev) = c.backlog.pop_front() {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                    *count += usize::from(text(&p).starts_with("job"));
+                }
+            }
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                *count += usize::from(text(&p).starts_with("job"));
+            }
+        }
+    }
+    assert!(
+        on_a > 0 && on_b > 0,
+        "both nodes' members got some ({on_a} and {on_b})"
+    );
+    // Acknowledged by both (rumqttc acknowledges on receipt): the position passes them all.
+    let last = *stored_ids(&pg, "split/jobs").await.last().unwrap();
+    // Keep both event loops turning while the positions are written.
+    let check = format!(
+        "select (mid >= {last})::int4::int8 from mqtt_acked where clientid = '$share/g' and topic = '$share/g/split/#'"
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if query_opt_i64(&pg, &check).await == Some(1) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let rows = pg
+                .query(
+                    "select clientid::text, topic::text, mid::int8, acked_above::text from mqtt_acked",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let rows: Vec<(String, String, i64, Option<String>)> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+            panic!("the group's position did not pass {last}: {rows:?}");
+        }
+        let _ = a.poll_once(Duration::from_millis(20)).await;
+        let _ = b.poll_once(Duration::from_millis(20)).await;
+    }
+}
+
+/// A durable shared group with a member on one node holding messages
+/// unacknowledged: a member that joins on another node is not replayed
+/// them (they are the first member's), and gets them, once, when the first
+/// member leaves.
+#[tokio::test]
+async fn a_member_joining_on_another_node_does_not_get_what_a_member_holds() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let mut a_opts = v4_options(cluster[0].addr, "holder", false);
+    a_opts.set_manual_acks(true);
+    let (mut a, _) = V4Client::connect(a_opts).await;
+    a.subscribe("$share/g/late/#", QoS::AtLeastOnce).await;
+    // Node 1 knows node 0's member once a probe published there reaches it.
+    let (mut p, _) = V4Client::connect(v4_options(cluster[1].addr, "late-prober", true)).await;
+    let deadline = Instant::now() + TIMEOUT;
+    'known: for i in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never routed to node 0's member"
+        );
+        p.publish("late/probe", QoS::AtMostOnce, false, format!("probe-{i}"))
+            .await;
+        let until = Instant::now() + Duration::from_millis(200);
+        while let Some(ev) = a.poll_once(until.saturating_duration_since(Instant::now())).await {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) = ev {
+                if text(&m).starts_with("probe-") {
+                    break 'known;
+                }
+            }
+        }
+    }
+    p.disconnect().await;
+    let held: Vec<String> = (0..4).map(|i| format!("held{i}")).collect();
+    publish_all(cluster[0].addr, "boss", "late/jobs", &held).await;
+    for want in &held {
+        loop {
+            let m = a.next_publish().await;
+            if text(&m).starts_with("held") {
+                assert_eq!(&text(&m), want);
+                break;
+            }
+        }
+    }
+
+    let (mut b, _) = V4Client::connect(v4_options(cluster[1].addr, "joiner", true)).await;
+    b.subscribe("$share/g/late/#", QoS::AtLeastOnce).await;
+    b.expect_no_publish(Duration::from_millis(500)).await;
+    // The holder leaves without acknowledging: its messages go to the joiner.
+    a.disconnect().await;
+    let mut got = Vec::new();
+    for _ in 0..held.len() {
+        got.push(text(&b.next_publish().await));
+    }
+    got.sort();
+    assert_eq!(got, held, "each once");
+    b.expect_no_publish(Duration::from_millis(500)).await;
+}

@@ -94,6 +94,18 @@ impl Fetcher {
         }
     }
 
+    /// The storing time (seconds since the epoch) as a last column, when
+    /// replayed messages carry it ([`Fetcher::arrival_property`]). `arrived`
+    /// is a timestamp in the server's time zone (now() as the writer's
+    /// session saw it).
+    fn arrival_column(&self) -> &'static str {
+        if self.arrival_property.is_some() {
+            ", EXTRACT(EPOCH FROM arrived AT TIME ZONE current_setting('TimeZone'))::float8"
+        } else {
+            ""
+        }
+    }
+
     /// Sets the subscription's position back to just before the first
     /// message stored at or after `from` (by the server's clock; ids follow
     /// storing order), in `mqtt_acked` and here, and replays from there.
@@ -180,7 +192,8 @@ impl Fetcher {
         let epoch = self
             .tracks
             .start_unregistered(key.clone(), i32::from(qos.as_u8()), opts);
-        let _ = self.handle.replay(&clientid, &filter, Vec::new(), None).await;
+        let target = self.tracks.replay_to(&key).unwrap_or_else(|| clientid.clone());
+        let _ = self.handle.replay(&target, &filter, Vec::new(), None).await;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(crate::positions::RETRY_DELAY).await;
@@ -226,6 +239,16 @@ impl Fetcher {
             .query_typed_opt(read_position, &[(&clientid, Type::TEXT), (&filter, Type::TEXT)])
             .await
             .map_err(PgsqlError::query("read position (mqtt_acked)"))?;
+        if crate::groups::is_group(filter) && self.tracks.run_bound(&key).is_none() {
+            // A shared group's backlog ends where its run here begins: what is
+            // stored later is routed live to a member (see crate::groups).
+            let newest: i64 = conn
+                .query_typed_one("SELECT COALESCE(max(id), 0)::int8 FROM mqtt_msg", &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(PgsqlError::query("newest stored id (mqtt_msg)"))?;
+            self.tracks.bound_run(&key, newest);
+        }
         match existing {
             None => {
                 // First subscription: start at the newest stored id, or, for a
@@ -280,9 +303,13 @@ impl Fetcher {
                     return self.page(&key, from, epoch).await;
                 }
                 // An empty, complete replay: the session tracks stored ids for this filter from now on.
+                let target = self
+                    .tracks
+                    .replay_to(&key)
+                    .unwrap_or_else(|| clientid.to_string());
                 let _ = self
                     .handle
-                    .replay(clientid, filter, Vec::new(), Some(position))
+                    .replay(&target, filter, Vec::new(), Some(position))
                     .await;
                 Ok(())
             }
@@ -315,7 +342,7 @@ impl Fetcher {
             return Ok(());
         };
         let (clientid, filter) = key;
-        let (op, value) = match condition(filter) {
+        let (op, value) = match condition(crate::groups::match_filter(filter)) {
             TopicCondition::Exact(t) => ("=", t),
             TopicCondition::Regex(r) => ("~", r),
         };
@@ -335,30 +362,29 @@ impl Fetcher {
         } else {
             (String::new(), String::new())
         };
-        let arrival = if self.arrival_property.is_some() {
-            ", EXTRACT(EPOCH FROM arrived AT TIME ZONE current_setting('TimeZone'))::float8"
-        } else {
-            ""
-        };
+        let arrival = self.arrival_column();
         let sql = format!(
             "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{arrival} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
                AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
+               AND ($7::int8 IS NULL OR id <= $7)
                {not_expired}
              ORDER BY id LIMIT $4"
         );
+        let bound = self.tracks.run_bound(key);
         let limit = i64::try_from(opts.max_returned_count).unwrap_or(i64::MAX);
         let conn = self.pool.get().await?;
         let client: &tokio_postgres::Client = &conn;
         // No local (MQTT 5): the client's own messages are not for it.
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&from, Type::INT8),
             (&value, Type::TEXT),
             (&opts.time_range_secs, Type::FLOAT8),
             (&limit, Type::INT8),
             (&opts.no_local, Type::BOOL),
             (clientid, Type::TEXT),
+            (&bound, Type::INT8),
         ];
         // One round trip: the requests are pipelined. The newest id is read
         // first: ids become visible in increasing order, so the page (a later
@@ -426,7 +452,13 @@ impl Fetcher {
             .filter(|d| d.qos == QoS::AtMostOnce)
             .filter_map(|d| Some((d.message.topic.to_string(), d.message.headers.stored_id?)))
             .collect();
+        let group = crate::groups::is_group(filter);
         for (topic, id) in at_most_once {
+            if group {
+                // A shared group's track, not a client's.
+                let _ = self.tracks.acked_key(key, id, false).map(|k| self.dirty.send(k));
+                continue;
+            }
             for k in self.tracks.done_unsent(clientid, &topic, id) {
                 let _ = self.dirty.send(k);
             }
@@ -434,16 +466,89 @@ impl Fetcher {
         self.metrics.pages.inc();
         self.metrics.messages.add(deliveries.len() as u64);
         // Err: the client left; its next subscription starts again from the position.
+        // (A shared group's pages go to the member it replays to.)
+        let target = self.tracks.replay_to(key);
         let handed = self
             .handle
-            .replay(clientid, filter, deliveries, complete_through)
+            .replay(
+                target.as_deref().unwrap_or(clientid),
+                filter,
+                deliveries,
+                complete_through,
+            )
             .await
             .is_ok();
         // Only now, with this page in the session's mailbox, may the next be read.
         if let Some(due) = self.tracks.page_handed(key, epoch, handed) {
             self.tracks.queue_page(due);
         }
+        if !handed && group {
+            // The member left: another one takes the replay from this page on.
+            let tried = target.as_deref().unwrap_or(clientid);
+            if let Some(due) = self.tracks.interrupted(key, epoch, from, tried) {
+                self.tracks.queue_page(due);
+            }
+        }
         Ok(())
+    }
+
+    /// Hands a shared group's missed messages `ids` (dropped by a member's
+    /// full queue) to `member`, oldest first; returns the ids handed (rows
+    /// that expired or were deleted meanwhile are left out). Unlike a page,
+    /// these are not a range: other members may hold the ids between them.
+    pub async fn replay_missed(
+        &self,
+        key: &TrackKey,
+        member: &str,
+        ids: &[i64],
+        qos: i32,
+    ) -> Result<Vec<i64>, PgsqlError> {
+        let schema = self.schema.ready(&self.pool.name)?;
+        let payload = if schema.payload_bytea {
+            "payload"
+        } else {
+            "convert_to(payload, 'UTF8')"
+        };
+        let (props, not_expired) = if schema.message_properties {
+            (
+                format!(", {}", properties::SELECT_COLUMNS),
+                format!("AND {}", properties::NOT_EXPIRED),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let arrival = self.arrival_column();
+        let sql = format!(
+            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{arrival} FROM mqtt_msg
+             WHERE id = ANY($1) {not_expired} ORDER BY id"
+        );
+        let conn = self.pool.get().await?;
+        let what = || format!("read missed messages of `{}`", key.1);
+        let rows = conn
+            .query_typed(&sql, &[(&ids, Type::INT8_ARRAY)])
+            .await
+            .map_err(|e| PgsqlError::query(what())(e))?;
+        drop(conn);
+        let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
+        let mut decoder = RowDecoder::new(sub_qos, schema.message_properties, self.arrival_property.clone());
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut handed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
+            deliveries.push(
+                decoder
+                    .decode(id, row)
+                    .map_err(|e| PgsqlError::query(what())(e))?,
+            );
+            handed.push(id);
+        }
+        let through = handed.last().copied().unwrap_or(0);
+        self.metrics.messages.add(deliveries.len() as u64);
+        self.handle
+            .replay(member, &key.1, deliveries, Some(through))
+            .await
+            .map_err(|e| PgsqlError::Store(format!("{}: {e}", what())))?;
+        Ok(handed)
     }
 
     /// Serves page requests until the plugin stops.

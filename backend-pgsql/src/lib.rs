@@ -16,6 +16,9 @@
 //!   range the database confirms.
 //! - [`fetch::Fetcher`]: offline replay, page by page, through the broker's
 //!   replay channel.
+//! - [`groups`]: durable shared subscriptions: one read position per
+//!   `$share/<group>/<filter>`, moved by every member's acknowledgements, and
+//!   the backlog replayed to one member.
 //! - [`sessions::SessionStore`]: persistent sessions (`on_session_restore`),
 //!   kept in `mqtt_session`/`mqtt_sub` and handed back to the broker after a
 //!   restart (`session.restore`).
@@ -45,6 +48,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod functions;
+pub mod groups;
 pub mod metrics;
 pub mod partitions;
 pub mod pool;
@@ -148,6 +152,8 @@ pub(crate) struct Engine {
     pub(crate) pools: BTreeMap<String, PoolState>,
     pub(crate) sql_actions: HashMap<usize, SqlAction>,
     pub(crate) tracks: Arc<Tracks>,
+    /// Members of shared groups here.
+    pub(crate) members: groups::Members,
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
     pub(crate) drain: Option<positions::DrainHandle>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
@@ -435,6 +441,7 @@ async fn start_engine(
         pools,
         sql_actions,
         tracks,
+        members: groups::Members::default(),
         dirty,
         drain,
         fetcher,

@@ -15,6 +15,11 @@
 //! writes of positions and batches them: whatever acknowledgements arrived
 //! while it was writing are folded into the next write per subscription.
 //!
+//! A shared group (`$share/<group>/<filter>`) has one track of its own, keyed
+//! ([`crate::groups::group_key`]) so that no client's track or row can be
+//! it: its members' acknowledgements move it, and its backlog is replayed
+//! to one member ([`Track::replay_to`]). See [`crate::groups`].
+//!
 //! A backlog is replayed in pages, pipelined: the next page is read as soon
 //! as the previous one has been handed to the session, as long as fewer than
 //! [`PAGES_AHEAD`] handed pages still wait for acknowledgements (counted in
@@ -59,6 +64,22 @@ pub struct Track {
     /// collected, but no position is computed or written (the position is
     /// not known) until [`Tracks::start`] registers it.
     pub unregistered: bool,
+    /// A shared group's track: the member its backlog is replayed to.
+    pub replay_to: Option<String>,
+    /// A shared group's page was not taken (the member's session had
+    /// ended): the replay stopped there, reading above this id.
+    pub interrupted_at: Option<i64>,
+    /// A shared group's run here: the newest stored id when it began. Its
+    /// backlog ends there (what was stored later went live to a member).
+    pub run_bound: Option<i64>,
+    /// A shared group's stored messages a member's session dropped (its
+    /// queue was full), to be delivered again from the store.
+    pub missed: BTreeSet<i64>,
+    /// Those handed to a member again and not yet acknowledged: the next
+    /// ones wait for them.
+    pub missed_out: BTreeSet<i64>,
+    /// Missed messages are being read and handed over.
+    pub missed_reading: bool,
 }
 
 /// Full pages handed to a session that may wait for acknowledgements at
@@ -219,9 +240,14 @@ impl TrackMap {
         }
     }
 
-    /// One client's tracks (filter, track).
+    /// One client's tracks (filter, track): never a shared group's (whose
+    /// key a client id `$share/<group>` would reach).
     fn client_mut(&mut self, clientid: &str) -> impl Iterator<Item = (&String, &mut Track)> {
-        self.0.get_mut(clientid).into_iter().flat_map(|m| m.iter_mut())
+        self.0
+            .get_mut(clientid)
+            .into_iter()
+            .flat_map(|m| m.iter_mut())
+            .filter(|(f, _)| !crate::groups::is_group(f))
     }
 }
 
@@ -266,6 +292,7 @@ impl Tracks {
         t.qos = qos;
         t.active = true;
         t.unregistered = false;
+        t.interrupted_at = None;
         t.epoch += 1;
         t.paging = Paging {
             read_to: p,
@@ -474,24 +501,8 @@ impl Tracks {
         let mut due = Vec::new();
         for (f, t) in map.client_mut(clientid) {
             if hooks_match(f, topic) {
-                t.delivered.remove(&id);
-                if id > t.position {
-                    t.acked.insert(id);
-                    if !t.queued {
-                        t.queued = true;
-                        dirty.push((clientid.to_string(), f.clone()));
-                    }
-                }
-                if !settle_page {
-                    continue;
-                }
-                if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
-                    if page.done(id) {
-                        t.paging.retire(t.position);
-                        let key = (clientid.to_string(), f.clone());
-                        due.extend(t.paging.due(&key, t.epoch));
-                    }
-                }
+                let key = (clientid.to_string(), f.clone());
+                ack_track(t, key, id, settle_page, &mut dirty, &mut due);
             }
         }
         drop(map);
@@ -516,10 +527,9 @@ impl Tracks {
     /// The subscriptions tracked for a client.
     pub fn keys_of(&self, clientid: &str) -> Vec<TrackKey> {
         self.lock()
-            .0
-            .get(clientid)
-            .map(|m| m.keys().map(|f| (clientid.to_string(), f.clone())).collect())
-            .unwrap_or_default()
+            .client_mut(clientid)
+            .map(|(f, _)| (clientid.to_string(), f.clone()))
+            .collect()
     }
 
     /// Forgets one subscription (unsubscribe).
@@ -534,7 +544,11 @@ impl Tracks {
     pub fn forget_client(&self, clientid: &str) {
         let mut map = self.lock();
         if let Some(by_filter) = map.0.get_mut(clientid) {
-            by_filter.retain(|_, t| {
+            by_filter.retain(|f, t| {
+                if crate::groups::is_group(f) {
+                    // A shared group's, not this client's (crate::groups).
+                    return true;
+                }
                 t.active = false;
                 t.delivered.clear();
                 t.paging = Paging::default();
@@ -594,6 +608,8 @@ impl Tracks {
             return t.paging.due(key, epoch);
         }
         match first_gap {
+            // Not for a shared group: the gap may be queued at another member.
+            _ if crate::groups::is_group(&key.1) => None,
             Some(gap) if !t.delivered.contains(&gap) => {
                 t.paging.reading = true;
                 Some(PageDue {
@@ -610,10 +626,43 @@ impl Tracks {
 /// Runs for every stored message delivered or acknowledged, once per
 /// subscription of its client: a filter without wildcards is a plain comparison.
 fn hooks_match(filter: &str, topic: &str) -> bool {
+    let filter = crate::groups::match_filter(filter);
     if filter.contains(['+', '#']) {
         crate::mqtt_matches(filter, topic)
     } else {
         filter == topic
+    }
+}
+
+/// Records that the client acknowledged (or is done with) `id` on track
+/// `t` (`key`): the key goes to `dirty` when its position should be
+/// recomputed, and a page read the acknowledgement makes due to `due`.
+fn ack_track(
+    t: &mut Track,
+    key: TrackKey,
+    id: i64,
+    settle_page: bool,
+    dirty: &mut Vec<TrackKey>,
+    due: &mut Vec<PageDue>,
+) {
+    t.delivered.remove(&id);
+    t.missed.remove(&id);
+    t.missed_out.remove(&id);
+    if id > t.position {
+        t.acked.insert(id);
+        if !t.queued {
+            t.queued = true;
+            dirty.push(key.clone());
+        }
+    }
+    if !settle_page {
+        return;
+    }
+    if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
+        if page.done(id) {
+            t.paging.retire(t.position);
+            due.extend(t.paging.due(&key, t.epoch));
+        }
     }
 }
 
@@ -628,6 +677,7 @@ struct Candidate {
 }
 
 mod flusher;
+mod group;
 
 pub use flusher::{DrainHandle, Flusher, RETRY_DELAY};
 

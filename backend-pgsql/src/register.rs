@@ -223,6 +223,7 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
                     e.mark_done(&args.client.clientid, &m.topic, id);
                 } else {
                     e.tracks.delivered(&args.client.clientid, &m.topic, id);
+                    e.group_delivered(&args.client.clientid, &m.topic, id);
                 }
             }
             ready(Flow::Continue(m))
@@ -249,9 +250,20 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
                     for due in e.tracks.dropped(client, &args.message.topic, id) {
                         e.tracks.queue_page(due);
                     }
+                    e.group_dropped(client, &args.message.topic, id);
                 }
                 _ => {}
             }
+            ready(Flow::Continue(()))
+        },
+    );
+    let e = Arc::clone(engine);
+    plain(
+        &hooks.client_connected,
+        -1000,
+        |_, _| true,
+        move |args, ()| {
+            e.group_member_connected(&args.client.clientid);
             ready(Flow::Continue(()))
         },
     );
@@ -261,6 +273,12 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
+            if let Some(group) = &args.opts.share_group {
+                // A member left its shared group (the group's position stays).
+                let key = crate::groups::group_key(group, &args.filter);
+                e.group_left(&args.client.clientid, &key);
+                return ready(Flow::Continue(()));
+            }
             e.tracks
                 .forget(&(args.client.clientid.to_string(), args.filter.clone()));
             ready(Flow::Continue(()))
@@ -272,6 +290,10 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
         -1000,
         |_, _| true,
         move |args, ()| {
+            // The session's shared groups lose a member here.
+            for key in e.members.groups_of(&args.client.clientid) {
+                e.group_left(&args.client.clientid, &key);
+            }
             if args.reason != hooks_spec::DisconnectReason::Moved {
                 e.tracks.forget_client(&args.client.clientid);
                 return ready(Flow::Continue(()));
@@ -336,7 +358,26 @@ impl Engine {
             return;
         }
         let result = match &rule.action {
-            Action::Function(Function::OnMessageFetch) if opts.share_group.is_none() => match &self.fetcher {
+            Action::Function(Function::OnMessageFetch) if opts.share_group.is_some() => {
+                match (&self.fetcher, &opts.share_group) {
+                    (Some(f), Some(group)) if subscribed => {
+                        let fetch = FetchOpts {
+                            max_returned_count: rule
+                                .offline_opts
+                                .max_returned_count
+                                .unwrap_or(self.cfg.max_returned_count),
+                            time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
+                            no_local: false,
+                        };
+                        let key = crate::groups::group_key(group, filter);
+                        let elsewhere = self.handle.shared_members_elsewhere(group, filter);
+                        self.group_subscribed(f, &client.clientid, key, opts.qos, fetch, elsewhere)
+                            .await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Action::Function(Function::OnMessageFetch) => match &self.fetcher {
                 Some(f) => {
                     let fetch = FetchOpts {
                         max_returned_count: rule
@@ -523,7 +564,7 @@ impl Engine {
     /// The highest id a first subscription may start at: below every message
     /// this node has stored but not yet routed (a subscriber must not count as
     /// history a message that will reach it live and may go unacknowledged).
-    fn first_position_cap(&self) -> i64 {
+    pub(crate) fn first_position_cap(&self) -> i64 {
         let pending = self.route_pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.first().map_or(i64::MAX, |id| id - 1)
     }
@@ -535,5 +576,6 @@ impl Engine {
         for key in self.tracks.acked(clientid, topic, id) {
             let _ = dirty.send(key);
         }
+        self.group_done(clientid, topic, id, true);
     }
 }

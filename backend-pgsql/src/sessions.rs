@@ -349,10 +349,12 @@ async fn run_op(client: &tokio_postgres::Client, op: &Op) -> Result<Option<Store
             .await
         }
         Op::End { clientid, expired } => {
+            // Never a shared group's position (`$share/...` topics): a client
+            // id `$share/<group>` must not take it along (crate::groups).
             exec(
                 "WITH s AS (DELETE FROM mqtt_session WHERE clientid = $1),
                       subs AS (DELETE FROM mqtt_sub WHERE clientid = $1 AND session),
-                      acked AS (DELETE FROM mqtt_acked WHERE $2 AND clientid = $1),
+                      acked AS (DELETE FROM mqtt_acked WHERE $2 AND clientid = $1 AND topic NOT LIKE '$share/%'),
                       c AS (DELETE FROM mqtt_client WHERE $2 AND clientid = $1)
                  SELECT 1",
                 &[(clientid, Type::TEXT), (expired, Type::BOOL)],
@@ -369,7 +371,8 @@ async fn run_op(client: &tokio_postgres::Client, op: &Op) -> Result<Option<Store
                                    RETURNING clientid),
                           subs AS (DELETE FROM mqtt_sub USING gone
                                    WHERE mqtt_sub.clientid = gone.clientid AND mqtt_sub.session),
-                          acked AS (DELETE FROM mqtt_acked USING gone WHERE mqtt_acked.clientid = gone.clientid),
+                          acked AS (DELETE FROM mqtt_acked USING gone WHERE mqtt_acked.clientid = gone.clientid
+                                    AND mqtt_acked.topic NOT LIKE '$share/%'),
                           c AS (DELETE FROM mqtt_client USING gone WHERE mqtt_client.clientid = gone.clientid)
                      SELECT count(*)::int8 FROM gone",
                     &[(&SWEEP_GRACE_SECS, Type::FLOAT8)],

@@ -24,7 +24,8 @@ pub type ReplayTx = crate::mailbox::Sender<Replay>;
 
 /// Stored messages replayed for one subscription (see `BrokerHandle::replay`).
 pub struct Replay {
-    /// The subscription filter (without any `$share/` prefix).
+    /// The subscription as the client made it: the filter, or
+    /// `$share/<group>/<filter>` for a shared subscription.
     pub filter: String,
     /// Oldest first; each has `headers.stored_id`.
     pub deliveries: Vec<Routed>,
@@ -54,6 +55,10 @@ pub enum SessionCmd {
     /// after any lost connection. The sender hears whether a connection was
     /// attached.
     Kick(tokio::sync::oneshot::Sender<bool>),
+    /// A member of one of this session's shared groups has a connection
+    /// now: a session without one hands what its groups gave it, and the
+    /// client has not acknowledged, to connected members.
+    HandOverShared,
     /// The broker is shutting down (sent to every registered session; a
     /// session also checks `Shared::is_shutting_down` on every turn, so one
     /// that registers after the message went out stops too).
@@ -92,7 +97,15 @@ pub struct Routed {
     pub subscription_ids: Vec<u32>,
     /// The subscription filter this delivery is for, when a plugin said so.
     pub filter: Option<Arc<str>>,
+    /// The shared subscription this delivery is for, when only a shared
+    /// group chose this session for it (no plain subscription of the session
+    /// matched): a member that loses its connection hands such messages,
+    /// unacknowledged, to another member of the group.
+    pub share: Option<Arc<ShareKey>>,
 }
+
+/// A shared subscription: its filter (without `$share/<group>/`) and group.
+pub type ShareKey = (String, Arc<str>);
 
 /// A connection that finished its handshake and is handed to a session.
 pub struct Attach {

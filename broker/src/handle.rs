@@ -89,6 +89,12 @@ impl BrokerHandle for Handle {
         )
     }
 
+    fn shared_members_elsewhere(&self, group: &str, filter: &str) -> bool {
+        self.shared
+            .router
+            .has_member_node(&(filter.to_string(), Arc::from(group)))
+    }
+
     async fn publish(&self, message: Message) -> Result<usize, HandleError> {
         crate::publish::from_plugin(&self.shared, message)
     }
@@ -101,5 +107,6 @@ fn routed_from(delivery: Delivery) -> Routed {
         retain: delivery.retain,
         subscription_ids: Vec::new(),
         filter: delivery.filter.map(Arc::from),
+        share: None,
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use hooks_spec::{Message, QoS, SubOpts};
 
-use crate::delivery::{Routed, SessionCmd, SessionTx};
+use crate::delivery::{Routed, SessionCmd, SessionTx, ShareKey};
 use crate::trie::SubTrie;
 
 /// One subscription as the router keeps it.
@@ -120,6 +120,8 @@ struct Fanout {
     qos: QoS,
     retain_as_published: bool,
     subscription_ids: Vec<u32>,
+    /// Only this shared group chose the session (see [`Routed::share`]).
+    share: Option<Arc<ShareKey>>,
 }
 
 impl Router {
@@ -377,7 +379,15 @@ impl Router {
                 turn
             };
             match &members[candidates[turn % candidates.len()]] {
-                (Member::Client(clientid), Target::Local(route)) => merge(targets, clientid, route),
+                (Member::Client(clientid), Target::Local(route)) => {
+                    let fresh = !targets.contains_key(clientid);
+                    merge(targets, clientid, route);
+                    if fresh {
+                        if let Some(f) = targets.get_mut(clientid) {
+                            f.share = Some(Arc::new(group_key));
+                        }
+                    }
+                }
                 (Member::Node(node), _) => {
                     if let Some(forwards) = forwards.as_deref_mut() {
                         match forwards.iter_mut().find(|f| &f.node == node) {
@@ -393,6 +403,93 @@ impl Router {
                 (Member::Client(_), Target::Node) => {}
             }
         }
+    }
+
+    /// Another member here of the shared group `key` than `except`, in turn
+    /// with the group's routing: one with a connection, or (`connected_only`
+    /// false) any live session when none has one. For a member that lost its
+    /// connection (or ended) with messages of the group unacknowledged.
+    pub fn other_member(&self, key: &ShareKey, except: &Arc<str>, connected_only: bool) -> Option<Route> {
+        let (filter, group) = key;
+        let mut members: Vec<(Arc<str>, Route)> = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), target| {
+            if let (true, Member::Client(c), Target::Local(route)) = (g == group, m, target) {
+                if c != except && !route.tx.is_closed() {
+                    members.push((Arc::clone(c), route.clone()));
+                }
+            }
+        });
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let online: Vec<&Route> = members
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.online.load(Ordering::Relaxed))
+            .collect();
+        let candidates: Vec<&Route> = match (online.is_empty(), connected_only) {
+            (false, _) => online,
+            (true, true) => return None,
+            (true, false) => members.iter().map(|(_, r)| r).collect(),
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = {
+            let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counters.entry((filter.clone(), Arc::clone(group))).or_insert(0);
+            let turn = *n;
+            *n = n.wrapping_add(1);
+            turn
+        };
+        Some(candidates[turn % candidates.len()].clone())
+    }
+
+    /// Some other node of the cluster has members of the shared group `key`.
+    pub fn has_member_node(&self, key: &ShareKey) -> bool {
+        let (filter, group) = key;
+        let mut found = false;
+        read(&self.shared).for_each_at(filter, |(g, m), _| {
+            found |= g == group && matches!(m, Member::Node(_));
+        });
+        found
+    }
+
+    /// Another node of the cluster with members of the shared group `key`,
+    /// in turn with the group's routing (that node picks one of its members).
+    pub fn member_node(&self, key: &ShareKey) -> Option<NodeName> {
+        let (filter, group) = key;
+        let mut nodes: Vec<NodeName> = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), _| {
+            if let (true, Member::Node(n)) = (g == group, m) {
+                nodes.push(Arc::clone(n));
+            }
+        });
+        if nodes.is_empty() {
+            return None;
+        }
+        nodes.sort();
+        let turn = {
+            let mut counters = self.next_member.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counters.entry((filter.clone(), Arc::clone(group))).or_insert(0);
+            let turn = *n;
+            *n = n.wrapping_add(1);
+            turn
+        };
+        Some(Arc::clone(&nodes[turn % nodes.len()]))
+    }
+
+    /// The members here of the shared group `key`, other than `except`, that
+    /// have no connection.
+    pub fn offline_members(&self, key: &ShareKey, except: &Arc<str>) -> Vec<SessionTx> {
+        let (filter, group) = key;
+        let mut out = Vec::new();
+        read(&self.shared).for_each_at(filter, |(g, m), target| {
+            if let (true, Member::Client(c), Target::Local(route)) = (g == group, m, target) {
+                if c != except && !route.online.load(Ordering::Relaxed) && !route.tx.is_closed() {
+                    out.push(route.tx.clone());
+                }
+            }
+        });
+        out
     }
 
     /// Number of routes (plain and shared, of sessions here and of other nodes).
@@ -427,6 +524,7 @@ fn merge(targets: &mut HashMap<Arc<str>, Fanout>, clientid: &Arc<str>, route: &R
         qos: route.opts.qos,
         retain_as_published: route.opts.retain_as_published,
         subscription_ids: Vec::new(),
+        share: None,
     });
     entry.qos = entry.qos.max(route.opts.qos);
     entry.retain_as_published |= route.opts.retain_as_published;
@@ -446,6 +544,7 @@ fn send(msg: &Arc<Message>, targets: HashMap<Arc<str>, Fanout>) -> usize {
             retain: f.retain_as_published && msg.retain,
             subscription_ids: f.subscription_ids,
             filter: None,
+            share: f.share,
         };
         if f.tx.send(SessionCmd::Deliver(routed)).is_ok() {
             delivered += 1;
@@ -463,105 +562,4 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    fn local(
-        router: &Router,
-        clientid: &str,
-        filter: &str,
-        group: Option<&str>,
-    ) -> crate::mailbox::Receiver<SessionCmd> {
-        let (tx, rx) = crate::mailbox::mailbox();
-        let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
-        opts.share_group = group.map(str::to_string);
-        let route = Route {
-            tx,
-            online: Arc::new(AtomicBool::new(true)),
-            opts,
-        };
-        router.subscribe(&Arc::from(clientid), filter, route);
-        rx
-    }
-
-    fn msg(topic: &str) -> Arc<Message> {
-        Arc::new(Message::new(topic, "x", QoS::AtLeastOnce, false))
-    }
-
-    fn got(rx: &mut crate::mailbox::Receiver<SessionCmd>) -> usize {
-        let mut n = 0;
-        while rx.try_recv().is_some() {
-            n += 1;
-        }
-        n
-    }
-
-    #[test]
-    fn a_node_with_matching_subscribers_gets_each_message_once() {
-        let r = Router::new();
-        let b: NodeName = Arc::from("b");
-        r.add_node_route(&b, "a/#");
-        r.add_node_route(&b, "a/+");
-        let mut here = local(&r, "c1", "a/x", None);
-        let routing = r.route(&msg("a/x"));
-        assert_eq!(routing.local, 1);
-        assert_eq!(
-            routing.forwards,
-            vec![Forward {
-                node: Arc::clone(&b),
-                plain: true,
-                groups: vec![]
-            }]
-        );
-        assert_eq!(routing.receivers(), 2);
-        assert_eq!(got(&mut here), 1);
-        assert!(r.route(&msg("z/x")).forwards.is_empty(), "no match, no forward");
-        r.remove_node_route(&b, "a/#");
-        r.remove_node_route(&b, "a/+");
-        assert!(r.route(&msg("a/x")).forwards.is_empty());
-    }
-
-    #[test]
-    fn a_shared_group_takes_turns_between_members_here_and_on_other_nodes() {
-        let r = Router::new();
-        let b: NodeName = Arc::from("b");
-        let mut here = local(&r, "c1", "s/#", Some("g"));
-        r.add_node_member(&b, "s/#", "g");
-        let (mut local_n, mut forwarded) = (0, 0);
-        for _ in 0..10 {
-            let routing = r.route(&msg("s/1"));
-            local_n += routing.local;
-            for f in &routing.forwards {
-                assert!(!f.plain);
-                assert_eq!(f.groups, vec![("s/#".to_string(), Arc::from("g"))]);
-                forwarded += 1;
-            }
-            assert_eq!(routing.receivers(), 1, "one member per message, cluster-wide");
-        }
-        assert_eq!((local_n, forwarded), (5, 5), "in turn");
-        assert_eq!(got(&mut here), 5);
-    }
-
-    #[test]
-    fn a_forwarded_message_reaches_the_members_here_and_goes_no_further() {
-        let r = Router::new();
-        let b: NodeName = Arc::from("b");
-        r.add_node_route(&b, "#");
-        r.add_node_member(&b, "s/#", "g");
-        let mut plain = local(&r, "c1", "s/1", None);
-        let mut m1 = local(&r, "m1", "s/#", Some("g"));
-        let mut m2 = local(&r, "m2", "s/#", Some("g"));
-        let groups = vec![("s/#".to_string(), Arc::from("g"))];
-        for _ in 0..4 {
-            assert_eq!(r.route_forwarded(&msg("s/1"), true, &groups), 2);
-        }
-        assert_eq!(got(&mut plain), 4);
-        assert_eq!(got(&mut m1) + got(&mut m2), 4, "one local member per message");
-        assert_eq!(
-            r.route_forwarded(&msg("s/1"), false, &[]),
-            0,
-            "nothing asked, nothing delivered"
-        );
-    }
-}
+mod tests;

@@ -200,6 +200,11 @@ pub trait BrokerHandle: Send + Sync {
     /// Called from `session.subscribed`, the replay is applied right after
     /// SUBACK and before any message routed after the subscription. Replays
     /// for a filter the client is no longer subscribed to are ignored.
+    ///
+    /// `filter` names the subscription as the client made it: for a shared
+    /// subscription `$share/<group>/<filter>` (a shared group's backlog is
+    /// replayed to one member; what that member leaves unacknowledged when
+    /// it disconnects goes to another member, as live messages of the group do).
     async fn replay(
         &self,
         clientid: &str,
@@ -207,6 +212,16 @@ pub trait BrokerHandle: Send + Sync {
         deliveries: Vec<Delivery>,
         complete_through: Option<i64>,
     ) -> Result<(), HandleError>;
+
+    /// True when another node of the cluster has members of shared group
+    /// `group` on `filter` (without `$share/`). A storage plugin then leaves
+    /// the group's backlog to them: their node has been handed every
+    /// message of the group a member here could hold. The default (no
+    /// cluster): false.
+    fn shared_members_elsewhere(&self, group: &str, filter: &str) -> bool {
+        let _ = (group, filter);
+        false
+    }
 
     /// Subscribes a client as if it had sent SUBSCRIBE (session.subscribed fires).
     async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError>;

@@ -143,11 +143,7 @@ impl Flusher {
                         in_outage = false;
                         tracing::warn!(pool = %self.pool.name, "recording read positions again");
                     }
-                    for ((key, _), (position, gap)) in round.iter().zip(advanced) {
-                        if let Some(due) = self.tracks.advanced(key, position, gap) {
-                            let _ = self.pages.send(due);
-                        }
-                    }
+                    self.apply(&round, advanced);
                 }
                 Err(e) => {
                     if !in_outage {
@@ -172,6 +168,30 @@ impl Flusher {
 }
 
 impl Flusher {
+    /// Applies a round's recorded positions (and the page reads they make
+    /// due); shared groups that other nodes' members acknowledge are queued
+    /// again after [`RECHECK`].
+    fn apply(&self, round: &[(TrackKey, Candidate)], advanced: Vec<Advanced>) {
+        let mut again = Vec::new();
+        for ((key, _), a) in round.iter().zip(advanced) {
+            if let Some(due) = self.tracks.advanced(key, a.mid, a.gap) {
+                let _ = self.pages.send(due);
+            }
+            if a.others {
+                again.push(key.clone());
+            }
+        }
+        if !again.is_empty() {
+            let retry = self.retry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RECHECK).await;
+                for key in again {
+                    let _ = retry.send(key);
+                }
+            });
+        }
+    }
+
     /// `dirty` plus every key queued since, without repeats.
     fn take_dirty(&mut self, mut dirty: Vec<TrackKey>) -> Vec<TrackKey> {
         while let Ok(k) = self.rx.try_recv() {
@@ -200,13 +220,7 @@ impl Flusher {
             return;
         }
         match advance(&self.pool, &self.schema, &round).await {
-            Ok(advanced) => {
-                for ((key, _), (position, gap)) in round.iter().zip(advanced) {
-                    if let Some(due) = self.tracks.advanced(key, position, gap) {
-                        let _ = self.pages.send(due);
-                    }
-                }
-            }
+            Ok(advanced) => self.apply(&round, advanced),
             Err(e) => {
                 tracing::warn!(pool = %self.pool.name, "cannot record the read positions of a session that moved (retried): {e}");
                 for (key, _) in round {
@@ -254,15 +268,15 @@ async fn advance(
     pool: &NamedPool,
     schema: &SchemaCell,
     round: &[(TrackKey, Candidate)],
-) -> Result<Vec<(i64, Option<i64>)>, PgsqlError> {
+) -> Result<Vec<Advanced>, PgsqlError> {
     let info = schema.ready(&pool.name)?;
     let expiry = info.message_properties;
     let conn = pool.get().await?;
     let client: &tokio_postgres::Client = &conn;
-    let reads: Vec<(String, String)> = round
+    let reads: Vec<(String, String, usize)> = round
         .iter()
         .map(|((_, filter), _)| {
-            let (op, value) = match condition(filter) {
+            let (op, value) = match condition(crate::groups::match_filter(filter)) {
                 TopicCondition::Exact(t) => ("=", t),
                 TopicCondition::Regex(r) => ("~", r),
             };
@@ -274,30 +288,51 @@ async fn advance(
             } else {
                 String::new()
             };
-            let sql = format!(
-                "SELECT id::int8 FROM mqtt_msg
-                 WHERE id > $1 AND id <= $2 AND topic {op} $3
-                   AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
-                   AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
-                   {not_expired}
-                 ORDER BY id"
-            );
-            (sql, value)
+            // A shared group's members may be on several nodes of a cluster,
+            // each recording what its members acknowledged: what the others
+            // recorded (the row's acked_above) is no gap either, and the read
+            // goes up to the highest of it. Each id says whether it is there.
+            let sql = if info.acked_above && crate::groups::is_group(filter) {
+                format!(
+                    "SELECT id::int8, id = ANY(o.ids) FROM mqtt_msg,
+                         (SELECT COALESCE((SELECT acked_above FROM mqtt_acked
+                                           WHERE clientid = $6::text AND topic = $7::text), '{{}}'::int8[]) AS ids) o
+                     WHERE id > $1 AND id <= GREATEST($2, (SELECT max(x) FROM unnest(o.ids) x))
+                       AND topic {op} $3
+                       AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                       AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
+                       {not_expired}
+                     ORDER BY id"
+                )
+            } else {
+                format!(
+                    "SELECT id::int8, false FROM mqtt_msg
+                     WHERE id > $1 AND id <= $2 AND topic {op} $3
+                       AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
+                       AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
+                       {not_expired}
+                     ORDER BY id"
+                )
+            };
+            // $7 is named only by a shared group's read.
+            let used = if sql.contains("$7") { 7 } else { 6 };
+            (sql, value, used)
         })
         .collect();
     let queries = round
         .iter()
         .zip(&reads)
-        .map(|(((clientid, _), c), (sql, value))| async move {
-            let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        .map(|(((clientid, filter), c), (sql, value, used))| async move {
+            let params: [(&(dyn ToSql + Sync), Type); 7] = [
                 (&c.from, Type::INT8),
                 (&c.high, Type::INT8),
                 (value, Type::TEXT),
                 (&c.time_range_secs, Type::FLOAT8),
                 (&c.no_local, Type::BOOL),
                 (clientid, Type::TEXT),
+                (filter, Type::TEXT),
             ];
-            client.query_typed(sql, &params).await
+            client.query_typed(sql, &params[..*used]).await
         });
     // Read in id order through an index whatever the statistics say (see
     // fetch::ORDERED_SCAN). Requests go out in the order they are first
@@ -312,8 +347,23 @@ async fn advance(
     let mut computed = Vec::with_capacity(round.len());
     for ((_, c), rows) in round.iter().zip(read) {
         let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
-        let gap = first_gap(rows.iter().map(|r| r.get::<_, i64>(0)), &c.acked);
-        computed.push((gap.map_or(c.high, |g| g - 1), gap));
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.try_get(0).map_err(|e| PgsqlError::query(what())(e))?;
+            // Recorded by another node (a shared group): acknowledged.
+            let elsewhere: bool = r.try_get(1).map_err(|e| PgsqlError::query(what())(e))?;
+            if !elsewhere {
+                ids.push(id);
+            }
+        }
+        let gap = first_gap(ids.into_iter(), &c.acked);
+        // Without a gap: up to the last id read (beyond `high` only for a
+        // group, over what another node recorded).
+        let last = rows
+            .last()
+            .and_then(|r| r.try_get::<_, i64>(0).ok())
+            .unwrap_or(c.high);
+        computed.push((gap.map_or(c.high.max(last), |g| g - 1), gap));
     }
     committed.map_err(|e| PgsqlError::query(what())(e))?;
     let clientids: Vec<&str> = round.iter().map(|((clientid, _), _)| clientid.as_str()).collect();
@@ -336,12 +386,13 @@ async fn advance(
                                WHERE x > GREATEST(a.mid, u.mid))
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
          WHERE a.clientid = u.clientid AND a.topic = u.topic
-         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8,
+                   COALESCE(cardinality(a.acked_above), 0)::int8"
     } else {
         "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid)
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
          WHERE a.clientid = u.clientid AND a.topic = u.topic
-         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8, 0::int8"
     };
     let rows = client
         .query_typed(
@@ -365,21 +416,45 @@ async fn advance(
         let clientid: &str = row.try_get(0).map_err(PgsqlError::query("mqtt_acked.clientid"))?;
         let filter: &str = row.try_get(1).map_err(PgsqlError::query("mqtt_acked.topic"))?;
         let mid: i64 = row.try_get(2).map_err(PgsqlError::query("mqtt_acked.mid"))?;
-        recorded.insert((clientid, filter), mid);
+        let above: i64 = row
+            .try_get(3)
+            .map_err(PgsqlError::query("mqtt_acked.acked_above"))?;
+        recorded.insert((clientid, filter), (mid, above));
     }
     // No row: unsubscribed meanwhile; the position stays in memory only.
     Ok(round
         .iter()
         .zip(computed)
-        .map(|(((clientid, filter), _), (position, gap))| {
-            let mid = recorded
+        .map(|(((clientid, filter), c), (position, gap))| {
+            let (mid, above) = recorded
                 .get(&(clientid.as_str(), filter.as_str()))
                 .copied()
-                .unwrap_or(position);
-            (mid, gap)
+                .unwrap_or((position, 0));
+            // More recorded above the position than this node acknowledged:
+            // another node's members of the group acknowledge too.
+            let mine = c.acked.iter().filter(|id| **id > mid).count();
+            let others = crate::groups::is_group(filter) && usize::try_from(above).unwrap_or(0) > mine;
+            Advanced { mid, gap, others }
         })
         .collect())
 }
+
+/// What one subscription's write recorded.
+struct Advanced {
+    /// Its position now.
+    mid: i64,
+    /// The first matching id not acknowledged, if any.
+    gap: Option<i64>,
+    /// A shared group whose row holds acknowledgements of another node's
+    /// members above the position: read again shortly (see [`RECHECK`]).
+    others: bool,
+}
+
+/// How soon a shared group with members on several nodes is looked at again
+/// while acknowledgements above its position wait: two nodes writing at the
+/// same moment each miss what the other wrote, and no further
+/// acknowledgement may come to move it.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `acked` (ascending) above `position` as a PostgreSQL array literal
 /// (`{12,13}`), or `None` when there is none.

@@ -291,3 +291,49 @@ fn acknowledgements_above_the_position_are_written_as_an_array() {
     assert_eq!(acked_above_literal(&[3, 5, 8], 4).as_deref(), Some("{5,8}"));
     assert_eq!(acked_above_literal(&[], 0), None);
 }
+
+#[test]
+fn a_shared_groups_track_is_reached_by_its_key_not_by_a_client_of_its_name() {
+    let t = Tracks::default();
+    let group = crate::groups::group_key("g", "a/#");
+    t.set_replay_to(&group, Some("member".into()));
+    t.start(group.clone(), 10, &[], 1, FetchOpts::default());
+    // A client whose id is the group's own `$share/g`, with a plain subscription.
+    let own: TrackKey = (group.0.clone(), "a/#".into());
+    t.start(own.clone(), 10, &[], 1, FetchOpts::default());
+    assert_eq!(
+        t.acked(&group.0, "a/x", 12),
+        vec![own.clone()],
+        "its own track only"
+    );
+    assert_eq!(t.keys_of(&group.0), vec![own.clone()]);
+    assert_eq!(t.acked_key(&group, 13, true), Some(group.clone()));
+    let c = t.candidate(&group).unwrap();
+    assert_eq!((c.from, c.high, c.acked), (10, 13, vec![13]));
+    t.forget_client(&group.0);
+    assert_eq!(
+        t.replay_to(&group).as_deref(),
+        Some("member"),
+        "the group's track stays"
+    );
+}
+
+#[test]
+fn an_interrupted_group_replay_resumes_with_the_next_member() {
+    let t = Tracks::default();
+    let group = crate::groups::group_key("g", "a/#");
+    t.set_replay_to(&group, Some("a".into()));
+    let (_, epoch) = t.start(group.clone(), 10, &[], 1, FetchOpts::default());
+    t.begin_read(&group, epoch);
+    assert_eq!(t.page_handed(&group, epoch, false), None);
+    assert_eq!(t.interrupted(&group, epoch, 10, "a"), None, "no other member yet");
+    t.set_replay_to(&group, Some("b".into()));
+    let due = t.resume(&group).expect("resumes from the page not taken");
+    assert_eq!((due.from, due.epoch), (10, epoch));
+    assert_eq!(t.resume(&group), None, "once");
+    // The other order: the next member is set before the failed hand-over is known.
+    t.begin_read(&group, epoch);
+    assert_eq!(t.page_handed(&group, epoch, false), None);
+    let due = t.interrupted(&group, epoch, 14, "a").expect("at once: b is set");
+    assert_eq!(due.from, 14);
+}

@@ -483,6 +483,10 @@ impl Session {
             // The client asked for stored messages again, delivered or not.
             self.stored.forget_seen();
         }
+        if opts.share_group.is_some() && self.conn.is_some() {
+            // A connected member: what offline members of the group hold comes here.
+            self.call_offline_members();
+        }
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .session_subscribed
@@ -515,6 +519,7 @@ impl Session {
                 retain: true,
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 filter: None,
+                share: None,
             })
             .collect()
     }
@@ -541,12 +546,15 @@ impl Session {
             }
             match self.subscriptions.remove(f) {
                 Some(sub) => {
-                    self.stop_replay(&sub.filter).await;
+                    self.stop_replay(f).await;
                     self.shared.router.unsubscribe(
                         &self.client.clientid,
                         &sub.filter,
                         sub.opts.share_group.as_deref(),
                     );
+                    if let Some(group) = sub.opts.share_group.as_deref() {
+                        self.redispatch_group(&(sub.filter.clone(), Arc::from(group)));
+                    }
                     hooks
                         .session_unsubscribed
                         .run(Arc::new(SubscribedArgs {

@@ -217,6 +217,8 @@ impl Session {
             }
         }
 
+        // What the groups gave members that are offline can come here now.
+        self.call_offline_members();
         hooks
             .client_connected
             .run(Arc::new(ClientArgs {
@@ -321,6 +323,9 @@ impl Session {
         if self.expiry_secs == 0 {
             return Some(Exit::Terminated(reason));
         }
+        // The session lives on; what shared groups gave it goes to a member
+        // that is connected, if there is one.
+        self.redispatch_shared(false);
         if self.expiry_secs != u32::MAX {
             self.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(self.expiry_secs)));
         }
@@ -417,6 +422,19 @@ impl Session {
     async fn end(&mut self, reason: DisconnectReason) {
         self.finish_pending_publishes().await;
         self.shared.registry.remove(&self.client.clientid, self.uid);
+        if reason != DisconnectReason::Moved {
+            // Pages handed to this session and not yet applied belong to
+            // shared groups as much as its queue does: taken, then moved
+            // (out of the registry first: later pages go to another member).
+            if self.subscriptions.values().any(|s| s.opts.share_group.is_some()) {
+                // Closed: a page sent from now on is refused, not lost.
+                for replay in self.replay_rx.close() {
+                    self.apply_replay(replay).await;
+                }
+            }
+            // MQTT 5 4.8.2: a shared group's messages outlive the member's session.
+            self.redispatch_shared(true);
+        }
         for (_, sub) in self.subscriptions.drain() {
             self.shared.router.unsubscribe(
                 &self.client.clientid,

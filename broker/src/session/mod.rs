@@ -13,10 +13,13 @@
 //! - `outbound`: messages to the client (packet ids, inflight window, offline
 //!   queue, redelivery with DUP on reconnect).
 //! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
+//! - `redispatch`: messages of shared groups handed to another member when
+//!   this one loses its connection or ends.
 
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod redispatch;
 mod replay;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -426,6 +429,11 @@ impl Session {
                                     self.connection_lost(hooks_spec::DisconnectReason::Kicked, Some(0x98)),
                                 )
                                 .await;
+                            }
+                        }
+                        SessionCmd::HandOverShared => {
+                            if self.conn.is_none() {
+                                self.redispatch_shared(false);
                             }
                         }
                         SessionCmd::Shutdown => return Some(Exit::Shutdown),

@@ -86,9 +86,11 @@ impl SeenIds {
     }
 }
 
-/// Where one replayed filter stands.
+/// Where one replayed subscription stands.
 #[derive(Default)]
 struct FilterReplay {
+    /// Its filter (without `$share/<group>/`): the topics it holds.
+    filter: String,
     /// The backlog is still paging: live stored messages matching it are held.
     paging: bool,
     /// The highest stored id the session dropped for it: the replay is not
@@ -99,7 +101,8 @@ struct FilterReplay {
 /// The session's stored-message state.
 #[derive(Default)]
 pub(super) struct StoredState {
-    /// Subscription filters (inner, without `$share/`) a plugin replays for.
+    /// Subscriptions a plugin replays for, by the filter as the client sent
+    /// it (`$share/<group>/<filter>` for a shared one).
     replaying: std::collections::HashMap<String, FilterReplay>,
     seen: SeenIds,
     /// Live stored messages waiting for a replay, by storage id.
@@ -126,15 +129,24 @@ impl StoredState {
 
     fn waits_for_replay(&self, topic_name: &str) -> bool {
         self.replaying
-            .iter()
-            .any(|(f, r)| r.paging && topic::matches(f, topic_name))
+            .values()
+            .any(|r| r.paging && topic::matches(&r.filter, topic_name))
     }
 
     /// A stored message was dropped: every replayed filter it matches must
-    /// get it from the store, so they hold their live messages again.
-    fn dropped(&mut self, topic_name: &str, id: i64) {
-        for (f, r) in self.replaying.iter_mut() {
-            if topic::matches(f, topic_name) {
+    /// get it from the store, so they hold their live messages again. Not a
+    /// shared group's (`shared`: only a group chose this session for it):
+    /// the plugin has the group deliver it again, to whichever member, and
+    /// one member holding back its live messages would not bring it.
+    fn dropped(&mut self, topic_name: &str, id: i64, shared: bool) {
+        if shared {
+            return;
+        }
+        for (key, r) in self.replaying.iter_mut() {
+            if key.starts_with("$share/") {
+                continue;
+            }
+            if topic::matches(&r.filter, topic_name) {
                 r.paging = true;
                 r.dropped_max = Some(r.dropped_max.map_or(id, |d| d.max(id)));
             }
@@ -192,13 +204,14 @@ impl Session {
         };
         let topic = std::sync::Arc::clone(&routed.message.topic);
         let qos = routed.qos;
+        let shared = routed.share.is_some();
         match self.enqueue(routed, replayed).await {
             Ok(()) => {
                 self.stored.seen.insert(id);
             }
             // QoS 0 is at most once (never queued offline): not fetched again.
             Err(DropReason::QueueFull) if qos != hooks_spec::QoS::AtMostOnce => {
-                self.stored.dropped(&topic, id)
+                self.stored.dropped(&topic, id, shared)
             }
             Err(_) => {}
         }
@@ -212,7 +225,8 @@ impl Session {
             DropReason::QueueFull,
             Some(&self.client.clientid),
         );
-        self.stored.dropped(&routed.message.topic, id);
+        self.stored
+            .dropped(&routed.message.topic, id, routed.share.is_some());
     }
 
     /// Stored messages a plugin replays for one subscription, oldest first.
@@ -222,17 +236,22 @@ impl Session {
             deliveries,
             complete_through,
         } = replay;
-        let Some(subscription_id) = self
-            .subscriptions
-            .values()
-            .find(|s| s.filter == filter && s.opts.share_group.is_none())
-            .map(|s| s.opts.subscription_id)
-        else {
+        let Some(sub) = self.subscriptions.get(&filter) else {
             // A page for a subscription that is gone (unsubscribed, or a clean start since).
             return;
         };
+        let subscription_id = sub.opts.subscription_id;
+        // A shared group's backlog replayed to this member: another member
+        // takes what this one leaves unacknowledged, as with live messages.
+        let share = sub
+            .opts
+            .share_group
+            .as_deref()
+            .map(|g| std::sync::Arc::new((sub.filter.clone(), std::sync::Arc::from(g))));
+        let inner = sub.filter.clone();
         // Tracked from the first page on, so its ids count as taken.
         let state = self.stored.replaying.entry(filter).or_default();
+        state.filter = inner;
         state.paging = match complete_through {
             None => true,
             // A page read before the session dropped a later message does not
@@ -250,15 +269,22 @@ impl Session {
             if !self.stored.seen.contains(id) {
                 // As a live delivery through this subscription would carry it.
                 routed.subscription_ids.extend(subscription_id);
+                routed.share.clone_from(&share);
                 self.enqueue_stored(routed, true).await;
             }
         }
         if complete {
             self.release_held().await;
         }
+        if self.conn.is_none() {
+            // A shared group's pages for a member without a connection go to
+            // a connected member, as its live messages do (redispatch).
+            self.redispatch_shared(false);
+        }
     }
 
-    /// The subscription to `filter` ended: it no longer holds messages back.
+    /// The subscription `filter` (as the client sent it) ended: it no longer
+    /// holds messages back.
     pub(super) async fn stop_replay(&mut self, filter: &str) {
         if self.stored.replaying.remove(filter).is_some() {
             self.release_held().await;
