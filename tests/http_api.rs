@@ -253,3 +253,67 @@ async fn a_bad_management_key_stops_startup() {
         "{out}"
     );
 }
+
+/// `POST /api/v4/mqtt/subscribe` subscribes a client that is here at once;
+/// without a plugin that keeps subscriptions for clients to come, a client
+/// that is not here is 404, and a bad filter 400.
+#[tokio::test]
+async fn subscribe_through_the_api_subscribes_a_client_that_is_here() {
+    let b = broker().await;
+    let http = b.http_addr().await;
+    let (mut dev, _) = V4Client::connect(v4_options(b.addr, "api-dev", true)).await;
+    let post = |body: &'static str| {
+        request(
+            http,
+            "POST",
+            "/api/v4/mqtt/subscribe",
+            Some(("admin", "s3cret")),
+            Some(body),
+        )
+    };
+    let a = post(r#"{"clientid":"api-dev","topic":"orders/+","qos":1}"#).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["provisioned"], false);
+    // The subscription is in place once the session lists it.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let subs = request(
+            http,
+            "GET",
+            "/api/v4/subscriptions/api-dev",
+            Some(("admin", "s3cret")),
+            None,
+        )
+        .await;
+        if subs.body.contains("orders/+") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not subscribed: {}",
+            subs.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut p, _) = V4Client::connect(v4_options(b.addr, "api-pub", true)).await;
+    p.publish_acked("orders/7", QoS::AtLeastOnce, false, "ship").await;
+    let got = dev.next_publish().await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("orders/7", &b"ship"[..]));
+
+    let a = post(r#"{"clientid":"never-seen","topic":"orders/+","qos":1}"#).await;
+    assert_eq!(
+        (a.status, a.json()["code"].as_i64()),
+        (404, Some(112)),
+        "{}",
+        a.body
+    );
+    let a = post(r#"{"clientid":"api-dev","topic":"orders/#/x"}"#).await;
+    assert_eq!(
+        (a.status, a.json()["code"].as_i64()),
+        (400, Some(115)),
+        "{}",
+        a.body
+    );
+    let a = post(r#"{"topic":"orders/+"}"#).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+}

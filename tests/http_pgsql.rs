@@ -137,3 +137,53 @@ async fn status_follows_the_database() {
     cluster.start_again().await;
     status_becomes(http, 200, Duration::from_secs(15)).await;
 }
+
+/// With the PostgreSQL backend, `POST /api/v4/mqtt/subscribe` for a device
+/// that never connected provisions the subscription (`mqtt_sub`): what is
+/// published from then on reaches it at its first connect, nothing from before.
+#[tokio::test]
+async fn a_subscription_provisioned_through_the_api_is_drained_at_the_first_connect() {
+    let db = TestDb::create().await;
+    let conf = pgsql_conf(&db, EMQX_DEFAULT_RULES);
+    let b = Broker::start_with_files(
+        &format!("plugins.load = backend_pgsql\n{HTTP_CONF}"),
+        &[("backend_pgsql.conf", &conf)],
+    )
+    .await;
+    let http = b.http_addr().await;
+    let (mut p, _) = V4Client::connect(v4_options(b.addr, "ops", true)).await;
+    p.publish_acked("fleet/d42/cmd", QoS::AtLeastOnce, false, "before")
+        .await;
+    let body = r#"{"clientid":"d42","topics":"fleet/d42/#,fleet/all","qos":1}"#;
+    let a = request(
+        http,
+        "POST",
+        "/api/v4/mqtt/subscribe",
+        Some(("admin", "s3cret")),
+        Some(body),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["provisioned"], true);
+    let pg = db.client().await;
+    assert_eq!(
+        query_opt_i64(&pg, "select count(*) from mqtt_sub where clientid = 'd42'").await,
+        Some(2)
+    );
+    for (topic, payload) in [
+        ("fleet/d42/cmd", "reboot"),
+        ("fleet/all", "update"),
+        ("fleet/d7/cmd", "not yours"),
+    ] {
+        p.publish_acked(topic, QoS::AtLeastOnce, false, payload).await;
+    }
+    let (mut d42, _) = V4Client::connect(v4_options(b.addr, "d42", true)).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = d42.next_publish().await;
+        got.push(format!("{} {}", m.topic, String::from_utf8_lossy(&m.payload)));
+    }
+    got.sort();
+    assert_eq!(got, ["fleet/all update", "fleet/d42/cmd reboot"]);
+    d42.expect_no_publish(Duration::from_millis(500)).await;
+}

@@ -78,7 +78,11 @@ async fn an_offline_only_member_gets_what_its_group_missed_across_a_restart() {
     publish_v5(broker.addr, "jobs/1", &sent).await;
     // The visible backlog counts the group's row by its filter.
     assert_eq!(
-        query_opt_i64(&pg, "select pending from mqtt_backlog where clientid = '$share/g'").await,
+        query_opt_i64(
+            &pg,
+            "select pending from mqtt_backlog where clientid = '$share/g'"
+        )
+        .await,
         Some(10)
     );
 

@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod partitions;
 pub mod pool;
 pub mod positions;
+pub mod provision;
 pub mod retention;
 pub mod rules;
 pub mod schema;
@@ -120,6 +121,8 @@ struct Running {
     drain: Option<positions::DrainHandle>,
     /// Each client's backlog, for the management API.
     backlog: Option<Arc<backlog::BacklogCounts>>,
+    /// `mqtt_sub` of the on_subscribe_lookup rule, for the management API.
+    provision: Option<Arc<provision::MqttSubStore>>,
 }
 
 /// One pool and what runs on it.
@@ -209,11 +212,26 @@ impl Plugin for BackendPgsql {
         let drain = engine.drain.clone();
         let pools = engine.pools.values().map(|p| p.pool.clone()).collect();
         let backlog = engine.backlog.clone();
+        // Provisioned rows are read at connect by on_subscribe_lookup: only
+        // with such a rule, on its pool.
+        let provision = engine
+            .cfg
+            .rules
+            .iter()
+            .find(|r| {
+                matches!(
+                    r.action,
+                    rules::Action::Function(rules::Function::OnSubscribeLookup)
+                )
+            })
+            .and_then(|r| engine.pools.get(&r.pool))
+            .map(|p| Arc::new(provision::MqttSubStore { pool: p.pool.clone() }));
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
             tasks,
             pools,
             drain,
             backlog,
+            provision,
         });
         Ok(())
     }
@@ -242,6 +260,13 @@ impl Plugin for BackendPgsql {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let counts = running.as_ref()?.backlog.clone()?;
         Some(counts)
+    }
+
+    /// `mqtt_sub` of the on_subscribe_lookup rule's pool (none without one).
+    fn subscription_store(&self) -> Option<Arc<dyn hooks_spec::SubscriptionStore>> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let store = running.as_ref()?.provision.clone()?;
+        Some(store)
     }
 
     async fn stop(&self, hooks: &Hooks) -> Result<(), PluginError> {

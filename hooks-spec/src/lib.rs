@@ -69,5 +69,6 @@ pub use hooks::*;
 pub use metrics::{CallStats, Counter, Gauge, Histogram, MetricsError, MetricsRegistry};
 pub use plugin::{
     Backlog, BacklogSource, BrokerHandle, Delivery, HandleError, Plugin, PluginContext, PluginError,
+    SubscriptionStore,
 };
 pub use types::*;

@@ -104,6 +104,24 @@ pub trait Plugin: Send + Sync {
     fn backlog_source(&self) -> Option<Arc<dyn BacklogSource>> {
         None
     }
+
+    /// Where the management API provisions a subscription for a client
+    /// that has no session here (a device that may never have connected):
+    /// a plugin that keeps subscriptions for clients to come. The first
+    /// started plugin that returns `Some` is used. The default: none.
+    fn subscription_store(&self) -> Option<Arc<dyn SubscriptionStore>> {
+        None
+    }
+}
+
+/// Subscriptions kept for clients that are not here
+/// ([`Plugin::subscription_store`]).
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
+    /// Records that `clientid` is subscribed to `filter` at `qos` from now
+    /// on: what is stored for it from this moment is delivered when it
+    /// connects. Errors say why (the database did not answer, say).
+    async fn provision(&self, clientid: &str, filter: &str, qos: QoS) -> Result<(), String>;
 }
 
 /// One client's backlog: the stored messages its subscriptions have not

@@ -77,6 +77,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<State>)> {
             get(api::clients::client_subscriptions),
         ),
         ("POST", "/api/v4/mqtt/publish", post(api::publish::publish)),
+        ("POST", "/api/v4/mqtt/subscribe", post(api::subscribe::subscribe)),
     ]
 }
 

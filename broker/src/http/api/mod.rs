@@ -12,6 +12,7 @@
 
 pub mod clients;
 pub mod publish;
+pub mod subscribe;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,50 @@ pub mod code {
 /// An error answer: the HTTP status, EMQX's code and a message.
 pub fn error(status: StatusCode, code: i64, message: impl Into<String>) -> Response {
     (status, Json(json!({"code": code, "message": message.into()}))).into_response()
+}
+
+/// A request body that must be a JSON object; the error answer otherwise.
+pub fn json_object(body: &[u8]) -> Result<Value, Response> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            code::BAD_JSON,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            code::BAD_JSON,
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// EMQX's `topic` (one) or `topics` (comma separated) of a request body.
+pub fn topics_param(body: &Value) -> Result<Vec<String>, Response> {
+    match (body.get("topic"), body.get("topics")) {
+        (Some(Value::String(t)), _) => Ok(vec![t.clone()]),
+        (None, Some(Value::String(ts))) => Ok(ts.split(',').map(|t| t.trim().to_string()).collect()),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            code::MISSING_PARAM,
+            "`topic` (a string) or `topics` (comma separated) is required",
+        )),
+    }
+}
+
+/// EMQX's `qos` of a request body: 0 (the default), 1 or 2.
+pub fn qos_param(body: &Value) -> Result<hooks_spec::QoS, Response> {
+    match body.get("qos").map(Value::as_u64) {
+        None | Some(Some(0)) => Ok(hooks_spec::QoS::AtMostOnce),
+        Some(Some(1)) => Ok(hooks_spec::QoS::AtLeastOnce),
+        Some(Some(2)) => Ok(hooks_spec::QoS::ExactlyOnce),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            code::BAD_PARAM,
+            "`qos` must be 0, 1 or 2",
+        )),
+    }
 }
 
 /// `{"code": 0, "data": data}`.

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use hooks_spec::{Message, PublishArgs, QoS};
+use hooks_spec::{Message, PublishArgs};
 use serde_json::{json, Value};
 
 use super::{code, error};
@@ -28,33 +28,13 @@ const NOT_PUBLISHED: i64 = 102;
 
 /// `POST /api/v4/mqtt/publish`.
 pub async fn publish(State(state): State<super::super::State>, body: Bytes) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                code::BAD_JSON,
-                "the body must be a JSON object",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                code::BAD_JSON,
-                format!("the body is not JSON: {e}"),
-            )
-        }
+    let body = match super::json_object(&body) {
+        Ok(v) => v,
+        Err(answer) => return answer,
     };
-    let topics: Vec<String> = match (body.get("topic"), body.get("topics")) {
-        (Some(Value::String(t)), _) => vec![t.clone()],
-        (None, Some(Value::String(ts))) => ts.split(',').map(|t| t.trim().to_string()).collect(),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                code::MISSING_PARAM,
-                "`topic` (a string) or `topics` (comma separated) is required",
-            )
-        }
+    let topics = match super::topics_param(&body) {
+        Ok(t) => t,
+        Err(answer) => return answer,
     };
     let payload = match body.get("payload") {
         None | Some(Value::Null) => String::new(),
@@ -87,18 +67,9 @@ pub async fn publish(State(state): State<super::super::State>, body: Bytes) -> R
             )
         }
     };
-    let qos = match body.get("qos").map(Value::as_u64) {
-        None => QoS::AtMostOnce,
-        Some(Some(0)) => QoS::AtMostOnce,
-        Some(Some(1)) => QoS::AtLeastOnce,
-        Some(Some(2)) => QoS::ExactlyOnce,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                code::BAD_PARAM,
-                "`qos` must be 0, 1 or 2",
-            )
-        }
+    let qos = match super::qos_param(&body) {
+        Ok(q) => q,
+        Err(answer) => return answer,
     };
     let retain = match body.get("retain") {
         None => false,
