@@ -15,15 +15,20 @@ use support::pgsql::*;
 use support::*;
 use tokio::time::Instant;
 
-#[tokio::test]
-async fn writer_and_replay_metrics_move_with_traffic() {
-    let db = TestDb::create().await;
-    let conf = pgsql_conf(&db, EMQX_DEFAULT_RULES);
-    let b = Broker::start_with_files(
+/// A broker with the PostgreSQL plugin (EMQX's default rules) and the HTTP listener.
+async fn broker_with_http(db: &TestDb) -> Broker {
+    let conf = pgsql_conf(db, EMQX_DEFAULT_RULES);
+    Broker::start_with_files(
         &format!("plugins.load = backend_pgsql\n{HTTP_CONF}"),
         &[("backend_pgsql.conf", &conf)],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn writer_and_replay_metrics_move_with_traffic() {
+    let db = TestDb::create().await;
+    let b = broker_with_http(&db).await;
     let http = b.http_addr().await;
     let pool = "{pool=\"pool1\"}";
     let before = scrape(http).await;
@@ -144,12 +149,7 @@ async fn status_follows_the_database() {
 #[tokio::test]
 async fn a_subscription_provisioned_through_the_api_is_drained_at_the_first_connect() {
     let db = TestDb::create().await;
-    let conf = pgsql_conf(&db, EMQX_DEFAULT_RULES);
-    let b = Broker::start_with_files(
-        &format!("plugins.load = backend_pgsql\n{HTTP_CONF}"),
-        &[("backend_pgsql.conf", &conf)],
-    )
-    .await;
+    let b = broker_with_http(&db).await;
     let http = b.http_addr().await;
     let (mut p, _) = V4Client::connect(v4_options(b.addr, "ops", true)).await;
     p.publish_acked("fleet/d42/cmd", QoS::AtLeastOnce, false, "before")

@@ -6,25 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use rumqttc::QoS;
 use support::pgsql::*;
 use support::*;
-
-/// A clean-session device, EMQX-style: every connection subscribes again and
-/// the plugin replays from the stored position.
-async fn device(broker: &Broker, id: &str, filter: &str) -> V4Client {
-    let (mut c, _) = V4Client::connect(v4_options(broker.addr, id, true)).await;
-    c.subscribe(filter, QoS::AtLeastOnce).await;
-    c
-}
-
-async fn receive_n(c: &mut V4Client, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    for _ in 0..n {
-        got.push(text(&c.next_publish().await));
-    }
-    got
-}
 
 /// How many rows of `mqtt_msg` have `topic`.
 fn count(topic: &str) -> String {

@@ -10,29 +10,12 @@ use rumqttc::QoS;
 use support::pgsql::*;
 use support::*;
 
-/// A clean-session device, EMQX-style: every connection subscribes again and
-/// the plugin replays from the stored position.
-async fn device(broker: &Broker, id: &str, filter: &str) -> V4Client {
-    let (mut c, _) = V4Client::connect(v4_options(broker.addr, id, true)).await;
-    c.subscribe(filter, QoS::AtLeastOnce).await;
-    c
-}
-
 async fn publish_n(broker: &Broker, topic: &str, range: std::ops::Range<usize>) {
     let (mut p, _) = V4Client::connect(v4_options(broker.addr, "publisher", true)).await;
     for i in range {
         p.publish(topic, QoS::AtLeastOnce, false, format!("m{i}")).await;
     }
     p.disconnect().await;
-}
-
-async fn receive_n(c: &mut V4Client, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let p = c.next_publish().await;
-        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-    }
-    got
 }
 
 fn expected(range: std::ops::Range<usize>) -> Vec<String> {

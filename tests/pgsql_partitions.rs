@@ -8,25 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use rumqttc::QoS;
 use support::pgsql::*;
 use support::*;
-
-/// A clean-session device, EMQX-style: every connection subscribes again and
-/// the plugin replays from the stored position.
-async fn device(broker: &Broker, id: &str, filter: &str) -> V4Client {
-    let (mut c, _) = V4Client::connect(v4_options(broker.addr, id, true)).await;
-    c.subscribe(filter, QoS::AtLeastOnce).await;
-    c
-}
-
-async fn receive_n(c: &mut V4Client, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    for _ in 0..n {
-        got.push(text(&c.next_publish().await));
-    }
-    got
-}
 
 /// `mqtt_msg`'s relkind: `r` a plain table, `p` partitioned.
 async fn relkind(pg: &tokio_postgres::Client) -> String {

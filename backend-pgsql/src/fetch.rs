@@ -94,6 +94,33 @@ impl Fetcher {
         }
     }
 
+    /// The columns replayed messages are read with, in the order
+    /// [`RowDecoder`] decodes them (`id, msgid, sender, topic, qos, payload`,
+    /// the property columns where the table has them, the storing time with
+    /// `arrival_property`), and the condition that leaves expired rows out
+    /// (MQTT 5 3.3.2.3.3; what the others have left is computed by the
+    /// server, whose clock set their expiry).
+    fn message_columns(&self, schema: &crate::schema::SchemaInfo) -> (String, String) {
+        let payload = if schema.payload_bytea {
+            "payload"
+        } else {
+            "convert_to(payload, 'UTF8')"
+        };
+        let (props, not_expired) = if schema.message_properties {
+            (
+                format!(", {}", properties::SELECT_COLUMNS),
+                format!("AND {}", properties::NOT_EXPIRED),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let columns = format!(
+            "id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{}",
+            self.arrival_column()
+        );
+        (columns, not_expired)
+    }
+
     /// The storing time (seconds since the epoch) as a last column, when
     /// replayed messages carry it ([`Fetcher::arrival_property`]). `arrived`
     /// is a timestamp in the server's time zone (now() as the writer's
@@ -347,24 +374,9 @@ impl Fetcher {
             TopicCondition::Regex(r) => ("~", r),
         };
         let schema = self.schema.ready(&self.pool.name)?;
-        let payload = if schema.payload_bytea {
-            "payload"
-        } else {
-            "convert_to(payload, 'UTF8')"
-        };
-        // Expired rows are left out (MQTT 5 3.3.2.3.3); what the others have
-        // left is computed by the server, whose clock set their expiry.
-        let (props, not_expired) = if schema.message_properties {
-            (
-                format!(", {}", properties::SELECT_COLUMNS),
-                format!("AND {}", properties::NOT_EXPIRED),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let arrival = self.arrival_column();
+        let (columns, not_expired) = self.message_columns(&schema);
         let sql = format!(
-            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{arrival} FROM mqtt_msg
+            "SELECT {columns} FROM mqtt_msg
              WHERE id > $1 AND topic {op} $2
                AND ($3::float8 IS NULL OR arrived >= now() - make_interval(secs => $3))
                AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
@@ -504,22 +516,9 @@ impl Fetcher {
         qos: i32,
     ) -> Result<Vec<i64>, PgsqlError> {
         let schema = self.schema.ready(&self.pool.name)?;
-        let payload = if schema.payload_bytea {
-            "payload"
-        } else {
-            "convert_to(payload, 'UTF8')"
-        };
-        let (props, not_expired) = if schema.message_properties {
-            (
-                format!(", {}", properties::SELECT_COLUMNS),
-                format!("AND {}", properties::NOT_EXPIRED),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let arrival = self.arrival_column();
+        let (columns, not_expired) = self.message_columns(&schema);
         let sql = format!(
-            "SELECT id::int8, msgid::text, sender::text, topic::text, qos::int4, {payload}{props}{arrival} FROM mqtt_msg
+            "SELECT {columns} FROM mqtt_msg
              WHERE id = ANY($1) {not_expired} ORDER BY id"
         );
         let conn = self.pool.get().await?;

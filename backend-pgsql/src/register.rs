@@ -351,6 +351,18 @@ impl Engine {
         }
     }
 
+    /// How a fetch rule replays: its `offline_opts`, else the globals.
+    fn fetch_opts(&self, rule: &crate::rules::Rule, no_local: bool) -> FetchOpts {
+        FetchOpts {
+            max_returned_count: rule
+                .offline_opts
+                .max_returned_count
+                .unwrap_or(self.cfg.max_returned_count),
+            time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
+            no_local,
+        }
+    }
+
     async fn session_rule(&self, i: usize, args: &hooks_spec::SubscribedArgs, subscribed: bool) {
         let (client, filter, opts) = (&args.client, args.filter.as_str(), &args.opts);
         let rule = self.rule(i);
@@ -361,14 +373,7 @@ impl Engine {
             Action::Function(Function::OnMessageFetch) if opts.share_group.is_some() => {
                 match (&self.fetcher, &opts.share_group) {
                     (Some(f), Some(group)) if subscribed => {
-                        let fetch = FetchOpts {
-                            max_returned_count: rule
-                                .offline_opts
-                                .max_returned_count
-                                .unwrap_or(self.cfg.max_returned_count),
-                            time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
-                            no_local: false,
-                        };
+                        let fetch = self.fetch_opts(rule, false);
                         let key = crate::groups::group_key(group, filter);
                         let elsewhere = self.handle.shared_members_elsewhere(group, filter);
                         self.group_subscribed(f, &client.clientid, key, opts.qos, fetch, elsewhere)
@@ -379,14 +384,7 @@ impl Engine {
             }
             Action::Function(Function::OnMessageFetch) => match &self.fetcher {
                 Some(f) => {
-                    let fetch = FetchOpts {
-                        max_returned_count: rule
-                            .offline_opts
-                            .max_returned_count
-                            .unwrap_or(self.cfg.max_returned_count),
-                        time_range_secs: secs(rule.offline_opts.time_range.or(self.cfg.time_range)),
-                        no_local: opts.no_local,
-                    };
+                    let fetch = self.fetch_opts(rule, opts.no_local);
                     let cap = self.first_position_cap();
                     let result = f
                         .on_subscribed(&client.clientid, filter, opts.qos, fetch, cap, opts.replay_from)

@@ -135,26 +135,22 @@ async fn sweep_one(
             (&only, Type::TEXT),
             (&excluded, Type::TEXT_ARRAY),
         ];
-        let sql = match table {
-            Table::All => {
-                "DELETE FROM mqtt_msg WHERE id IN (
-                     SELECT id FROM mqtt_msg WHERE arrived < now() - make_interval(secs => $1)
-                         AND ($3::text IS NULL OR topic ~ $3)
-                         AND NOT (topic ~ ANY($4::text[]))
-                     ORDER BY arrived LIMIT $2)"
-            }
-            Table::DefaultPartition => {
-                "DELETE FROM mqtt_msg_default WHERE id IN (
-                     SELECT id FROM mqtt_msg_default WHERE arrived < now() - make_interval(secs => $1)
-                         AND ($3::text IS NULL OR topic ~ $3)
-                         AND NOT (topic ~ ANY($4::text[]))
-                     ORDER BY arrived LIMIT $2)"
-            }
+        // The table name is one of two constants; the values are bound.
+        let name = match table {
+            Table::All => "mqtt_msg",
+            Table::DefaultPartition => "mqtt_msg_default",
         };
+        let sql = format!(
+            "DELETE FROM {name} WHERE id IN (
+                 SELECT id FROM {name} WHERE arrived < now() - make_interval(secs => $1)
+                     AND ($3::text IS NULL OR topic ~ $3)
+                     AND NOT (topic ~ ANY($4::text[]))
+                 ORDER BY arrived LIMIT $2)"
+        );
         // One round trip: the three requests are pipelined.
         let (begun, deleted, committed) = tokio::join!(
             client.batch_execute(ORDERED_SCAN),
-            client.execute_typed(sql, &params),
+            client.execute_typed(&sql, &params),
             client.batch_execute("COMMIT"),
         );
         const WHAT: &str = "retention DELETE FROM mqtt_msg";

@@ -289,3 +289,20 @@ pub async fn assert_emqx_text_payload(client: &tokio_postgres::Client) {
         "mqtt_msg.payload is still EMQX's text column"
     );
 }
+
+/// A clean-session device, EMQX-style: every connection subscribes again
+/// (QoS 1) and the plugin replays from the stored position.
+pub async fn device(broker: &Broker, id: &str, filter: &str) -> V4Client {
+    let (mut c, _) = V4Client::connect(v4_options(broker.addr, id, true)).await;
+    c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+    c
+}
+
+/// The payloads (as text) of the next `n` messages `c` receives.
+pub async fn receive_n(c: &mut V4Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(String::from_utf8_lossy(&c.next_publish().await.payload).into_owned());
+    }
+    got
+}

@@ -215,36 +215,65 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
     };
     disconnect(&client, &mut el).await;
     let end = end.unwrap_or_else(Instant::now);
-    let secs = (end - t0).as_secs_f64();
+    let measured = Measured {
+        secs: (end - t0).as_secs_f64(),
+        store_secs,
+        sent: counters.sent.load(Ordering::Relaxed),
+        acks_out,
+        timed_out,
+        cpu_s: (!cpu.is_empty()).then_some(cpu_s),
+        own_cpu_s,
+        lean: false,
+    };
+    Ok(replay_result(target, p, &mut tracker, measured))
+}
+
+/// What one replay run measured, made into its result.
+struct Measured {
+    secs: f64,
+    store_secs: f64,
+    sent: u64,
+    acks_out: u64,
+    timed_out: bool,
+    cpu_s: Option<serde_json::Value>,
+    own_cpu_s: serde_json::Value,
+    lean: bool,
+}
+
+fn replay_result(target: &Target, p: &ReplayParams, tracker: &mut Tracker, m: Measured) -> ScenarioResult {
+    let n = p.count;
+    let secs = m.secs;
     let latency = Latency::of(std::mem::take(&mut tracker.latencies_us));
     let mut extra = Map::new();
     extra.insert("replay_s".into(), json!(secs));
     extra.insert("stored".into(), json!(n));
-    extra.insert("store_s".into(), json!(store_secs));
-    extra.insert("store_rate".into(), json!(f64::from(n) / store_secs.max(1e-9)));
-    extra.insert("acks_sent".into(), json!(acks_out));
+    extra.insert("store_s".into(), json!(m.store_secs));
+    extra.insert("store_rate".into(), json!(f64::from(n) / m.store_secs.max(1e-9)));
+    extra.insert("acks_sent".into(), json!(m.acks_out));
     extra.insert("persistent_session".into(), json!(p.persistent));
-    extra.insert("timed_out".into(), json!(timed_out));
-    if !cpu.is_empty() {
+    extra.insert("timed_out".into(), json!(m.timed_out));
+    extra.insert("client".into(), json!(if m.lean { "lean" } else { "rumqttc" }));
+    if let Some(cpu_s) = m.cpu_s {
         extra.insert("cpu_s".into(), cpu_s);
     }
     // The subscriber's own CPU time (this process): it shares the machine.
-    extra.insert("bench_cpu_s".into(), own_cpu_s["total"].clone());
+    extra.insert("bench_cpu_s".into(), m.own_cpu_s["total"].clone());
     let mut note = format!(
-        "replay {secs:.3} s{}; latency = since {}",
-        if timed_out { " (timed out)" } else { "" },
+        "replay {secs:.3} s{}{}; latency = since {}",
+        if m.timed_out { " (timed out)" } else { "" },
+        if m.lean { "; lean subscriber" } else { "" },
         if p.persistent { "CONNECT" } else { "SUBSCRIBE" }
     );
     if p.persistent {
         note.push_str("; persistent session");
     }
-    Ok(ScenarioResult {
+    ScenarioResult {
         scenario: "replay".into(),
         target: target.label.clone(),
         clients: "1/1".into(),
         qos: Some(1),
         payload: Some(p.payload.max(payload::HEADER_LEN)),
-        sent: counters.sent.load(Ordering::Relaxed),
+        sent: m.sent,
         received: tracker.unique,
         lost: tracker.lost(),
         dup: tracker.duplicates(),
@@ -257,7 +286,7 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
         duration_s: secs,
         note,
         extra,
-    })
+    }
 }
 
 /// Phase 3 with the bench's lean connection: reconnect, SUBSCRIBE, and
@@ -336,49 +365,17 @@ async fn fetch_lean(
         Err(_) => (Instant::now(), true),
     };
     c.disconnect().await;
-    let secs = (end - t0).as_secs_f64();
-    let latency = Latency::of(std::mem::take(&mut tracker.latencies_us));
-    let mut extra = Map::new();
-    extra.insert("replay_s".into(), json!(secs));
-    extra.insert("stored".into(), json!(n));
-    extra.insert("store_s".into(), json!(store_secs));
-    extra.insert("store_rate".into(), json!(f64::from(n) / store_secs.max(1e-9)));
-    extra.insert("acks_sent".into(), json!(acks_out));
-    extra.insert("persistent_session".into(), json!(p.persistent));
-    extra.insert("timed_out".into(), json!(timed_out));
-    extra.insert("client".into(), json!("lean"));
-    if !cpu.is_empty() {
-        extra.insert("cpu_s".into(), cpu_s);
-    }
-    extra.insert("bench_cpu_s".into(), own_cpu_s["total"].clone());
-    let mut note = format!(
-        "replay {secs:.3} s{}; lean subscriber; latency = since {}",
-        if timed_out { " (timed out)" } else { "" },
-        if p.persistent { "CONNECT" } else { "SUBSCRIBE" }
-    );
-    if p.persistent {
-        note.push_str("; persistent session");
-    }
-    Ok(ScenarioResult {
-        scenario: "replay".into(),
-        target: target.label.clone(),
-        clients: "1/1".into(),
-        qos: Some(1),
-        payload: Some(p.payload.max(payload::HEADER_LEN)),
+    let measured = Measured {
+        secs: (end - t0).as_secs_f64(),
+        store_secs,
         sent,
-        received: tracker.unique,
-        lost: tracker.lost(),
-        dup: tracker.duplicates(),
-        rate: if secs > 0.0 {
-            tracker.unique as f64 / secs
-        } else {
-            0.0
-        },
-        latency: Some(latency),
-        duration_s: secs,
-        note,
-        extra,
-    })
+        acks_out,
+        timed_out,
+        cpu_s: (!cpu.is_empty()).then_some(cpu_s),
+        own_cpu_s,
+        lean: true,
+    };
+    Ok(replay_result(target, p, &mut tracker, measured))
 }
 
 /// Sends DISCONNECT and polls until it is written (bounded).
