@@ -143,6 +143,7 @@ impl Session {
             send_window: send_window.max(1),
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             aliases: Default::default(),
+            out_aliases: super::aliases::OutAliases::for_client(connect.topic_alias_max),
             will: connect.will.clone(),
             publish_bucket: limits
                 .publish_limit

@@ -13,7 +13,9 @@
 //! - `outbound`: messages to the client (packet ids, inflight window, offline
 //!   queue, redelivery with DUP on reconnect).
 //! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
+//! - `aliases`: topic aliases towards MQTT 5 clients.
 
+mod aliases;
 mod inbound;
 mod lifecycle;
 mod outbound;
@@ -116,6 +118,8 @@ struct Conn {
     client_max_packet: Option<usize>,
     /// Topic aliases the client set (MQTT 5).
     aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases we set towards the client (MQTT 5); `None` when it allows none.
+    out_aliases: Option<Box<aliases::OutAliases>>,
     will: Option<Will>,
     /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
     /// client starts with a full bucket, so it can re-send what was refused.
