@@ -197,3 +197,64 @@ async fn rumqttc_with_topic_alias_max_resolves_every_topic() {
     publ.publish("ra/one", QoS::AtLeastOnce, false, "last").await;
     assert_eq!(&sub.next_publish().await.payload[..], b"last");
 }
+
+/// A QoS 1/2 PUBLISH (no properties) for protocol `level` 4 or 5.
+fn publish_bytes(level: u8, topic: &str, qos: u8, pkid: u16) -> Vec<u8> {
+    if level == 5 {
+        publish_v5_bytes(topic, qos, false, pkid, b"x")
+    } else {
+        publish_v4_bytes(topic, qos, false, pkid, b"x")
+    }
+}
+
+/// With `mqtt.max_inflight = 3`: three QoS 2 PUBLISH left without PUBREL
+/// (unacknowledged until PUBCOMP), one released, then QoS 1 and QoS 2 up to
+/// the maximum (accepted), then one more QoS 1. Returns what the broker
+/// answered that last one with: the packet, or `None` when it closed.
+async fn exceed_receive_maximum(broker: &Broker, level: u8) -> Option<Vec<u8>> {
+    let mut raw = RawClient::connect(broker.addr).await;
+    let connect = if level == 5 {
+        connect_v5_bytes("eager", true, 60)
+    } else {
+        connect_v4_bytes("eager", true, 60)
+    };
+    raw.send(&connect).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::CONNACK);
+    for pkid in 1..=3 {
+        raw.send(&publish_bytes(level, "rm", 2, pkid)).await;
+        assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBREC);
+    }
+    // PUBREL 1: PUBCOMP frees one.
+    raw.send(&[0x62, 0x02, 0, 1]).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBCOMP);
+    // A QoS 1 PUBLISH is acknowledged at once: it never counts for long.
+    raw.send(&publish_bytes(level, "rm", 1, 4)).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBACK);
+    raw.send(&publish_bytes(level, "rm", 2, 5)).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBREC);
+    // Three unacknowledged (2, 3, 5): a fourth exceeds the Receive Maximum.
+    raw.send(&publish_bytes(level, "rm", 1, 6)).await;
+    raw.read_packet().await
+}
+
+#[tokio::test]
+async fn exceeding_the_receive_maximum_gets_disconnect_0x93() {
+    let broker = Broker::start("mqtt.max_inflight = 3\n").await;
+    let got = exceed_receive_maximum(&broker, 5).await.expect("DISCONNECT");
+    assert_eq!(packet_type(&got), ptype::DISCONNECT, "{got:02x?}");
+    assert_eq!(got[2], 0x93, "reason: Receive Maximum exceeded: {got:02x?}");
+}
+
+#[tokio::test]
+async fn backpressure_keeps_clients_over_the_receive_maximum() {
+    let broker = Broker::start("mqtt.max_inflight = 3\nmqtt.receive_maximum_exceeded = backpressure\n").await;
+    let got = exceed_receive_maximum(&broker, 5).await.expect("PUBACK");
+    assert_eq!(packet_type(&got), ptype::PUBACK, "{got:02x?}");
+}
+
+#[tokio::test]
+async fn mqtt311_clients_are_not_held_to_the_receive_maximum() {
+    let broker = Broker::start("mqtt.max_inflight = 3\n").await;
+    let got = exceed_receive_maximum(&broker, 4).await.expect("PUBACK");
+    assert_eq!(packet_type(&got), ptype::PUBACK, "{got:02x?}");
+}

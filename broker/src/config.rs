@@ -21,6 +21,7 @@
 //! | `mqtt.max_inflight` | 1 to 65535 | `32` |
 //! | `mqtt.max_queue_len` | integer > 0 | `1000` |
 //! | `mqtt.max_awaiting_rel` | integer > 0 | `100` |
+//! | `mqtt.receive_maximum_exceeded` | `disconnect` or `backpressure` | `disconnect` |
 //! | `mqtt.session_expiry_interval` | duration or `infinity` | `2h` |
 //! | `mqtt.connect_timeout` | duration > 0 | `15s` |
 //! | `mqtt.server_keepalive` | seconds, 1 to 65535 | unset (the client's keep alive) |
@@ -245,6 +246,10 @@ pub struct MqttLimits {
     /// `mqtt.max_awaiting_rel`: the most QoS 2 messages from one client that
     /// await PUBREL. Greater than 0. Default `100`.
     pub max_awaiting_rel: usize,
+    /// `mqtt.receive_maximum_exceeded`: what happens to an MQTT 5 client
+    /// that has more QoS 1/2 PUBLISH unacknowledged than our Receive Maximum
+    /// (`mqtt.max_inflight`). Default `disconnect`.
+    pub receive_maximum_exceeded: ReceiveMaximumExceeded,
     /// `mqtt.session_expiry_interval`: how long a session outlives its
     /// connection. It is the expiry of MQTT 3.1.1 persistent sessions
     /// (clean session 0) and the cap on what MQTT 5 clients ask for.
@@ -279,6 +284,21 @@ pub struct MqttLimits {
     pub publish_limit: Option<Rate>,
 }
 
+/// `mqtt.receive_maximum_exceeded`: the answer to an MQTT 5 client that
+/// sends a QoS 1/2 PUBLISH while `mqtt.max_inflight` of its QoS 1/2 PUBLISH
+/// are unacknowledged (no PUBACK, or no PUBCOMP yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiveMaximumExceeded {
+    /// `disconnect`: DISCONNECT 0x93 (Receive Maximum exceeded), as MQTT 5
+    /// 3.3.4 requires. The default.
+    #[default]
+    Disconnect,
+    /// `backpressure`: accepted; the broker stops reading the client while
+    /// `mqtt.max_inflight` of its publishes are in the `message.publish`
+    /// chain (what 3.1.x clients always get).
+    Backpressure,
+}
+
 impl Default for MqttLimits {
     fn default() -> Self {
         MqttLimits {
@@ -287,6 +307,7 @@ impl Default for MqttLimits {
             max_inflight: 32,
             max_queue_len: 1000,
             max_awaiting_rel: 100,
+            receive_maximum_exceeded: ReceiveMaximumExceeded::Disconnect,
             session_expiry_interval: Some(Duration::from_secs(2 * 3600)),
             connect_timeout: Duration::from_secs(15),
             server_keepalive: None,
@@ -451,6 +472,18 @@ impl Config {
                 "mqtt.max_inflight" => m.max_inflight = positive_u16(conf, e)?,
                 "mqtt.max_queue_len" => m.max_queue_len = positive_usize(conf, e)?,
                 "mqtt.max_awaiting_rel" => m.max_awaiting_rel = positive_usize(conf, e)?,
+                "mqtt.receive_maximum_exceeded" => {
+                    m.receive_maximum_exceeded = match e.value.as_str() {
+                        "disconnect" => ReceiveMaximumExceeded::Disconnect,
+                        "backpressure" => ReceiveMaximumExceeded::Backpressure,
+                        _ => {
+                            return Err(conf.error(
+                                e,
+                                format!("expected `disconnect` or `backpressure`, got {}", shown(&e.value)),
+                            ))
+                        }
+                    };
+                }
                 "mqtt.session_expiry_interval" => {
                     m.session_expiry_interval = conf.parse_duration_or_infinity(e)?;
                 }

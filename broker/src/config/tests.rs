@@ -78,6 +78,7 @@ fn every_key() {
          mqtt.max_inflight = 65535\n\
          mqtt.max_queue_len = 5\n\
          mqtt.max_awaiting_rel = 7\n\
+         mqtt.receive_maximum_exceeded = backpressure\n\
          mqtt.session_expiry_interval = 1h 30m\n\
          mqtt.connect_timeout = 500ms\n\
          mqtt.server_keepalive = 60\n\
@@ -108,6 +109,7 @@ fn every_key() {
                 max_inflight: 65535,
                 max_queue_len: 5,
                 max_awaiting_rel: 7,
+                receive_maximum_exceeded: ReceiveMaximumExceeded::Backpressure,
                 session_expiry_interval: Some(Duration::from_secs(5400)),
                 connect_timeout: Duration::from_millis(500),
                 server_keepalive: Some(60),
@@ -297,6 +299,28 @@ fn bad_positive_integers() {
 }
 
 #[test]
+fn receive_maximum_exceeded() {
+    assert_eq!(
+        ok("").mqtt.receive_maximum_exceeded,
+        ReceiveMaximumExceeded::Disconnect
+    );
+    assert_eq!(
+        ok("mqtt.receive_maximum_exceeded = backpressure\n")
+            .mqtt
+            .receive_maximum_exceeded,
+        ReceiveMaximumExceeded::Backpressure
+    );
+    for v in ["drop", "", "Disconnect"] {
+        let e = bad("mqtt.receive_maximum_exceeded", v);
+        assert!(
+            e.message
+                .starts_with("expected `disconnect` or `backpressure`, got"),
+            "{v}: {e}"
+        );
+    }
+}
+
+#[test]
 fn bad_unsigned_integers() {
     let e = bad("mqtt.max_topic_alias", "65536");
     assert_eq!(e.message, "expected an integer between 0 and 65535, got `65536`");
@@ -439,6 +463,7 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_inflight",
         "mqtt.max_queue_len",
         "mqtt.max_awaiting_rel",
+        "mqtt.receive_maximum_exceeded",
         "mqtt.session_expiry_interval",
         "mqtt.connect_timeout",
         "mqtt.server_keepalive",

@@ -114,6 +114,11 @@ struct Conn {
     keepalive: Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
     /// How many QoS>0 messages may be unacknowledged towards the client.
     send_window: usize,
+    /// Our Receive Maximum when exceeding it disconnects the client (MQTT 5
+    /// with `mqtt.receive_maximum_exceeded = disconnect`); `None`: back-pressure.
+    receive_maximum: Option<u16>,
+    /// Publishes in the message.publish chain at which reading stops.
+    read_limit: usize,
     /// The client's maximum packet size (MQTT 5).
     client_max_packet: Option<usize>,
     /// Topic aliases the client set (MQTT 5).
@@ -363,8 +368,8 @@ impl Session {
             None
         };
         let will_at = self.delayed_will.as_ref().map(|(_, at)| *at);
-        let read_allowed = self.pending.len() < self.shared.config.mqtt.max_inflight as usize;
         let pending_nonempty = !self.pending.is_empty();
+        let pending = self.pending.len();
         match self.conn.as_mut() {
             Some(c) => {
                 let Conn {
@@ -374,8 +379,10 @@ impl Session {
                     outbuf,
                     keepalive,
                     unflushed,
+                    read_limit,
                     ..
                 } = c;
+                let read_allowed = pending < *read_limit;
                 let want_write = !outbuf.is_empty();
                 let want_flush = !want_write && *unflushed;
                 // Not biased: a flood of deliveries must not starve the client's
