@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
 use support::*;
@@ -257,4 +258,49 @@ async fn mqtt311_clients_are_not_held_to_the_receive_maximum() {
     let broker = Broker::start("mqtt.max_inflight = 3\n").await;
     let got = exceed_receive_maximum(&broker, 4).await.expect("PUBACK");
     assert_eq!(packet_type(&got), ptype::PUBACK, "{got:02x?}");
+}
+
+/// A persistent 3.1.1 session subscribed to `q0` at QoS 0 goes offline; three
+/// QoS 0 then two QoS 1 messages are published (the last acknowledged, so
+/// all were routed); returns the payloads it gets when it reconnects.
+async fn offline_qos0(broker: &Broker) -> Vec<String> {
+    let (mut sub, _) = V4Client::connect(v4_options(broker.addr, "sleeper0", false)).await;
+    sub.subscribe("q0", rumqttc::QoS::AtMostOnce).await;
+    sub.disconnect().await;
+    let (mut publ, _) = V4Client::connect(v4_options(broker.addr, "pub0", true)).await;
+    for i in 0..3 {
+        publ.publish("q0", rumqttc::QoS::AtMostOnce, false, format!("m{i}"))
+            .await;
+    }
+    for i in 3..5 {
+        publ.publish("q0", rumqttc::QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    let (mut sub, ack) = V4Client::connect(v4_options(broker.addr, "sleeper0", false)).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    loop {
+        match sub.poll_once(Duration::from_millis(500)).await {
+            None => return got,
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                assert_eq!(p.qos, rumqttc::QoS::AtMostOnce);
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("connection error: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn qos0_is_queued_for_offline_sessions_within_the_queue_length() {
+    let broker = Broker::start("mqtt.max_queue_len = 3\n").await;
+    // The queue holds three: m3 and m4 found it full.
+    assert_eq!(offline_qos0(&broker).await, ["m0", "m1", "m2"]);
+}
+
+#[tokio::test]
+async fn mqueue_store_qos0_false_drops_qos0_for_offline_sessions() {
+    let broker = Broker::start("mqtt.max_queue_len = 3\nmqtt.mqueue_store_qos0 = false\n").await;
+    assert!(offline_qos0(&broker).await.is_empty());
 }

@@ -22,6 +22,7 @@
 //! | `mqtt.max_queue_len` | integer > 0 | `1000` |
 //! | `mqtt.max_awaiting_rel` | integer > 0 | `100` |
 //! | `mqtt.receive_maximum_exceeded` | `disconnect` or `backpressure` | `disconnect` |
+//! | `mqtt.mqueue_store_qos0` | boolean | `true` |
 //! | `mqtt.session_expiry_interval` | duration or `infinity` | `2h` |
 //! | `mqtt.connect_timeout` | duration > 0 | `15s` |
 //! | `mqtt.server_keepalive` | seconds, 1 to 65535 | unset (the client's keep alive) |
@@ -250,6 +251,10 @@ pub struct MqttLimits {
     /// that has more QoS 1/2 PUBLISH unacknowledged than our Receive Maximum
     /// (`mqtt.max_inflight`). Default `disconnect`.
     pub receive_maximum_exceeded: ReceiveMaximumExceeded,
+    /// `mqtt.mqueue_store_qos0` (EMQX's key): whether QoS 0 messages are
+    /// queued for offline persistent sessions, within `mqtt.max_queue_len`.
+    /// `false`: they are dropped (and counted). Default `true`, as EMQX.
+    pub mqueue_store_qos0: bool,
     /// `mqtt.session_expiry_interval`: how long a session outlives its
     /// connection. It is the expiry of MQTT 3.1.1 persistent sessions
     /// (clean session 0) and the cap on what MQTT 5 clients ask for.
@@ -308,6 +313,7 @@ impl Default for MqttLimits {
             max_queue_len: 1000,
             max_awaiting_rel: 100,
             receive_maximum_exceeded: ReceiveMaximumExceeded::Disconnect,
+            mqueue_store_qos0: true,
             session_expiry_interval: Some(Duration::from_secs(2 * 3600)),
             connect_timeout: Duration::from_secs(15),
             server_keepalive: None,
@@ -492,6 +498,7 @@ impl Config {
                 "mqtt.max_topic_alias" => m.max_topic_alias = conf.parse_u16(e)?,
                 "mqtt.allow_anonymous" => m.allow_anonymous = conf.parse_bool(e)?,
                 "mqtt.retain_available" => m.retain_available = conf.parse_bool(e)?,
+                "mqtt.mqueue_store_qos0" => m.mqueue_store_qos0 = conf.parse_bool(e)?,
                 "mqtt.max_subscriptions" => m.max_subscriptions = conf.parse_usize(e)?,
                 "mqtt.max_topic_levels" => m.max_topic_levels = conf.parse_usize(e)?,
                 "mqtt.publish_limit" => m.publish_limit = Some(parse_rate(conf, e)?),

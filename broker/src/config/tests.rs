@@ -57,6 +57,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(m.max_inflight, 32);
     assert_eq!(m.max_queue_len, 1000);
     assert_eq!(m.max_awaiting_rel, 100);
+    assert!(m.mqueue_store_qos0);
     assert_eq!(m.session_expiry_interval, Some(Duration::from_secs(7200)));
     assert_eq!(m.connect_timeout, Duration::from_secs(15));
     assert_eq!(m.server_keepalive, None);
@@ -79,6 +80,7 @@ fn every_key() {
          mqtt.max_queue_len = 5\n\
          mqtt.max_awaiting_rel = 7\n\
          mqtt.receive_maximum_exceeded = backpressure\n\
+         mqtt.mqueue_store_qos0 = false\n\
          mqtt.session_expiry_interval = 1h 30m\n\
          mqtt.connect_timeout = 500ms\n\
          mqtt.server_keepalive = 60\n\
@@ -110,6 +112,7 @@ fn every_key() {
                 max_queue_len: 5,
                 max_awaiting_rel: 7,
                 receive_maximum_exceeded: ReceiveMaximumExceeded::Backpressure,
+                mqueue_store_qos0: false,
                 session_expiry_interval: Some(Duration::from_secs(5400)),
                 connect_timeout: Duration::from_millis(500),
                 server_keepalive: Some(60),
@@ -332,7 +335,11 @@ fn bad_unsigned_integers() {
 
 #[test]
 fn bad_booleans() {
-    for key in ["mqtt.allow_anonymous", "mqtt.retain_available"] {
+    for key in [
+        "mqtt.allow_anonymous",
+        "mqtt.retain_available",
+        "mqtt.mqueue_store_qos0",
+    ] {
         let e = bad(key, "yes");
         assert_eq!(e.message, "expected `true`, `false`, `on` or `off`, got `yes`");
     }
@@ -464,6 +471,7 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_queue_len",
         "mqtt.max_awaiting_rel",
         "mqtt.receive_maximum_exceeded",
+        "mqtt.mqueue_store_qos0",
         "mqtt.session_expiry_interval",
         "mqtt.connect_timeout",
         "mqtt.server_keepalive",

@@ -83,13 +83,14 @@ impl Session {
         }
         let connected = self.conn.is_some();
         if routed.qos == QoS::AtMostOnce {
-            // QoS 0 is not queued for an offline session (as Mosquitto's default),
-            // nor for a reader that has fallen far behind.
+            // QoS 0 is queued for an offline session only with
+            // `mqtt.mqueue_store_qos0` (EMQX's default; Mosquitto's is not to),
+            // and never for a reader that has fallen far behind.
             let congested = self
                 .conn
                 .as_ref()
                 .is_some_and(|c| c.outbuf.len() >= OUTBUF_HIGH_WATER);
-            if !connected || congested {
+            if congested || (!connected && !self.shared.config.mqtt.mqueue_store_qos0) {
                 self.shared.fire_dropped(
                     &routed.message,
                     DropReason::QueueFull,
@@ -97,10 +98,11 @@ impl Session {
                 );
                 return Err(DropReason::QueueFull);
             }
-            self.write_publish(routed, 0, false).await;
-            return Ok(());
-        }
-        if connected && self.queue.is_empty() && self.window_open() {
+            if connected {
+                self.write_publish(routed, 0, false).await;
+                return Ok(());
+            }
+        } else if connected && self.queue.is_empty() && self.window_open() {
             self.send_new(routed).await;
             return Ok(());
         }
@@ -134,6 +136,11 @@ impl Session {
             if routed.message.is_expired(SystemTime::now()) {
                 self.shared
                     .fire_dropped(&routed.message, DropReason::Expired, Some(&self.client.clientid));
+                continue;
+            }
+            if routed.qos == QoS::AtMostOnce {
+                // Queued while offline (`mqtt.mqueue_store_qos0`): no packet id, no window slot.
+                self.write_publish(routed, 0, false).await;
                 continue;
             }
             self.send_new(routed).await;
