@@ -304,3 +304,46 @@ async fn mqueue_store_qos0_false_drops_qos0_for_offline_sessions() {
     let broker = Broker::start("mqtt.max_queue_len = 3\nmqtt.mqueue_store_qos0 = false\n").await;
     assert!(offline_qos0(&broker).await.is_empty());
 }
+
+/// Sends ten QoS 1 PUBLISH of 1000 bytes in one write; returns how long
+/// after it the first and the last PUBACK came (all ten must come).
+async fn ten_kilobytes_in(broker: &Broker) -> (Duration, Duration) {
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.send(&connect_v4_bytes("bulk", true, 60)).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::CONNACK);
+    let mut burst = Vec::new();
+    for pkid in 1..=10 {
+        burst.extend(publish_v4_bytes("bulk", 1, false, pkid, &[b'x'; 1000]));
+    }
+    let start = std::time::Instant::now();
+    raw.send(&burst).await;
+    let mut first = None;
+    for _ in 0..10 {
+        let p = raw.read_packet().await.expect("PUBACK, not a closed connection");
+        assert_eq!(packet_type(&p), ptype::PUBACK);
+        first.get_or_insert_with(|| start.elapsed());
+    }
+    (first.unwrap(), start.elapsed())
+}
+
+#[tokio::test]
+async fn conn_bytes_in_slows_the_reader_down() {
+    // 4 KB/s in bursts of 2 KB: the 10 KB take about two seconds.
+    let broker = Broker::start("listener.tcp.external.rate_limit.conn_bytes_in = 2KB,500ms\n").await;
+    let (first, last) = ten_kilobytes_in(&broker).await;
+    assert!(
+        first < Duration::from_secs(1),
+        "the burst is read at once: {first:?}"
+    );
+    assert!(
+        last >= Duration::from_millis(1500),
+        "slowed to the rate: {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_conn_bytes_in_the_reader_is_not_slowed() {
+    let broker = Broker::start("").await;
+    let (_, last) = ten_kilobytes_in(&broker).await;
+    assert!(last < Duration::from_secs(1), "{last:?}");
+}

@@ -11,6 +11,7 @@
 //! | `listener.tcp.<name>` | `ip:port` (one or more) | `listener.tcp.external = 0.0.0.0:1883` |
 //! | `listener.ssl.<name>` | `ip:port` (TLS; needs `.certfile` and `.keyfile`) | none |
 //! | `listener.<tcp\|ssl>.<name>.max_conn_rate` | connections per second, > 0 | unlimited |
+//! | `listener.<tcp\|ssl\|ws\|wss>.<name>.rate_limit.conn_bytes_in` | `<size>,<duration>` (e.g. `100KB,10s`) | unlimited |
 //! | `listener.ssl.<name>.certfile` / `.keyfile` | PEM file (relative to the config file's directory) | required |
 //! | `listener.ssl.<name>.cacertfile` | PEM file: CAs that sign client certificates | unset |
 //! | `listener.ssl.<name>.verify` | `verify_peer` or `verify_none` | `verify_none` |
@@ -132,6 +133,12 @@ pub struct Listener {
     /// up to as many; beyond it a connection is refused after its CONNECT
     /// (CONNACK 0x9F, 3.1.1: 0x03). `None`: unlimited (the default).
     pub max_conn_rate: Option<u32>,
+    /// `.rate_limit.conn_bytes_in = <size>,<duration>` (EMQX's key and
+    /// format, such as `100KB,10s`): the bytes each connection may send per
+    /// `<duration>`, in bursts of up to `<size>`. Beyond it the broker stops
+    /// reading that connection until the allowance has refilled (nothing is
+    /// dropped, nobody is disconnected). `None`: unlimited (the default).
+    pub conn_bytes_in: Option<Rate>,
     /// `Some` for a `listener.ssl` or `listener.wss` listener: its TLS settings.
     pub tls: Option<TlsSettings>,
     /// `Some` for a `listener.ws` or `listener.wss` listener: MQTT runs
@@ -154,6 +161,7 @@ impl Listener {
             name: name.into(),
             addr,
             max_conn_rate: None,
+            conn_bytes_in: None,
             tls: None,
             websocket: None,
         }

@@ -231,7 +231,7 @@ fn malformed_listener_keys_are_unknown() {
     let e = bad("listener.tcp.a.port", "1883");
     assert_eq!(
         e.message,
-        "unknown key (a `listener.tcp` listener takes: max_conn_rate)"
+        "unknown key (a `listener.tcp` listener takes: max_conn_rate, rate_limit.conn_bytes_in)"
     );
     let e = bad("listener.tcp.a.certfile", "cert.pem");
     assert!(e.message.starts_with("unknown key"), "{e}");
@@ -239,7 +239,7 @@ fn malformed_listener_keys_are_unknown() {
     assert_eq!((e.line, e.key.as_str()), (2, "listener.ssl.a.password"));
     assert!(
         e.message
-            .starts_with("unknown key (a `listener.ssl` listener takes: max_conn_rate, keyfile, certfile"),
+            .starts_with("unknown key (a `listener.ssl` listener takes: max_conn_rate, rate_limit.conn_bytes_in, keyfile, certfile"),
         "{e}"
     );
 }
@@ -482,6 +482,7 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_topic_levels",
         "mqtt.publish_limit",
         "listener.tcp.external.max_conn_rate",
+        "listener.tcp.external.rate_limit.conn_bytes_in",
         "listener.ssl.external",
         "listener.ssl.external.keyfile",
         "listener.ssl.external.certfile",

@@ -159,6 +159,9 @@ impl Session {
             publish_bucket: limits
                 .publish_limit
                 .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
+            bytes_in: attach
+                .conn_bytes_in
+                .map(|rate| Box::new(crate::rate_limit::ReadThrottle::new(rate))),
             traffic: crate::metrics::Traffic::default(),
             flushes,
             unflushed: false,
