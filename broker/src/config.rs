@@ -11,6 +11,7 @@
 //! | `listener.tcp.<name>` | `ip:port` (one or more) | `listener.tcp.external = 0.0.0.0:1883` |
 //! | `listener.ssl.<name>` | `ip:port` (TLS; needs `.certfile` and `.keyfile`) | none |
 //! | `listener.<tcp\|ssl>.<name>.max_conn_rate` | connections per second, > 0 | unlimited |
+//! | `listener.<tcp\|ssl\|ws\|wss>.<name>.rate_limit.conn_bytes_in` | `<size>,<duration>` (e.g. `100KB,10s`) | unlimited |
 //! | `listener.ssl.<name>.certfile` / `.keyfile` | PEM file (relative to the config file's directory) | required |
 //! | `listener.ssl.<name>.cacertfile` | PEM file: CAs that sign client certificates | unset |
 //! | `listener.ssl.<name>.verify` | `verify_peer` or `verify_none` | `verify_none` |
@@ -21,6 +22,8 @@
 //! | `mqtt.max_inflight` | 1 to 65535 | `32` |
 //! | `mqtt.max_queue_len` | integer > 0 | `1000` |
 //! | `mqtt.max_awaiting_rel` | integer > 0 | `100` |
+//! | `mqtt.receive_maximum_exceeded` | `disconnect` or `backpressure` | `disconnect` |
+//! | `mqtt.mqueue_store_qos0` | boolean | `true` |
 //! | `mqtt.session_expiry_interval` | duration or `infinity` | `2h` |
 //! | `mqtt.connect_timeout` | duration > 0 | `15s` |
 //! | `mqtt.server_keepalive` | seconds, 1 to 65535 | unset (the client's keep alive) |
@@ -130,6 +133,12 @@ pub struct Listener {
     /// up to as many; beyond it a connection is refused after its CONNECT
     /// (CONNACK 0x9F, 3.1.1: 0x03). `None`: unlimited (the default).
     pub max_conn_rate: Option<u32>,
+    /// `.rate_limit.conn_bytes_in = <size>,<duration>` (EMQX's key and
+    /// format, such as `100KB,10s`): the bytes each connection may send per
+    /// `<duration>`, in bursts of up to `<size>`. Beyond it the broker stops
+    /// reading that connection until the allowance has refilled (nothing is
+    /// dropped, nobody is disconnected). `None`: unlimited (the default).
+    pub conn_bytes_in: Option<Rate>,
     /// `Some` for a `listener.ssl` or `listener.wss` listener: its TLS settings.
     pub tls: Option<TlsSettings>,
     /// `Some` for a `listener.ws` or `listener.wss` listener: MQTT runs
@@ -152,6 +161,7 @@ impl Listener {
             name: name.into(),
             addr,
             max_conn_rate: None,
+            conn_bytes_in: None,
             tls: None,
             websocket: None,
         }
@@ -245,6 +255,14 @@ pub struct MqttLimits {
     /// `mqtt.max_awaiting_rel`: the most QoS 2 messages from one client that
     /// await PUBREL. Greater than 0. Default `100`.
     pub max_awaiting_rel: usize,
+    /// `mqtt.receive_maximum_exceeded`: what happens to an MQTT 5 client
+    /// that has more QoS 1/2 PUBLISH unacknowledged than our Receive Maximum
+    /// (`mqtt.max_inflight`). Default `disconnect`.
+    pub receive_maximum_exceeded: ReceiveMaximumExceeded,
+    /// `mqtt.mqueue_store_qos0` (EMQX's key): whether QoS 0 messages are
+    /// queued for offline persistent sessions, within `mqtt.max_queue_len`.
+    /// `false`: they are dropped (and counted). Default `true`, as EMQX.
+    pub mqueue_store_qos0: bool,
     /// `mqtt.session_expiry_interval`: how long a session outlives its
     /// connection. It is the expiry of MQTT 3.1.1 persistent sessions
     /// (clean session 0) and the cap on what MQTT 5 clients ask for.
@@ -279,6 +297,21 @@ pub struct MqttLimits {
     pub publish_limit: Option<Rate>,
 }
 
+/// `mqtt.receive_maximum_exceeded`: the answer to an MQTT 5 client that
+/// sends a QoS 1/2 PUBLISH while `mqtt.max_inflight` of its QoS 1/2 PUBLISH
+/// are unacknowledged (no PUBACK, or no PUBCOMP yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReceiveMaximumExceeded {
+    /// `disconnect`: DISCONNECT 0x93 (Receive Maximum exceeded), as MQTT 5
+    /// 3.3.4 requires. The default.
+    #[default]
+    Disconnect,
+    /// `backpressure`: accepted; the broker stops reading the client while
+    /// `mqtt.max_inflight` of its publishes are in the `message.publish`
+    /// chain (what 3.1.x clients always get).
+    Backpressure,
+}
+
 impl Default for MqttLimits {
     fn default() -> Self {
         MqttLimits {
@@ -287,6 +320,8 @@ impl Default for MqttLimits {
             max_inflight: 32,
             max_queue_len: 1000,
             max_awaiting_rel: 100,
+            receive_maximum_exceeded: ReceiveMaximumExceeded::Disconnect,
+            mqueue_store_qos0: true,
             session_expiry_interval: Some(Duration::from_secs(2 * 3600)),
             connect_timeout: Duration::from_secs(15),
             server_keepalive: None,
@@ -451,6 +486,18 @@ impl Config {
                 "mqtt.max_inflight" => m.max_inflight = positive_u16(conf, e)?,
                 "mqtt.max_queue_len" => m.max_queue_len = positive_usize(conf, e)?,
                 "mqtt.max_awaiting_rel" => m.max_awaiting_rel = positive_usize(conf, e)?,
+                "mqtt.receive_maximum_exceeded" => {
+                    m.receive_maximum_exceeded = match e.value.as_str() {
+                        "disconnect" => ReceiveMaximumExceeded::Disconnect,
+                        "backpressure" => ReceiveMaximumExceeded::Backpressure,
+                        _ => {
+                            return Err(conf.error(
+                                e,
+                                format!("expected `disconnect` or `backpressure`, got {}", shown(&e.value)),
+                            ))
+                        }
+                    };
+                }
                 "mqtt.session_expiry_interval" => {
                     m.session_expiry_interval = conf.parse_duration_or_infinity(e)?;
                 }
@@ -459,6 +506,7 @@ impl Config {
                 "mqtt.max_topic_alias" => m.max_topic_alias = conf.parse_u16(e)?,
                 "mqtt.allow_anonymous" => m.allow_anonymous = conf.parse_bool(e)?,
                 "mqtt.retain_available" => m.retain_available = conf.parse_bool(e)?,
+                "mqtt.mqueue_store_qos0" => m.mqueue_store_qos0 = conf.parse_bool(e)?,
                 "mqtt.max_subscriptions" => m.max_subscriptions = conf.parse_usize(e)?,
                 "mqtt.max_topic_levels" => m.max_topic_levels = conf.parse_usize(e)?,
                 "mqtt.publish_limit" => m.publish_limit = Some(parse_rate(conf, e)?),

@@ -56,6 +56,8 @@ pub struct Admission {
     /// `peer_cert_as_username = cn`: the client certificate's common name
     /// replaces the CONNECT's username.
     pub cert_cn_as_username: bool,
+    /// The listener's `rate_limit.conn_bytes_in`: how fast the session reads the connection.
+    pub conn_bytes_in: Option<crate::rate_limit::Rate>,
 }
 
 impl Admission {
@@ -65,6 +67,7 @@ impl Admission {
             deadline: Instant::now() + shared.config.mqtt.connect_timeout,
             rate_limited: false,
             cert_cn_as_username: false,
+            conn_bytes_in: None,
         }
     }
 }
@@ -279,6 +282,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         props,
         claim,
         restored,
+        conn_bytes_in: admission.conn_bytes_in,
     };
     let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
         crate::session::start(&shared, attach);

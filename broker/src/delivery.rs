@@ -129,4 +129,6 @@ pub struct Attach {
     /// The session a plugin kept, read before the connection was handed
     /// over (used when the session is new here).
     pub restored: Option<hooks_spec::StoredSession>,
+    /// The listener's `rate_limit.conn_bytes_in`, if any.
+    pub conn_bytes_in: Option<crate::rate_limit::Rate>,
 }

@@ -30,6 +30,8 @@ pub struct ListenerSpec {
     pub key: String,
     /// `max_conn_rate`, when set.
     pub max_conn_rate: Option<u32>,
+    /// `rate_limit.conn_bytes_in`, when set: given to each connection.
+    pub conn_bytes_in: Option<Rate>,
     /// The TLS side of a `listener.ssl` or `listener.wss` listener.
     pub tls: Option<TlsListener>,
     /// The WebSocket side of a `listener.ws` or `listener.wss` listener.
@@ -64,6 +66,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, spec: Liste
                     deadline: now + shared.config.mqtt.connect_timeout,
                     rate_limited,
                     cert_cn_as_username: false,
+                    conn_bytes_in: spec.conn_bytes_in,
                 };
                 let shared = Arc::clone(&shared);
                 match (&spec.tls, &spec.websocket) {

@@ -5,6 +5,9 @@
 //!   owned by its accept loop (no lock: one task takes every token).
 //! - `mqtt.publish_limit`: one bucket per client connection, owned by the
 //!   session task that reads the connection.
+//! - `listener.<kind>.<name>.rate_limit.conn_bytes_in`: one bucket of bytes
+//!   per client connection, owned by the session task; a read may overdraw
+//!   it, and the task then stops reading until it has refilled.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,67 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+impl TokenBucket {
+    /// Takes `n` tokens, overdrawing the bucket if need be (after refilling
+    /// for the time since the last call). Returns how long until the bucket
+    /// is out of debt again (`None`: it is not in debt).
+    pub fn take_overdraw(&mut self, n: usize, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        if now > self.last {
+            self.last = now;
+        }
+        self.tokens = (self.tokens + elapsed * self.refill).min(self.capacity) - n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.refill))
+    }
+}
+
+/// `rate_limit.conn_bytes_in` of one connection: the bytes read are taken
+/// from a bucket, and reading pauses while it is overdrawn. Kept boxed by
+/// the session (one allocation per connection, and only with the limit).
+#[derive(Debug)]
+pub struct ReadThrottle {
+    bucket: TokenBucket,
+    /// Armed while paused: when the bucket is out of debt.
+    resume: std::pin::Pin<Box<tokio::time::Sleep>>,
+    paused: bool,
+}
+
+impl ReadThrottle {
+    /// A throttle with a full bucket for `rate`.
+    pub fn new(rate: Rate) -> ReadThrottle {
+        let now = tokio::time::Instant::now();
+        ReadThrottle {
+            bucket: TokenBucket::new(rate, now.into_std()),
+            resume: Box::pin(tokio::time::sleep_until(now)),
+            paused: false,
+        }
+    }
+
+    /// Counts `n` bytes read; pauses reading if that overdrew the bucket.
+    pub fn read(&mut self, n: usize) {
+        let now = tokio::time::Instant::now();
+        if let Some(wait) = self.bucket.take_overdraw(n, now.into_std()) {
+            self.resume.as_mut().reset(now + wait);
+            self.paused = true;
+        }
+    }
+
+    /// True while reading is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Waits until reading may resume (call [`ReadThrottle::resume`] then).
+    pub async fn wait(&mut self) {
+        self.resume.as_mut().await;
+    }
+
+    /// Reading resumes.
+    pub fn resume(&mut self) {
+        self.paused = false;
     }
 }
 
@@ -193,5 +257,24 @@ mod tests {
         assert_eq!(t.hit(t0 + secs(2.0)), None);
         assert_eq!(t.hit(t0 + secs(10.0)), Some(3));
         assert_eq!(t.hit(t0 + secs(10.5)), None);
+    }
+
+    #[test]
+    fn overdrawn_bytes_are_waited_for() {
+        let t0 = Instant::now();
+        // 4096 bytes per second, in bursts of 2048.
+        let mut b = TokenBucket::new(
+            Rate {
+                count: 2048,
+                per: secs(0.5),
+            },
+            t0,
+        );
+        assert_eq!(b.take_overdraw(2048, t0), None);
+        let wait = b.take_overdraw(1024, t0).unwrap();
+        assert!((wait.as_secs_f64() - 0.25).abs() < 1e-6, "{wait:?}");
+        // Refilled by then: out of debt.
+        assert_eq!(b.take_overdraw(0, t0 + secs(0.25)), None);
+        assert_eq!(b.take_overdraw(1024, t0 + secs(0.5)), None);
     }
 }

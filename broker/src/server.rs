@@ -60,6 +60,7 @@ impl Server {
             let spec = listener::ListenerSpec {
                 key: l.key(),
                 max_conn_rate: l.max_conn_rate,
+                conn_bytes_in: l.conn_bytes_in,
                 tls,
                 websocket: l.websocket.as_ref().map(|w| crate::websocket::WsListener {
                     path: w.path.as_str().into(),

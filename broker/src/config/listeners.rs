@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use hooks_spec::{ConfEntry, ConfError, ConfFile};
 
 use super::{shown, ConfPath, Listener, PeerCertField, TlsSettings, WebSocketSettings};
+use crate::rate_limit::Rate;
 
 /// The settings a `listener.tcp.<name>` takes.
-const TCP_SETTINGS: &[&str] = &["max_conn_rate"];
+const TCP_SETTINGS: &[&str] = &["max_conn_rate", "rate_limit.conn_bytes_in"];
 /// The settings a `listener.ssl.<name>` takes.
 const SSL_SETTINGS: &[&str] = &[
     "max_conn_rate",
+    "rate_limit.conn_bytes_in",
     "keyfile",
     "certfile",
     "cacertfile",
@@ -28,10 +30,11 @@ const SSL_SETTINGS: &[&str] = &[
     "peer_cert_as_username",
 ];
 /// The settings a `listener.ws.<name>` takes.
-const WS_SETTINGS: &[&str] = &["max_conn_rate", "mqtt_path"];
+const WS_SETTINGS: &[&str] = &["max_conn_rate", "rate_limit.conn_bytes_in", "mqtt_path"];
 /// The settings a `listener.wss.<name>` takes.
 const WSS_SETTINGS: &[&str] = &[
     "max_conn_rate",
+    "rate_limit.conn_bytes_in",
     "mqtt_path",
     "keyfile",
     "certfile",
@@ -90,6 +93,7 @@ struct Draft<'a> {
     /// The first line naming this listener (for "no address line" errors).
     first: &'a ConfEntry,
     max_conn_rate: Option<u32>,
+    conn_bytes_in: Option<Rate>,
     mqtt_path: Option<String>,
     certfile: Option<ConfPath>,
     keyfile: Option<ConfPath>,
@@ -107,6 +111,7 @@ impl<'a> Draft<'a> {
             addr: None,
             first,
             max_conn_rate: None,
+            conn_bytes_in: None,
             mqtt_path: None,
             certfile: None,
             keyfile: None,
@@ -172,6 +177,7 @@ impl<'a> Listeners<'a> {
                     }
                 });
             }
+            Some("rate_limit.conn_bytes_in") => d.conn_bytes_in = Some(parse_byte_rate(conf, e)?),
             Some("mqtt_path") if kind.websocket() => {
                 if !e.value.starts_with('/') || e.value.contains(char::is_whitespace) {
                     return Err(conf.error(
@@ -264,6 +270,7 @@ impl<'a> Listeners<'a> {
                 name: d.name.to_string(),
                 addr,
                 max_conn_rate: d.max_conn_rate,
+                conn_bytes_in: d.conn_bytes_in,
                 tls,
                 websocket,
             });
@@ -298,6 +305,32 @@ fn split_key(key: &str) -> Option<(Kind, &str, Option<&str>)> {
         return None;
     }
     Some((kind, name, setting))
+}
+
+/// `rate_limit.conn_bytes_in = <size>,<duration>` (EMQX's format, such as
+/// `100KB,10s`): both greater than 0, the size at most 4GB - 1.
+fn parse_byte_rate(conf: &ConfFile, e: &ConfEntry) -> Result<Rate, ConfError> {
+    let bad = || {
+        conf.error(
+            e,
+            format!(
+                "expected `<bytes>,<duration>` with both greater than 0, such as `100KB,10s`, got {}",
+                shown(&e.value)
+            ),
+        )
+    };
+    let (size, per) = e.value.split_once(',').ok_or_else(bad)?;
+    let part = |value: &str| ConfEntry {
+        value: value.trim().to_string(),
+        ..e.clone()
+    };
+    let bytes = conf.parse_size(&part(size)).map_err(|_| bad())?;
+    let per = conf.parse_duration(&part(per)).map_err(|_| bad())?;
+    let count = u32::try_from(bytes).map_err(|_| bad())?;
+    if count == 0 || per.is_zero() {
+        return Err(bad());
+    }
+    Ok(Rate { count, per })
 }
 
 fn parse_addr(conf: &ConfFile, e: &ConfEntry) -> Result<SocketAddr, ConfError> {

@@ -57,6 +57,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(m.max_inflight, 32);
     assert_eq!(m.max_queue_len, 1000);
     assert_eq!(m.max_awaiting_rel, 100);
+    assert!(m.mqueue_store_qos0);
     assert_eq!(m.session_expiry_interval, Some(Duration::from_secs(7200)));
     assert_eq!(m.connect_timeout, Duration::from_secs(15));
     assert_eq!(m.server_keepalive, None);
@@ -78,6 +79,8 @@ fn every_key() {
          mqtt.max_inflight = 65535\n\
          mqtt.max_queue_len = 5\n\
          mqtt.max_awaiting_rel = 7\n\
+         mqtt.receive_maximum_exceeded = backpressure\n\
+         mqtt.mqueue_store_qos0 = false\n\
          mqtt.session_expiry_interval = 1h 30m\n\
          mqtt.connect_timeout = 500ms\n\
          mqtt.server_keepalive = 60\n\
@@ -108,6 +111,8 @@ fn every_key() {
                 max_inflight: 65535,
                 max_queue_len: 5,
                 max_awaiting_rel: 7,
+                receive_maximum_exceeded: ReceiveMaximumExceeded::Backpressure,
+                mqueue_store_qos0: false,
                 session_expiry_interval: Some(Duration::from_secs(5400)),
                 connect_timeout: Duration::from_millis(500),
                 server_keepalive: Some(60),
@@ -226,7 +231,7 @@ fn malformed_listener_keys_are_unknown() {
     let e = bad("listener.tcp.a.port", "1883");
     assert_eq!(
         e.message,
-        "unknown key (a `listener.tcp` listener takes: max_conn_rate)"
+        "unknown key (a `listener.tcp` listener takes: max_conn_rate, rate_limit.conn_bytes_in)"
     );
     let e = bad("listener.tcp.a.certfile", "cert.pem");
     assert!(e.message.starts_with("unknown key"), "{e}");
@@ -234,7 +239,7 @@ fn malformed_listener_keys_are_unknown() {
     assert_eq!((e.line, e.key.as_str()), (2, "listener.ssl.a.password"));
     assert!(
         e.message
-            .starts_with("unknown key (a `listener.ssl` listener takes: max_conn_rate, keyfile, certfile"),
+            .starts_with("unknown key (a `listener.ssl` listener takes: max_conn_rate, rate_limit.conn_bytes_in, keyfile, certfile"),
         "{e}"
     );
 }
@@ -297,6 +302,28 @@ fn bad_positive_integers() {
 }
 
 #[test]
+fn receive_maximum_exceeded() {
+    assert_eq!(
+        ok("").mqtt.receive_maximum_exceeded,
+        ReceiveMaximumExceeded::Disconnect
+    );
+    assert_eq!(
+        ok("mqtt.receive_maximum_exceeded = backpressure\n")
+            .mqtt
+            .receive_maximum_exceeded,
+        ReceiveMaximumExceeded::Backpressure
+    );
+    for v in ["drop", "", "Disconnect"] {
+        let e = bad("mqtt.receive_maximum_exceeded", v);
+        assert!(
+            e.message
+                .starts_with("expected `disconnect` or `backpressure`, got"),
+            "{v}: {e}"
+        );
+    }
+}
+
+#[test]
 fn bad_unsigned_integers() {
     let e = bad("mqtt.max_topic_alias", "65536");
     assert_eq!(e.message, "expected an integer between 0 and 65535, got `65536`");
@@ -308,7 +335,11 @@ fn bad_unsigned_integers() {
 
 #[test]
 fn bad_booleans() {
-    for key in ["mqtt.allow_anonymous", "mqtt.retain_available"] {
+    for key in [
+        "mqtt.allow_anonymous",
+        "mqtt.retain_available",
+        "mqtt.mqueue_store_qos0",
+    ] {
         let e = bad(key, "yes");
         assert_eq!(e.message, "expected `true`, `false`, `on` or `off`, got `yes`");
     }
@@ -439,6 +470,8 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_inflight",
         "mqtt.max_queue_len",
         "mqtt.max_awaiting_rel",
+        "mqtt.receive_maximum_exceeded",
+        "mqtt.mqueue_store_qos0",
         "mqtt.session_expiry_interval",
         "mqtt.connect_timeout",
         "mqtt.server_keepalive",
@@ -449,6 +482,7 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_topic_levels",
         "mqtt.publish_limit",
         "listener.tcp.external.max_conn_rate",
+        "listener.tcp.external.rate_limit.conn_bytes_in",
         "listener.ssl.external",
         "listener.ssl.external.keyfile",
         "listener.ssl.external.certfile",

@@ -53,6 +53,42 @@ fn publish_limit() {
 }
 
 #[test]
+fn conn_bytes_in_on_every_kind_of_listener() {
+    let c = ok(&format!(
+        "listener.tcp.a = 127.0.0.1:1883\n\
+         listener.tcp.a.rate_limit.conn_bytes_in = 100KB,10s\n\
+         listener.ws.w = 127.0.0.1:8083\n\
+         listener.ws.w.rate_limit.conn_bytes_in = 512 , 1m 30s\n\
+         {SSL}listener.ssl.secure.rate_limit.conn_bytes_in = 1MB,1s\n"
+    ));
+    let rates: Vec<_> = c.listeners.iter().map(|l| l.conn_bytes_in).collect();
+    let rate = |count, secs| {
+        Some(Rate {
+            count,
+            per: Duration::from_secs(secs),
+        })
+    };
+    assert_eq!(rates, [rate(102_400, 10), rate(512, 90), rate(1 << 20, 1)]);
+    assert_eq!(
+        ok("listener.tcp.a = 127.0.0.1:1883\n").listeners[0].conn_bytes_in,
+        None
+    );
+    for v in [
+        "100KB", "0,10s", "1KB,0s", "x,1s", "1KB,fast", "4GB,1s", "-1,1s", ",", "",
+    ] {
+        let text =
+            format!("listener.tcp.a = 127.0.0.1:1883\n\nlistener.tcp.a.rate_limit.conn_bytes_in = {v}\n");
+        let e = err_at(&text, 3, "listener.tcp.a.rate_limit.conn_bytes_in");
+        assert_eq!(e.file, PathBuf::from(FILE));
+        assert!(
+            e.message
+                .starts_with("expected `<bytes>,<duration>` with both greater than 0, such as `100KB,10s`"),
+            "{v}: {e}"
+        );
+    }
+}
+
+#[test]
 fn max_conn_rate_before_or_after_the_address_line() {
     let after = ok("listener.tcp.a = 127.0.0.1:1883\nlistener.tcp.a.max_conn_rate = 50\n");
     let before = ok("listener.tcp.a.max_conn_rate = 50\nlistener.tcp.a = 127.0.0.1:1883\n");
@@ -107,6 +143,7 @@ fn ssl_listener_with_every_setting() {
                 name: "secure".into(),
                 addr: "[::]:8883".parse().unwrap(),
                 max_conn_rate: Some(20),
+                conn_bytes_in: None,
                 websocket: None,
                 tls: Some(TlsSettings {
                     certfile: conf_path(
@@ -277,7 +314,7 @@ fn bad_websocket_settings_name_their_line() {
     );
     assert_eq!(
         e.message,
-        "unknown key (a `listener.ws` listener takes: max_conn_rate, mqtt_path)"
+        "unknown key (a `listener.ws` listener takes: max_conn_rate, rate_limit.conn_bytes_in, mqtt_path)"
     );
     let e = err_at(
         "listener.tcp.a = 0.0.0.0:1883\nlistener.tcp.a.mqtt_path = /mqtt\n",

@@ -171,6 +171,16 @@ impl Session {
                     .await;
             }
         }
+        // MQTT 5 3.3.4: QoS 1/2 PUBLISH count until PUBACK or PUBCOMP is sent.
+        if p.qos != QoS::AtMostOnce
+            && self
+                .conn
+                .as_ref()?
+                .receive_maximum
+                .is_some_and(|max| self.pending_pkids.len() + self.awaiting_rel.len() >= usize::from(max))
+        {
+            return Box::pin(self.protocol_error("Receive Maximum exceeded", 0x93)).await;
+        }
 
         let pkid = p.pkid;
         let qos = p.qos;

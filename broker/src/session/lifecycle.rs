@@ -119,6 +119,15 @@ impl Session {
         let keepalive_secs = self.client.keepalive;
         let send_window =
             usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
+        let receive_maximum = (self.client.protocol == ProtocolVersion::V5
+            && limits.receive_maximum_exceeded == crate::config::ReceiveMaximumExceeded::Disconnect)
+            .then_some(limits.max_inflight);
+        // With the Receive Maximum enforced, a client over it must still be
+        // read to be told (QoS 0 publishes keep it bounded at twice that).
+        let read_limit = match receive_maximum {
+            Some(max) => usize::from(max) * 2,
+            None => usize::from(limits.max_inflight),
+        };
         let flushes = attach.stream.buffers_writes();
         let (reader, writer) = attach.stream.split();
         let keepalive = (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
@@ -141,12 +150,18 @@ impl Session {
             keepalive: keepalive.map(|k| (k, Box::pin(tokio::time::sleep(k)))),
             last_seen: Instant::now(),
             send_window: send_window.max(1),
+            receive_maximum,
+            read_limit,
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             aliases: Default::default(),
+            out_aliases: super::aliases::OutAliases::for_client(connect.topic_alias_max),
             will: connect.will.clone(),
             publish_bucket: limits
                 .publish_limit
                 .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
+            bytes_in: attach
+                .conn_bytes_in
+                .map(|rate| Box::new(crate::rate_limit::ReadThrottle::new(rate))),
             traffic: crate::metrics::Traffic::default(),
             flushes,
             unflushed: false,

@@ -15,7 +15,9 @@
 //! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
 //! - `redispatch`: messages of shared groups handed to another member when
 //!   this one loses its connection or ends.
+//! - `aliases`: topic aliases towards MQTT 5 clients.
 
+mod aliases;
 mod inbound;
 mod lifecycle;
 mod outbound;
@@ -115,14 +117,23 @@ struct Conn {
     keepalive: Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
     /// How many QoS>0 messages may be unacknowledged towards the client.
     send_window: usize,
+    /// Our Receive Maximum when exceeding it disconnects the client (MQTT 5
+    /// with `mqtt.receive_maximum_exceeded = disconnect`); `None`: back-pressure.
+    receive_maximum: Option<u16>,
+    /// Publishes in the message.publish chain at which reading stops.
+    read_limit: usize,
     /// The client's maximum packet size (MQTT 5).
     client_max_packet: Option<usize>,
     /// Topic aliases the client set (MQTT 5).
     aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases we set towards the client (MQTT 5); `None` when it allows none.
+    out_aliases: Option<Box<aliases::OutAliases>>,
     will: Option<Will>,
     /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
     /// client starts with a full bucket, so it can re-send what was refused.
     publish_bucket: Option<crate::rate_limit::TokenBucket>,
+    /// The listener's `rate_limit.conn_bytes_in`, per connection.
+    bytes_in: Option<Box<crate::rate_limit::ReadThrottle>>,
     /// Packets counted since they were last added to the broker's counters.
     traffic: crate::metrics::Traffic,
     /// The writer may keep written bytes in a buffer of its own (TLS,
@@ -224,6 +235,8 @@ enum Event {
     Published(PublishDone),
     /// The keep-alive timer fired: a timeout, or re-armed if packets came since.
     KeepaliveDue,
+    /// `bytes_in` has refilled: reading the connection resumes.
+    ReadResume,
     Expired,
     WillDue,
     Shutdown,
@@ -362,8 +375,8 @@ impl Session {
             None
         };
         let will_at = self.delayed_will.as_ref().map(|(_, at)| *at);
-        let read_allowed = self.pending.len() < self.shared.config.mqtt.max_inflight as usize;
         let pending_nonempty = !self.pending.is_empty();
+        let pending = self.pending.len();
         match self.conn.as_mut() {
             Some(c) => {
                 let Conn {
@@ -373,8 +386,12 @@ impl Session {
                     outbuf,
                     keepalive,
                     unflushed,
+                    read_limit,
+                    bytes_in,
                     ..
                 } = c;
+                let throttled = bytes_in.as_ref().is_some_and(|t| t.paused());
+                let read_allowed = pending < *read_limit && !throttled;
                 let want_write = !outbuf.is_empty();
                 let want_flush = !want_write && *unflushed;
                 // Not biased: a flood of deliveries must not starve the client's
@@ -387,6 +404,7 @@ impl Session {
                     r = reader.read_buf(inbuf), if read_allowed => Event::Read(r),
                     _ = wait_timer(keepalive) => Event::KeepaliveDue,
                     _ = sleep_until_opt(will_at) => Event::WillDue,
+                    _ = wait_throttle(bytes_in), if throttled => Event::ReadResume,
                 }
             }
             None => {
@@ -454,6 +472,9 @@ impl Session {
                 crate::metrics::Metrics::add(&self.shared.metrics.bytes_received, n);
                 if let Some(c) = self.conn.as_mut() {
                     c.last_seen = Instant::now();
+                    if let Some(t) = c.bytes_in.as_mut() {
+                        t.read(n);
+                    }
                 }
                 return self.process_input().await;
             }
@@ -499,6 +520,11 @@ impl Session {
                 if let Some(c) = self.conn.as_mut() {
                     if let Some((k, timer)) = c.keepalive.as_mut() {
                         let k = *k;
+                        // Not reading (over `bytes_in`) is no sign of a dead client.
+                        if c.bytes_in.as_ref().is_some_and(|t| t.paused()) {
+                            timer.as_mut().reset(now + k);
+                            return None;
+                        }
                         if c.last_seen + k > now {
                             timer.as_mut().reset(c.last_seen + k);
                             return None;
@@ -512,6 +538,11 @@ impl Session {
             }
             Event::Expired => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
             Event::WillDue => self.publish_delayed_will(),
+            Event::ReadResume => {
+                if let Some(t) = self.conn.as_mut().and_then(|c| c.bytes_in.as_mut()) {
+                    t.resume();
+                }
+            }
         }
         None
     }
@@ -544,6 +575,14 @@ async fn write_or_flush(writer: &mut crate::transport::Writer, outbuf: &mut Byte
 async fn wait_timer(keepalive: &mut Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>) {
     match keepalive {
         Some((_, t)) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until a paused reader may resume; never returns without a throttle.
+async fn wait_throttle(throttle: &mut Option<Box<crate::rate_limit::ReadThrottle>>) {
+    match throttle {
+        Some(t) => t.wait().await,
         None => std::future::pending().await,
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use hooks_spec::{AckedArgs, DropReason, ProtocolVersion, QoS};
 
+use super::aliases::Alias;
 use super::{AckState, Inflight, Routed, Session, SessionTx, OUTBUF_HIGH_WATER};
 use crate::codec::{Ack, EncodeError, Packet, Publish, PublishRef};
 
@@ -82,13 +83,14 @@ impl Session {
         }
         let connected = self.conn.is_some();
         if routed.qos == QoS::AtMostOnce {
-            // QoS 0 is not queued for an offline session (as Mosquitto's default),
-            // nor for a reader that has fallen far behind.
+            // QoS 0 is queued for an offline session only with
+            // `mqtt.mqueue_store_qos0` (EMQX's default; Mosquitto's is not to),
+            // and never for a reader that has fallen far behind.
             let congested = self
                 .conn
                 .as_ref()
                 .is_some_and(|c| c.outbuf.len() >= OUTBUF_HIGH_WATER);
-            if !connected || congested {
+            if congested || (!connected && !self.shared.config.mqtt.mqueue_store_qos0) {
                 self.shared.fire_dropped(
                     &routed.message,
                     DropReason::QueueFull,
@@ -96,10 +98,11 @@ impl Session {
                 );
                 return Err(DropReason::QueueFull);
             }
-            self.write_publish(routed, 0, false).await;
-            return Ok(());
-        }
-        if connected && self.queue.is_empty() && self.window_open() {
+            if connected {
+                self.write_publish(routed, 0, false).await;
+                return Ok(());
+            }
+        } else if connected && self.queue.is_empty() && self.window_open() {
             self.send_new(routed).await;
             return Ok(());
         }
@@ -133,6 +136,11 @@ impl Session {
             if routed.message.is_expired(SystemTime::now()) {
                 self.shared
                     .fire_dropped(&routed.message, DropReason::Expired, Some(&self.client.clientid));
+                continue;
+            }
+            if routed.qos == QoS::AtMostOnce {
+                // Queued while offline (`mqtt.mqueue_store_qos0`): no packet id, no window slot.
+                self.write_publish(routed, 0, false).await;
                 continue;
             }
             self.send_new(routed).await;
@@ -194,19 +202,29 @@ impl Session {
         let Some(c) = self.conn.as_mut() else { return false };
         let m = &routed.message;
         let v5 = c.codec.protocol == ProtocolVersion::V5;
+        let mut new_alias = None;
         let encoded = if v5 {
+            // The topic name goes out with a new alias, and not at all with a known one.
+            let (topic, topic_alias) = match c.out_aliases.as_deref_mut().map(|a| a.lookup(&m.topic)) {
+                None => (m.topic.to_string(), None),
+                Some(Alias::Known(n)) => (String::new(), Some(n)),
+                Some(Alias::New(n)) => {
+                    new_alias = Some(n);
+                    (m.topic.to_string(), Some(n))
+                }
+            };
             let publish = Publish {
                 dup,
                 qos: routed.qos,
                 retain: routed.retain,
-                topic: m.topic.to_string(),
+                topic,
                 pkid,
                 payload: m.payload.clone(),
                 properties: m.properties.clone(),
                 message_expiry: m
                     .remaining_expiry(SystemTime::now())
                     .map(|d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
-                topic_alias: None,
+                topic_alias,
                 subscription_ids: routed.subscription_ids.clone(),
             };
             c.codec
@@ -226,6 +244,10 @@ impl Session {
         };
         match encoded {
             Ok(()) => {
+                // Only once the PUBLISH is on its way does the client know the alias.
+                if let (Some(n), Some(a)) = (new_alias, c.out_aliases.as_deref_mut()) {
+                    a.commit(n, &m.topic);
+                }
                 self.shared.metrics.sent(routed.qos);
                 c.traffic.packets_out = c.traffic.packets_out.saturating_add(1);
                 true
