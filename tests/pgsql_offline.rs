@@ -322,3 +322,23 @@ async fn a_subscription_provisioned_in_mqtt_sub_stores_from_then_for_a_device_ne
         .await;
     assert_eq!(receive_n(&mut d1, 1).await, ["live"]);
 }
+
+/// A replay page also ends at 4 MiB of payload: twelve messages of 512 KiB
+/// (6 MiB) come in two pages, every one once and in order.
+#[tokio::test]
+async fn large_messages_replay_in_pages_bounded_by_bytes() {
+    let db = TestDb::create().await;
+    let broker = broker_with_pgsql(&db, "").await;
+    device(&broker, "big-dev", "big/t").await.disconnect().await;
+    let (mut p, _) = V4Client::connect(v4_options(broker.addr, "big-pub", true)).await;
+    for i in 0..12u8 {
+        p.publish_acked("big/t", QoS::AtLeastOnce, false, vec![i; 512 * 1024])
+            .await;
+    }
+    let mut dev = device(&broker, "big-dev", "big/t").await;
+    for i in 0..12u8 {
+        let m = dev.next_publish().await;
+        assert_eq!((m.payload.len(), m.payload[0]), (512 * 1024, i), "message {i}");
+    }
+    dev.expect_no_publish(Duration::from_millis(500)).await;
+}

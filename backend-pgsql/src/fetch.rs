@@ -412,10 +412,22 @@ impl Fetcher {
         let through: i64 = newest
             .and_then(|r| r.try_get(0))
             .map_err(|e| PgsqlError::query(what())(e))?;
-        let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
+        let mut rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
         committed.map_err(|e| PgsqlError::query(what())(e))?;
         drop(conn);
-        let full = rows.len() as i64 >= limit;
+        let mut full = rows.len() as i64 >= limit;
+        // A page also ends at PAGE_BYTES of payload: the next one goes on
+        // from its last id.
+        let sizes = rows.iter().map(|r| {
+            r.try_get::<_, Option<&[u8]>>(5)
+                .ok()
+                .flatten()
+                .map_or(0, <[u8]>::len)
+        });
+        if let Some(keep) = cut_at(sizes, PAGE_BYTES) {
+            rows.truncate(keep);
+            full = true;
+        }
         let first = rows.first().map(|r| r.try_get::<_, i64>(0)).transpose();
         let last = rows.last().map(|r| r.try_get::<_, i64>(0)).transpose();
         let (first, last) = (
@@ -645,6 +657,24 @@ impl RowDecoder {
     }
 }
 
+/// The most payload bytes one page holds (with up to `max_returned_count`
+/// messages): a replaying client holds at most two pages, so large payloads
+/// cannot make it hold `2 x max_returned_count x mqtt.max_packet_size`.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// How many rows of a page to keep so their payloads stay within `budget`
+/// bytes (always at least one); `None` when they all fit.
+fn cut_at(sizes: impl Iterator<Item = usize>, budget: usize) -> Option<usize> {
+    let mut total = 0usize;
+    for (i, size) in sizes.enumerate() {
+        total = total.saturating_add(size);
+        if total > budget {
+            return Some(i.max(1));
+        }
+    }
+    None
+}
+
 /// `value` as an `Arc<str>`, reusing the previous one when it is the same.
 fn shared(last: &mut Option<Arc<str>>, value: &str) -> Arc<str> {
     match last {
@@ -654,5 +684,19 @@ fn shared(last: &mut Option<Arc<str>>, value: &str) -> Arc<str> {
             *last = Some(Arc::clone(&a));
             a
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_ends_where_its_payloads_pass_the_budget() {
+        assert_eq!(cut_at([10, 10, 10].into_iter(), 30), None);
+        assert_eq!(cut_at([10, 10, 11].into_iter(), 30), Some(2));
+        // One message larger than the budget still makes a page of one.
+        assert_eq!(cut_at([50, 1].into_iter(), 30), Some(1));
+        assert_eq!(cut_at(std::iter::empty(), 30), None);
     }
 }

@@ -168,7 +168,7 @@ fn emqx_default_rule_set() {
     assert_eq!(c.rules, want);
 
     // Globals take their defaults.
-    assert_eq!(c.max_returned_count, 500);
+    assert_eq!(c.max_returned_count, 5000);
     assert_eq!(c.time_range, None);
     assert_eq!(c.msg_retention, Some(Duration::from_secs(7 * 86400)));
     assert_eq!(c.batch_size, 1000);
@@ -519,7 +519,7 @@ fn shipped_config_file_loads() {
         ("postgres", None, "mqtt")
     );
     assert_eq!(p.ssl, SslConfig::default());
-    assert_eq!(c.max_returned_count, 500);
+    assert_eq!(c.max_returned_count, 5000);
     assert_eq!(c.time_range, None);
     assert_eq!(c.msg_retention, Some(Duration::from_secs(7 * 86400)));
     assert_eq!(c.batch_size, 1000);
