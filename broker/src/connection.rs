@@ -11,7 +11,9 @@
 //!
 //! A connection over its listener's `max_conn_rate` still gets its CONNECT
 //! read, so it can be told why it is refused (CONNACK 0x9F, 3.1.1: 0x03);
-//! no hook runs for it. TLS connections arrive here after their handshake
+//! no hook runs for it. Neither does one that arrives while the node drains
+//! (`POST /api/v4/nodes/{node}/drain`): CONNACK 0x9D, Server moved, with
+//! `mqtt.server_reference` (3.1.1: 0x03). TLS connections arrive here after their handshake
 //! (`tls.rs`), which shares the `mqtt.connect_timeout` deadline.
 
 use std::net::SocketAddr;
@@ -29,7 +31,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::transport::{Peer, Stream};
 
-use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
+use crate::codec::{self, Codec, ConnAck, ConnAckProps, Connect, DecodeError, Packet};
 use crate::delivery::Attach;
 use crate::shared::Shared;
 
@@ -43,6 +45,7 @@ mod rc {
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
+    pub const SERVER_MOVED: u8 = 0x9D;
 }
 
 /// How a listener admitted a connection.
@@ -128,6 +131,16 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         // Logged (throttled) and counted by the accept loop; this is the detail.
         tracing::debug!(%peer, clientid = %connect.client_id, "refused: listener connection rate exceeded");
         refuse(&shared, &mut stream, protocol, rc::CONNECTION_RATE_EXCEEDED).await;
+        return;
+    }
+    if shared.is_draining() {
+        // MQTT 5: CONNACK 0x9D with the server reference; 3.1.1: return code 3.
+        tracing::info!(%peer, clientid = %connect.client_id, "refused: the node drains (server moved)");
+        let props = ConnAckProps {
+            server_reference: shared.config.mqtt.server_reference.clone(),
+            ..ConnAckProps::default()
+        };
+        refuse_with(&shared, &mut stream, protocol, rc::SERVER_MOVED, props).await;
         return;
     }
     if admission.cert_cn_as_username {
@@ -366,6 +379,17 @@ async fn refuse_with_hook(shared: &Shared, stream: &mut Stream, conn: &ConnInfo,
 }
 
 async fn refuse(shared: &Shared, stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
+    refuse_with(shared, stream, protocol, code, ConnAckProps::default()).await;
+}
+
+/// Sends a refusing CONNACK with MQTT 5 properties (dropped on 3.1.x) and closes.
+async fn refuse_with(
+    shared: &Shared,
+    stream: &mut Stream,
+    protocol: ProtocolVersion,
+    code: u8,
+    props: ConnAckProps,
+) {
     let codec = Codec {
         protocol,
         max_packet_size: usize::MAX,
@@ -374,7 +398,7 @@ async fn refuse(shared: &Shared, stream: &mut Stream, protocol: ProtocolVersion,
     let connack = ConnAck {
         session_present: false,
         code,
-        props: Default::default(),
+        props,
     };
     if codec.encode(&Packet::ConnAck(connack), &mut out, None).is_ok() && stream.write_all(&out).await.is_ok()
     {

@@ -431,6 +431,12 @@ impl Session {
                                 .await;
                             }
                         }
+                        SessionCmd::Drain(reply) => {
+                            let _ = reply.send(self.conn.is_some());
+                            if self.conn.is_some() {
+                                return Box::pin(self.server_moved()).await;
+                            }
+                        }
                         SessionCmd::HandOverShared => {
                             if self.conn.is_none() {
                                 self.redispatch_shared(false);
