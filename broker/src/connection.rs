@@ -9,6 +9,11 @@
 //! subscriptions (checked by the ACL for their maker) or queued messages of
 //! another user.
 //!
+//! A CONNECT that names an Authentication Method (MQTT 5 enhanced
+//! authentication) runs that method's AUTH exchange here (`enhanced_auth`)
+//! instead of `client.authenticate`; a method no plugin offers gets CONNACK
+//! 0x8C.
+//!
 //! A connection over its listener's `max_conn_rate` still gets its CONNECT
 //! read, so it can be told why it is refused (CONNACK 0x9F, 3.1.1: 0x03);
 //! no hook runs for it. Neither does one that arrives while the node drains
@@ -157,7 +162,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         }
     }
     let hooks = Arc::clone(&shared.hooks);
-    let conn = ConnInfo {
+    let mut conn = ConnInfo {
         clientid: connect.client_id.clone(),
         username: connect.username.clone(),
         peer,
@@ -212,7 +217,32 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         cert_common_name: peer_info.cert_common_name.clone(),
     };
 
-    let auth = if hooks.client_authenticate.is_empty() {
+    // MQTT 5 enhanced authentication: the method decides, client.authenticate does not run.
+    let mut auth_data = None;
+    let auth = if let Some(method) = connect.auth_method.clone() {
+        let outcome =
+            crate::enhanced_auth::run(&shared, &mut stream, &mut buf, &connect, &client, &method).await;
+        match outcome {
+            crate::enhanced_auth::Outcome::Success { data, username } => {
+                if client.username.is_none() {
+                    client.username = username;
+                    conn.username = client.username.clone();
+                }
+                auth_data = data;
+                AuthResult::Allow
+            }
+            crate::enhanced_auth::Outcome::Refuse(code, why) => {
+                tracing::info!(%peer, clientid = %clientid, method = %method, reason_code = code, "refused: enhanced authentication: {why}");
+                Metrics::bump(&shared.metrics.auth_failures);
+                refuse_with_hook(&shared, &mut stream, &conn, code).await;
+                return;
+            }
+            crate::enhanced_auth::Outcome::Closed(why) => {
+                tracing::info!(%peer, clientid = %clientid, method = %method, "closed during enhanced authentication: {why}");
+                return;
+            }
+        }
+    } else if hooks.client_authenticate.is_empty() {
         AuthResult::Ignore
     } else {
         let args = Arc::new(AuthArgs {
@@ -292,6 +322,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         props,
         claim,
         restored,
+        auth_data,
     };
     let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
         crate::session::start(&shared, attach);

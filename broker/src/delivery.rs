@@ -134,4 +134,7 @@ pub struct Attach {
     /// The session a plugin kept, read before the connection was handed
     /// over (used when the session is new here).
     pub restored: Option<hooks_spec::StoredSession>,
+    /// MQTT 5 enhanced authentication (CONNECT named a method and it
+    /// succeeded): the method's last Authentication Data, for CONNACK.
+    pub auth_data: Option<bytes::Bytes>,
 }

@@ -18,6 +18,11 @@
 //! with one the file does not have, is not decided here: another plugin or
 //! `mqtt.allow_anonymous` decides.
 //!
+//! ## Enhanced authentication (MQTT 5 AUTH)
+//! With a password file the plugin offers the method `SCRAM-SHA-512`
+//! ([`scram`]) for the users whose hash is `$7$` (PBKDF2-SHA512), so a
+//! client proves it knows the password without sending it.
+//!
 //! ## Authorization (`client.check_acl`)
 //! The ACL file is Mosquitto's ([`acl_file`]). What no rule decides is
 //! refused by default, as Mosquitto does when it has an ACL file;
@@ -39,6 +44,7 @@
 pub mod acl_file;
 pub mod passwd_cli;
 pub mod password_file;
+pub mod scram;
 
 #[cfg(test)]
 mod tests;
@@ -309,6 +315,10 @@ impl Plugin for AuthFile {
             let pw = pw.get();
             tracing::info!(file = %pw.path.display(), users = pw.len(), "auth_file: password file loaded");
             register_authenticate(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
+            // MQTT 5 enhanced authentication for the `$7$` users.
+            ctx.hooks
+                .auth_methods
+                .register(NAME, Arc::new(scram::ScramSha512::new(Arc::clone(&cfg))));
         }
         if let Some(acl) = &cfg.acl {
             let acl = acl.get();

@@ -150,6 +150,10 @@ impl Session {
             traffic: crate::metrics::Traffic::default(),
             flushes,
             unflushed: false,
+            auth: connect
+                .auth_method
+                .clone()
+                .map(|method| Box::new(super::reauth::ConnAuth::new(method))),
         });
         self.shared.connected_add(1);
         self.online.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -173,6 +177,8 @@ impl Session {
             if limits.server_keepalive.is_some() {
                 props.server_keepalive = Some(keepalive_secs);
             }
+            props.auth_method = connect.auth_method.clone();
+            props.auth_data = attach.auth_data.clone();
         }
         let mut conn_props = attach.props;
         if !hooks.client_connack.is_empty() {

@@ -19,6 +19,7 @@
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod reauth;
 mod redispatch;
 mod replay;
 
@@ -130,6 +131,9 @@ struct Conn {
     flushes: bool,
     /// Bytes were written since the last flush (only when `flushes`).
     unflushed: bool,
+    /// MQTT 5 enhanced authentication: the method of CONNECT (a
+    /// re-authentication must use it) and a re-authentication under way.
+    auth: Option<Box<reauth::ConnAuth>>,
 }
 
 /// One subscription of this session.
