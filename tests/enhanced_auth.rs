@@ -1,7 +1,9 @@
 //! MQTT 5 enhanced authentication: a CONNECT naming a method nobody offers
-//! gets CONNACK 0x8C; `auth_file` offers SCRAM-SHA-512 over its `$7$` users,
-//! checked here byte by byte (the client side of RFC 5802 computed in the
-//! test with the sha2/hmac/pbkdf2 crates), including re-authentication.
+//! gets CONNACK 0x8C; `auth_file` offers SCRAM-SHA-512 over its `$7$` users
+//! and SCRAM-SHA-256 over `$SCRAM-SHA-256$` ones (written by `postbox passwd
+//! -H scram-sha256`), checked here byte by byte (the client side of RFC 5802
+//! computed in the test with the sha2/hmac/pbkdf2 crates), including
+//! re-authentication.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
@@ -10,7 +12,7 @@ mod support;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 use support::*;
 
 const METHOD: &str = "SCRAM-SHA-512";
@@ -28,11 +30,29 @@ fn passwd_line(user: &str, password: &str) -> String {
     )
 }
 
+/// `carol`/`sesame` as `postbox passwd -H scram-sha256` writes her.
+async fn scram_sha256_line() -> String {
+    let dir = temp_dir("scram-passwd");
+    let file = dir.join("passwd");
+    let out = tokio::process::Command::new(broker_bin())
+        .args(["passwd", "-c", "-b", "-H", "scram-sha256", "-I", "101"])
+        .arg(&file)
+        .args(["carol", "sesame"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = std::fs::read_to_string(&file).unwrap();
+    assert!(line.starts_with("carol:$SCRAM-SHA-256$101$"), "{line}");
+    line
+}
+
 async fn broker() -> Broker {
     let passwd = format!(
-        "{}{}",
+        "{}{}{}",
         passwd_line("alice", "secret"),
-        passwd_line("bob", "other")
+        passwd_line("bob", "other"),
+        scram_sha256_line().await
     );
     Broker::start_with_files(
         "plugins.load = auth_file\nmqtt.allow_anonymous = false\n",
@@ -120,14 +140,58 @@ fn prop(props: &[(u8, Vec<u8>)], id: u8) -> Option<Vec<u8>> {
     props.iter().find(|(i, _)| *i == id).map(|(_, v)| v.clone())
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = Hmac::<Sha512>::new_from_slice(key).unwrap();
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
+/// The SCRAM hash: SHA-512 (`true`) or SHA-256.
+#[derive(Clone, Copy)]
+struct Alg(bool);
+
+const SHA512: Alg = Alg(true);
+const SHA256: Alg = Alg(false);
+
+impl Alg {
+    fn method(self) -> &'static str {
+        if self.0 {
+            "SCRAM-SHA-512"
+        } else {
+            "SCRAM-SHA-256"
+        }
+    }
+
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        if self.0 {
+            let mut m = Hmac::<Sha512>::new_from_slice(key).unwrap();
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        } else {
+            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        if self.0 {
+            Sha512::digest(data).to_vec()
+        } else {
+            Sha256::digest(data).to_vec()
+        }
+    }
+
+    fn salted(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        if self.0 {
+            let mut out = [0u8; 64];
+            pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
+            out.to_vec()
+        } else {
+            let mut out = [0u8; 32];
+            pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+            out.to_vec()
+        }
+    }
 }
 
-/// The client side of one SCRAM-SHA-512 exchange.
+/// The client side of one SCRAM exchange.
 struct Scram {
+    alg: Alg,
     password: String,
     bare: String,
     auth_message: String,
@@ -136,8 +200,13 @@ struct Scram {
 
 impl Scram {
     fn first(user: &str, password: &str, nonce: &str) -> (Scram, String) {
+        Scram::first_with(SHA512, user, password, nonce)
+    }
+
+    fn first_with(alg: Alg, user: &str, password: &str, nonce: &str) -> (Scram, String) {
         let bare = format!("n={user},r={nonce}");
         let s = Scram {
+            alg,
             password: password.into(),
             bare: bare.clone(),
             auth_message: String::new(),
@@ -146,7 +215,8 @@ impl Scram {
         (s, format!("n,,{bare}"))
     }
 
-    /// client-final for the server-first, checking what the server chose.
+    /// client-final for the server-first, checking what the server chose
+    /// (for SCRAM-SHA-512, the `$7$` salt and iterations of this test).
     fn last(&mut self, server_first: &str, client_nonce: &str) -> String {
         let mut nonce = "";
         let mut salt = Vec::new();
@@ -163,39 +233,40 @@ impl Scram {
             nonce.starts_with(client_nonce) && nonce.len() > client_nonce.len(),
             "{server_first}"
         );
-        assert_eq!(salt, SALT);
         assert_eq!(iterations, ITERATIONS);
-        let mut salted = [0u8; 64];
-        pbkdf2::pbkdf2_hmac::<Sha512>(self.password.as_bytes(), &salt, iterations, &mut salted);
-        self.salted = salted.to_vec();
+        if self.alg.0 {
+            assert_eq!(salt, SALT);
+        }
+        self.salted = self.alg.salted(self.password.as_bytes(), &salt, iterations);
         let without_proof = format!("c=biws,r={nonce}");
         self.auth_message = format!("{},{server_first},{without_proof}", self.bare);
-        let client_key = hmac(&self.salted, b"Client Key");
-        let stored_key = Sha512::digest(&client_key);
-        let signature = hmac(&stored_key, self.auth_message.as_bytes());
+        let client_key = self.alg.hmac(&self.salted, b"Client Key");
+        let stored_key = self.alg.hash(&client_key);
+        let signature = self.alg.hmac(&stored_key, self.auth_message.as_bytes());
         let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
         format!("{without_proof},p={}", STANDARD.encode(proof))
     }
 
     /// The server-final the server must send.
     fn expected_final(&self) -> Vec<u8> {
-        let server_key = hmac(&self.salted, b"Server Key");
-        format!(
-            "v={}",
-            STANDARD.encode(hmac(&server_key, self.auth_message.as_bytes()))
-        )
-        .into_bytes()
+        let server_key = self.alg.hmac(&self.salted, b"Server Key");
+        let signature = self.alg.hmac(&server_key, self.auth_message.as_bytes());
+        format!("v={}", STANDARD.encode(signature)).into_bytes()
     }
 }
 
 /// Reads an AUTH 0x18 and returns its data, checking the method.
 async fn read_continue(raw: &mut RawClient) -> String {
+    read_continue_for(raw, METHOD).await
+}
+
+async fn read_continue_for(raw: &mut RawClient, method: &str) -> String {
     let p = raw.read_packet().await.expect("AUTH");
     assert_eq!(packet_type(&p), ptype::AUTH, "{p:02x?}");
     // A 1-byte remaining length here: the reason code is at 2.
     assert_eq!(p[2], 0x18, "{p:02x?}");
     let props = props(&p, 1);
-    assert_eq!(prop(&props, 0x15).as_deref(), Some(METHOD.as_bytes()));
+    assert_eq!(prop(&props, 0x15).as_deref(), Some(method.as_bytes()));
     String::from_utf8(prop(&props, 0x16).expect("authentication data")).unwrap()
 }
 
@@ -206,7 +277,7 @@ async fn a_method_nobody_offers_gets_connack_0x8c() {
         raw.send(&connect(
             "c1",
             None,
-            &auth_props("SCRAM-SHA-256", Some(b"n,,n=alice,r=x")),
+            &auth_props("SCRAM-SHA-1", Some(b"n,,n=alice,r=x")),
         ))
         .await;
         assert_eq!(raw.read_packet().await, Some(vec![0x20, 3, 0x00, 0x8C, 0]));
@@ -302,4 +373,48 @@ async fn auth_without_a_method_at_connect_is_a_protocol_error() {
     raw.send(&auth(0x19, METHOD, b"n,,n=alice,r=x")).await;
     assert_eq!(raw.read_packet().await, Some(vec![0xE0, 2, 0x82, 0]));
     raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn scram_sha256_for_users_postbox_passwd_wrote_so() {
+    let b = broker().await;
+    let method = SHA256.method();
+    let mut raw = RawClient::connect(b.addr).await;
+    let (mut scram, first) = Scram::first_with(SHA256, "carol", "sesame", "c256");
+    raw.send(&connect(
+        "s256",
+        Some("carol"),
+        &auth_props(method, Some(first.as_bytes())),
+    ))
+    .await;
+    let server_first = read_continue_for(&mut raw, method).await;
+    let last = scram.last(&server_first, "c256");
+    raw.send(&auth(0x18, method, last.as_bytes())).await;
+    let connack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(connack[3], 0x00, "refused: {connack:02x?}");
+    let p = props(&connack, 2);
+    assert_eq!(prop(&p, 0x15).as_deref(), Some(method.as_bytes()));
+    assert_eq!(prop(&p, 0x16), Some(scram.expected_final()));
+
+    // The same entry serves a plain password login ...
+    let (c, _) = V5Client::connect(support::auth::v5_login(&b, "plain-carol", "carol", "sesame")).await;
+    drop(c);
+    let code = support::auth::v5_refusal(support::auth::v5_login(&b, "plain-carol2", "carol", "nope")).await;
+    assert_eq!(
+        code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::BadUserNamePassword
+    );
+    // ... but not SCRAM-SHA-512, nor a `$7$` user SCRAM-SHA-256.
+    for (alg, user) in [(SHA512, "carol"), (SHA256, "alice")] {
+        let mut raw = RawClient::connect(b.addr).await;
+        let (_, first) = Scram::first_with(alg, user, "x", "n9");
+        raw.send(&connect(
+            "cross",
+            None,
+            &auth_props(alg.method(), Some(first.as_bytes())),
+        ))
+        .await;
+        assert_eq!(raw.read_packet().await, Some(vec![0x20, 3, 0x00, 0x86, 0]));
+        raw.expect_closed().await;
+    }
 }

@@ -19,9 +19,10 @@
 //! `mqtt.allow_anonymous` decides.
 //!
 //! ## Enhanced authentication (MQTT 5 AUTH)
-//! With a password file the plugin offers the method `SCRAM-SHA-512`
-//! ([`scram`]) for the users whose hash is `$7$` (PBKDF2-SHA512), so a
-//! client proves it knows the password without sending it.
+//! With a password file the plugin offers the methods `SCRAM-SHA-512`
+//! ([`scram`]) for the users whose hash is `$7$` (PBKDF2-SHA512) and
+//! `SCRAM-SHA-256` for those with a `$SCRAM-SHA-256$` entry, so a client
+//! proves it knows the password without sending it.
 //!
 //! ## Authorization (`client.check_acl`)
 //! The ACL file is Mosquitto's ([`acl_file`]). What no rule decides is
@@ -315,10 +316,11 @@ impl Plugin for AuthFile {
             let pw = pw.get();
             tracing::info!(file = %pw.path.display(), users = pw.len(), "auth_file: password file loaded");
             register_authenticate(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
-            // MQTT 5 enhanced authentication for the `$7$` users.
-            ctx.hooks
-                .auth_methods
-                .register(NAME, Arc::new(scram::ScramSha512::new(Arc::clone(&cfg))));
+            // MQTT 5 enhanced authentication for the `$7$` and `$SCRAM-SHA-256$` users.
+            for alg in [scram::Alg::Sha256, scram::Alg::Sha512] {
+                let method = scram::Scram::new(alg, Arc::clone(&cfg));
+                ctx.hooks.auth_methods.register(NAME, Arc::new(method));
+            }
         }
         if let Some(acl) = &cfg.acl {
             let acl = acl.get();

@@ -1,15 +1,19 @@
-//! `SCRAM-SHA-512` (RFC 5802, with SHA-512 as RFC 7677 does SHA-256) over
+//! SCRAM (RFC 5802; SHA-256 per RFC 7677, and SHA-512 the same way) over
 //! MQTT 5 enhanced authentication, for the users of the password file.
 //!
-//! Why SHA-512 and not SCRAM-SHA-256: SCRAM's server side needs the salted
-//! password `Hi(password, salt, i)`, which is PBKDF2 with the mechanism's
-//! hash. A Mosquitto `$7$` entry is exactly PBKDF2-HMAC-SHA512 with a 64-byte
-//! result, so it *is* the SCRAM-SHA-512 salted password: every user
-//! `mosquitto_passwd` or `postbox passwd` made can use SCRAM without a new
-//! file format, and the file stays readable by Mosquitto. SCRAM-SHA-256 would
-//! need PBKDF2-HMAC-SHA256 of each password, which the file does not hold
-//! (an entry format of its own, which Mosquitto would not read). Users with
-//! an old `$6$` (salted SHA-512) hash cannot use SCRAM (refused, 0x86).
+//! The server side needs each user's SCRAM keys, derived from the salted
+//! password `Hi(password, salt, i)` (PBKDF2 with the mechanism's hash):
+//!
+//! - `SCRAM-SHA-512`: a Mosquitto `$7$` entry is exactly PBKDF2-HMAC-SHA512
+//!   with a 64-byte result, so it *is* the SCRAM-SHA-512 salted password:
+//!   every user `mosquitto_passwd` or `postbox passwd` made can use it, and
+//!   the file stays Mosquitto's.
+//! - `SCRAM-SHA-256`: needs PBKDF2-HMAC-SHA256, which a Mosquitto file does
+//!   not hold; users with a `$SCRAM-SHA-256$` entry (`postbox passwd -H
+//!   scram-sha256`, which Mosquitto does not read) can use it.
+//!
+//! A user whose entry is of another kind is refused (0x86), as is one the
+//! file does not have (at client-first).
 //!
 //! The exchange: client-first (`n,,n=<user>,r=<nonce>`) in CONNECT's
 //! Authentication Data; server-first (`r=<nonce+ours>,s=<salt>,i=<n>`) in
@@ -17,10 +21,9 @@
 //! server-final (`v=<signature>`) in CONNACK (or AUTH 0x00 when
 //! re-authenticating). Not supported: channel binding (`p=`), an
 //! authorization identity (`a=`), SASLprep of non-ASCII passwords (the
-//! password's bytes are used as they are, as Mosquitto hashed them). The
+//! password's bytes are used as they are, as the file hashed them). The
 //! CONNECT's user name, when given, must be the SCRAM user; when not given,
-//! the SCRAM user becomes the client's user name. A user the file does not
-//! have is refused at client-first.
+//! the SCRAM user becomes the client's user name.
 
 use std::sync::Arc;
 
@@ -29,36 +32,105 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hooks_spec::{AuthExchange, AuthMethod, AuthStep, ClientInfo};
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 
 use super::password_file::PasswordHash;
 use super::InForce;
 
-/// The Authentication Method name.
-pub const METHOD: &str = "SCRAM-SHA-512";
+/// The hash a SCRAM method uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    /// `SCRAM-SHA-256`, over `$SCRAM-SHA-256$` entries.
+    Sha256,
+    /// `SCRAM-SHA-512`, over `$7$` entries.
+    Sha512,
+}
+
+impl Alg {
+    /// The Authentication Method name.
+    pub fn method(self) -> &'static str {
+        match self {
+            Alg::Sha256 => "SCRAM-SHA-256",
+            Alg::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Alg::Sha256 => Sha256::digest(data).to_vec(),
+            Alg::Sha512 => Sha512::digest(data).to_vec(),
+        }
+    }
+
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        // HMAC takes keys of any length: new_from_slice cannot fail.
+        match self {
+            Alg::Sha256 => Hmac::<Sha256>::new_from_slice(key)
+                .map(|m| m.chain_update(data).finalize().into_bytes().to_vec())
+                .unwrap_or_default(),
+            Alg::Sha512 => Hmac::<Sha512>::new_from_slice(key)
+                .map(|m| m.chain_update(data).finalize().into_bytes().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The user's iterations, salt, StoredKey and ServerKey, when the entry
+    /// serves this method.
+    fn keys(self, entry: &PasswordHash) -> Option<UserKeys> {
+        match (self, entry) {
+            (
+                Alg::Sha512,
+                PasswordHash::Pbkdf2Sha512 {
+                    iterations,
+                    salt,
+                    hash,
+                },
+            ) => {
+                let stored = self.hash(&self.hmac(hash, b"Client Key"));
+                let server = self.hmac(hash, b"Server Key");
+                Some((*iterations, salt.clone(), stored, server))
+            }
+            (
+                Alg::Sha256,
+                PasswordHash::ScramSha256 {
+                    iterations,
+                    salt,
+                    stored_key,
+                    server_key,
+                },
+            ) => Some((*iterations, salt.clone(), stored_key.clone(), server_key.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Iterations, salt, StoredKey and ServerKey of one user.
+type UserKeys = (u32, Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// Bytes of server nonce.
 const NONCE_LEN: usize = 18;
 
-/// The method, answering from the password file in force.
-pub struct ScramSha512 {
+/// A SCRAM method, answering from the password file in force.
+pub struct Scram {
+    alg: Alg,
     cfg: Arc<InForce>,
 }
 
-impl ScramSha512 {
-    /// The method over the plugin's files.
-    pub fn new(cfg: Arc<InForce>) -> ScramSha512 {
-        ScramSha512 { cfg }
+impl Scram {
+    /// The method with `alg` over the plugin's files.
+    pub fn new(alg: Alg, cfg: Arc<InForce>) -> Scram {
+        Scram { alg, cfg }
     }
 }
 
-impl AuthMethod for ScramSha512 {
+impl AuthMethod for Scram {
     fn name(&self) -> &str {
-        METHOD
+        self.alg.method()
     }
 
     fn start(&self, client: &ClientInfo) -> Box<dyn AuthExchange> {
         Box::new(Exchange {
+            alg: self.alg,
             cfg: Arc::clone(&self.cfg),
             connect_user: client.username.clone(),
             state: State::First,
@@ -70,7 +142,8 @@ enum State {
     First,
     Final {
         user: String,
-        salted: Vec<u8>,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
         nonce: String,
         gs2_header: String,
         /// client-first-bare "," server-first
@@ -80,22 +153,10 @@ enum State {
 }
 
 struct Exchange {
+    alg: Alg,
     cfg: Arc<InForce>,
     connect_user: Option<String>,
     state: State,
-}
-
-type HmacSha512 = Hmac<Sha512>;
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length: new_from_slice cannot fail.
-    match HmacSha512::new_from_slice(key) {
-        Ok(mut m) => {
-            m.update(data);
-            m.finalize().into_bytes().to_vec()
-        }
-        Err(_) => Vec::new(),
-    }
 }
 
 /// Compares without stopping at the first difference.
@@ -135,11 +196,15 @@ impl AuthExchange for Exchange {
             State::First => self.client_first(text),
             State::Final {
                 user,
-                salted,
+                stored_key,
+                server_key,
                 nonce,
                 gs2_header,
                 auth_prefix,
-            } => client_final(text, &user, &salted, &nonce, &gs2_header, &auth_prefix),
+            } => {
+                let keys = (stored_key.as_slice(), server_key.as_slice());
+                client_final(self.alg, text, &user, keys, &nonce, (&gs2_header, &auth_prefix))
+            }
             State::Done => fail("SCRAM exchange already complete"),
         }
     }
@@ -172,18 +237,14 @@ impl Exchange {
             return fail("no password file");
         };
         let passwords = passwords.get();
-        let (iterations, salt, salted) = match passwords.get(&user) {
-            Some(PasswordHash::Pbkdf2Sha512 {
-                iterations,
-                salt,
-                hash,
-            }) => (*iterations, salt.clone(), hash.clone()),
-            Some(PasswordHash::Sha512 { .. }) => {
-                return fail(format!(
-                    "user {user:?} has a `$6$` hash: SCRAM needs a `$7$` (PBKDF2-SHA512) one"
-                ))
-            }
-            None => return fail(format!("user {user:?} is not in the password file")),
+        let Some(entry) = passwords.get(&user) else {
+            return fail(format!("user {user:?} is not in the password file"));
+        };
+        let Some((iterations, salt, stored_key, server_key)) = self.alg.keys(entry) else {
+            return fail(format!(
+                "the password file entry of {user:?} cannot serve {} (see auth_file's scram module)",
+                self.alg.method()
+            ));
         };
         let mut ours = [0u8; NONCE_LEN];
         if getrandom::getrandom(&mut ours).is_err() {
@@ -193,7 +254,8 @@ impl Exchange {
         let server_first = format!("r={nonce},s={},i={iterations}", STANDARD.encode(&salt));
         self.state = State::Final {
             user,
-            salted,
+            stored_key,
+            server_key,
             nonce,
             gs2_header: gs2_header.to_string(),
             auth_prefix: format!("{bare},{server_first}"),
@@ -202,13 +264,15 @@ impl Exchange {
     }
 }
 
+/// Checks client-final against the keys; `(gs2_header, auth_prefix)`:
+/// what client-first sent and `client-first-bare,server-first`.
 fn client_final(
+    alg: Alg,
     text: &str,
     user: &str,
-    salted: &[u8],
+    (stored_key, server_key): (&[u8], &[u8]),
     nonce: &str,
-    gs2_header: &str,
-    auth_prefix: &str,
+    (gs2_header, auth_prefix): (&str, &str),
 ) -> AuthStep {
     let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
         return fail("SCRAM client-final without a proof (p=)");
@@ -224,18 +288,15 @@ fn client_final(
         return fail("SCRAM proof is not base64");
     };
     let auth_message = format!("{auth_prefix},{without_proof}");
-    let client_key = hmac(salted, b"Client Key");
-    let stored_key = Sha512::digest(&client_key);
-    let signature = hmac(&stored_key, auth_message.as_bytes());
+    let signature = alg.hmac(stored_key, auth_message.as_bytes());
     if proof.len() != signature.len() {
         return fail("SCRAM proof of the wrong length");
     }
     let claimed: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
-    if !same(&Sha512::digest(&claimed), &stored_key) {
+    if !same(&alg.hash(&claimed), stored_key) {
         return fail(format!("wrong SCRAM proof for user {user:?}"));
     }
-    let server_key = hmac(salted, b"Server Key");
-    let server_signature = hmac(&server_key, auth_message.as_bytes());
+    let server_signature = alg.hmac(server_key, auth_message.as_bytes());
     AuthStep::Success {
         data: Some(Bytes::from(format!("v={}", STANDARD.encode(server_signature)))),
         username: Some(user.to_string()),
@@ -252,5 +313,43 @@ mod tests {
         assert_eq!(unescape("plain").as_deref(), Some("plain"));
         assert_eq!(unescape("bad=2"), None);
         assert_eq!(unescape("bad=41"), None);
+    }
+
+    /// RFC 7677 section 3's example exchange: user `user`, password
+    /// `pencil`; the server's nonce and the client's proof as printed there.
+    #[test]
+    fn rfc7677_example_verifies() {
+        let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let (stored, server) = crate::auth::password_file::scram_sha256_keys(b"pencil", &salt, 4096);
+        let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let prefix = format!("n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
+        let final_msg = format!("c=biws,r={nonce},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        let step = client_final(
+            Alg::Sha256,
+            &final_msg,
+            "user",
+            (&stored, &server),
+            nonce,
+            ("n,,", &prefix),
+        );
+        assert_eq!(
+            step,
+            AuthStep::Success {
+                data: Some(Bytes::from_static(
+                    b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+                )),
+                username: Some("user".into()),
+            }
+        );
+        let wrong = final_msg.replace("dHzb", "dHzc");
+        let step = client_final(
+            Alg::Sha256,
+            &wrong,
+            "user",
+            (&stored, &server),
+            nonce,
+            ("n,,", &prefix),
+        );
+        assert!(matches!(step, AuthStep::Failure(_)), "{step:?}");
     }
 }
