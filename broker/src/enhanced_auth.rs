@@ -7,7 +7,8 @@
 //! method answers each step with more data (AUTH 0x18 to the client, whose
 //! next packet must be AUTH 0x18 with the same method), success (the final
 //! data goes in CONNACK) or failure. Each step waits at most
-//! `mqtt.connect_timeout` for the client.
+//! `mqtt.connect_timeout` for the client, and an exchange has at most
+//! [`MAX_STEPS`] steps.
 
 use bytes::{Bytes, BytesMut};
 use hooks_spec::{AuthStep, ClientInfo, ProtocolVersion};
@@ -39,6 +40,9 @@ pub enum Outcome {
 pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
 const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
 const PROTOCOL_ERROR: u8 = 0x82;
+/// The most steps one exchange may take (SCRAM takes 2): a method that
+/// never concludes must not hold a connection forever.
+pub const MAX_STEPS: usize = 16;
 /// AUTH reason code: continue authentication.
 pub const CONTINUE: u8 = 0x18;
 
@@ -61,7 +65,7 @@ pub async fn run(
     let codec = Codec::new(ProtocolVersion::V5, shared.config.mqtt.max_packet_size as usize);
     let mut exchange = provider.start(client);
     let mut data = connect.auth_data.clone().unwrap_or_default();
-    loop {
+    for _ in 0..MAX_STEPS {
         match exchange.step(&data) {
             AuthStep::Success { data, username } => return Outcome::Success { data, username },
             AuthStep::Failure(why) => return Outcome::Refuse(BAD_USERNAME_OR_PASSWORD, why),
@@ -103,6 +107,10 @@ pub async fn run(
             _ => return Outcome::Refuse(PROTOCOL_ERROR, "expected AUTH 0x18 during authentication".into()),
         }
     }
+    Outcome::Refuse(
+        BAD_USERNAME_OR_PASSWORD,
+        format!("no conclusion after {MAX_STEPS} steps"),
+    )
 }
 
 /// The client's next packet.

@@ -416,7 +416,14 @@ impl Session {
                 let mut budget = CMD_BURST;
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        SessionCmd::Attach(attach) => return Box::pin(self.attach(*attach)).await,
+                        SessionCmd::Attach(attach) => {
+                            let exit = Box::pin(self.attach(*attach)).await;
+                            if exit.is_none() && self.conn.is_some() && self.shared.is_draining() {
+                                // Admitted just as the node began to drain: sent on too.
+                                return Box::pin(self.server_moved()).await;
+                            }
+                            return exit;
+                        }
                         SessionCmd::Deliver(routed) => self.deliver(routed).await,
                         SessionCmd::Subscribe(sub) => {
                             let (filter, opts) = *sub;
