@@ -115,3 +115,22 @@ async fn ctl_says_when_it_cannot_reach_the_node() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn ctl_drain_sends_clients_to_the_server_reference() {
+    let conf = format!("{HTTP_CONF}mqtt.server_reference = b.example:1883\n");
+    let b = Broker::start(&conf).await;
+    let http = b.http_addr().await;
+    let (mut v5, _) = V5Client::connect(v5_options(b.addr, "v5", true)).await;
+    let out = ctl(http, "s3cret", &["drain"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "postbox@127.0.0.1 drains: 1 clients disconnected, sent to b.example:1883\n"
+    );
+    let d = v5.next_disconnect().await;
+    assert_eq!(
+        d.reason_code,
+        rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerMoved
+    );
+}

@@ -95,7 +95,8 @@ fn connection_replays_corpus_and_regressions() {
 }
 
 /// The connection seeds get past the handshake: each valid CONNECT is
-/// answered with a successful CONNACK (the denied user with a refusal), and a
+/// answered with a successful CONNACK (the denied user, and the
+/// authentication method nobody offers, with a refusal), and a
 /// session's PINGREQ with PINGRESP.
 #[test]
 fn connection_seeds_reach_the_session() {

@@ -33,6 +33,7 @@
 //! | `mqtt.max_subscriptions` | integer (0 = unlimited) | `0` |
 //! | `mqtt.max_topic_levels` | integer (0 = unlimited) | `0` |
 //! | `mqtt.publish_limit` | `<count>,<duration>` (e.g. `100,10s`) | unset (no limit) |
+//! | `mqtt.server_reference` | `host:port` (or any reference, no spaces) | unset |
 //! | `log.level` | `error`, `warn`, `info`, `debug`, `trace` | `info` |
 //! | `log.format` | `text` or `json` (one JSON object per line) | `text` |
 //! | `plugins.load` | comma-separated plugin names | empty |
@@ -295,6 +296,11 @@ pub struct MqttLimits {
     /// `<count>`. A PUBLISH beyond it is not processed and the client is
     /// disconnected (MQTT 5: DISCONNECT 0x96). `None`: no limit (the default).
     pub publish_limit: Option<Rate>,
+    /// `mqtt.server_reference`: the server MQTT 5 clients are sent to when
+    /// this node drains (DISCONNECT and CONNACK 0x9D "Server moved" with a
+    /// Server Reference) and, when set, at shutdown (0x9D instead of 0x8B).
+    /// Default: unset.
+    pub server_reference: Option<String>,
 }
 
 /// `mqtt.receive_maximum_exceeded`: the answer to an MQTT 5 client that
@@ -331,6 +337,7 @@ impl Default for MqttLimits {
             max_subscriptions: 0,
             max_topic_levels: 0,
             publish_limit: None,
+            server_reference: None,
         }
     }
 }
@@ -386,6 +393,21 @@ fn parse_rate(conf: &ConfFile, e: &ConfEntry) -> Result<Rate, ConfError> {
         return Err(bad());
     }
     Ok(Rate { count, per })
+}
+
+/// A server reference: not empty, no spaces, fits an MQTT string.
+fn server_reference(conf: &ConfFile, e: &ConfEntry) -> Result<String, ConfError> {
+    let v = e.value.trim();
+    if v.is_empty() || v.len() > 65_535 || v.chars().any(char::is_whitespace) {
+        return Err(conf.error(
+            e,
+            format!(
+                "expected a server reference such as `host:port`, got {}",
+                shown(&e.value)
+            ),
+        ));
+    }
+    Ok(v.to_string())
 }
 
 fn positive_usize(conf: &ConfFile, e: &ConfEntry) -> Result<usize, ConfError> {
@@ -510,6 +532,7 @@ impl Config {
                 "mqtt.max_subscriptions" => m.max_subscriptions = conf.parse_usize(e)?,
                 "mqtt.max_topic_levels" => m.max_topic_levels = conf.parse_usize(e)?,
                 "mqtt.publish_limit" => m.publish_limit = Some(parse_rate(conf, e)?),
+                "mqtt.server_reference" => m.server_reference = Some(server_reference(conf, e)?),
                 "log.level" => {
                     let level = e.value.to_ascii_lowercase();
                     if !LOG_LEVELS.contains(&level.as_str()) {

@@ -9,9 +9,16 @@
 //! subscriptions (checked by the ACL for their maker) or queued messages of
 //! another user.
 //!
+//! A CONNECT that names an Authentication Method (MQTT 5 enhanced
+//! authentication) runs that method's AUTH exchange here (`enhanced_auth`)
+//! instead of `client.authenticate`; a method no plugin offers gets CONNACK
+//! 0x8C.
+//!
 //! A connection over its listener's `max_conn_rate` still gets its CONNECT
 //! read, so it can be told why it is refused (CONNACK 0x9F, 3.1.1: 0x03);
-//! no hook runs for it. TLS connections arrive here after their handshake
+//! no hook runs for it. Neither does one that arrives while the node drains
+//! (`POST /api/v4/nodes/{node}/drain`): CONNACK 0x9D, Server moved, with
+//! `mqtt.server_reference` (3.1.1: 0x03). TLS connections arrive here after their handshake
 //! (`tls.rs`), which shares the `mqtt.connect_timeout` deadline.
 
 use std::net::SocketAddr;
@@ -29,7 +36,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::transport::{Peer, Stream};
 
-use crate::codec::{self, Codec, ConnAck, Connect, DecodeError, Packet};
+use crate::codec::{self, Codec, ConnAck, ConnAckProps, Connect, DecodeError, Packet};
 use crate::delivery::Attach;
 use crate::shared::Shared;
 
@@ -43,6 +50,7 @@ mod rc {
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
+    pub const SERVER_MOVED: u8 = 0x9D;
 }
 
 /// How a listener admitted a connection.
@@ -133,6 +141,16 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         refuse(&shared, &mut stream, protocol, rc::CONNECTION_RATE_EXCEEDED).await;
         return;
     }
+    if shared.is_draining() {
+        // MQTT 5: CONNACK 0x9D with the server reference; 3.1.1: return code 3.
+        tracing::info!(%peer, clientid = %connect.client_id, "refused: the node drains (server moved)");
+        let props = ConnAckProps {
+            server_reference: shared.config.mqtt.server_reference.clone(),
+            ..ConnAckProps::default()
+        };
+        refuse_with(&shared, &mut stream, protocol, rc::SERVER_MOVED, props).await;
+        return;
+    }
     if admission.cert_cn_as_username {
         // Only a verified certificate names the user: without one there is no username.
         connect.username = peer_info.cert_common_name.as_deref().map(str::to_string);
@@ -147,7 +165,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         }
     }
     let hooks = Arc::clone(&shared.hooks);
-    let conn = ConnInfo {
+    let mut conn = ConnInfo {
         clientid: connect.client_id.clone(),
         username: connect.username.clone(),
         peer,
@@ -202,7 +220,32 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         cert_common_name: peer_info.cert_common_name.clone(),
     };
 
-    let auth = if hooks.client_authenticate.is_empty() {
+    // MQTT 5 enhanced authentication: the method decides, client.authenticate does not run.
+    let mut auth_data = None;
+    let auth = if let Some(method) = connect.auth_method.clone() {
+        let outcome =
+            crate::enhanced_auth::run(&shared, &mut stream, &mut buf, &connect, &client, &method).await;
+        match outcome {
+            crate::enhanced_auth::Outcome::Success { data, username } => {
+                if client.username.is_none() {
+                    client.username = username;
+                    conn.username = client.username.clone();
+                }
+                auth_data = data;
+                AuthResult::Allow
+            }
+            crate::enhanced_auth::Outcome::Refuse(code, why) => {
+                tracing::info!(%peer, clientid = %clientid, method = %method, reason_code = code, "refused: enhanced authentication: {why}");
+                Metrics::bump(&shared.metrics.auth_failures);
+                refuse_with_hook(&shared, &mut stream, &conn, code).await;
+                return;
+            }
+            crate::enhanced_auth::Outcome::Closed(why) => {
+                tracing::info!(%peer, clientid = %clientid, method = %method, "closed during enhanced authentication: {why}");
+                return;
+            }
+        }
+    } else if hooks.client_authenticate.is_empty() {
         AuthResult::Ignore
     } else {
         let args = Arc::new(AuthArgs {
@@ -283,6 +326,7 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
         claim,
         restored,
         conn_bytes_in: admission.conn_bytes_in,
+        auth_data,
     };
     let (Some(own), Some(gen)) = (shared.ownership.get(), claim) else {
         crate::session::start(&shared, attach);
@@ -370,6 +414,17 @@ async fn refuse_with_hook(shared: &Shared, stream: &mut Stream, conn: &ConnInfo,
 }
 
 async fn refuse(shared: &Shared, stream: &mut Stream, protocol: ProtocolVersion, code: u8) {
+    refuse_with(shared, stream, protocol, code, ConnAckProps::default()).await;
+}
+
+/// Sends a refusing CONNACK with MQTT 5 properties (dropped on 3.1.x) and closes.
+async fn refuse_with(
+    shared: &Shared,
+    stream: &mut Stream,
+    protocol: ProtocolVersion,
+    code: u8,
+    props: ConnAckProps,
+) {
     let codec = Codec {
         protocol,
         max_packet_size: usize::MAX,
@@ -378,7 +433,7 @@ async fn refuse(shared: &Shared, stream: &mut Stream, protocol: ProtocolVersion,
     let connack = ConnAck {
         session_present: false,
         code,
-        props: Default::default(),
+        props,
     };
     if codec.encode(&Packet::ConnAck(connack), &mut out, None).is_ok() && stream.write_all(&out).await.is_ok()
     {

@@ -5,7 +5,8 @@
 //! `POSTBOX_API_URL`, `POSTBOX_API_USER` and `POSTBOX_API_PASSWORD` as
 //! defaults (then `http://127.0.0.1:8081`, `admin`, `public`: EMQX 4's).
 //! Commands: `status`, `clients [--page N] [--limit N]`, `kick <clientid>`,
-//! `subscriptions [clientid]`, `publish <topic> <payload> [--qos N] [--retain]`.
+//! `subscriptions [clientid]`, `publish <topic> <payload> [--qos N] [--retain]`,
+//! `drain` (send the node's clients to `mqtt.server_reference`).
 //! Exit status 0 on success, 1 when the API refused or the node is
 //! unhealthy, 2 when the API cannot be reached or answers nonsense.
 
@@ -58,6 +59,10 @@ enum CtlCmd {
         /// The client id.
         clientid: String,
     },
+    /// Drains the node: its clients are sent to `mqtt.server_reference`
+    /// (MQTT 5: DISCONNECT 0x9D) and new connections are refused until it
+    /// restarts. Sessions stay.
+    Drain,
     /// Subscriptions: all of the node's, or one client's.
     Subscriptions {
         /// Only this client's.
@@ -202,6 +207,28 @@ async fn run(args: &CtlArgs) -> Result<ExitCode, CtlError> {
                 return Ok(code);
             }
             println!("kicked {clientid}");
+        }
+        CtlCmd::Drain => {
+            // The node's name, for the path: the API drains only itself.
+            let node = request(args, "GET", "/api/v4/nodes", None).await?;
+            if let Err(code) = api(&node) {
+                return Ok(code);
+            }
+            let name = node.json()["data"][0]["node"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let path = format!("/api/v4/nodes/{}/drain", segment(&name));
+            let a = request(args, "POST", &path, None).await?;
+            if let Err(code) = api(&a) {
+                return Ok(code);
+            }
+            let d = &a.json()["data"];
+            println!(
+                "{name} drains: {} clients disconnected, sent to {}",
+                d["disconnected"],
+                d["server_reference"].as_str().unwrap_or("(no server reference)")
+            );
         }
         CtlCmd::Subscriptions { clientid } => {
             let path = match clientid {

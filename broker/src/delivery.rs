@@ -55,6 +55,11 @@ pub enum SessionCmd {
     /// after any lost connection. The sender hears whether a connection was
     /// attached.
     Kick(tokio::sync::oneshot::Sender<bool>),
+    /// The node drains: close the client's connection with MQTT 5
+    /// DISCONNECT 0x9D (Server moved) and `mqtt.server_reference`, keeping
+    /// the session, as [`SessionCmd::Kick`] does. The sender hears whether
+    /// a connection was attached.
+    Drain(tokio::sync::oneshot::Sender<bool>),
     /// A member of one of this session's shared groups has a connection
     /// now: a session without one hands what its groups gave it, and the
     /// client has not acknowledged, to connected members.
@@ -131,4 +136,7 @@ pub struct Attach {
     pub restored: Option<hooks_spec::StoredSession>,
     /// The listener's `rate_limit.conn_bytes_in`, if any.
     pub conn_bytes_in: Option<crate::rate_limit::Rate>,
+    /// MQTT 5 enhanced authentication (CONNECT named a method and it
+    /// succeeded): the method's last Authentication Data, for CONNACK.
+    pub auth_data: Option<bytes::Bytes>,
 }

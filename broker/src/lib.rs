@@ -33,6 +33,7 @@ pub mod config;
 pub mod connection;
 pub mod ctl;
 pub mod delivery;
+pub mod enhanced_auth;
 pub mod handle;
 pub mod http;
 pub mod listener;

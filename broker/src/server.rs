@@ -88,6 +88,7 @@ impl Server {
             next_uid: AtomicU64::new(1),
             shutdown: shutdown_rx,
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         });
         // The cluster's listener and membership, before plugins and clients:
         // its route changes must not miss the first subscriptions.

@@ -126,6 +126,9 @@ pub struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Set when shutdown begins; sessions look at it on every turn.
     pub(crate) shutting_down: AtomicBool,
+    /// Set by a drain (management API): new connections are refused with
+    /// 0x9D (Server moved) and the server reference.
+    pub(crate) draining: AtomicBool,
 }
 
 impl Shared {
@@ -146,6 +149,27 @@ impl Shared {
         for session in self.registry.all() {
             let _ = session.tx.send(crate::delivery::SessionCmd::Shutdown);
         }
+    }
+
+    /// True once the node drains: it sends its clients elsewhere.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: from now on new connections are refused (0x9D), and
+    /// every registered session is told to close its connection the same way
+    /// (one registering after this is refused at CONNECT already). Returns
+    /// the answers of the sessions: whether each had a connection.
+    pub(crate) fn begin_drain(&self) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
+        self.draining.store(true, Ordering::Release);
+        let mut answers = Vec::new();
+        for session in self.registry.all() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if session.tx.send(crate::delivery::SessionCmd::Drain(tx)).is_ok() {
+                answers.push(rx);
+            }
+        }
+        answers
     }
 
     /// A fresh session uid.

@@ -670,7 +670,7 @@ pub mod seeds {
                 },
             ));
             out.push((
-                "connect-auth-method",
+                "connect-auth-method-denied",
                 Connect {
                     auth_method: Some("SCRAM-SHA-1".into()),
                     auth_data: Some(Bytes::from_static(b"client-first")),
@@ -812,6 +812,8 @@ pub mod seeds {
                             server_keepalive: Some(30),
                             response_info: Some("resp/".into()),
                             server_reference: Some("other:1884".into()),
+                            auth_method: None,
+                            auth_data: None,
                         },
                     }),
                 ),

@@ -209,6 +209,9 @@ pub struct Hooks {
     /// `session.backlog_exceeded`: run by a storage plugin, once, when a
     /// subscription's backlog passes its limit.
     pub session_backlog_exceeded: Chain<BacklogArgs, ()>,
+    /// MQTT 5 enhanced authentication methods plugins add (not a chain: one
+    /// method answers each exchange; see [`crate::auth_method`]).
+    pub auth_methods: crate::AuthMethods,
 }
 
 impl Hooks {
@@ -245,6 +248,7 @@ impl Hooks {
             message_acked: Chain::new(HookPoint::MessageAcked, t),
             message_dropped: Chain::new(HookPoint::MessageDropped, t),
             session_backlog_exceeded: Chain::new(HookPoint::SessionBacklogExceeded, t),
+            auth_methods: crate::AuthMethods::default(),
         }
     }
 
@@ -271,6 +275,7 @@ impl Hooks {
             + self.message_acked.remove_owner(owner)
             + self.message_dropped.remove_owner(owner)
             + self.session_backlog_exceeded.remove_owner(owner)
+            + self.auth_methods.remove_owner(owner)
     }
 
     /// Each hook point's timing and failures per owner (plugin), for `/metrics`.

@@ -15,6 +15,10 @@
 //!   ask of the broker (deliver into a session, subscribe on a client's behalf,
 //!   publish, look up a client); [`BacklogSource`]: what a storage plugin
 //!   tells the management API about each client's backlog.
+//! - [`AuthMethod`]: an MQTT 5 enhanced authentication method (CONNECT/AUTH
+//!   with an Authentication Method) a plugin adds in [`Hooks::auth_methods`];
+//!   a connection that names one is authenticated by it instead of
+//!   `client.authenticate` ([`auth_method`]).
 //! - [`MetricsRegistry`]: where a plugin registers the metrics the broker
 //!   serves on `/metrics` ([`metrics`]); hook callbacks are timed by the chain.
 //! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],
@@ -54,6 +58,7 @@
 //! chain before it takes the step the hook precedes. Chains with no callbacks
 //! cost nothing.
 
+pub mod auth_method;
 pub mod chain;
 pub mod conf;
 pub mod hookpoint;
@@ -62,6 +67,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod types;
 
+pub use auth_method::{AuthExchange, AuthMethod, AuthMethods, AuthStep};
 pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration};
 pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};

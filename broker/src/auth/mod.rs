@@ -18,6 +18,12 @@
 //! with one the file does not have, is not decided here: another plugin or
 //! `mqtt.allow_anonymous` decides.
 //!
+//! ## Enhanced authentication (MQTT 5 AUTH)
+//! With a password file the plugin offers the methods `SCRAM-SHA-512`
+//! ([`scram`]) for the users whose hash is `$7$` (PBKDF2-SHA512) and
+//! `SCRAM-SHA-256` for those with a `$SCRAM-SHA-256$` entry, so a client
+//! proves it knows the password without sending it.
+//!
 //! ## Authorization (`client.check_acl`)
 //! The ACL file is Mosquitto's ([`acl_file`]). What no rule decides is
 //! refused by default, as Mosquitto does when it has an ACL file;
@@ -39,6 +45,7 @@
 pub mod acl_file;
 pub mod passwd_cli;
 pub mod password_file;
+pub mod scram;
 
 #[cfg(test)]
 mod tests;
@@ -309,6 +316,11 @@ impl Plugin for AuthFile {
             let pw = pw.get();
             tracing::info!(file = %pw.path.display(), users = pw.len(), "auth_file: password file loaded");
             register_authenticate(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
+            // MQTT 5 enhanced authentication for the `$7$` and `$SCRAM-SHA-256$` users.
+            for alg in [scram::Alg::Sha256, scram::Alg::Sha512] {
+                let method = scram::Scram::new(alg, Arc::clone(&cfg));
+                ctx.hooks.auth_methods.register(NAME, Arc::new(method));
+            }
         }
         if let Some(acl) = &cfg.acl {
             let acl = acl.get();

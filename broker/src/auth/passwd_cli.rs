@@ -14,7 +14,9 @@
 //! rewritten one keeps its permissions.
 //!
 //! Hashes are `$7$` (PBKDF2-HMAC-SHA512) unless `-H sha512` asks for the
-//! `$6$` form of Mosquitto 1.6 and earlier; `-I` sets the PBKDF2 iterations.
+//! `$6$` form of Mosquitto 1.6 and earlier, or `-H scram-sha256` Postbox's
+//! `$SCRAM-SHA-256$` form (for MQTT 5 `SCRAM-SHA-256` logins; Mosquitto does
+//! not read it); `-I` sets the PBKDF2 iterations.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, IsTerminal, Write};
@@ -32,6 +34,9 @@ pub enum HashKind {
     /// `$6$`: salted SHA-512 (Mosquitto 1.6 and earlier).
     #[value(name = "sha512")]
     Sha512,
+    /// `$SCRAM-SHA-256$`: SCRAM-SHA-256 keys (Postbox only).
+    #[value(name = "scram-sha256")]
+    ScramSha256,
 }
 
 /// Arguments of `postbox passwd`.
@@ -46,10 +51,11 @@ pub struct PasswdArgs {
     /// Delete the user from the file.
     #[arg(short = 'D')]
     pub delete: bool,
-    /// Hash: sha512-pbkdf2 ($7$, default) or sha512 ($6$, Mosquitto 1.6 and earlier).
+    /// Hash: sha512-pbkdf2 ($7$, default), sha512 ($6$, Mosquitto 1.6 and
+    /// earlier) or scram-sha256 (Postbox only, for SCRAM-SHA-256 logins).
     #[arg(short = 'H', value_enum, default_value = "sha512-pbkdf2")]
     pub hash: HashKind,
-    /// PBKDF2 iterations for sha512-pbkdf2 (mosquitto_passwd uses 101).
+    /// PBKDF2 iterations for sha512-pbkdf2 and scram-sha256 (mosquitto_passwd uses 101).
     #[arg(short = 'I', default_value_t = DEFAULT_ITERATIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: u32,
     /// The password file.
@@ -164,6 +170,7 @@ pub fn run(args: &PasswdArgs) -> Result<(), PasswdError> {
         let hash = match args.hash {
             HashKind::Sha512Pbkdf2 => PasswordHash::new_pbkdf2(password.as_bytes(), args.iterations),
             HashKind::Sha512 => PasswordHash::new_sha512(password.as_bytes()),
+            HashKind::ScramSha256 => PasswordHash::new_scram_sha256(password.as_bytes(), args.iterations),
         }
         .map_err(PasswdError::Random)?;
         Change::Set(hash)

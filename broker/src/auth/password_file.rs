@@ -7,6 +7,14 @@
 //! - `$6$<base64 salt>$<base64 hash>`: SHA-512 of the password followed by
 //!   the salt (Mosquitto 1.6 and earlier, `-H sha512`).
 //!
+//! And one of Postbox's own, which Mosquitto does not read:
+//!
+//! - `$SCRAM-SHA-256$<iterations>$<base64 salt>$<base64 StoredKey>$<base64
+//!   ServerKey>`: the SCRAM-SHA-256 keys (RFC 5802/7677) of the password,
+//!   for clients that log in with MQTT 5 enhanced authentication
+//!   `SCRAM-SHA-256` (a plain password login checks against StoredKey too).
+//!   `postbox passwd -H scram-sha256` writes it.
+//!
 //! Blank lines and lines starting with `#` are skipped. Anything else that is
 //! not `username:<one of the formats>` (a plain-text password, a bad base64
 //! field, a repeated user) is an error naming the file and the line: a
@@ -58,6 +66,17 @@ pub enum PasswordHash {
         /// The 64-byte derived key.
         hash: Vec<u8>,
     },
+    /// `$SCRAM-SHA-256$`: SCRAM-SHA-256 keys of the password.
+    ScramSha256 {
+        /// PBKDF2-HMAC-SHA256 iteration count (at least 1).
+        iterations: u32,
+        /// The salt bytes (decoded).
+        salt: Vec<u8>,
+        /// SHA-256(HMAC(SaltedPassword, "Client Key")), 32 bytes.
+        stored_key: Vec<u8>,
+        /// HMAC(SaltedPassword, "Server Key"), 32 bytes.
+        server_key: Vec<u8>,
+    },
     /// `$6$`: SHA-512 over the password followed by the salt.
     Sha512 {
         /// The salt bytes (decoded).
@@ -75,6 +94,9 @@ impl fmt::Debug for PasswordHash {
                 write!(f, "PasswordHash::Pbkdf2Sha512 {{ iterations: {iterations}, .. }}")
             }
             PasswordHash::Sha512 { .. } => f.write_str("PasswordHash::Sha512 { .. }"),
+            PasswordHash::ScramSha256 { iterations, .. } => {
+                write!(f, "PasswordHash::ScramSha256 {{ iterations: {iterations}, .. }}")
+            }
         }
     }
 }
@@ -84,7 +106,7 @@ impl fmt::Debug for PasswordHash {
 pub enum HashFormatError {
     /// Neither `$7$` nor `$6$`; most often a plain-text password.
     #[error(
-        "the password is not a `$7$` (PBKDF2-SHA512) or `$6$` (SHA-512) hash; \
+        "the password is not a `$7$` (PBKDF2-SHA512), `$6$` (SHA-512) or `$SCRAM-SHA-256$` hash; \
          a plain-text password must be hashed with `postbox passwd` or `mosquitto_passwd -U`"
     )]
     UnknownFormat,
@@ -96,6 +118,13 @@ pub enum HashFormatError {
         /// What the fields should be.
         expected: &'static str,
     },
+    /// A `$SCRAM-SHA-256$` entry without its four fields, or with keys
+    /// that are not 32 bytes of base64.
+    #[error(
+        "malformed `$SCRAM-SHA-256$` entry: expected \
+         `$SCRAM-SHA-256$<iterations>$<salt>$<StoredKey>$<ServerKey>` (base64, 32-byte keys)"
+    )]
+    Scram,
     /// The iteration count is not a number from 1 to 4294967295.
     #[error("bad iteration count `{0}`: expected a number from 1 to 4294967295")]
     Iterations(String),
@@ -117,7 +146,24 @@ pub enum HashFormatError {
 impl PasswordHash {
     /// Parses the part of a password file line after `username:`.
     pub fn parse(s: &str) -> Result<PasswordHash, HashFormatError> {
-        if let Some(rest) = s.strip_prefix("$7$") {
+        if let Some(rest) = s.strip_prefix(SCRAM_SHA256_PREFIX) {
+            let fields: Vec<&str> = rest.split('$').collect();
+            let [iterations, salt, stored, server] = fields[..] else {
+                return Err(HashFormatError::Scram);
+            };
+            let iterations = parse_iterations(iterations)?;
+            let decode = |v: &str| B64_LENIENT.decode(v).map_err(|_| HashFormatError::Scram);
+            let (salt, stored_key, server_key) = (decode(salt)?, decode(stored)?, decode(server)?);
+            if salt.is_empty() || stored_key.len() != 32 || server_key.len() != 32 {
+                return Err(HashFormatError::Scram);
+            }
+            Ok(PasswordHash::ScramSha256 {
+                iterations,
+                salt,
+                stored_key,
+                server_key,
+            })
+        } else if let Some(rest) = s.strip_prefix("$7$") {
             let fields: Vec<&str> = rest.split('$').collect();
             let [iterations, salt, hash] = fields[..] else {
                 return Err(HashFormatError::Fields {
@@ -125,10 +171,7 @@ impl PasswordHash {
                     expected: "`$7$<iterations>$<salt>$<hash>`",
                 });
             };
-            let iterations = match iterations.parse::<u32>() {
-                Ok(n) if n >= 1 && iterations.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(HashFormatError::Iterations(iterations.to_string())),
-            };
+            let iterations = parse_iterations(iterations)?;
             let (salt, hash) = decode_salt_hash(salt, hash)?;
             Ok(PasswordHash::Pbkdf2Sha512 {
                 iterations,
@@ -162,6 +205,19 @@ impl PasswordHash {
         })
     }
 
+    /// A new `$SCRAM-SHA-256$` entry for `password` with a fresh random salt.
+    pub fn new_scram_sha256(password: &[u8], iterations: u32) -> Result<PasswordHash, getrandom::Error> {
+        let salt = new_salt()?;
+        let iterations = iterations.max(1);
+        let (stored_key, server_key) = scram_sha256_keys(password, &salt, iterations);
+        Ok(PasswordHash::ScramSha256 {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        })
+    }
+
     /// A new `$6$` hash of `password` with a fresh random salt (for files
     /// that must stay readable by Mosquitto 1.6 and earlier).
     pub fn new_sha512(password: &[u8]) -> Result<PasswordHash, getrandom::Error> {
@@ -180,13 +236,24 @@ impl PasswordHash {
                 hash,
             } => constant_time_eq(&pbkdf2_sha512(password, salt, *iterations), hash),
             PasswordHash::Sha512 { salt, hash } => constant_time_eq(&sha512_salted(password, salt), hash),
+            PasswordHash::ScramSha256 {
+                iterations,
+                salt,
+                stored_key,
+                ..
+            } => constant_time_eq(&scram_sha256_keys(password, salt, *iterations).0, stored_key),
         }
     }
 
     /// True when verifying takes long enough (many PBKDF2 iterations) that
     /// it should run on a blocking thread rather than an async worker.
     pub fn is_costly(&self) -> bool {
-        matches!(self, PasswordHash::Pbkdf2Sha512 { iterations, .. } if *iterations > INLINE_ITERATIONS)
+        match self {
+            PasswordHash::Pbkdf2Sha512 { iterations, .. } | PasswordHash::ScramSha256 { iterations, .. } => {
+                *iterations > INLINE_ITERATIONS
+            }
+            PasswordHash::Sha512 { .. } => false,
+        }
     }
 }
 
@@ -207,8 +274,50 @@ impl fmt::Display for PasswordHash {
             PasswordHash::Sha512 { salt, hash } => {
                 write!(f, "$6${}${}", STANDARD.encode(salt), STANDARD.encode(hash))
             }
+            PasswordHash::ScramSha256 {
+                iterations,
+                salt,
+                stored_key,
+                server_key,
+            } => write!(
+                f,
+                "{SCRAM_SHA256_PREFIX}{iterations}${}${}${}",
+                STANDARD.encode(salt),
+                STANDARD.encode(stored_key),
+                STANDARD.encode(server_key)
+            ),
         }
     }
+}
+
+/// What a SCRAM-SHA-256 entry starts with.
+const SCRAM_SHA256_PREFIX: &str = "$SCRAM-SHA-256$";
+
+fn parse_iterations(v: &str) -> Result<u32, HashFormatError> {
+    match v.parse::<u32>() {
+        Ok(n) if n >= 1 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(HashFormatError::Iterations(v.to_string())),
+    }
+}
+
+/// SCRAM-SHA-256's StoredKey and ServerKey of `password` (RFC 5802 3).
+pub fn scram_sha256_keys(password: &[u8], salt: &[u8], iterations: u32) -> (Vec<u8>, Vec<u8>) {
+    use hmac::Mac;
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut salted);
+    let mac = |key: &[u8], data: &[u8]| -> Vec<u8> {
+        match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
+            Ok(mut m) => {
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            // HMAC takes keys of any length.
+            Err(_) => Vec::new(),
+        }
+    };
+    let client_key = mac(&salted, b"Client Key");
+    let stored_key = sha2::Sha256::digest(&client_key).to_vec();
+    (stored_key, mac(&salted, b"Server Key"))
 }
 
 fn decode_salt_hash(salt: &str, hash: &str) -> Result<(Vec<u8>, Vec<u8>), HashFormatError> {

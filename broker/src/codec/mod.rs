@@ -14,6 +14,7 @@
 //! packet body, after the checks it lacks (see `v4`, `v5`, `connect`, `props`).
 //! No input makes decoding panic.
 
+mod auth;
 mod connect;
 mod error;
 mod frame;
@@ -36,7 +37,7 @@ use hooks_spec::{ProtocolVersion, QoS};
 pub use connect::decode_connect;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, ConnAck, ConnAckProps, Connect, Disconnect, Packet, Publish, PublishRef, SubAck, Subscribe,
+    Ack, Auth, ConnAck, ConnAckProps, Connect, Disconnect, Packet, Publish, PublishRef, SubAck, Subscribe,
     SubscribeFilter, UnsubAck, Unsubscribe, Will,
 };
 

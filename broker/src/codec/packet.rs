@@ -39,6 +39,8 @@ pub enum Packet {
     PingResp,
     /// DISCONNECT (both ways in MQTT 5, client to server in 3.1.x).
     Disconnect(Disconnect),
+    /// AUTH (both ways, MQTT 5 only): enhanced authentication.
+    Auth(Auth),
 }
 
 /// CONNECT: the first packet of a connection.
@@ -257,6 +259,10 @@ pub struct ConnAckProps {
     pub response_info: Option<String>,
     /// Server reference (another server to use).
     pub server_reference: Option<String>,
+    /// Authentication method of an enhanced authentication (as in CONNECT).
+    pub auth_method: Option<String>,
+    /// Authentication data: the method's last message to the client.
+    pub auth_data: Option<Bytes>,
 }
 
 /// One topic filter of a SUBSCRIBE with its options.
@@ -345,5 +351,21 @@ pub struct Disconnect {
     /// MQTT 5 server reference.
     pub server_reference: Option<String>,
     /// MQTT 5 user properties.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// AUTH (MQTT 5): one step of an enhanced authentication exchange.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Auth {
+    /// 0x00 success, 0x18 continue authentication, 0x19 re-authenticate.
+    pub reason: u8,
+    /// Authentication method (required unless the reason is 0x00 and there
+    /// are no properties).
+    pub method: Option<String>,
+    /// Authentication data.
+    pub data: Option<Bytes>,
+    /// Reason string.
+    pub reason_string: Option<String>,
+    /// User properties.
     pub user_properties: Vec<(String, String)>,
 }

@@ -23,6 +23,7 @@ pub(crate) enum Kind {
     Unsubscribe,
     UnsubAck,
     Disconnect,
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,7 @@ fn allowed(kind: Kind, id: u8) -> bool {
         Kind::Subscribe => &[11],
         Kind::Unsubscribe => &[],
         Kind::Disconnect => &[17, 28, 31],
+        Kind::Auth => &[21, 22, 31],
     };
     id == USER_PROPERTY || ids.contains(&id)
 }
@@ -71,6 +73,12 @@ fn allowed(kind: Kind, id: u8) -> bool {
 pub(crate) struct Section<'a> {
     /// User properties, in order.
     pub user_properties: Vec<(&'a str, &'a str)>,
+    /// Authentication method (0x15).
+    pub auth_method: Option<&'a str>,
+    /// Authentication data (0x16).
+    pub auth_data: Option<&'a [u8]>,
+    /// Reason string (0x1F).
+    pub reason_string: Option<&'a str>,
 }
 
 /// Reads and validates a property section (variable byte length, then the
@@ -105,11 +113,19 @@ pub(crate) fn walk<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<Section<'a>, De
             Ty::U32 => p.u32()? as usize,
             Ty::Varint => p.varint()?,
             Ty::Str => {
-                p.str()?;
+                let v = p.str()?;
+                match id {
+                    21 => section.auth_method = Some(v),
+                    31 => section.reason_string = Some(v),
+                    _ => {}
+                }
                 continue;
             }
             Ty::Bin => {
-                p.bin()?;
+                let v = p.bin()?;
+                if id == 22 {
+                    section.auth_data = Some(v);
+                }
                 continue;
             }
             Ty::Pair => {

@@ -170,6 +170,8 @@ pub(super) fn samples(protocol: ProtocolVersion) -> Vec<Packet> {
                 server_keepalive: Some(60),
                 response_info: Some("resp/".into()),
                 server_reference: Some("other:1883".into()),
+                auth_method: Some("SCRAM-SHA-512".into()),
+                auth_data: Some(Bytes::from_static(b"v=final")),
             },
         }),
         Packet::Publish(Publish {
@@ -258,6 +260,19 @@ pub(super) fn samples(protocol: ProtocolVersion) -> Vec<Packet> {
             reason_string: Some("bye".into()),
             server_reference: Some("elsewhere".into()),
             user_properties: pairs(2),
+        }),
+        Packet::Auth(Auth::default()),
+        Packet::Auth(Auth {
+            reason: 0x18,
+            method: Some("SCRAM-SHA-512".into()),
+            data: Some(Bytes::from_static(b"r=abc,s=c2FsdA==,i=4096")),
+            reason_string: Some("go on".into()),
+            user_properties: pairs(2),
+        }),
+        Packet::Auth(Auth {
+            reason: 0x19,
+            method: Some("X".into()),
+            ..Auth::default()
         }),
     ]);
     out

@@ -249,6 +249,7 @@ pub(crate) fn encode(packet: &Packet, out: &mut BytesMut, max: usize) -> Result<
         Packet::PingReq => v4::PingReq.write(out),
         Packet::PingResp => v4::PingResp.write(out),
         Packet::Disconnect(_) => return Ok(()),
+        Packet::Auth(_) => return Err(EncodeError::invalid("AUTH needs MQTT 5")),
     }
     .map(|_| ())
     .map_err(encode_err)

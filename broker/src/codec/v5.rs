@@ -6,9 +6,8 @@
 //! follow the properties of acks, CONNACK and DISCONNECT), so mqttbytes only
 //! sees well-formed input. Decoded here instead: DISCONNECT with remaining
 //! length 0 or 1 (mqttbytes wants a property length), UNSUBSCRIBE (mqttbytes'
-//! reader prints every packet id to stderr with `dbg!`). AUTH has no type in
-//! mqttbytes and is refused as a protocol error (Postbox offers no enhanced
-//! authentication).
+//! reader prints every packet id to stderr with `dbg!`), AUTH (mqttbytes 0.6
+//! has no type for it; see `auth`).
 
 use bytes::Bytes;
 use hooks_spec::PublishProperties;
@@ -146,7 +145,7 @@ pub(crate) fn decode(header: Header, bytes: Bytes) -> Result<Packet, DecodeError
             Packet::PingResp
         }
         14 => Packet::Disconnect(disconnect_from(header, bytes)?),
-        15 => return Err(DecodeError::protocol("AUTH is not supported")),
+        15 => Packet::Auth(super::auth::decode(header.remaining, body)?),
         t => return Err(DecodeError::malformed(format!("packet type {t} is reserved"))),
     };
     Ok(packet)
@@ -205,6 +204,8 @@ fn connack_from(c: v5::ConnAck) -> ConnAck {
             server_keepalive: p.server_keep_alive,
             response_info: p.response_information,
             server_reference: p.server_reference,
+            auth_method: p.authentication_method,
+            auth_data: p.authentication_data,
         })
         .unwrap_or_default();
     ConnAck {

@@ -165,6 +165,7 @@ pub(crate) fn encode(packet: &Packet, out: &mut BytesMut, max: usize) -> Result<
         Packet::PingReq => v5::PingReq.write(out),
         Packet::PingResp => v5::PingResp.write(out),
         Packet::Disconnect(d) => return disconnect(d, out).map(|_| ()),
+        Packet::Auth(a) => return super::auth::encode(a, out),
     }
     .map(|_| ())
     .map_err(encode_err)
@@ -202,6 +203,8 @@ fn connack_to(c: &ConnAck) -> Result<v5::ConnAck, EncodeError> {
     check_opt(&p.reason_string, "reason string")?;
     check_opt(&p.response_info, "response information")?;
     check_opt(&p.server_reference, "server reference")?;
+    check_opt(&p.auth_method, "authentication method")?;
+    check_len(p.auth_data.as_deref().unwrap_or_default(), "authentication data")?;
     check_pairs(&p.user_properties)?;
     // Always Some: with None mqttbytes leaves out the (mandatory) property length.
     let properties = v5::ConnAckProperties {
@@ -220,8 +223,8 @@ fn connack_to(c: &ConnAck) -> Result<v5::ConnAck, EncodeError> {
         server_keep_alive: p.server_keepalive,
         response_information: p.response_info.clone(),
         server_reference: p.server_reference.clone(),
-        authentication_method: None,
-        authentication_data: None,
+        authentication_method: p.auth_method.clone(),
+        authentication_data: p.auth_data.clone(),
     };
     Ok(v5::ConnAck {
         session_present: c.session_present,

@@ -67,6 +67,15 @@ fn empty_file_gives_defaults() {
     assert_eq!(m.max_subscriptions, 0);
     assert_eq!(m.max_topic_levels, 0);
     assert_eq!(m.publish_limit, None);
+    assert_eq!(m.server_reference, None);
+}
+
+#[test]
+fn server_reference() {
+    let c = ok("mqtt.server_reference = other.example:1883\n");
+    assert_eq!(c.mqtt.server_reference.as_deref(), Some("other.example:1883"));
+    bad("mqtt.server_reference", "a b:1");
+    bad("mqtt.server_reference", "");
 }
 
 #[test]
@@ -122,6 +131,7 @@ fn every_key() {
                 max_subscriptions: 20,
                 max_topic_levels: 8,
                 publish_limit: None,
+                server_reference: None,
             },
             log_level: "debug".into(),
             log_format: LogFormat::Json,
@@ -481,6 +491,7 @@ fn shipped_config_documents_every_key() {
         "mqtt.max_subscriptions",
         "mqtt.max_topic_levels",
         "mqtt.publish_limit",
+        "mqtt.server_reference",
         "listener.tcp.external.max_conn_rate",
         "listener.tcp.external.rate_limit.conn_bytes_in",
         "listener.ssl.external",

@@ -64,6 +64,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<State>)> {
         ("GET", "/api/v4/openapi.json", get(api::openapi)),
         ("GET", "/api/v4/nodes", get(api::nodes)),
         ("GET", "/api/v4/nodes/{node}", get(api::node)),
+        ("POST", "/api/v4/nodes/{node}/drain", post(api::drain)),
         ("GET", "/api/v4/stats", get(api::stats)),
         ("GET", "/api/v4/metrics", get(api::metrics)),
         ("GET", "/api/v4/plugins", get(api::plugins)),

@@ -1,7 +1,7 @@
 //! `GET /status` (EMQX 4's health check, also at `/health`): plain text,
 //! 200 when the node serves MQTT, 503 when it does not.
 //!
-//! Healthy means: the broker is not shutting down, every MQTT listener's
+//! Healthy means: the broker is not shutting down or draining, every MQTT listener's
 //! accept loop runs, and every started plugin's [`Plugin::health`] answers
 //! `Ok` within [`PLUGIN_HEALTH_TIMEOUT`] (with `backend_pgsql`: each of its
 //! PostgreSQL servers answers a query). The body says what is wrong:
@@ -28,6 +28,10 @@ pub async fn problems(state: &super::HttpState) -> Vec<String> {
     let mut problems = Vec::new();
     if state.shared.is_shutting_down() {
         problems.push("the broker is shutting down".to_string());
+    }
+    if state.shared.is_draining() {
+        // A load balancer stops sending clients to a node that sends them away.
+        problems.push("the node drains: clients are sent to another server".to_string());
     }
     if state.listeners.iter().any(|l| l.is_finished()) {
         problems.push("an MQTT listener has stopped".to_string());

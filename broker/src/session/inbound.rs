@@ -110,6 +110,7 @@ impl Session {
             Packet::PingReq => self.send(Packet::PingResp),
             Packet::Disconnect(d) => return Box::pin(self.client_disconnect(d)).await,
             Packet::Connect(_) => return Box::pin(self.protocol_error("second CONNECT", 0x82)).await,
+            Packet::Auth(a) => return Box::pin(self.client_auth(a)).await,
             other => {
                 let what = format!("unexpected packet from client: {}", packet_name(&other));
                 return Box::pin(self.protocol_error(&what, 0x82)).await;
@@ -599,6 +600,7 @@ fn packet_name(p: &Packet) -> &'static str {
         Packet::PingReq => "PINGREQ",
         Packet::PingResp => "PINGRESP",
         Packet::Disconnect(_) => "DISCONNECT",
+        Packet::Auth(_) => "AUTH",
     }
 }
 

@@ -165,6 +165,10 @@ impl Session {
             traffic: crate::metrics::Traffic::default(),
             flushes,
             unflushed: false,
+            auth: connect
+                .auth_method
+                .clone()
+                .map(|method| Box::new(super::reauth::ConnAuth::new(method))),
         });
         self.shared.connected_add(1);
         self.online.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -188,6 +192,8 @@ impl Session {
             if limits.server_keepalive.is_some() {
                 props.server_keepalive = Some(keepalive_secs);
             }
+            props.auth_method = connect.auth_method.clone();
+            props.auth_data = attach.auth_data.clone();
         }
         let mut conn_props = attach.props;
         if !hooks.client_connack.is_empty() {
@@ -301,6 +307,31 @@ impl Session {
         }
         self.close_connection(reason.clone()).await;
         self.after_close(reason)
+    }
+
+    /// The node drains: an MQTT 5 client is told to use another server
+    /// (DISCONNECT 0x9D with `mqtt.server_reference`), a 3.1.x one is just
+    /// closed. The will is not published (the client did not fail, as at
+    /// shutdown); the session stays for its expiry.
+    pub(super) async fn server_moved(&mut self) -> Option<Exit> {
+        tracing::info!(clientid = %self.client.clientid, "sent to another server: the node drains");
+        if self.client.protocol == ProtocolVersion::V5 {
+            self.send(Packet::Disconnect(self.moved_disconnect()));
+        }
+        if let Some(c) = self.conn.as_mut() {
+            c.will = None;
+        }
+        self.close_connection(DisconnectReason::Kicked).await;
+        self.after_close(DisconnectReason::Kicked)
+    }
+
+    /// DISCONNECT 0x9D (Server moved) with `mqtt.server_reference`, if set.
+    fn moved_disconnect(&self) -> Disconnect {
+        Disconnect {
+            reason: 0x9D,
+            server_reference: self.shared.config.mqtt.server_reference.clone(),
+            ..Disconnect::default()
+        }
     }
 
     /// The client sent DISCONNECT.
@@ -503,16 +534,22 @@ impl Session {
         }
     }
 
-    /// Broker shutdown: finish pending publishes, tell an MQTT 5 client why,
-    /// flush and close.
+    /// Broker shutdown: finish pending publishes, tell an MQTT 5 client why
+    /// (0x8B Server shutting down; 0x9D Server moved with the reference
+    /// when `mqtt.server_reference` is set), flush and close.
     pub(super) async fn shutdown(mut self) {
         self.finish_pending_publishes().await;
         if self.conn.is_some() {
             if self.client.protocol == ProtocolVersion::V5 {
-                self.send(Packet::Disconnect(Disconnect {
-                    reason: 0x8B,
-                    ..Disconnect::default()
-                }));
+                let d = if self.shared.config.mqtt.server_reference.is_some() {
+                    self.moved_disconnect()
+                } else {
+                    Disconnect {
+                        reason: 0x8B,
+                        ..Disconnect::default()
+                    }
+                };
+                self.send(Packet::Disconnect(d));
             }
             if let Some(c) = self.conn.as_mut() {
                 // The server is going away; this is not the client's failure.

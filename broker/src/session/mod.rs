@@ -21,6 +21,7 @@ mod aliases;
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod reauth;
 mod redispatch;
 mod replay;
 
@@ -141,6 +142,9 @@ struct Conn {
     flushes: bool,
     /// Bytes were written since the last flush (only when `flushes`).
     unflushed: bool,
+    /// MQTT 5 enhanced authentication: the method of CONNECT (a
+    /// re-authentication must use it) and a re-authentication under way.
+    auth: Option<Box<reauth::ConnAuth>>,
 }
 
 /// One subscription of this session.
@@ -430,7 +434,14 @@ impl Session {
                 let mut budget = CMD_BURST;
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        SessionCmd::Attach(attach) => return Box::pin(self.attach(*attach)).await,
+                        SessionCmd::Attach(attach) => {
+                            let exit = Box::pin(self.attach(*attach)).await;
+                            if exit.is_none() && self.conn.is_some() && self.shared.is_draining() {
+                                // Admitted just as the node began to drain: sent on too.
+                                return Box::pin(self.server_moved()).await;
+                            }
+                            return exit;
+                        }
                         SessionCmd::Deliver(routed) => self.deliver(routed).await,
                         SessionCmd::Subscribe(sub) => {
                             let (filter, opts) = *sub;
@@ -447,6 +458,12 @@ impl Session {
                                     self.connection_lost(hooks_spec::DisconnectReason::Kicked, Some(0x98)),
                                 )
                                 .await;
+                            }
+                        }
+                        SessionCmd::Drain(reply) => {
+                            let _ = reply.send(self.conn.is_some());
+                            if self.conn.is_some() {
+                                return Box::pin(self.server_moved()).await;
                             }
                         }
                         SessionCmd::HandOverShared => {

@@ -186,3 +186,24 @@ fn a_missing_file_is_a_read_error() {
         "{e}"
     );
 }
+
+#[test]
+fn scram_sha256_entries_round_trip_and_verify() {
+    let h = PasswordHash::new_scram_sha256(b"pencil", 4096).unwrap();
+    let text = h.to_string();
+    assert!(text.starts_with("$SCRAM-SHA-256$4096$"), "{text}");
+    assert_eq!(text.split('$').count(), 6, "{text}");
+    let back = PasswordHash::parse(&text).unwrap();
+    assert_eq!(back, h);
+    assert!(back.verify(b"pencil"));
+    assert!(!back.verify(b"pencil2"));
+    assert!(back.is_costly());
+    assert!(!format!("{back:?}").contains(&text[20..]));
+    for bad in [
+        "$SCRAM-SHA-256$4096$c2FsdA==$AAAA",
+        "$SCRAM-SHA-256$4096$c2FsdA==$AAAA$AAAA",
+        "$SCRAM-SHA-256$x$c2FsdA==$AAAA$AAAA",
+    ] {
+        assert!(PasswordHash::parse(bad).is_err(), "{bad}");
+    }
+}

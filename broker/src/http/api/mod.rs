@@ -184,10 +184,16 @@ fn uptime(d: Duration) -> String {
 /// This node, as `nodes` lists it.
 fn this_node(state: &super::HttpState) -> Value {
     let shared = &state.shared;
-    let running = !shared.is_shutting_down();
+    let status = if shared.is_shutting_down() {
+        "Stopped"
+    } else if shared.is_draining() {
+        "Draining"
+    } else {
+        "Running"
+    };
     json!({
         "node": shared.config.node_name,
-        "node_status": if running { "Running" } else { "Stopped" },
+        "node_status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "sysdescr": "Postbox MQTT broker",
         "uptime": uptime(state.started.elapsed().unwrap_or_default()),
@@ -225,6 +231,44 @@ pub async fn node(State(state): State<super::State>, Path(node): Path<String>) -
         );
     }
     ok(this_node(&state))
+}
+
+/// `POST /api/v4/nodes/{node}/drain`: this node sends its clients
+/// elsewhere, so a cluster can empty it before maintenance. Every connected
+/// MQTT 5 client gets DISCONNECT 0x9D (Server moved) with
+/// `mqtt.server_reference` (3.1.x clients: the connection is closed), and
+/// from now on until restart new connections are refused the same way
+/// (CONNACK 0x9D; 3.1.1: return code 3). Sessions stay, as after any lost
+/// connection. `data`: `{"node", "draining": true, "disconnected": N,
+/// "server_reference"}`. 404 for another node.
+pub async fn drain(State(state): State<super::State>, Path(node): Path<String>) -> Response {
+    let shared = &state.shared;
+    if node != shared.config.node_name {
+        return error(
+            StatusCode::NOT_FOUND,
+            code::BAD_PARAM,
+            format!("node `{node}` is not this node; ask its own management API"),
+        );
+    }
+    let reference = shared.config.mqtt.server_reference.clone();
+    tracing::warn!(
+        server_reference = reference.as_deref(),
+        "draining: clients are sent to another server"
+    );
+    let answers = shared.begin_drain();
+    let answered = futures_util::future::join_all(
+        answers
+            .into_iter()
+            .map(|rx| tokio::time::timeout(clients::INSPECT_TIMEOUT, rx)),
+    )
+    .await;
+    let disconnected = answered.into_iter().filter(|a| matches!(a, Ok(Ok(true)))).count();
+    ok(json!({
+        "node": shared.config.node_name,
+        "draining": true,
+        "disconnected": disconnected,
+        "server_reference": reference,
+    }))
 }
 
 /// `GET /api/v4/stats`: the node's gauges, by EMQX 4's names.
