@@ -871,3 +871,65 @@ async fn a_member_joining_on_another_node_does_not_get_what_a_member_holds() {
     assert_eq!(got, held, "each once");
     b.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+/// A whole cluster restarted: a shared group's first members subscribe on
+/// two nodes at the same moment. One node claims the group's backlog (an
+/// advisory lock in PostgreSQL): every message it missed arrives once over
+/// both members, none twice.
+#[tokio::test]
+async fn first_members_on_two_nodes_at_once_get_the_groups_backlog_once() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    // The group exists (its position), then has no member anywhere.
+    let (mut first, _) = V4Client::connect(v4_options(cluster[0].addr, "claim-0", true)).await;
+    first.subscribe("$share/claim/work/#", QoS::AtLeastOnce).await;
+    wait_for_db(
+        &pg,
+        "select count(*) from mqtt_acked where clientid = '$share/claim'",
+        Some(1),
+    )
+    .await;
+    first.disconnect().await;
+    let n = 30;
+    let payloads: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    publish_all(cluster[1].addr, "claim-boss", "work/items", &payloads).await;
+
+    let member = |addr, id: &'static str| async move {
+        let (mut c, _) = V4Client::connect(v4_options(addr, id, true)).await;
+        c.subscribe("$share/claim/work/#", QoS::AtLeastOnce).await;
+        c
+    };
+    let (mut a, mut b) = tokio::join!(
+        member(cluster[0].addr, "claim-a"),
+        member(cluster[1].addr, "claim-b")
+    );
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} arrived: {got:?}",
+            got.len()
+        );
+        for c in [&mut a, &mut b] {
+            while let Some(ev) = c.backlog.pop_front() {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                    got.push(text(&p));
+                }
+            }
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                got.push(text(&p));
+            }
+        }
+    }
+    // Nothing more comes: no second copy of the backlog.
+    a.expect_no_publish(Duration::from_millis(700)).await;
+    b.expect_no_publish(Duration::from_millis(300)).await;
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((got.len(), sorted.len()), (n, n), "each message once: {got:?}");
+}

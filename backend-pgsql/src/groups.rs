@@ -41,8 +41,10 @@
 //!   (`BrokerHandle::shared_members_elsewhere`): what this node's members
 //!   leave goes to them.
 //!
-//! Not covered: nodes that get their first members at the same moment
-//! (a whole cluster restarted) may each replay the backlog (see the README).
+//! - Nodes that get their first members at the same moment (a whole
+//!   cluster restarted) do not see each other's yet: a run that would
+//!   replay first claims the group in PostgreSQL ([`crate::claims`]), and
+//!   only the node that gets the claim replays the backlog.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -149,6 +151,12 @@ impl crate::Engine {
         elsewhere: bool,
     ) -> Result<(), crate::error::PgsqlError> {
         let first = self.members.join(clientid, &key);
+        // First members subscribing on several nodes at once (a cluster
+        // restarted) do not see each other yet: one node claims the backlog.
+        let elsewhere = match (&self.claims, first && !elsewhere) {
+            (Some(claims), true) => !claims.claim(&key.1).await,
+            _ => elsewhere,
+        };
         if first && elsewhere {
             // Members on other nodes have the group's messages (and what this
             // node's members leave goes to them): no backlog here, or those
@@ -206,6 +214,9 @@ impl crate::Engine {
         };
         let Some(next) = left.first() else {
             self.tracks.forget_group(key);
+            if let Some(claims) = &self.claims {
+                claims.release(&key.1);
+            }
             return;
         };
         if self.tracks.replay_to(key).as_deref() != Some(clientid) {

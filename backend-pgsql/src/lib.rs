@@ -44,6 +44,7 @@
 pub mod acked_delete;
 pub mod auth;
 pub mod backlog;
+pub mod claims;
 pub mod config;
 pub mod error;
 pub mod fetch;
@@ -157,6 +158,8 @@ pub(crate) struct Engine {
     pub(crate) tracks: Arc<Tracks>,
     /// Members of shared groups here.
     pub(crate) members: groups::Members,
+    /// Which node replays a shared group's backlog (with a fetch rule).
+    pub(crate) claims: Option<claims::ShareClaims>,
     pub(crate) dirty: Option<tokio::sync::mpsc::UnboundedSender<TrackKey>>,
     pub(crate) drain: Option<positions::DrainHandle>,
     pub(crate) fetcher: Option<Arc<Fetcher>>,
@@ -405,7 +408,7 @@ async fn start_engine(
         .rules
         .iter()
         .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)));
-    let (mut dirty, mut fetcher, mut drain, mut backlog) = (None, None, None, None);
+    let (mut dirty, mut fetcher, mut drain, mut backlog, mut share_claims) = (None, None, None, None, None);
     if let Some(rule) = fetch_rule {
         let pool_name = rule.pool.clone();
         let state = pools
@@ -438,6 +441,10 @@ async fn start_engine(
             arrival_property: cfg.arrival_property.as_deref().map(Arc::from),
         });
         tasks.push(tokio::spawn(Arc::clone(&f).serve_pages(pages_rx)));
+        let (claims, claims_task) =
+            claims::ShareClaims::spawn(state.pool.clone(), ctx.broker.node_name().to_string());
+        tasks.push(claims_task);
+        share_claims = Some(claims);
         dirty = Some(dirty_tx);
         fetcher = Some(f);
     }
@@ -467,6 +474,7 @@ async fn start_engine(
         sql_actions,
         tracks,
         members: groups::Members::default(),
+        claims: share_claims,
         dirty,
         drain,
         fetcher,

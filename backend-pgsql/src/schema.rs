@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "sessions", include_str!("../../sql/V3__sessions.sql")),
     (4, "acked_above", include_str!("../../sql/V4__acked_above.sql")),
     (5, "backlog_view", include_str!("../../sql/V5__backlog_view.sql")),
+    (6, "share_claims", include_str!("../../sql/V6__share_claims.sql")),
 ];
 
 /// The columns V2 adds to `mqtt_msg` and `mqtt_retain` for MQTT 5 message
