@@ -283,11 +283,13 @@ async fn a_row_no_partition_covers_yet_waits_in_the_default_partition_and_moves_
     // Once maintenance creates the partition of its time, the row is in it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let at: String = pg.query_one(home, &[]).await.unwrap().get(0);
-        if at.starts_with("mqtt_msg_p") {
+        // A read that meets the move itself may see the row in neither
+        // table (README: a known limit of the DEFAULT partition's moves).
+        let at: Option<String> = pg.query_opt(home, &[]).await.unwrap().map(|r| r.get(0));
+        if at.as_deref().is_some_and(|t| t.starts_with("mqtt_msg_p")) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still in {at}");
+        assert!(tokio::time::Instant::now() < deadline, "still in {at:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut dev = device(&broker, "dev-1", "f/#").await;
