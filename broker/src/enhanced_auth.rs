@@ -66,7 +66,7 @@ pub async fn run(
     let mut exchange = provider.start(client);
     let mut data = connect.auth_data.clone().unwrap_or_default();
     for _ in 0..MAX_STEPS {
-        match exchange.step(&data) {
+        match exchange.step(&data).await {
             AuthStep::Success { data, username } => return Outcome::Success { data, username },
             AuthStep::Failure(why) => return Outcome::Refuse(BAD_USERNAME_OR_PASSWORD, why),
             AuthStep::Continue(challenge) => {

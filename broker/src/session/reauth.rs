@@ -53,11 +53,11 @@ impl Session {
             (REAUTHENTICATE, None) => match hooks.auth_methods.find(&auth.method) {
                 Some(method) => {
                     let exchange = auth.exchange.insert(method.start(&client));
-                    exchange.step(&data)
+                    exchange.step(&data).await
                 }
                 None => AuthStep::Failure(format!("method {:?} is no longer offered", auth.method)),
             },
-            (CONTINUE, Some(exchange)) => exchange.step(&data),
+            (CONTINUE, Some(exchange)) => exchange.step(&data).await,
             (REAUTHENTICATE, Some(_)) => {
                 return self
                     .protocol_error("AUTH 0x19 during a re-authentication", 0x82)
