@@ -196,3 +196,32 @@ async fn plain_passwords_serve_both_scram_methods() {
         assert_eq!(connack, [0x20, 3, 0x00, 0x86, 0]);
     }
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_answer_refuses_within_connect_timeout() {
+    let db = users_db(&[("alice", &pbkdf2_sha256_hex("secret"), SALT, false)]).await;
+    let conf = format!(
+        "auth.pgsql.server = {}\nauth.pgsql.pool = 2\nauth.pgsql.username = postgres\nauth.pgsql.database = {}\n\
+         auth.pgsql.password_hash = pbkdf2,sha256,1000,32\nauth.pgsql.acl_query =\n\
+         auth.pgsql.auth_query = select password_hash, salt from mqtt_user \
+         where username = ${{username}} and pg_sleep(30)::text = ''\n",
+        pg_server(),
+        db.name
+    );
+    let b = Broker::start_with_files(
+        "plugins.load = auth_pgsql\nmqtt.allow_anonymous = false\nmqtt.connect_timeout = 1s\n",
+        &[("auth_pgsql.conf", &conf)],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        first_refusal(&b, "SCRAM-SHA-256", "alice").await,
+        [0x20, 3, 0x00, 0x86, 0]
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    b.wait_for_log("did not answer within 1s").await;
+}
