@@ -11,8 +11,8 @@ mod support;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::Sha512;
+use support::scram::*;
 use support::*;
 
 const METHOD: &str = "SCRAM-SHA-512";
@@ -64,210 +64,20 @@ async fn broker() -> Broker {
     .await
 }
 
-fn prop_str(id: u8, v: &[u8], out: &mut Vec<u8>) {
-    out.push(id);
-    out.extend_from_slice(&(v.len() as u16).to_be_bytes());
-    out.extend_from_slice(v);
-}
-
-/// Authentication Method and Data as a property section.
-fn auth_props(method: &str, data: Option<&[u8]>) -> Vec<u8> {
-    let mut p = Vec::new();
-    prop_str(0x15, method.as_bytes(), &mut p);
-    if let Some(d) = data {
-        prop_str(0x16, d, &mut p);
-    }
-    let mut out = Vec::new();
-    encode_varint(p.len(), &mut out);
-    out.extend_from_slice(&p);
-    out
-}
-
-/// An MQTT 5 CONNECT (clean start, keep alive 30) with these properties.
-fn connect(client_id: &str, username: Option<&str>, props: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    encode_str("MQTT", &mut body);
-    body.push(5);
-    body.push(if username.is_some() { 0x82 } else { 0x02 });
-    body.extend_from_slice(&30u16.to_be_bytes());
-    body.extend_from_slice(props);
-    encode_str(client_id, &mut body);
-    if let Some(u) = username {
-        encode_str(u, &mut body);
-    }
-    packet(0x10, &body)
-}
-
-fn auth(reason: u8, method: &str, data: &[u8]) -> Vec<u8> {
-    let mut body = vec![reason];
-    body.extend_from_slice(&auth_props(method, Some(data)));
-    packet(0xF0, &body)
-}
-
-/// The property section after `skip` bytes of variable header: (id, value)
-/// for the string and binary properties (others are not expected here).
-fn props(p: &[u8], skip: usize) -> Vec<(u8, Vec<u8>)> {
-    let hdr = 1 + p[1..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
-    let body = &p[hdr + skip..];
-    let (mut len, mut i, mut shift) = (0usize, 0usize, 0);
-    loop {
-        len |= usize::from(body[i] & 0x7F) << shift;
-        i += 1;
-        if body[i - 1] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let mut section = &body[i..i + len];
-    let mut out = Vec::new();
-    while let Some((&id, rest)) = section.split_first() {
-        match id {
-            0x15 | 0x16 | 0x1C | 0x1F | 0x12 | 0x1A => {
-                let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                out.push((id, rest[2..2 + n].to_vec()));
-                section = &rest[2 + n..];
-            }
-            0x11 | 0x27 => section = &rest[4..],
-            0x13 | 0x21 | 0x22 => section = &rest[2..],
-            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => section = &rest[1..],
-            other => panic!("unexpected property 0x{other:02x} in {p:02x?}"),
-        }
-    }
-    out
-}
-
-fn prop(props: &[(u8, Vec<u8>)], id: u8) -> Option<Vec<u8>> {
-    props.iter().find(|(i, _)| *i == id).map(|(_, v)| v.clone())
-}
-
-/// The SCRAM hash: SHA-512 (`true`) or SHA-256.
-#[derive(Clone, Copy)]
-struct Alg(bool);
-
-const SHA512: Alg = Alg(true);
-const SHA256: Alg = Alg(false);
-
-impl Alg {
-    fn method(self) -> &'static str {
-        if self.0 {
-            "SCRAM-SHA-512"
-        } else {
-            "SCRAM-SHA-256"
-        }
-    }
-
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        if self.0 {
-            let mut m = Hmac::<Sha512>::new_from_slice(key).unwrap();
-            m.update(data);
-            m.finalize().into_bytes().to_vec()
-        } else {
-            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-            m.update(data);
-            m.finalize().into_bytes().to_vec()
-        }
-    }
-
-    fn hash(self, data: &[u8]) -> Vec<u8> {
-        if self.0 {
-            Sha512::digest(data).to_vec()
-        } else {
-            Sha256::digest(data).to_vec()
-        }
-    }
-
-    fn salted(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        if self.0 {
-            let mut out = [0u8; 64];
-            pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
-            out.to_vec()
-        } else {
-            let mut out = [0u8; 32];
-            pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
-            out.to_vec()
-        }
-    }
-}
-
-/// The client side of one SCRAM exchange.
-struct Scram {
-    alg: Alg,
-    password: String,
-    bare: String,
-    auth_message: String,
-    salted: Vec<u8>,
-}
-
-impl Scram {
-    fn first(user: &str, password: &str, nonce: &str) -> (Scram, String) {
-        Scram::first_with(SHA512, user, password, nonce)
-    }
-
-    fn first_with(alg: Alg, user: &str, password: &str, nonce: &str) -> (Scram, String) {
-        let bare = format!("n={user},r={nonce}");
-        let s = Scram {
-            alg,
-            password: password.into(),
-            bare: bare.clone(),
-            auth_message: String::new(),
-            salted: Vec::new(),
-        };
-        (s, format!("n,,{bare}"))
-    }
-
-    /// client-final for the server-first, checking what the server chose
-    /// (for SCRAM-SHA-512, the `$7$` salt and iterations of this test).
-    fn last(&mut self, server_first: &str, client_nonce: &str) -> String {
-        let mut nonce = "";
-        let mut salt = Vec::new();
-        let mut iterations = 0;
-        for attr in server_first.split(',') {
-            match attr.split_at(2) {
-                ("r=", v) => nonce = v,
-                ("s=", v) => salt = STANDARD.decode(v).unwrap(),
-                ("i=", v) => iterations = v.parse().unwrap(),
-                other => panic!("unexpected attribute {other:?} in {server_first}"),
-            }
-        }
-        assert!(
-            nonce.starts_with(client_nonce) && nonce.len() > client_nonce.len(),
-            "{server_first}"
-        );
-        assert_eq!(iterations, ITERATIONS);
-        if self.alg.0 {
-            assert_eq!(salt, SALT);
-        }
-        self.salted = self.alg.salted(self.password.as_bytes(), &salt, iterations);
-        let without_proof = format!("c=biws,r={nonce}");
-        self.auth_message = format!("{},{server_first},{without_proof}", self.bare);
-        let client_key = self.alg.hmac(&self.salted, b"Client Key");
-        let stored_key = self.alg.hash(&client_key);
-        let signature = self.alg.hmac(&stored_key, self.auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
-        format!("{without_proof},p={}", STANDARD.encode(proof))
-    }
-
-    /// The server-final the server must send.
-    fn expected_final(&self) -> Vec<u8> {
-        let server_key = self.alg.hmac(&self.salted, b"Server Key");
-        let signature = self.alg.hmac(&server_key, self.auth_message.as_bytes());
-        format!("v={}", STANDARD.encode(signature)).into_bytes()
-    }
-}
-
-/// Reads an AUTH 0x18 and returns its data, checking the method.
+/// Reads an AUTH 0x18 of SCRAM-SHA-512 and returns its data.
 async fn read_continue(raw: &mut RawClient) -> String {
     read_continue_for(raw, METHOD).await
 }
 
-async fn read_continue_for(raw: &mut RawClient, method: &str) -> String {
-    let p = raw.read_packet().await.expect("AUTH");
-    assert_eq!(packet_type(&p), ptype::AUTH, "{p:02x?}");
-    // A 1-byte remaining length here: the reason code is at 2.
-    assert_eq!(p[2], 0x18, "{p:02x?}");
-    let props = props(&p, 1);
-    assert_eq!(prop(&props, 0x15).as_deref(), Some(method.as_bytes()));
-    String::from_utf8(prop(&props, 0x16).expect("authentication data")).unwrap()
+/// client-final, checking the server sent this test's iterations (and for
+/// SCRAM-SHA-512, the `$7$` salt).
+fn checked_last(scram: &mut Scram, server_first: &str, client_nonce: &str) -> String {
+    let last = scram.last(server_first, client_nonce);
+    assert_eq!(scram.iterations, ITERATIONS);
+    if scram.alg().0 {
+        assert_eq!(scram.salt, SALT);
+    }
+    last
 }
 
 #[tokio::test]
@@ -298,7 +108,7 @@ async fn scram_sha512_connect_and_reauthenticate_byte_by_byte() {
     ))
     .await;
     let server_first = read_continue(&mut raw).await;
-    let last = scram.last(&server_first, "cnonce1");
+    let last = checked_last(&mut scram, &server_first, "cnonce1");
     raw.send(&auth(0x18, METHOD, last.as_bytes())).await;
     let connack = raw.read_packet().await.expect("CONNACK");
     assert_eq!(packet_type(&connack), ptype::CONNACK, "{connack:02x?}");
@@ -317,7 +127,7 @@ async fn scram_sha512_connect_and_reauthenticate_byte_by_byte() {
     let (mut again, first) = Scram::first("alice", "secret", "cnonce2");
     raw.send(&auth(0x19, METHOD, first.as_bytes())).await;
     let server_first = read_continue(&mut raw).await;
-    let last = again.last(&server_first, "cnonce2");
+    let last = checked_last(&mut again, &server_first, "cnonce2");
     raw.send(&auth(0x18, METHOD, last.as_bytes())).await;
     let done = raw.read_packet().await.expect("AUTH 0x00");
     assert_eq!(packet_type(&done), ptype::AUTH, "{done:02x?}");
@@ -330,7 +140,7 @@ async fn scram_sha512_connect_and_reauthenticate_byte_by_byte() {
     let (mut wrong, first) = Scram::first("alice", "not-it", "cnonce3");
     raw.send(&auth(0x19, METHOD, first.as_bytes())).await;
     let server_first = read_continue(&mut raw).await;
-    let last = wrong.last(&server_first, "cnonce3");
+    let last = checked_last(&mut wrong, &server_first, "cnonce3");
     raw.send(&auth(0x18, METHOD, last.as_bytes())).await;
     assert_eq!(raw.read_packet().await, Some(vec![0xE0, 2, 0x87, 0]));
     raw.expect_closed().await;
@@ -345,7 +155,7 @@ async fn scram_refuses_a_wrong_password_and_a_user_mismatch() {
     raw.send(&connect("s-2", None, &auth_props(METHOD, Some(first.as_bytes()))))
         .await;
     let server_first = read_continue(&mut raw).await;
-    let last = scram.last(&server_first, "n1");
+    let last = checked_last(&mut scram, &server_first, "n1");
     raw.send(&auth(0x18, METHOD, last.as_bytes())).await;
     assert_eq!(raw.read_packet().await, Some(vec![0x20, 3, 0x00, 0x86, 0]));
     raw.expect_closed().await;
@@ -388,7 +198,7 @@ async fn scram_sha256_for_users_postbox_passwd_wrote_so() {
     ))
     .await;
     let server_first = read_continue_for(&mut raw, method).await;
-    let last = scram.last(&server_first, "c256");
+    let last = checked_last(&mut scram, &server_first, "c256");
     raw.send(&auth(0x18, method, last.as_bytes())).await;
     let connack = raw.read_packet().await.expect("CONNACK");
     assert_eq!(connack[3], 0x00, "refused: {connack:02x?}");

@@ -7,11 +7,14 @@
 //! method answers each step with more data (AUTH 0x18 to the client, whose
 //! next packet must be AUTH 0x18 with the same method), success (the final
 //! data goes in CONNACK) or failure. Each step waits at most
-//! `mqtt.connect_timeout` for the client, and an exchange has at most
-//! [`MAX_STEPS`] steps.
+//! `mqtt.connect_timeout` for the client, and as long for the method (which
+//! may be querying a database: one that does not answer refuses the client
+//! with 0x86), and an exchange has at most [`MAX_STEPS`] steps.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hooks_spec::{AuthStep, ClientInfo, ProtocolVersion};
+use hooks_spec::{AuthExchange, AuthStep, ClientInfo, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::codec::{Auth, Codec, Connect, Packet};
@@ -66,7 +69,7 @@ pub async fn run(
     let mut exchange = provider.start(client);
     let mut data = connect.auth_data.clone().unwrap_or_default();
     for _ in 0..MAX_STEPS {
-        match exchange.step(&data) {
+        match bounded_step(exchange.as_mut(), &data, shared.config.mqtt.connect_timeout).await {
             AuthStep::Success { data, username } => return Outcome::Success { data, username },
             AuthStep::Failure(why) => return Outcome::Refuse(BAD_USERNAME_OR_PASSWORD, why),
             AuthStep::Continue(challenge) => {
@@ -111,6 +114,17 @@ pub async fn run(
         BAD_USERNAME_OR_PASSWORD,
         format!("no conclusion after {MAX_STEPS} steps"),
     )
+}
+
+/// One step of `exchange`, given at most `limit`: a method waiting on a
+/// store that does not answer refuses the client instead of holding it.
+pub async fn bounded_step(exchange: &mut dyn AuthExchange, data: &[u8], limit: Duration) -> AuthStep {
+    match tokio::time::timeout(limit, exchange.step(data)).await {
+        Ok(step) => step,
+        Err(_) => AuthStep::Failure(format!(
+            "the authentication method did not answer within {limit:?}"
+        )),
+    }
 }
 
 /// The client's next packet.

@@ -12,11 +12,13 @@
 //! authentication method). `client.authenticate` does not run for a
 //! connection authenticated this way: the method decides.
 //!
-//! Steps are synchronous and must not block: a method looks its credentials
-//! up in memory (a method that needs I/O loads what it needs beforehand).
+//! A step is async: a method may look its credentials up (a database query)
+//! while the connection waits; it must not block the thread. [`crate::scram`]
+//! is SCRAM, for plugins that can supply the users' keys.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::ClientInfo;
@@ -42,9 +44,10 @@ pub enum AuthStep {
 }
 
 /// One authentication exchange of one connection.
+#[async_trait]
 pub trait AuthExchange: Send {
     /// The client's next Authentication Data (empty when it sent none).
-    fn step(&mut self, data: &[u8]) -> AuthStep;
+    async fn step(&mut self, data: &[u8]) -> AuthStep;
 }
 
 /// An authentication method, such as `SCRAM-SHA-512`.

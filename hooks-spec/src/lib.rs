@@ -18,7 +18,8 @@
 //! - [`AuthMethod`]: an MQTT 5 enhanced authentication method (CONNECT/AUTH
 //!   with an Authentication Method) a plugin adds in [`Hooks::auth_methods`];
 //!   a connection that names one is authenticated by it instead of
-//!   `client.authenticate` ([`auth_method`]).
+//!   `client.authenticate` ([`auth_method`]); [`scram`] is the server side
+//!   of SCRAM-SHA-256/512 for plugins that supply the users' keys.
 //! - [`MetricsRegistry`]: where a plugin registers the metrics the broker
 //!   serves on `/metrics` ([`metrics`]); hook callbacks are timed by the chain.
 //! - The values hooks carry: [`ClientInfo`], [`ConnInfo`], [`SubOpts`],
@@ -65,6 +66,7 @@ pub mod hookpoint;
 pub mod hooks;
 pub mod metrics;
 pub mod plugin;
+pub mod scram;
 pub mod types;
 
 pub use auth_method::{AuthExchange, AuthMethod, AuthMethods, AuthStep};

@@ -1300,6 +1300,7 @@ pub mod certs;
 pub mod http;
 pub mod pg_cluster;
 pub mod pgsql;
+pub mod scram;
 
 // ===========================================================================
 // Several listeners

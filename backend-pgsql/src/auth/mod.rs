@@ -20,6 +20,10 @@
 //!   `mqtt_acl` ([`acl`]); the first matching row decides; none:
 //!   `acl_nomatch`. A database error denies.
 //!
+//! - MQTT 5 enhanced authentication: `SCRAM-SHA-256` / `SCRAM-SHA-512`
+//!   over `auth_query`'s users when `password_hash` is `pbkdf2` with sha256
+//!   / sha512 or `plain` ([`scram`]).
+//!
 //! The tables are not created by the plugin: `sql/auth_pgsql.sql` has them.
 
 pub mod acl;
@@ -28,14 +32,16 @@ pub mod config;
 pub mod db;
 pub mod password_hash;
 pub mod query;
+pub mod scram;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use hooks_spec::scram::{ScramMethod, ScramSource};
 use hooks_spec::{
-    AclAction, AclArgs, AclResult, AuthArgs, AuthResult, ConnackArgs, DisconnectedArgs, Flow, HookError,
-    Hooks, Plugin, PluginContext, PluginError,
+    AclAction, AclArgs, AclResult, AuthArgs, AuthResult, ClientInfo, ConnackArgs, DisconnectedArgs, Flow,
+    HookError, Hooks, Plugin, PluginContext, PluginError,
 };
 
 use self::acl::{AclRow, AclRule, Subject};
@@ -177,6 +183,19 @@ fn register(engine: &Arc<Engine>, hooks: &Hooks) {
                 let e = Arc::clone(&e);
                 async move { e.authenticate(&args, acc).await }
             });
+        // MQTT 5 enhanced authentication where the stored hashes allow it.
+        let methods = scram::offered(engine.cfg.password_hash);
+        if !methods.is_empty() {
+            let source: Arc<dyn ScramSource> = Arc::new(scram::PgsqlScram(Arc::clone(engine)));
+            for alg in &methods {
+                hooks
+                    .auth_methods
+                    .register(NAME, Arc::new(ScramMethod::new(*alg, Arc::clone(&source))));
+            }
+        }
+        let names: Vec<&str> = methods.iter().map(|a| a.method()).collect();
+        tracing::info!(password_hash = %engine.cfg.password_hash, methods = ?names,
+            "auth_pgsql: enhanced authentication methods offered");
     }
     if engine.cfg.super_query.is_some() {
         let e = Arc::clone(engine);
@@ -259,7 +278,7 @@ impl Engine {
         };
         match verdict {
             Ok(true) => {
-                let superuser = self.is_superuser(args).await;
+                let superuser = self.is_superuser(&args.client).await;
                 self.cache.authenticated(client, superuser);
                 tracing::debug!(clientid = %client.clientid, superuser, "auth_pgsql: password matches");
                 Ok(Flow::Stop(AuthResult::Allow))
@@ -277,14 +296,14 @@ impl Engine {
     }
 
     /// `super_query` for a client this plugin admitted; an error or no row is "no".
-    async fn is_superuser(&self, args: &AuthArgs) -> bool {
+    async fn is_superuser(&self, client: &ClientInfo) -> bool {
         let Some(q) = &self.cfg.super_query else {
             return false;
         };
-        let rows = match db::run(&self.pool, &q.key, &q.query, &q.query.values(&args.client)).await {
+        let rows = match db::run(&self.pool, &q.key, &q.query, &q.query.values(client)).await {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::warn!(clientid = %args.client.clientid,
+                tracing::warn!(clientid = %client.clientid,
                     "auth_pgsql: {}; treating the client as no superuser", crate::error_chain(&e));
                 return false;
             }
@@ -292,7 +311,7 @@ impl Engine {
         match rows.first().map(|r| db::int_like(r, 0)) {
             Some(Ok(Some(v))) => v != 0,
             Some(Err(e)) => {
-                tracing::warn!(clientid = %args.client.clientid, "auth_pgsql: {}: {e}", q.key);
+                tracing::warn!(clientid = %client.clientid, "auth_pgsql: {}: {e}", q.key);
                 false
             }
             _ => false,

@@ -263,7 +263,7 @@ fn salted<'a>(pos: SaltPosition, password: &'a [u8], salt: &'a [u8]) -> Vec<&'a 
 }
 
 /// Decodes `len` bytes of hex (either case).
-fn decode_hex(s: &str, len: usize) -> Result<Vec<u8>, BadStoredHash> {
+pub(crate) fn decode_hex(s: &str, len: usize) -> Result<Vec<u8>, BadStoredHash> {
     if s.len() != len * 2 {
         return Err(BadStoredHash(format!(
             "expected {} hex digits, got {} characters",

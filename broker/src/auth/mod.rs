@@ -55,6 +55,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
+use hooks_spec::scram::{ScramAlg, ScramMethod, ScramSource};
 use hooks_spec::{
     AclArgs, AclResult, AuthArgs, AuthResult, ConfError, ConfFile, Flow, HookError, Hooks, Plugin,
     PluginContext, PluginError,
@@ -317,8 +318,9 @@ impl Plugin for AuthFile {
             tracing::info!(file = %pw.path.display(), users = pw.len(), "auth_file: password file loaded");
             register_authenticate(&ctx.hooks, Arc::clone(&cfg), Arc::clone(&self.stats));
             // MQTT 5 enhanced authentication for the `$7$` and `$SCRAM-SHA-256$` users.
-            for alg in [scram::Alg::Sha256, scram::Alg::Sha512] {
-                let method = scram::Scram::new(alg, Arc::clone(&cfg));
+            let source: Arc<dyn ScramSource> = Arc::new(scram::PasswordFileScram(Arc::clone(&cfg)));
+            for alg in [ScramAlg::Sha256, ScramAlg::Sha512] {
+                let method = ScramMethod::new(alg, Arc::clone(&source));
                 ctx.hooks.auth_methods.register(NAME, Arc::new(method));
             }
         }

@@ -28,6 +28,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use hooks_spec::scram::{ScramAlg, ScramKeys};
 use sha2::{Digest, Sha512};
 
 use super::AuthFileError;
@@ -302,22 +303,8 @@ fn parse_iterations(v: &str) -> Result<u32, HashFormatError> {
 
 /// SCRAM-SHA-256's StoredKey and ServerKey of `password` (RFC 5802 3).
 pub fn scram_sha256_keys(password: &[u8], salt: &[u8], iterations: u32) -> (Vec<u8>, Vec<u8>) {
-    use hmac::Mac;
-    let mut salted = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut salted);
-    let mac = |key: &[u8], data: &[u8]| -> Vec<u8> {
-        match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
-            Ok(mut m) => {
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-            // HMAC takes keys of any length.
-            Err(_) => Vec::new(),
-        }
-    };
-    let client_key = mac(&salted, b"Client Key");
-    let stored_key = sha2::Sha256::digest(&client_key).to_vec();
-    (stored_key, mac(&salted, b"Server Key"))
+    let keys = ScramKeys::from_password(ScramAlg::Sha256, password, salt, iterations);
+    (keys.stored_key, keys.server_key)
 }
 
 fn decode_salt_hash(salt: &str, hash: &str) -> Result<(Vec<u8>, Vec<u8>), HashFormatError> {

@@ -49,15 +49,19 @@ impl Session {
                 .await;
         }
         let data = a.data.unwrap_or_default();
+        // A method's lookup must not stall the session for long.
+        let limit = self.shared.config.mqtt.connect_timeout;
         let step = match (a.reason, auth.exchange.as_mut()) {
             (REAUTHENTICATE, None) => match hooks.auth_methods.find(&auth.method) {
                 Some(method) => {
                     let exchange = auth.exchange.insert(method.start(&client));
-                    exchange.step(&data)
+                    crate::enhanced_auth::bounded_step(exchange.as_mut(), &data, limit).await
                 }
                 None => AuthStep::Failure(format!("method {:?} is no longer offered", auth.method)),
             },
-            (CONTINUE, Some(exchange)) => exchange.step(&data),
+            (CONTINUE, Some(exchange)) => {
+                crate::enhanced_auth::bounded_step(exchange.as_mut(), &data, limit).await
+            }
             (REAUTHENTICATE, Some(_)) => {
                 return self
                     .protocol_error("AUTH 0x19 during a re-authentication", 0x82)
