@@ -1,0 +1,45 @@
+//! MQTT 5 normative statements found unmet in the review of
+//! docs/MQTT5-CONFORMANCE.md, each shown byte by byte against the real
+//! `postbox` binary: the marker is in each test's comment.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+mod support;
+
+use support::*;
+
+/// Connects an MQTT 5 client with no properties and reads its CONNACK.
+async fn connected(addr: std::net::SocketAddr, id: &str) -> RawClient {
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&connect_v5_bytes(id, true, 30)).await;
+    let ack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
+    assert_eq!(ack[3], 0x00, "accepted, got {ack:02x?}");
+    raw
+}
+
+/// Expects DISCONNECT with `reason`, then the connection closed.
+async fn expect_disconnect(raw: &mut RawClient, reason: u8) {
+    let d = raw.read_packet().await.expect("DISCONNECT from the broker");
+    assert_eq!(packet_type(&d), ptype::DISCONNECT, "got {d:02x?}");
+    assert_eq!(d[2], reason, "reason code, got {d:02x?}");
+    raw.expect_closed().await;
+}
+
+/// MQTT-3.8.3-4: No Local on a shared subscription is a Protocol Error, so
+/// the connection closes with DISCONNECT 0x82 (it used to be refused in
+/// SUBACK with 0x82, which is no SUBACK reason code, MQTT-3.9.3-2).
+#[tokio::test]
+async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    let broker = Broker::start("").await;
+    // No Local on a plain subscription is fine.
+    let mut raw = connected(broker.addr, "nl-plain").await;
+    raw.send(&subscribe_v5_bytes(1, "nl/t", 0x04 | 1)).await;
+    let ack = raw.read_packet().await.expect("SUBACK");
+    assert_eq!(packet_type(&ack), ptype::SUBACK, "got {ack:02x?}");
+    assert_eq!(ack.last(), Some(&1), "granted QoS 1, got {ack:02x?}");
+
+    let mut raw = connected(broker.addr, "nl-shared").await;
+    raw.send(&subscribe_v5_bytes(1, "$share/g/nl/t", 0x04 | 1)).await;
+    expect_disconnect(&mut raw, 0x82).await;
+}
+
