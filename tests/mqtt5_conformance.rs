@@ -43,3 +43,23 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     expect_disconnect(&mut raw, 0x82).await;
 }
 
+/// MQTT-3.3.4-6: a PUBLISH sent by a client must not carry a Subscription
+/// Identifier; one that does is a Protocol Error (DISCONNECT 0x82), and the
+/// message is not routed.
+#[tokio::test]
+async fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let broker = Broker::start("").await;
+    let mut sub = connected(broker.addr, "sid-sub").await;
+    sub.send(&subscribe_v5_bytes(1, "sid/t", 0)).await;
+    assert_eq!(packet_type(&sub.read_packet().await.unwrap()), ptype::SUBACK);
+
+    let mut raw = connected(broker.addr, "sid-pub").await;
+    let mut body = Vec::new();
+    encode_str("sid/t", &mut body);
+    body.extend_from_slice(&[2, 0x0B, 7]); // properties: Subscription Identifier 7
+    body.extend_from_slice(b"x");
+    raw.send(&packet(0x30, &body)).await;
+    expect_disconnect(&mut raw, 0x82).await;
+    sub.expect_silence(std::time::Duration::from_millis(300)).await;
+}
+

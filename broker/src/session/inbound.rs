@@ -133,6 +133,11 @@ impl Session {
     /// ACL, run message.publish (the acknowledgement waits for it), route.
     async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
         self.shared.metrics.received(p.qos);
+        if !p.subscription_ids.is_empty() {
+            // Only the server puts Subscription Identifiers in a PUBLISH (MQTT-3.3.4-6).
+            let what = "PUBLISH from a client with a Subscription Identifier";
+            return Box::pin(self.protocol_error(what, 0x82)).await;
+        }
         let now = std::time::Instant::now();
         if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
             if !bucket.try_take(now) {
