@@ -63,3 +63,16 @@ async fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
     sub.expect_silence(std::time::Duration::from_millis(300)).await;
 }
 
+/// MQTT-3.2.2-14: with `mqtt.retain_available = off` CONNACK says Retain
+/// Available 0, and a retained PUBLISH is a Protocol Error: DISCONNECT 0x9A.
+#[tokio::test]
+async fn a_retained_publish_when_retain_is_not_available_gets_disconnect_0x9a() {
+    let broker = Broker::start("mqtt.retain_available = off\n").await;
+    let mut raw = connected(broker.addr, "no-retain").await;
+    // A non-retained PUBLISH is fine.
+    raw.send(&publish_v5_bytes("nr/t", 1, false, 1, b"x")).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBACK);
+    raw.send(&publish_v5_bytes("nr/t", 1, true, 2, b"x")).await;
+    expect_disconnect(&mut raw, 0x9A).await;
+}
+

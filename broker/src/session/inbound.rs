@@ -138,6 +138,15 @@ impl Session {
             let what = "PUBLISH from a client with a Subscription Identifier";
             return Box::pin(self.protocol_error(what, 0x82)).await;
         }
+        if p.retain
+            && !self.shared.config.mqtt.retain_available
+            && self.client.protocol == hooks_spec::ProtocolVersion::V5
+        {
+            // CONNACK said Retain Available 0: a retained PUBLISH is a
+            // Protocol Error, DISCONNECT 0x9A (MQTT-3.2.2-14). 3.1.1 has no
+            // such flag: its retained messages are routed, not stored.
+            return Box::pin(self.protocol_error("retained PUBLISH, retain not available", 0x9A)).await;
+        }
         let now = std::time::Instant::now();
         if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
             if !bucket.try_take(now) {
