@@ -76,3 +76,33 @@ async fn a_retained_publish_when_retain_is_not_available_gets_disconnect_0x9a() 
     expect_disconnect(&mut raw, 0x9A).await;
 }
 
+/// MQTT-3.2.2-13: with `mqtt.retain_available = off` a CONNECT whose will
+/// is retained is refused with CONNACK 0x9A (Retain not supported).
+#[tokio::test]
+async fn a_retained_will_when_retain_is_not_available_is_refused_with_0x9a() {
+    let broker = Broker::start("mqtt.retain_available = off\n").await;
+    let mut body = Vec::new();
+    encode_str("MQTT", &mut body);
+    body.push(5);
+    body.push(0x02 | 0x04 | 0x20); // clean start, will, will retain
+    body.extend_from_slice(&30u16.to_be_bytes());
+    body.push(0); // CONNECT properties
+    encode_str("retained-will", &mut body);
+    body.push(0); // will properties
+    encode_str("will/t", &mut body);
+    body.extend_from_slice(&[0, 4]);
+    body.extend_from_slice(b"gone");
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.send(&packet(0x10, &body)).await;
+    let ack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
+    assert_eq!(ack[3], 0x9A, "Retain not supported, got {ack:02x?}");
+    raw.expect_closed().await;
+
+    // The same will, not retained, is accepted.
+    body[7] = 0x02 | 0x04;
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.send(&packet(0x10, &body)).await;
+    let ack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(ack[3], 0x00, "accepted, got {ack:02x?}");
+}

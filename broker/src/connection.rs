@@ -51,6 +51,7 @@ mod rc {
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const SERVER_MOVED: u8 = 0x9D;
+    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
 }
 
 /// How a listener admitted a connection.
@@ -161,6 +162,12 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
             if protocol == ProtocolVersion::V5 {
                 refuse(&shared, &mut stream, protocol, rc::TOPIC_NAME_INVALID).await;
             }
+            return;
+        }
+        if will.retain && !shared.config.mqtt.retain_available && protocol == ProtocolVersion::V5 {
+            // A retained will the server cannot retain: refused (MQTT-3.2.2-13).
+            tracing::info!(%peer, topic = %will.topic, "refused: retained will, retain not available");
+            refuse(&shared, &mut stream, protocol, rc::RETAIN_NOT_SUPPORTED).await;
             return;
         }
     }
