@@ -106,3 +106,48 @@ async fn a_retained_will_when_retain_is_not_available_is_refused_with_0x9a() {
     let ack = raw.read_packet().await.expect("CONNACK");
     assert_eq!(ack[3], 0x00, "accepted, got {ack:02x?}");
 }
+
+/// MQTT-3.3.2-14: a Response Topic must not contain wildcards. One in a
+/// PUBLISH is a Protocol Error (DISCONNECT 0x82, not routed), one in a will
+/// gets CONNACK 0x82; a valid one passes.
+#[tokio::test]
+async fn a_response_topic_with_a_wildcard_is_a_protocol_error() {
+    let broker = Broker::start("").await;
+    let publish = |response_topic: &str, pkid: u16| {
+        let mut props = vec![0x08];
+        encode_str(response_topic, &mut props);
+        let mut body = Vec::new();
+        encode_str("rt/t", &mut body);
+        body.extend_from_slice(&pkid.to_be_bytes());
+        encode_varint(props.len(), &mut body);
+        body.extend_from_slice(&props);
+        body.extend_from_slice(b"x");
+        packet(0x32, &body)
+    };
+    let mut raw = connected(broker.addr, "rt-pub").await;
+    raw.send(&publish("replies/me", 1)).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), ptype::PUBACK);
+    raw.send(&publish("replies/+", 2)).await;
+    expect_disconnect(&mut raw, 0x82).await;
+
+    let mut body = Vec::new();
+    encode_str("MQTT", &mut body);
+    body.push(5);
+    body.push(0x02 | 0x04); // clean start, will
+    body.extend_from_slice(&30u16.to_be_bytes());
+    body.push(0); // CONNECT properties
+    encode_str("rt-will", &mut body);
+    let mut will_props = vec![0x08];
+    encode_str("replies/#", &mut will_props);
+    encode_varint(will_props.len(), &mut body);
+    body.extend_from_slice(&will_props);
+    encode_str("will/t", &mut body);
+    body.extend_from_slice(&[0, 4]);
+    body.extend_from_slice(b"gone");
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.send(&packet(0x10, &body)).await;
+    let ack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
+    assert_eq!(ack[3], 0x82, "Protocol Error, got {ack:02x?}");
+    raw.expect_closed().await;
+}

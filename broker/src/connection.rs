@@ -52,6 +52,7 @@ mod rc {
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const SERVER_MOVED: u8 = 0x9D;
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
 }
 
 /// How a listener admitted a connection.
@@ -169,6 +170,14 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
             tracing::info!(%peer, topic = %will.topic, "refused: retained will, retain not available");
             refuse(&shared, &mut stream, protocol, rc::RETAIN_NOT_SUPPORTED).await;
             return;
+        }
+        if let Some(rt) = &will.properties.response_topic {
+            if crate::topic::validate_topic_name(rt, 0).is_err() {
+                // A Response Topic is a topic name: no wildcards (MQTT-3.3.2-14).
+                tracing::info!(%peer, response_topic = %rt, "refused: invalid will Response Topic");
+                refuse(&shared, &mut stream, protocol, rc::PROTOCOL_ERROR).await;
+                return;
+            }
         }
     }
     let hooks = Arc::clone(&shared.hooks);

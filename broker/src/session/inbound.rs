@@ -133,19 +133,11 @@ impl Session {
     /// ACL, run message.publish (the acknowledgement waits for it), route.
     async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
         self.shared.metrics.received(p.qos);
-        if !p.subscription_ids.is_empty() {
-            // Only the server puts Subscription Identifiers in a PUBLISH (MQTT-3.3.4-6).
-            let what = "PUBLISH from a client with a Subscription Identifier";
-            return Box::pin(self.protocol_error(what, 0x82)).await;
-        }
-        if p.retain
-            && !self.shared.config.mqtt.retain_available
-            && self.client.protocol == hooks_spec::ProtocolVersion::V5
+        let v5 = self.client.protocol == hooks_spec::ProtocolVersion::V5;
+        if let Some((what, code)) =
+            crate::publish::breaks_rules(&p, self.shared.config.mqtt.retain_available, v5)
         {
-            // CONNACK said Retain Available 0: a retained PUBLISH is a
-            // Protocol Error, DISCONNECT 0x9A (MQTT-3.2.2-14). 3.1.1 has no
-            // such flag: its retained messages are routed, not stored.
-            return Box::pin(self.protocol_error("retained PUBLISH, retain not available", 0x9A)).await;
+            return Box::pin(self.protocol_error(what, code)).await;
         }
         let now = std::time::Instant::now();
         if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
