@@ -51,6 +51,8 @@ mod rc {
     pub const TOPIC_NAME_INVALID: u8 = 0x90;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const SERVER_MOVED: u8 = 0x9D;
+    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
 }
 
 /// How a listener admitted a connection.
@@ -162,6 +164,20 @@ pub async fn handle_admitted(shared: Arc<Shared>, mut stream: Stream, peer_info:
                 refuse(&shared, &mut stream, protocol, rc::TOPIC_NAME_INVALID).await;
             }
             return;
+        }
+        if will.retain && !shared.config.mqtt.retain_available && protocol == ProtocolVersion::V5 {
+            // A retained will the server cannot retain: refused (MQTT-3.2.2-13).
+            tracing::info!(%peer, topic = %will.topic, "refused: retained will, retain not available");
+            refuse(&shared, &mut stream, protocol, rc::RETAIN_NOT_SUPPORTED).await;
+            return;
+        }
+        if let Some(rt) = &will.properties.response_topic {
+            if crate::topic::validate_topic_name(rt, 0).is_err() {
+                // A Response Topic is a topic name: no wildcards (MQTT-3.3.2-14).
+                tracing::info!(%peer, response_topic = %rt, "refused: invalid will Response Topic");
+                refuse(&shared, &mut stream, protocol, rc::PROTOCOL_ERROR).await;
+                return;
+            }
         }
     }
     let hooks = Arc::clone(&shared.hooks);

@@ -22,8 +22,33 @@ use hooks_spec::{
     AclAction, AclArgs, AclResult, ClientInfo, DropReason, Flow, HandleError, Message, PublishArgs,
 };
 
+use crate::codec::Publish;
 use crate::metrics::Metrics;
 use crate::shared::{Backlog, Shared};
+
+/// The MQTT 5 rule a client's PUBLISH breaks, as the reason for closing
+/// and its DISCONNECT code; `None` when it breaks none of these.
+///
+/// - A Subscription Identifier: only the server puts them in a PUBLISH
+///   (MQTT-3.3.4-6), 0x82.
+/// - A Response Topic that is no valid topic name, such as one with a
+///   wildcard (MQTT-3.3.2-14), 0x82.
+/// - RETAIN 1 after CONNACK said Retain Available 0 (MQTT-3.2.2-14), 0x9A.
+///   3.1.1 has no such flag: its retained messages are routed, not stored.
+pub(crate) fn breaks_rules(p: &Publish, retain_available: bool, v5: bool) -> Option<(&'static str, u8)> {
+    if !p.subscription_ids.is_empty() {
+        return Some(("PUBLISH from a client with a Subscription Identifier", 0x82));
+    }
+    if let Some(rt) = &p.properties.response_topic {
+        if crate::topic::validate_topic_name(rt, 0).is_err() {
+            return Some(("Response Topic is not a valid topic name", 0x82));
+        }
+    }
+    if p.retain && !retain_available && v5 {
+        return Some(("retained PUBLISH, retain not available", 0x9A));
+    }
+    None
+}
 
 /// PUBACK/PUBREC reason codes of an outcome (MQTT 5 numbering; the codec
 /// maps them for 3.1.1).

@@ -21,7 +21,6 @@ mod rc {
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
-    pub const SHARED_NOT_SUPPORTED_WITH_NO_LOCAL: u8 = 0x82;
     pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
 }
 
@@ -105,7 +104,18 @@ impl Session {
             Packet::PubComp(a) => self.client_pubcomp(a).await,
             // The rare packets are boxed: an idle session's task is as large
             // as its largest inline await (see Session::run).
-            Packet::Subscribe(s) => Box::pin(self.client_subscribe(s)).await,
+            Packet::Subscribe(s) => {
+                // No Local on a shared subscription is a Protocol Error, which
+                // closes the connection (MQTT-3.8.3-4); 0x82 is no SUBACK code.
+                if s.filters
+                    .iter()
+                    .any(|f| f.no_local && matches!(topic::parse_shared(&f.filter), Ok(Some(_))))
+                {
+                    let what = "No Local on a shared subscription";
+                    return Box::pin(self.protocol_error(what, 0x82)).await;
+                }
+                Box::pin(self.client_subscribe(s)).await
+            }
             Packet::Unsubscribe(u) => Box::pin(self.client_unsubscribe(u)).await,
             Packet::PingReq => self.send(Packet::PingResp),
             Packet::Disconnect(d) => return Box::pin(self.client_disconnect(d)).await,
@@ -123,6 +133,12 @@ impl Session {
     /// ACL, run message.publish (the acknowledgement waits for it), route.
     async fn client_publish(&mut self, p: Publish) -> Option<Exit> {
         self.shared.metrics.received(p.qos);
+        let v5 = self.client.protocol == hooks_spec::ProtocolVersion::V5;
+        if let Some((what, code)) =
+            crate::publish::breaks_rules(&p, self.shared.config.mqtt.retain_available, v5)
+        {
+            return Box::pin(self.protocol_error(what, code)).await;
+        }
         let now = std::time::Instant::now();
         if let Some(bucket) = self.conn.as_mut()?.publish_bucket.as_mut() {
             if !bucket.try_take(now) {
@@ -352,10 +368,6 @@ impl Session {
             let inner = share.as_ref().map(|sh| sh.filter).unwrap_or(&f.filter);
             if topic::validate_filter(inner, max_levels).is_err() {
                 codes[i] = Some(rc::TOPIC_FILTER_INVALID);
-                continue;
-            }
-            if share.is_some() && f.no_local {
-                codes[i] = Some(rc::SHARED_NOT_SUPPORTED_WITH_NO_LOCAL);
                 continue;
             }
             wanted.push(TopicFilter {
