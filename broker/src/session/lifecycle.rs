@@ -155,7 +155,7 @@ impl Session {
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             aliases: Default::default(),
             out_aliases: super::aliases::OutAliases::for_client(connect.topic_alias_max),
-            will: connect.will.clone(),
+            will: connect.will.clone().map(Box::new),
             publish_bucket: limits
                 .publish_limit
                 .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
@@ -401,22 +401,22 @@ impl Session {
         if let Some(will) = conn.will {
             if reason == DisconnectReason::Normal {
                 // DISCONNECT 0x04: publish now, no delay (MQTT 5 3.14.2.1).
-                self.publish_will(will);
+                self.publish_will(*will);
                 return;
             }
             let delay = will.delay_interval.unwrap_or(0).min(self.expiry_secs);
             if delay == 0 || reason == DisconnectReason::ServerShutdown {
-                self.publish_will(will);
+                self.publish_will(*will);
             } else {
                 let at = Instant::now() + Duration::from_secs(u64::from(delay));
-                self.delayed_will = Some((will, at));
+                self.delayed_will = Some(Box::new((*will, at)));
             }
         }
     }
 
     pub(super) fn publish_delayed_will(&mut self) {
-        if let Some((will, _)) = self.delayed_will.take() {
-            self.publish_will(will);
+        if let Some(delayed) = self.delayed_will.take() {
+            self.publish_will(delayed.0);
         }
     }
 

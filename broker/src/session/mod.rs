@@ -129,7 +129,8 @@ struct Conn {
     aliases: HashMap<u16, Arc<str>>,
     /// Topic aliases we set towards the client (MQTT 5); `None` when it allows none.
     out_aliases: Option<Box<aliases::OutAliases>>,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and a will is 192 bytes.
+    will: Option<Box<Will>>,
     /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
     /// client starts with a full bucket, so it can re-send what was refused.
     publish_bucket: Option<crate::rate_limit::TokenBucket>,
@@ -224,7 +225,7 @@ pub(crate) struct Session {
     /// When the session expires while disconnected.
     expires_at: Option<Instant>,
     /// A will waiting for its delay.
-    delayed_will: Option<(Will, Instant)>,
+    delayed_will: Option<Box<(Will, Instant)>>,
 }
 
 /// One turn of the loop: what happened.
@@ -378,7 +379,7 @@ impl Session {
         } else {
             None
         };
-        let will_at = self.delayed_will.as_ref().map(|(_, at)| *at);
+        let will_at = self.delayed_will.as_ref().map(|w| w.1);
         let pending_nonempty = !self.pending.is_empty();
         let pending = self.pending.len();
         match self.conn.as_mut() {
@@ -650,8 +651,10 @@ mod tests {
         let task = session.run();
         let size = std::mem::size_of_val(&task);
         eprintln!("session task future: {size} bytes");
-        // 5,376 bytes when written (6,672 before the delivered fold was boxed).
-        assert!(size <= 5632, "the session task future is {size} bytes");
+        // 5,376 bytes when written (6,672 before the delivered fold was boxed);
+        // 4,928 with the will boxed (5,696 before: topic aliases, byte rate,
+        // enhanced authentication had been added).
+        assert!(size <= 5120, "the session task future is {size} bytes");
         drop(task);
         server.shutdown().await;
     }
