@@ -12,18 +12,6 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use support::*;
 
-/// Length of the variable byte integer at the start of `b`, and its value.
-fn read_varint(b: &[u8]) -> (usize, usize) {
-    let mut value = 0usize;
-    for (i, byte) in b.iter().enumerate().take(4) {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return (i + 1, value);
-        }
-    }
-    panic!("malformed variable byte integer: {b:02x?}")
-}
-
 /// An MQTT 5 CONNECT carrying the given (already encoded) CONNECT properties.
 fn connect_v5_with_props(client_id: &str, clean: bool, props: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();

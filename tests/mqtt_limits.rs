@@ -17,18 +17,6 @@ const SUBACK: u8 = 9;
 const UNSUBACK: u8 = 11;
 const DISCONNECT: u8 = 14;
 
-/// Length of the variable byte integer at the start of `b`, and its value.
-fn read_varint(b: &[u8]) -> (usize, usize) {
-    let mut value = 0usize;
-    for (i, byte) in b.iter().enumerate().take(4) {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return (i + 1, value);
-        }
-    }
-    panic!("malformed variable byte integer: {b:02x?}")
-}
-
 /// (topic, packet id, payload) of a QoS 1/2 PUBLISH; `v5` skips the properties.
 fn publish_fields(p: &[u8], v5: bool) -> (String, u16, Vec<u8>) {
     assert_eq!(packet_type(p), PUBLISH, "expected PUBLISH, got {p:02x?}");

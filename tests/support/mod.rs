@@ -1168,6 +1168,18 @@ impl RawClient {
 // Byte encoders
 // ---------------------------------------------------------------------------
 
+/// Length of the variable byte integer at the start of `b`, and its value.
+pub fn read_varint(b: &[u8]) -> (usize, usize) {
+    let mut value = 0usize;
+    for (i, byte) in b.iter().enumerate().take(4) {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (i + 1, value);
+        }
+    }
+    panic!("malformed variable byte integer: {b:02x?}")
+}
+
 /// Append an MQTT variable byte integer.
 pub fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
     loop {
