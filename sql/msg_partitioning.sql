@@ -112,8 +112,9 @@ $fn$;
 -- Creates range partitions from the highest upper bound up to `ahead`
 -- widths past the current one (a partition up to the current boundary
 -- first when the highest bound is behind, so a long stop leaves no run of
--- empty tables); moves the DEFAULT partition's rows of each new range into
--- it. Returns how many it created. The caller holds the partition lock.
+-- empty tables); a range the DEFAULT partition holds rows of gets no
+-- partition (its rows stay there). Returns how many it created. The caller
+-- holds the partition lock.
 CREATE OR REPLACE FUNCTION mqtt_msg_partitions_ensure(width_secs float8, ahead integer) RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -125,7 +126,7 @@ DECLARE
     hi timestamp;
     part text;
     def text;
-    cols text;
+    occupied boolean;
     created integer := 0;
 BEGIN
     SELECT name INTO def FROM mqtt_msg_partitions() WHERE is_default;
@@ -135,19 +136,22 @@ BEGIN
     END IF;
     SELECT max(upper_bound) INTO top FROM mqtt_msg_partitions() WHERE NOT is_default;
     top := COALESCE(top, now_bin);
-    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
-    FROM pg_attribute WHERE attrelid = 'mqtt_msg'::regclass AND attnum > 0 AND NOT attisdropped;
     WHILE top < horizon LOOP
         lo := top;
         hi := CASE WHEN lo < now_bin THEN now_bin ELSE mqtt_msg_bin(lo, width_secs) + width END;
         part := 'mqtt_msg_p' || to_char(lo, 'YYYYMMDD"_"HH24MISS');
-        EXECUTE format('CREATE TABLE %I (LIKE mqtt_msg INCLUDING DEFAULTS INCLUDING STORAGE)', part);
-        EXECUTE format('WITH moved AS (DELETE FROM %I WHERE arrived >= $1 AND arrived < $2 RETURNING %s)
-                        INSERT INTO %I (%s) SELECT %s FROM moved', def, cols, part, cols, cols)
-            USING lo, hi;
-        -- ATTACH, not CREATE ... PARTITION OF: inserts into other partitions go on meanwhile.
-        EXECUTE format('ALTER TABLE mqtt_msg ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
-        created := created + 1;
+        -- Rows the DEFAULT partition holds for this range stay there, and
+        -- so does the range (no partition for it): moving them out made
+        -- them invisible, for an instant, to readers such as a replay page.
+        -- The row sweep deletes them from the DEFAULT partition.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE arrived >= $1 AND arrived < $2)', def)
+            INTO occupied USING lo, hi;
+        IF NOT occupied THEN
+            EXECUTE format('CREATE TABLE %I (LIKE mqtt_msg INCLUDING DEFAULTS INCLUDING STORAGE)', part);
+            -- ATTACH, not CREATE ... PARTITION OF: inserts into other partitions go on meanwhile.
+            EXECUTE format('ALTER TABLE mqtt_msg ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+            created := created + 1;
+        END IF;
         top := hi;
     END LOOP;
     RETURN created;
