@@ -105,24 +105,9 @@ pub async fn sweep(pool: &NamedPool, acked_above: bool) -> Result<u64, PgsqlErro
 /// Runs [`sweep`] every [`EVERY`] once the schema is known, until aborted.
 pub async fn run(pool: NamedPool, schema: SchemaCell) {
     let info = schema.wait().await;
-    let mut failing = false;
-    loop {
-        match sweep(&pool, info.acked_above).await {
-            Ok(n) => {
-                failing = false;
-                if n > 0 {
-                    tracing::info!(pool = %pool.name, deleted = n, "deleted messages every subscription acknowledged");
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(pool = %pool.name, "deleting acknowledged messages failed (will retry): {e}");
-                }
-                failing = true;
-            }
-        }
-        tokio::time::sleep(EVERY).await;
-    }
+    let done = "deleted messages every subscription acknowledged";
+    let failed = "deleting acknowledged messages failed (will retry)";
+    crate::retention::repeat(&pool.name, EVERY, done, failed, || sweep(&pool, info.acked_above)).await
 }
 
 #[cfg(test)]

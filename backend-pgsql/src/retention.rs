@@ -194,19 +194,33 @@ pub async fn run(pool: NamedPool, policy: Policy) {
     let Some(shortest) = policy.shortest() else {
         return;
     };
-    let every = interval(shortest);
+    let done = "retention: deleted expired messages";
+    let failed = "retention sweep failed (will retry)";
+    repeat(&pool.name, interval(shortest), done, failed, || {
+        sweep(&pool, &policy)
+    })
+    .await
+}
+
+/// Runs a clean-up `sweep` every `every` until the task is aborted: logs
+/// `done` with what it deleted, and `failed` once until it succeeds again.
+pub(crate) async fn repeat<F, Fut>(pool: &str, every: Duration, done: &str, failed: &str, mut sweep: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, PgsqlError>>,
+{
     let mut failing = false;
     loop {
-        match sweep(&pool, &policy).await {
+        match sweep().await {
             Ok(n) => {
                 failing = false;
                 if n > 0 {
-                    tracing::info!(pool = %pool.name, deleted = n, "retention: deleted expired messages");
+                    tracing::info!(pool = %pool, deleted = n, "{done}");
                 }
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(pool = %pool.name, "retention sweep failed (will retry): {e}");
+                    tracing::warn!(pool = %pool, "{failed}: {e}");
                 }
                 failing = true;
             }

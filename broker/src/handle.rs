@@ -75,13 +75,7 @@ impl BrokerHandle for Handle {
     /// it (and fires session.subscribed) in order with its other work, so a
     /// hook running in that session may call this without waiting on itself.
     async fn subscribe(&self, clientid: &str, filter: &str, opts: SubOpts) -> Result<(), HandleError> {
-        let max_levels = self.shared.config.mqtt.max_topic_levels;
-        let inner = match topic::parse_shared(filter) {
-            Ok(Some(share)) => share.filter,
-            Ok(None) => filter,
-            Err(_) => return Err(HandleError::InvalidFilter(filter.to_string())),
-        };
-        topic::validate_filter(inner, max_levels)
+        topic::validate_subscription(filter, self.shared.config.mqtt.max_topic_levels)
             .map_err(|_| HandleError::InvalidFilter(filter.to_string()))?;
         self.send(
             clientid,

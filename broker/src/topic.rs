@@ -115,6 +115,13 @@ pub struct SharedFilter<'a> {
     pub filter: &'a str,
 }
 
+/// Checks what a SUBSCRIBE may name: a filter, or a `$share/<group>/`
+/// prefix and a filter.
+pub fn validate_subscription(filter: &str, max_levels: usize) -> Result<(), TopicError> {
+    let inner = parse_shared(filter)?.map_or(filter, |share| share.filter);
+    validate_filter(inner, max_levels)
+}
+
 /// Parses a shared-subscription filter.
 ///
 /// Returns `Ok(None)` if `filter` does not start with `$share/` (it is then an ordinary filter,

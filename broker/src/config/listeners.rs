@@ -16,26 +16,12 @@ use hooks_spec::{ConfEntry, ConfError, ConfFile};
 use super::{shown, ConfPath, Listener, PeerCertField, TlsSettings, WebSocketSettings};
 use crate::rate_limit::Rate;
 
-/// The settings a `listener.tcp.<name>` takes.
-const TCP_SETTINGS: &[&str] = &["max_conn_rate", "rate_limit.conn_bytes_in"];
-/// The settings a `listener.ssl.<name>` takes.
-const SSL_SETTINGS: &[&str] = &[
-    "max_conn_rate",
-    "rate_limit.conn_bytes_in",
-    "keyfile",
-    "certfile",
-    "cacertfile",
-    "verify",
-    "fail_if_no_peer_cert",
-    "peer_cert_as_username",
-];
-/// The settings a `listener.ws.<name>` takes.
-const WS_SETTINGS: &[&str] = &["max_conn_rate", "rate_limit.conn_bytes_in", "mqtt_path"];
-/// The settings a `listener.wss.<name>` takes.
-const WSS_SETTINGS: &[&str] = &[
-    "max_conn_rate",
-    "rate_limit.conn_bytes_in",
-    "mqtt_path",
+/// The settings every listener takes.
+const COMMON_SETTINGS: &[&str] = &["max_conn_rate", "rate_limit.conn_bytes_in"];
+/// The settings a WebSocket listener (`ws`, `wss`) adds.
+const WS_SETTINGS: &[&str] = &["mqtt_path"];
+/// The settings a TLS listener (`ssl`, `wss`) adds.
+const TLS_SETTINGS: &[&str] = &[
     "keyfile",
     "certfile",
     "cacertfile",
@@ -66,13 +52,16 @@ impl Kind {
         }
     }
 
-    fn settings(self) -> &'static [&'static str] {
-        match self {
-            Kind::Tcp => TCP_SETTINGS,
-            Kind::Ssl => SSL_SETTINGS,
-            Kind::Ws => WS_SETTINGS,
-            Kind::Wss => WSS_SETTINGS,
+    /// The settings this kind takes, for error messages.
+    fn settings(self) -> Vec<&'static str> {
+        let mut all = COMMON_SETTINGS.to_vec();
+        if self.websocket() {
+            all.extend(WS_SETTINGS);
         }
+        if self.tls() {
+            all.extend(TLS_SETTINGS);
+        }
+        all
     }
 
     fn tls(self) -> bool {

@@ -53,12 +53,7 @@ pub async fn subscribe(State(state): State<super::super::State>, body: Bytes) ->
     };
     let max_levels = state.shared.config.mqtt.max_topic_levels;
     for t in &topics {
-        let inner = match topic::parse_shared(t) {
-            Ok(Some(share)) => share.filter,
-            Ok(None) => t.as_str(),
-            Err(_) => "",
-        };
-        if inner.is_empty() || topic::validate_filter(inner, max_levels).is_err() {
+        if topic::validate_subscription(t, max_levels).is_err() {
             return error(
                 StatusCode::BAD_REQUEST,
                 code::BAD_TOPIC,
