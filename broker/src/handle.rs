@@ -40,7 +40,10 @@ impl BrokerHandle for Handle {
     }
 
     fn lookup(&self, clientid: &str) -> Option<ClientInfo> {
-        self.shared.registry.get(clientid).map(|e| e.client)
+        self.shared
+            .registry
+            .get(clientid)
+            .map(|e| ClientInfo::clone(&e.client))
     }
 
     async fn deliver(&self, clientid: &str, delivery: Delivery) -> Result<(), HandleError> {

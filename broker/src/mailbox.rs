@@ -20,6 +20,10 @@ struct Shared<T> {
     queue: Mutex<VecDeque<T>>,
     waker: AtomicWaker,
     closed: AtomicBool,
+    /// Set by the owner for its senders to read (a session: whether a
+    /// connection is attached). Kept here so the owner needs no allocation
+    /// of its own for it.
+    attached: AtomicBool,
 }
 
 /// The sending side; cheap to clone.
@@ -34,6 +38,7 @@ pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
         queue: Mutex::new(VecDeque::new()),
         waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
+        attached: AtomicBool::new(false),
     });
     (Sender(Arc::clone(&shared)), Receiver(shared))
 }
@@ -70,9 +75,19 @@ impl<T> Sender<T> {
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
     }
+
+    /// What the owner last said with [`Receiver::set_attached`].
+    pub fn is_attached(&self) -> bool {
+        self.0.attached.load(Ordering::Relaxed)
+    }
 }
 
 impl<T> Receiver<T> {
+    /// Tells the senders whether the owner is attached (a session: has a connection).
+    pub fn set_attached(&self, attached: bool) {
+        self.0.attached.store(attached, Ordering::Relaxed);
+    }
+
     /// The next value, waiting for one.
     pub async fn recv(&self) -> T {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -86,9 +101,18 @@ impl<T> Receiver<T> {
         self.0.waker.register(cx.waker());
         // Looked at again after registering: a value sent between the first
         // look and the registration found no waker to wake.
-        match self.0.lock().pop_front() {
+        let mut queue = self.0.lock();
+        match queue.pop_front() {
             Some(v) => Poll::Ready(v),
-            None => Poll::Pending,
+            None => {
+                // The owner is about to wait: an idle session keeps no
+                // buffer (a queue keeps its capacity, 256 bytes or more, after
+                // the first value). A busy one allocates it again per burst.
+                if queue.capacity() > 0 {
+                    *queue = VecDeque::new();
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -134,6 +158,29 @@ mod tests {
         let (a, b, rx) = waiter.await.unwrap();
         assert_eq!((a, b), (1, 2));
         assert!(rx.try_recv().is_none());
+    }
+
+    /// An idle connection's session waits on two mailboxes: once drained,
+    /// they hold no buffer (BENCHMARKS.md, idle connections).
+    #[tokio::test]
+    async fn a_drained_mailbox_keeps_no_buffer() {
+        let (tx, rx) = mailbox();
+        for i in 0..10 {
+            tx.send(i).unwrap();
+        }
+        for i in 0..10 {
+            assert_eq!(rx.recv().await, i);
+        }
+        assert!(
+            rx.0.lock().capacity() > 0,
+            "still holds the buffer before waiting"
+        );
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert_eq!(rx.0.lock().capacity(), 0);
+        tx.send(10).unwrap();
+        assert_eq!(rx.try_recv(), Some(10));
     }
 
     #[test]

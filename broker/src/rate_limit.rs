@@ -129,6 +129,11 @@ impl ReadThrottle {
         self.resume.as_mut().await;
     }
 
+    /// Polls for the moment reading may resume (call [`ReadThrottle::resume`] then).
+    pub fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::future::Future::poll(self.resume.as_mut(), cx)
+    }
+
     /// Reading resumes.
     pub fn resume(&mut self) {
         self.paused = false;

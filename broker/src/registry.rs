@@ -21,8 +21,8 @@ pub struct SessionRef {
     pub tx: SessionTx,
     /// The task's replay channel.
     pub replay_tx: ReplayTx,
-    /// The client as of its latest connection.
-    pub client: ClientInfo,
+    /// The client as of its latest connection (the session's own copy, shared).
+    pub client: Arc<ClientInfo>,
 }
 
 /// Client id -> session.
@@ -65,10 +65,10 @@ impl Registry {
     }
 
     /// Updates the client info of a live session.
-    pub fn update_client(&self, uid: u64, client: &ClientInfo) {
+    pub fn update_client(&self, uid: u64, client: &Arc<ClientInfo>) {
         if let Some(entry) = self.lock().get_mut(&client.clientid) {
             if entry.uid == uid {
-                entry.client = client.clone();
+                entry.client = Arc::clone(client);
             }
         }
     }

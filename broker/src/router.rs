@@ -16,7 +16,6 @@
 //! message picks one of its own members.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use hooks_spec::{Message, QoS, SubOpts};
@@ -29,8 +28,6 @@ use crate::trie::SubTrie;
 pub struct Route {
     /// Where to send matching messages.
     pub tx: SessionTx,
-    /// Whether the session has a connection now (shared groups prefer those).
-    pub online: Arc<AtomicBool>,
     /// The options it was granted.
     pub opts: SubOpts,
 }
@@ -357,7 +354,7 @@ impl Router {
             // Prefer members with a connection (a node counts as one: its own
             // choice prefers its connected members); else any live session (it queues).
             let connected = |t: &Target| match t {
-                Target::Local(r) => r.online.load(Ordering::Relaxed),
+                Target::Local(r) => r.tx.is_attached(),
                 Target::Node => true,
             };
             let online: Vec<usize> = (0..members.len()).filter(|&i| connected(&members[i].1)).collect();
@@ -423,7 +420,7 @@ impl Router {
         let online: Vec<&Route> = members
             .iter()
             .map(|(_, r)| r)
-            .filter(|r| r.online.load(Ordering::Relaxed))
+            .filter(|r| r.tx.is_attached())
             .collect();
         let candidates: Vec<&Route> = match (online.is_empty(), connected_only) {
             (false, _) => online,
@@ -484,7 +481,7 @@ impl Router {
         let mut out = Vec::new();
         read(&self.shared).for_each_at(filter, |(g, m), target| {
             if let (true, Member::Client(c), Target::Local(route)) = (g == group, m, target) {
-                if c != except && !route.online.load(Ordering::Relaxed) && !route.tx.is_closed() {
+                if c != except && !route.tx.is_attached() && !route.tx.is_closed() {
                     out.push(route.tx.clone());
                 }
             }

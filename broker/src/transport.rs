@@ -1,10 +1,10 @@
 //! The byte streams a client connection runs over.
 //!
-//! A connection is plain TCP (the common case, split without a lock), or any
-//! other bidirectional stream boxed behind [`Io`]: TLS over TCP, or an
+//! A connection is plain TCP (the common case, kept inline), or any other
+//! bidirectional stream boxed behind [`Io`]: TLS over TCP, WebSocket, or an
 //! in-memory duplex pipe (in-process tests and the connection fuzz target).
-//! The session task works on the two halves [`Reader`] and [`Writer`], so it
-//! never knows which kind it has.
+//! The session task reads and writes a [`Stream`] without knowing which kind
+//! it has; it is the only one to use it, so it is never split.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,11 +18,6 @@ use tokio::net::TcpStream;
 /// Any bidirectional byte stream a client can connect over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// The reading half the session task polls.
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
-/// The writing half the session task flushes into.
-pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// An accepted client stream.
 pub enum Stream {
@@ -38,21 +33,6 @@ impl Stream {
     /// straight to the socket.
     pub fn buffers_writes(&self) -> bool {
         matches!(self, Stream::Boxed(_))
-    }
-
-    /// Splits into halves the session task can poll independently. TCP
-    /// splits without a lock; other streams share one through `tokio::io::split`.
-    pub fn split(self) -> (Reader, Writer) {
-        match self {
-            Stream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            Stream::Boxed(s) => {
-                let (r, w) = tokio::io::split(s);
-                (Box::new(r), Box::new(w))
-            }
-        }
     }
 }
 

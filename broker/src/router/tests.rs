@@ -1,7 +1,6 @@
 //! Unit tests of the router.
 
 use super::*;
-use std::sync::atomic::AtomicBool;
 
 fn local(
     router: &Router,
@@ -10,13 +9,10 @@ fn local(
     group: Option<&str>,
 ) -> crate::mailbox::Receiver<SessionCmd> {
     let (tx, rx) = crate::mailbox::mailbox();
+    rx.set_attached(true);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
     opts.share_group = group.map(str::to_string);
-    let route = Route {
-        tx,
-        online: Arc::new(AtomicBool::new(true)),
-        opts,
-    };
+    let route = Route { tx, opts };
     router.subscribe(&Arc::from(clientid), filter, route);
     rx
 }
@@ -87,13 +83,10 @@ fn local_online(
     online: bool,
 ) -> crate::mailbox::Receiver<SessionCmd> {
     let (tx, rx) = crate::mailbox::mailbox();
+    rx.set_attached(online);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
     opts.share_group = group.map(str::to_string);
-    let route = Route {
-        tx,
-        online: Arc::new(AtomicBool::new(online)),
-        opts,
-    };
+    let route = Route { tx, opts };
     router.subscribe(&Arc::from(clientid), filter, route);
     rx
 }
@@ -134,7 +127,7 @@ fn another_member_is_a_connected_one_unless_the_session_ends() {
     assert_eq!(r.offline_members(&key, &me).len(), 1, "not itself");
     let _on = local_online(&r, "on", "s/#", Some("g"), true);
     let route = r.other_member(&key, &me, true).expect("the connected one");
-    assert!(route.online.load(Ordering::Relaxed));
+    assert!(route.tx.is_attached());
     let other: ShareKey = ("s/#".to_string(), Arc::from("x"));
     assert!(r.other_member(&other, &me, false).is_none(), "another group");
 }

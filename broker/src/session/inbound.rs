@@ -67,7 +67,7 @@ impl Session {
             let Some(c) = self.conn.as_mut() else { return };
             c.inbuf.reserve(4096);
             // A zero timeout polls the read once: only what has arrived.
-            match tokio::time::timeout(Duration::ZERO, c.reader.read_buf(&mut c.inbuf)).await {
+            match tokio::time::timeout(Duration::ZERO, c.stream.read_buf(&mut c.inbuf)).await {
                 Ok(Ok(n)) if n > 0 => crate::metrics::Metrics::add(&self.shared.metrics.bytes_received, n),
                 _ => break,
             }
@@ -154,13 +154,15 @@ impl Session {
             Some(alias) if alias == 0 || alias > max_alias => {
                 return self.protocol_error("topic alias out of range", 0x94).await;
             }
-            Some(alias) if p.topic.is_empty() => match conn.aliases.get(&alias) {
+            Some(alias) if p.topic.is_empty() => match conn.aliases.as_ref().and_then(|a| a.get(&alias)) {
                 Some(t) => Arc::clone(t),
                 None => return self.protocol_error("unknown topic alias", 0x82).await,
             },
             Some(alias) => {
                 let t: Arc<str> = Arc::from(p.topic.as_str());
-                conn.aliases.insert(alias, Arc::clone(&t));
+                conn.aliases
+                    .get_or_insert_with(Box::default)
+                    .insert(alias, Arc::clone(&t));
                 t
             }
             None => Arc::from(p.topic.as_str()),
@@ -170,19 +172,19 @@ impl Session {
                 .protocol_error(&format!("invalid topic name: {e}"), 0x90)
                 .await;
         }
-        if p.qos != QoS::AtMostOnce && self.pending_pkids.contains(&p.pkid) {
+        if p.qos != QoS::AtMostOnce && self.ids.get().is_some_and(|t| t.pending.contains(&p.pkid)) {
             // Re-sent (after a reconnect) while the first copy is still in
             // message.publish, waiting for storage: its PUBACK/PUBREC follows,
             // and the message is not stored twice.
             return None;
         }
         if p.qos == QoS::ExactlyOnce {
-            if self.awaiting_rel.contains(&p.pkid) {
+            if self.ids.get().is_some_and(|t| t.awaiting_rel.contains(&p.pkid)) {
                 // A re-sent QoS 2 PUBLISH we already accepted: acknowledge, do not route again.
                 self.send(Packet::PubRec(Ack::new(p.pkid)));
                 return None;
             }
-            if self.awaiting_rel.len() >= max_awaiting_rel {
+            if self.ids.get().map_or(0, |t| t.awaiting_rel.len()) >= max_awaiting_rel {
                 return self
                     .protocol_error("too many QoS 2 messages awaiting PUBREL", 0x93)
                     .await;
@@ -190,11 +192,12 @@ impl Session {
         }
         // MQTT 5 3.3.4: QoS 1/2 PUBLISH count until PUBACK or PUBCOMP is sent.
         if p.qos != QoS::AtMostOnce
-            && self
-                .conn
-                .as_ref()?
-                .receive_maximum
-                .is_some_and(|max| self.pending_pkids.len() + self.awaiting_rel.len() >= usize::from(max))
+            && self.conn.as_ref()?.receive_maximum.is_some_and(|max| {
+                self.ids
+                    .get()
+                    .map_or(0, |t| t.pending.len() + t.awaiting_rel.len())
+                    >= usize::from(max)
+            })
         {
             return Box::pin(self.protocol_error("Receive Maximum exceeded", 0x93)).await;
         }
@@ -216,7 +219,7 @@ impl Session {
 
         let epoch = self.epoch;
         if qos != QoS::AtMostOnce {
-            self.pending_pkids.insert(pkid);
+            self.ids.get_mut().pending.insert(pkid);
         }
         if self.shared.hooks.message_publish.is_empty() && self.pending.is_empty() {
             self.publish_done(PublishDone {
@@ -258,7 +261,7 @@ impl Session {
             return true;
         }
         let args = Arc::new(AclArgs {
-            client: self.client.clone(),
+            client: hooks_spec::ClientInfo::clone(&self.client),
             action,
             topic: topic.to_string(),
         });
@@ -293,7 +296,9 @@ impl Session {
             flow,
         } = done;
         if qos != QoS::AtMostOnce && epoch == self.epoch {
-            self.pending_pkids.remove(&pkid);
+            if let Some(t) = self.ids.existing_mut() {
+                t.pending.remove(&pkid);
+            }
         }
         let (outcome, backlog) = crate::publish::finish(&self.shared, flow);
         if let Some(backlog) = backlog {
@@ -322,7 +327,7 @@ impl Session {
             QoS::AtLeastOnce => self.send(Packet::PubAck(Ack::with_reason(pkid, code))),
             QoS::ExactlyOnce => {
                 if code < 0x80 {
-                    self.awaiting_rel.insert(pkid);
+                    self.ids.get_mut().awaiting_rel.insert(pkid);
                 }
                 self.send(Packet::PubRec(Ack::with_reason(pkid, code)));
             }
@@ -330,7 +335,11 @@ impl Session {
     }
 
     fn client_pubrel(&mut self, a: Ack) {
-        let code = if self.awaiting_rel.remove(&a.pkid) {
+        let code = if self
+            .ids
+            .existing_mut()
+            .is_some_and(|t| t.awaiting_rel.remove(&a.pkid))
+        {
             0
         } else {
             rc::PACKET_ID_NOT_FOUND
@@ -387,7 +396,7 @@ impl Session {
         let hooks = Arc::clone(&self.shared.hooks);
         if !hooks.client_subscribe.is_empty() && !wanted.is_empty() {
             let args = Arc::new(ClientSubArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 user_properties: s.user_properties.clone(),
             });
             wanted = hooks.client_subscribe.run_fold(args, wanted).await.into_inner();
@@ -483,7 +492,9 @@ impl Session {
         restored: bool,
     ) -> Vec<super::Routed> {
         // Each subscription gets the retained messages again; duplicates are only suppressed within one.
-        self.retained_sent.clear();
+        if let Some(t) = self.ids.existing_mut() {
+            t.retained_sent.clear();
+        }
         let inner = match (&opts.share_group, topic::parse_shared(&full_filter)) {
             (Some(_), Ok(Some(share))) => share.filter.to_string(),
             _ => full_filter.clone(),
@@ -491,7 +502,6 @@ impl Session {
         opts.is_new = !self.subscriptions.contains_key(&full_filter);
         let route = crate::router::Route {
             tx: self.self_tx(),
-            online: Arc::clone(&self.online),
             opts: opts.clone(),
         };
         self.shared.router.subscribe(&self.client.clientid, &inner, route);
@@ -514,7 +524,7 @@ impl Session {
         hooks
             .session_subscribed
             .run(Arc::new(SubscribedArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 filter: inner.clone(),
                 opts: opts.clone(),
                 restored,
@@ -552,7 +562,7 @@ impl Session {
         let mut filters = u.filters.clone();
         if !hooks.client_unsubscribe.is_empty() {
             let args = Arc::new(ClientSubArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 user_properties: u.user_properties.clone(),
             });
             filters = hooks
@@ -581,7 +591,7 @@ impl Session {
                     hooks
                         .session_unsubscribed
                         .run(Arc::new(SubscribedArgs {
-                            client: self.client.clone(),
+                            client: hooks_spec::ClientInfo::clone(&self.client),
                             filter: sub.filter,
                             opts: sub.opts,
                             restored: false,

@@ -32,19 +32,19 @@ impl Session {
             .collect();
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         crate::delivery::SessionView {
-            client: self.client.clone(),
+            client: hooks_spec::ClientInfo::clone(&self.client),
             connected: self.conn.is_some(),
             subscriptions,
             inflight: self.inflight.len(),
             queued: self.queue.len(),
-            awaiting_rel: self.awaiting_rel.len(),
+            awaiting_rel: self.ids.get().map_or(0, |t| t.awaiting_rel.len()),
             created_at: self.created_at,
         }
     }
 
     fn session_args(&self) -> Arc<SessionArgs> {
         Arc::new(SessionArgs {
-            client: self.client.clone(),
+            client: hooks_spec::ClientInfo::clone(&self.client),
             session: self.session_info(),
         })
     }
@@ -71,7 +71,7 @@ impl Session {
             if old_session_ended {
                 let session = self.session_info();
                 let args = TerminatedArgs {
-                    client: self.client.clone(),
+                    client: hooks_spec::ClientInfo::clone(&self.client),
                     reason: DisconnectReason::TakenOver,
                     session,
                 };
@@ -88,7 +88,7 @@ impl Session {
             hooks.session_discarded.run(self.session_args()).await;
             let session = self.session_info();
             let args = TerminatedArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 reason: DisconnectReason::Discarded,
                 session,
             };
@@ -96,7 +96,7 @@ impl Session {
             self.discard_state();
             session_present = false;
         }
-        self.client = attach.client.clone();
+        self.client = Arc::new(attach.client.clone());
         self.hook_args = HookArgs::default();
         self.claim = attach.claim;
         self.expiry_secs = attach.client.session_expiry;
@@ -129,12 +129,10 @@ impl Session {
             None => usize::from(limits.max_inflight),
         };
         let flushes = attach.stream.buffers_writes();
-        let (reader, writer) = attach.stream.split();
         let keepalive = (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
         self.next_gen += 1;
         self.conn = Some(Conn {
-            reader,
-            writer,
+            stream: attach.stream,
             inbuf: if attach.inbuf.is_empty() {
                 bytes::BytesMut::new()
             } else {
@@ -146,19 +144,26 @@ impl Session {
                 protocol: self.client.protocol,
                 max_packet_size: limits.max_packet_size as usize,
             },
-            info: attach.conn.clone(),
+            as_sent: super::AsSent {
+                empty_clientid: attach.conn.clientid.is_empty(),
+                clean_start: attach.conn.clean_start,
+                keepalive: attach.conn.keepalive,
+            },
             keepalive: keepalive.map(|k| (k, Box::pin(tokio::time::sleep(k)))),
             last_seen: Instant::now(),
             send_window: send_window.max(1),
             receive_maximum,
             read_limit,
-            client_max_packet: connect.max_packet_size.map(|m| m as usize),
-            aliases: Default::default(),
+            client_max_packet: connect.max_packet_size,
+            aliases: None,
             out_aliases: super::aliases::OutAliases::for_client(connect.topic_alias_max),
             will: connect.will.clone().map(Box::new),
-            publish_bucket: limits
-                .publish_limit
-                .map(|rate| crate::rate_limit::TokenBucket::new(rate, std::time::Instant::now())),
+            publish_bucket: limits.publish_limit.map(|rate| {
+                Box::new(crate::rate_limit::TokenBucket::new(
+                    rate,
+                    std::time::Instant::now(),
+                ))
+            }),
             bytes_in: attach
                 .conn_bytes_in
                 .map(|rate| Box::new(crate::rate_limit::ReadThrottle::new(rate))),
@@ -171,7 +176,7 @@ impl Session {
                 .map(|method| Box::new(super::reauth::ConnAuth::new(method))),
         });
         self.shared.connected_add(1);
-        self.online.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.rx.set_attached(true);
 
         // CONNACK, with the client.connack fold over its properties.
         let mut props = ConnAckProps::default();
@@ -243,7 +248,7 @@ impl Session {
         hooks
             .client_connected
             .run(Arc::new(ClientArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 conn: attach.conn,
             }))
             .await;
@@ -278,10 +283,12 @@ impl Session {
         }
         self.inflight.clear();
         self.unsent = 0;
-        self.pkids_in_use.clear();
         self.queue.clear();
-        self.awaiting_rel.clear();
-        self.pending_pkids.clear();
+        if let Some(t) = self.ids.existing_mut() {
+            t.in_use.clear();
+            t.awaiting_rel.clear();
+            t.pending.clear();
+        }
         self.epoch += 1;
         self.stored.clear();
         // Pages a plugin replayed for the old subscriptions and not yet taken:
@@ -344,7 +351,7 @@ impl Session {
                     .await;
             }
             self.expiry_secs = self.shared.cap_expiry(expiry);
-            self.client.session_expiry = self.expiry_secs;
+            Arc::make_mut(&mut self.client).session_expiry = self.expiry_secs;
             self.hook_args = HookArgs::default();
         }
         if d.reason != 0x04 {
@@ -386,16 +393,17 @@ impl Session {
         self.flush().await;
         let Some(mut conn) = self.conn.take() else { return };
         conn.traffic.flush(&self.shared.metrics);
-        log_disconnected(&self.client.clientid, &conn.info, &reason);
+        let info = conn.as_sent.conn_info(&self.client);
+        log_disconnected(&self.client.clientid, &info, &reason);
         self.shared.connected_add(-1);
-        self.online.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.rx.set_attached(false);
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .client_disconnected
             .run(Arc::new(DisconnectedArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 reason: reason.clone(),
-                conn: conn.info,
+                conn: info,
             }))
             .await;
         if let Some(will) = conn.will {
@@ -428,7 +436,7 @@ impl Session {
         msg.properties = will.properties.clone();
         msg.expiry_interval = will.message_expiry.map(|s| Duration::from_secs(u64::from(s)));
         let shared = Arc::clone(&self.shared);
-        let client = self.client.clone();
+        let client = hooks_spec::ClientInfo::clone(&self.client);
         tracing::debug!(clientid = %client.clientid, topic = %will.topic, "publishing will");
         tokio::spawn(async move {
             crate::publish::will(&shared, client, msg).await;
@@ -493,7 +501,7 @@ impl Session {
             .hooks
             .session_terminated
             .run(Arc::new(TerminatedArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 reason,
                 session,
             }))

@@ -24,7 +24,10 @@ impl Session {
     /// hundreds of filters to a client that accepts 512 bytes) is not sent.
     pub(super) fn send(&mut self, packet: Packet) {
         if let Some(c) = self.conn.as_mut() {
-            match c.codec.encode(&packet, &mut c.outbuf, c.client_max_packet) {
+            match c
+                .codec
+                .encode(&packet, &mut c.outbuf, c.client_max_packet.map(|m| m as usize))
+            {
                 Ok(()) => c.traffic.packets_out = c.traffic.packets_out.saturating_add(1),
                 Err(e) => tracing::warn!(clientid = %self.client.clientid, "cannot encode packet: {e}"),
             }
@@ -48,7 +51,9 @@ impl Session {
     /// delivered (one copy per matching filter of a SUBSCRIBE, as separate
     /// subscribes would get), and remembered so a plugin's copy is skipped.
     pub(super) async fn deliver_own_retained(&mut self, routed: Routed) {
-        self.retained_sent
+        self.ids
+            .get_mut()
+            .retained_sent
             .insert(routed.message.id, tokio::time::Instant::now());
         let _ = self.enqueue(routed, false).await;
     }
@@ -57,14 +62,14 @@ impl Session {
     /// source of retained messages offered the same one).
     fn first_retained_delivery(&mut self, id: u128) -> bool {
         let now = tokio::time::Instant::now();
-        if self.retained_sent.len() > 1024 {
-            self.retained_sent
-                .retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(30));
+        let retained_sent = &mut self.ids.get_mut().retained_sent;
+        if retained_sent.len() > 1024 {
+            retained_sent.retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(30));
         }
-        match self.retained_sent.get(&id) {
+        match retained_sent.get(&id) {
             Some(at) if now.duration_since(*at) < std::time::Duration::from_secs(30) => false,
             _ => {
-                self.retained_sent.insert(id, now);
+                retained_sent.insert(id, now);
                 true
             }
         }
@@ -151,7 +156,7 @@ impl Session {
         loop {
             let id = self.next_pkid;
             self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
-            if self.pkids_in_use.insert(id) {
+            if self.ids.get_mut().in_use.insert(id) {
                 return id;
             }
         }
@@ -173,7 +178,9 @@ impl Session {
                 unsent: false,
             });
         } else {
-            self.pkids_in_use.remove(&pkid);
+            if let Some(t) = self.ids.existing_mut() {
+                t.in_use.remove(&pkid);
+            }
         }
     }
 
@@ -227,8 +234,11 @@ impl Session {
                 topic_alias,
                 subscription_ids: routed.subscription_ids.clone(),
             };
-            c.codec
-                .encode(&Packet::Publish(publish), &mut c.outbuf, c.client_max_packet)
+            c.codec.encode(
+                &Packet::Publish(publish),
+                &mut c.outbuf,
+                c.client_max_packet.map(|m| m as usize),
+            )
         } else {
             // 3.1/3.1.1: no properties; encoded from the shared message, with
             // no copy of topic or payload on the way.
@@ -297,7 +307,9 @@ impl Session {
             if self.encode_publish(&routed, pkid, true) {
                 i += 1;
             } else if let Some(entry) = self.inflight.remove(i) {
-                self.pkids_in_use.remove(&entry.pkid);
+                if let Some(t) = self.ids.existing_mut() {
+                    t.in_use.remove(&entry.pkid);
+                }
             }
         }
     }
@@ -308,7 +320,9 @@ impl Session {
             .iter()
             .position(|i| i.pkid == pkid && i.state == expect)?;
         let entry = self.inflight.remove(pos)?;
-        self.pkids_in_use.remove(&pkid);
+        if let Some(t) = self.ids.existing_mut() {
+            t.in_use.remove(&pkid);
+        }
         if entry.unsent {
             // Acknowledged before we re-sent it (the client had it already).
             self.unsent -= 1;
@@ -320,7 +334,7 @@ impl Session {
         let hooks = Arc::clone(&self.shared.hooks);
         if !hooks.message_acked.is_empty() {
             let args = Arc::new(AckedArgs {
-                client: self.client.clone(),
+                client: hooks_spec::ClientInfo::clone(&self.client),
                 message: entry.routed.message,
             });
             hooks.message_acked.run(args).await;

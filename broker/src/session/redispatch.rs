@@ -60,7 +60,9 @@ impl Session {
             // (Once the session ends, the client's packet ids end with it.)
             let movable = entry.state == AckState::PubAck || (ids_end && entry.state == AckState::PubRec);
             if movable && mine(&entry.routed) && self.hand_over(&entry.routed, any_member) {
-                self.pkids_in_use.remove(&entry.pkid);
+                if let Some(t) = self.ids.existing_mut() {
+                    t.in_use.remove(&entry.pkid);
+                }
                 if entry.unsent {
                     self.unsent -= 1;
                 }

@@ -18,46 +18,21 @@
 //!   `message.dropped` tells the plugin, which reads the store again, so the
 //!   dropped messages arrive from the store, in order, once.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use hooks_spec::DropReason;
 
+use super::id_hash::IdSet;
 use super::{Replay, Routed, Session};
 use crate::topic;
 
 /// How many storage ids a session remembers as delivered.
 const SEEN_WINDOW: usize = 100_000;
 
-/// Hashes a storage id with one multiplication (Fibonacci hashing): every
-/// replayed or live stored message is looked up here, and the default
-/// SipHash showed in the replay profile. Ids come from the plugin, not from
-/// clients, so there is nothing to defend against.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only integers are hashed; this keeps any other use correct.
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_i64(&mut self, id: i64) {
-        self.0 = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdSet = HashSet<i64, std::hash::BuildHasherDefault<IdHasher>>;
-
 /// A bounded set of recently delivered storage ids.
 #[derive(Default)]
 pub(super) struct SeenIds {
-    set: IdSet,
+    set: IdSet<i64>,
     order: VecDeque<i64>,
 }
 
@@ -98,9 +73,15 @@ struct FilterReplay {
     dropped_max: Option<i64>,
 }
 
-/// The session's stored-message state.
+/// The session's stored-message state: nothing until a plugin replays for
+/// one of its subscriptions (most sessions never have one, and an idle
+/// connection should not carry the empty tables).
 #[derive(Default)]
-pub(super) struct StoredState {
+pub(super) struct StoredState(Option<Box<Tracking>>);
+
+/// What a session tracks once a plugin replays for it.
+#[derive(Default)]
+struct Tracking {
     /// Subscriptions a plugin replays for, by the filter as the client sent
     /// it (`$share/<group>/<filter>` for a shared one).
     replaying: std::collections::HashMap<String, FilterReplay>,
@@ -112,21 +93,46 @@ pub(super) struct StoredState {
 impl StoredState {
     /// Forgets everything (clean start).
     pub(super) fn clear(&mut self) {
-        self.replaying.clear();
-        self.seen.clear();
-        self.held.clear();
+        self.0 = None;
     }
 
     /// Forgets which stored messages were delivered, so that a replay the
     /// client asked for (`replay-from`) sends them again.
     pub(super) fn forget_seen(&mut self) {
-        self.seen.clear();
+        if let Some(t) = self.0.as_mut() {
+            t.seen.clear();
+        }
+    }
+
+    /// The tracking state, created on first use.
+    fn tracking(&mut self) -> &mut Tracking {
+        self.0.get_or_insert_with(Box::default)
     }
 
     fn is_tracked(&self) -> bool {
-        !self.replaying.is_empty()
+        self.0.as_ref().is_some_and(|t| !t.replaying.is_empty())
     }
 
+    fn was_seen(&self, id: i64) -> bool {
+        self.0.as_ref().is_some_and(|t| t.seen.contains(id))
+    }
+
+    fn waits_for_replay(&self, topic_name: &str) -> bool {
+        self.0.as_ref().is_some_and(|t| t.waits_for_replay(topic_name))
+    }
+
+    fn dropped(&mut self, topic_name: &str, id: i64, shared: bool) {
+        if let Some(t) = self.0.as_mut() {
+            t.dropped(topic_name, id, shared);
+        }
+    }
+
+    fn held_count(&self) -> usize {
+        self.0.as_ref().map_or(0, |t| t.held.len())
+    }
+}
+
+impl Tracking {
     fn waits_for_replay(&self, topic_name: &str) -> bool {
         self.replaying
             .values()
@@ -174,15 +180,15 @@ impl Session {
         if self.stored.waits_for_replay(&routed.message.topic) {
             // Held back so it follows the backlog. Beyond the bound the newest held
             // is let go, as a drop: pages read after it bring it.
-            self.stored.held.insert(id, routed);
-            if self.stored.held.len() > self.shared.config.mqtt.max_queue_len {
-                if let Some((id, routed)) = self.stored.held.pop_last() {
+            self.stored.tracking().held.insert(id, routed);
+            if self.stored.held_count() > self.shared.config.mqtt.max_queue_len {
+                if let Some((id, routed)) = self.stored.tracking().held.pop_last() {
                     self.stored_dropped(&routed, id);
                 }
             }
             return Live::Done;
         }
-        if self.stored.seen.contains(id) {
+        if self.stored.was_seen(id) {
             Live::Done
         } else {
             Live::Deliver(routed)
@@ -207,7 +213,7 @@ impl Session {
         let shared = routed.share.is_some();
         match self.enqueue(routed, replayed).await {
             Ok(()) => {
-                self.stored.seen.insert(id);
+                self.stored.tracking().seen.insert(id);
             }
             // QoS 0 is at most once (never queued offline): not fetched again.
             Err(DropReason::QueueFull) if qos != hooks_spec::QoS::AtMostOnce => {
@@ -250,7 +256,7 @@ impl Session {
             .map(|g| std::sync::Arc::new((sub.filter.clone(), std::sync::Arc::from(g))));
         let inner = sub.filter.clone();
         // Tracked from the first page on, so its ids count as taken.
-        let state = self.stored.replaying.entry(filter).or_default();
+        let state = self.stored.tracking().replaying.entry(filter).or_default();
         state.filter = inner;
         state.paging = match complete_through {
             None => true,
@@ -266,7 +272,7 @@ impl Session {
             let Some(id) = routed.message.headers.stored_id else {
                 continue;
             };
-            if !self.stored.seen.contains(id) {
+            if !self.stored.was_seen(id) {
                 // As a live delivery through this subscription would carry it.
                 routed.subscription_ids.extend(subscription_id);
                 routed.share.clone_from(&share);
@@ -286,38 +292,41 @@ impl Session {
     /// The subscription `filter` (as the client sent it) ended: it no longer
     /// holds messages back.
     pub(super) async fn stop_replay(&mut self, filter: &str) {
-        if self.stored.replaying.remove(filter).is_some() {
+        let removed = self.stored.0.as_mut().and_then(|t| t.replaying.remove(filter));
+        if removed.is_some() {
             self.release_held().await;
         }
     }
 
     /// Delivers, in id order, held messages no replay waits for any more.
     async fn release_held(&mut self) {
-        let ready: Vec<i64> = self
-            .stored
+        let Some(tracking) = self.stored.0.as_ref() else {
+            return;
+        };
+        let ready: Vec<i64> = tracking
             .held
             .iter()
-            .filter(|(_, r)| !self.stored.waits_for_replay(&r.message.topic))
+            .filter(|(_, r)| !tracking.waits_for_replay(&r.message.topic))
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
             // Releasing may drop some (the queue fills): that filter waits again.
-            let waits = self
-                .stored
+            let tracking = self.stored.tracking();
+            let waits = tracking
                 .held
                 .get(&id)
-                .is_some_and(|r| self.stored.waits_for_replay(&r.message.topic));
+                .is_some_and(|r| tracking.waits_for_replay(&r.message.topic));
             if waits {
                 continue;
             }
-            let Some(routed) = self.stored.held.remove(&id) else {
+            let Some(routed) = tracking.held.remove(&id) else {
                 continue;
             };
             let still_subscribed = self
                 .subscriptions
                 .values()
                 .any(|s| topic::matches(&s.filter, &routed.message.topic));
-            if still_subscribed && !self.stored.seen.contains(id) {
+            if still_subscribed && !self.stored.was_seen(id) {
                 self.enqueue_stored(routed, false).await;
             }
         }
