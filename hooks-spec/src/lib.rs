@@ -70,7 +70,9 @@ pub mod scram;
 pub mod types;
 
 pub use auth_method::{AuthExchange, AuthMethod, AuthMethods, AuthStep};
-pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration};
+pub use chain::{
+    BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration, SyncCallback,
+};
 pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;
