@@ -37,6 +37,13 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Default `backend.pgsql.store_timeout`.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default `backend.pgsql.position_flush_interval`: a round of position
+/// writes costs the database about the same whatever it covers (one read
+/// per subscription and one UPDATE, each parsed and planned: ~2 ms of CPU
+/// for 10 subscriptions), so at 10 ms apart the rounds took a fifth of its
+/// CPU in the persisted benchmark (BENCHMARKS.md, "Persisted QoS 1").
+pub const DEFAULT_POSITION_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Default `backend.pgsql.backlog_interval`.
 pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -52,6 +59,7 @@ const GLOBALS: &[&str] = &[
     "backlog_interval",
     "msg_partition",
     "msg_delete_acked",
+    "position_flush_interval",
 ];
 
 /// The settings of a pool (`backend.pgsql.<pool>.<setting>`).
@@ -113,6 +121,9 @@ pub struct PgsqlConfig {
     /// subscription that needs it has acknowledged it (default false);
     /// `Some(line)` of the key when on.
     pub msg_delete_acked: Option<usize>,
+    /// `backend.pgsql.position_flush_interval`: the shortest time between
+    /// two rounds of read-position writes (default 100ms).
+    pub position_flush_interval: Duration,
     /// The rules, ordered by hook point (the order of [`hooks_spec::HookPoint::ALL`])
     /// and then by their number `N`.
     pub rules: Vec<Rule>,
@@ -352,7 +363,7 @@ impl PgsqlConfig {
     /// - `backend.pgsql.<global>`: `max_returned_count`, `time_range`,
     ///   `msg_retention`, `batch_size`, `store_timeout`, `arrival_property`,
     ///   `backlog_limit`, `backlog_interval`, `msg_partition`,
-    ///   `msg_delete_acked`;
+    ///   `msg_delete_acked`, `position_flush_interval`;
     /// - `backend.pgsql.msg_retention.<N>`: retention by topic filter
     ///   (see [`TopicRetention`]);
     /// - `backend.pgsql.hook.<hookpoint>.<N>`: a rule (see [`Rule::from_entry`]).
@@ -372,6 +383,7 @@ impl PgsqlConfig {
             backlog_interval: DEFAULT_BACKLOG_INTERVAL,
             msg_partition: None,
             msg_delete_acked: None,
+            position_flush_interval: DEFAULT_POSITION_FLUSH_INTERVAL,
             rules: Vec::new(),
         };
         let mut pool_entries: BTreeMap<&str, Vec<(&str, &ConfEntry)>> = BTreeMap::new();
@@ -421,6 +433,7 @@ impl PgsqlConfig {
                 }
                 "batch_size" => cfg.batch_size = r.positive_usize(e)?,
                 "store_timeout" => cfg.store_timeout = r.positive_duration(e)?,
+                "position_flush_interval" => cfg.position_flush_interval = r.positive_duration(e)?,
                 "arrival_property" => {
                     if e.value.is_empty() || e.value.chars().any(char::is_control) {
                         return Err(conf.error(

@@ -420,6 +420,7 @@ async fn start_engine(
             state.schema.clone(),
             Arc::clone(&tracks),
             pages_tx,
+            cfg.position_flush_interval,
         );
         drain = Some(drain_handle);
         let replay = metrics::ReplayMetrics::register(&ctx.metrics, &pool_name).map_err(|e| e.to_string())?;
@@ -592,6 +593,14 @@ pub fn mqtt_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
+    // Rules and subscriptions are mostly `#` or a plain topic: answered
+    // without splitting (this runs several times for every stored message).
+    if filter == "#" {
+        return true;
+    }
+    if !filter.bytes().any(|b| b == b'+' || b == b'#') {
+        return filter == topic;
+    }
     let mut f = filter.split('/');
     let mut t = topic.split('/');
     loop {
@@ -634,5 +643,10 @@ mod tests {
         assert!(mqtt_matches("$SYS/#", "$SYS/x"));
         assert!(mqtt_matches("a/b", "a/b"));
         assert!(!mqtt_matches("a/b", "a/b/c"));
+        assert!(mqtt_matches("#", "a/b"));
+        assert!(mqtt_matches("#", "/"));
+        assert!(mqtt_matches("$SYS/x", "$SYS/x"));
+        assert!(!mqtt_matches("a/b", "a/c"));
+        assert!(!mqtt_matches("a", "a/"));
     }
 }

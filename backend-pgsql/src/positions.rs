@@ -501,8 +501,7 @@ impl Tracks {
         let mut due = Vec::new();
         for (f, t) in map.client_mut(clientid) {
             if hooks_match(f, topic) {
-                let key = (clientid.to_string(), f.clone());
-                ack_track(t, key, id, settle_page, &mut dirty, &mut due);
+                ack_track(t, (clientid, f), id, settle_page, &mut dirty, &mut due);
             }
         }
         drop(map);
@@ -626,33 +625,35 @@ impl Tracks {
 /// Runs for every stored message delivered or acknowledged, once per
 /// subscription of its client: a filter without wildcards is a plain comparison.
 fn hooks_match(filter: &str, topic: &str) -> bool {
-    let filter = crate::groups::match_filter(filter);
-    if filter.contains(['+', '#']) {
-        crate::mqtt_matches(filter, topic)
-    } else {
-        filter == topic
-    }
+    crate::mqtt_matches(crate::groups::match_filter(filter), topic)
 }
 
 /// Records that the client acknowledged (or is done with) `id` on track
 /// `t` (`key`): the key goes to `dirty` when its position should be
 /// recomputed, and a page read the acknowledgement makes due to `due`.
+/// `key` is borrowed: the owned key is made only when it is queued (most
+/// acknowledgements find their track queued already).
 fn ack_track(
     t: &mut Track,
-    key: TrackKey,
+    key: (&str, &str),
     id: i64,
     settle_page: bool,
     dirty: &mut Vec<TrackKey>,
     due: &mut Vec<PageDue>,
 ) {
+    let owned = || (key.0.to_string(), key.1.to_string());
     t.delivered.remove(&id);
-    t.missed.remove(&id);
-    t.missed_out.remove(&id);
+    if !t.missed.is_empty() {
+        t.missed.remove(&id);
+    }
+    if !t.missed_out.is_empty() {
+        t.missed_out.remove(&id);
+    }
     if id > t.position {
         t.acked.insert(id);
         if !t.queued {
             t.queued = true;
-            dirty.push(key.clone());
+            dirty.push(owned());
         }
     }
     if !settle_page {
@@ -661,7 +662,7 @@ fn ack_track(
     if let Some(page) = t.paging.out.iter_mut().find(|p| id <= p.last) {
         if page.done(id) {
             t.paging.retire(t.position);
-            due.extend(t.paging.due(&key, t.epoch));
+            due.extend(t.paging.due(&owned(), t.epoch));
         }
     }
 }

@@ -57,6 +57,29 @@ fn plain<A, Acc>(
     });
 }
 
+/// Registers in-memory work that never waits as a synchronous callback,
+/// called only where `filter` applies: it runs for every stored message,
+/// and the chain then neither copies the message for it nor boxes a future.
+fn sync<A, Acc>(
+    chain: &hooks_spec::Chain<A, Acc>,
+    priority: i32,
+    filter: impl Fn(&A, &Acc) -> bool + Send + Sync + 'static,
+    callback: impl Fn(&A, &mut Acc) + Send + Sync + 'static,
+) where
+    A: Send + Sync + 'static,
+    Acc: Clone + Send + 'static,
+{
+    chain.register_sync(
+        NAME,
+        priority,
+        Some(Arc::new(filter)),
+        Arc::new(move |args: &A, acc: &mut Acc| {
+            callback(args, acc);
+            true
+        }),
+    );
+}
+
 /// Registers every rule, then the bookkeeping offline delivery needs.
 pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
     for (i, rule) in engine.cfg.rules.iter().enumerate() {
@@ -148,23 +171,22 @@ pub(crate) fn all(engine: &Arc<Engine>, hooks: &Hooks) {
                         }
                 };
                 // Called only where `applies` said yes.
-                plain(&hooks.message_acked, 0, applies, move |args, ()| {
-                    match &e.rule(i).action {
-                        Action::Function(_) => {
-                            if let Some(id) = args.message.headers.stored_id {
-                                e.mark_done(&args.client.clientid, &args.message.topic, id);
-                            }
-                            ready(Flow::Continue(()))
+                if let Action::Function(_) = &rule.action {
+                    // on_message_acked: in-memory bookkeeping (the flusher writes).
+                    sync(&hooks.message_acked, 0, applies, move |args, _| {
+                        if let Some(id) = args.message.headers.stored_id {
+                            e.mark_done(&args.client.clientid, &args.message.topic, id);
                         }
-                        Action::Sql(_) => {
-                            let e = Arc::clone(&e);
-                            Box::pin(async move {
-                                e.sql_rule(i, &args.client, &args.message).await;
-                                Ok(Flow::Continue(()))
-                            })
-                        }
-                    }
-                });
+                    });
+                } else {
+                    plain(&hooks.message_acked, 0, applies, move |args, ()| {
+                        let e = Arc::clone(&e);
+                        Box::pin(async move {
+                            e.sql_rule(i, &args.client, &args.message).await;
+                            Ok(Flow::Continue(()))
+                        })
+                    });
+                }
             }
             HookPoint::MessageDelivered => {
                 let f = Arc::clone(&e);
@@ -201,22 +223,26 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
     // message next, so it is no longer "stored but not routed".
     let e = Arc::clone(engine);
     let stored = |_: &hooks_spec::PublishArgs, m: &Message| m.headers.stored_id.is_some();
-    plain(&hooks.message_publish, i32::MIN, stored, move |_, m: Message| {
-        if let Some(id) = m.headers.stored_id {
-            e.route_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
-        ready(Flow::Continue(m))
-    });
+    sync(
+        &hooks.message_publish,
+        i32::MIN,
+        stored,
+        move |_, m: &mut Message| {
+            if let Some(id) = m.headers.stored_id {
+                e.route_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }
+        },
+    );
     let e = Arc::clone(engine);
     let stored = |_: &hooks_spec::DeliveredArgs, m: &Message| m.headers.stored_id.is_some();
-    plain(
+    sync(
         &hooks.message_delivered,
         -1000,
         stored,
-        move |args, m: Message| {
+        move |args: &hooks_spec::DeliveredArgs, m: &mut Message| {
             if let Some(id) = m.headers.stored_id {
                 if m.qos == hooks_spec::QoS::AtMostOnce {
                     // Never acknowledged: done once written.
@@ -226,7 +252,6 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
                     e.group_delivered(&args.client.clientid, &m.topic, id);
                 }
             }
-            ready(Flow::Continue(m))
         },
     );
     let e = Arc::clone(engine);

@@ -67,6 +67,14 @@ impl HookError {
 /// A registered callback: gets the hook's arguments and the accumulator.
 pub type Callback<A, Acc> = Arc<dyn Fn(Arc<A>, Acc) -> BoxFuture<Result<Flow<Acc>, HookError>> + Send + Sync>;
 
+/// A callback that does its work at once, in memory (bookkeeping): it gets
+/// the accumulator by reference and changes it in place, and returns whether
+/// the chain goes on (`true`) or stops. The chain neither copies the
+/// accumulator for it nor boxes a future, which an asynchronous callback
+/// costs on every call. If it panics, the failure policy gets the
+/// accumulator as the callback left it.
+pub type SyncCallback<A, Acc> = Arc<dyn Fn(&A, &mut Acc) -> bool + Send + Sync>;
+
 /// What replaces a failed callback's result, given the accumulator it was called with.
 pub type FailurePolicy<Acc> = Arc<dyn Fn(Acc) -> Flow<Acc> + Send + Sync>;
 
@@ -84,7 +92,8 @@ pub struct Registration<A, Acc> {
     pub owner: String,
     /// Higher runs first.
     pub priority: i32,
-    /// Time limit for one call; `None`: the chain's default.
+    /// Time limit for one call; `None`: the chain's default;
+    /// `Some(Duration::MAX)`: none (no timer is armed for the call).
     pub timeout: Option<Duration>,
     /// Outcome when the call fails; `None`: the chain's default.
     pub on_failure: Option<FailurePolicy<Acc>>,
@@ -94,6 +103,21 @@ pub struct Registration<A, Acc> {
     pub callback: Callback<A, Acc>,
 }
 
+/// A registered callback of either kind.
+enum Callee<A, Acc> {
+    Async(Callback<A, Acc>),
+    Sync(SyncCallback<A, Acc>),
+}
+
+impl<A, Acc> Clone for Callee<A, Acc> {
+    fn clone(&self) -> Self {
+        match self {
+            Callee::Async(c) => Callee::Async(Arc::clone(c)),
+            Callee::Sync(c) => Callee::Sync(Arc::clone(c)),
+        }
+    }
+}
+
 struct Entry<A, Acc> {
     owner: String,
     priority: i32,
@@ -101,7 +125,7 @@ struct Entry<A, Acc> {
     timeout: Duration,
     on_failure: Option<FailurePolicy<Acc>>,
     filter: Option<Filter<A, Acc>>,
-    callback: Callback<A, Acc>,
+    callback: Callee<A, Acc>,
     /// Shared by every callback of this owner on this chain.
     stats: CallStats,
 }
@@ -203,18 +227,60 @@ where
 
     /// Adds a callback with all options.
     pub fn register(&self, reg: Registration<A, Acc>) {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let stats = self.stats_for(&reg.owner);
-        let entry = Entry {
-            stats,
-            owner: reg.owner,
-            priority: reg.priority,
-            seq,
-            timeout: reg.timeout.unwrap_or(self.default_timeout),
-            on_failure: reg.on_failure,
-            filter: reg.filter,
-            callback: reg.callback,
-        };
+        let entry = self.entry(
+            reg.owner,
+            reg.priority,
+            reg.timeout,
+            reg.on_failure,
+            reg.filter,
+            Callee::Async(reg.callback),
+        );
+        self.insert(entry);
+    }
+
+    /// Adds a [`SyncCallback`] (no time limit applies: it does not wait),
+    /// called only where `filter` says so (always when `None`), with the
+    /// chain's default failure policy.
+    pub fn register_sync(
+        &self,
+        owner: &str,
+        priority: i32,
+        filter: Option<Filter<A, Acc>>,
+        callback: SyncCallback<A, Acc>,
+    ) {
+        let entry = self.entry(
+            owner.to_string(),
+            priority,
+            None,
+            None,
+            filter,
+            Callee::Sync(callback),
+        );
+        self.insert(entry);
+    }
+
+    fn entry(
+        &self,
+        owner: String,
+        priority: i32,
+        timeout: Option<Duration>,
+        on_failure: Option<FailurePolicy<Acc>>,
+        filter: Option<Filter<A, Acc>>,
+        callback: Callee<A, Acc>,
+    ) -> Entry<A, Acc> {
+        Entry {
+            stats: self.stats_for(&owner),
+            owner,
+            priority,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            timeout: timeout.unwrap_or(self.default_timeout),
+            on_failure,
+            filter,
+            callback,
+        }
+    }
+
+    fn insert(&self, entry: Entry<A, Acc>) {
         let mut guard = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let mut next: Vec<Entry<A, Acc>> = guard.iter().map(Entry::clone_entry).collect();
         next.push(entry);
@@ -296,15 +362,39 @@ where
             if entry.filter.as_ref().is_some_and(|applies| !applies(&args, &acc)) {
                 continue;
             }
-            let saved = acc.clone();
             // Two clock reads per call (tens of nanoseconds) for the latency
             // histogram; its update is atomics only.
             let started = Instant::now();
-            let mut call = AssertUnwindSafe((entry.callback)(Arc::clone(&args), acc)).catch_unwind();
+            let callback = match &entry.callback {
+                Callee::Async(callback) => callback,
+                Callee::Sync(callback) => {
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| callback(&args, &mut acc)));
+                    entry.stats.latency.observe_duration(started.elapsed());
+                    match outcome {
+                        Ok(true) => continue,
+                        Ok(false) => return Flow::Stop(acc),
+                        Err(panic) => {
+                            entry.stats.failures.inc();
+                            self.log_failure(&entry.owner, &format!("panicked: {}", panic_text(&panic)));
+                            let policy = entry.on_failure.as_ref().unwrap_or(&self.default_failure);
+                            match policy(acc) {
+                                Flow::Continue(next) => acc = next,
+                                Flow::Stop(last) => return Flow::Stop(last),
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let saved = acc.clone();
+            let mut call = AssertUnwindSafe(callback(Arc::clone(&args), acc)).catch_unwind();
             // Most callbacks finish on their first poll (in-memory work): only
             // those that wait get a timer, which costs a timer wheel entry per call.
+            // A callback registered without a limit (`Duration::MAX`, as a
+            // storage callback that waits for its commit) gets no timer either.
             let outcome = match (&mut call).now_or_never() {
                 Some(done) => Ok(done),
+                None if entry.timeout == Duration::MAX => Ok(call.await),
                 None => tokio::time::timeout(entry.timeout, call).await,
             };
             entry.stats.latency.observe_duration(started.elapsed());
@@ -352,7 +442,7 @@ impl<A, Acc> Entry<A, Acc> {
             timeout: self.timeout,
             on_failure: self.on_failure.clone(),
             filter: self.filter.clone(),
-            callback: Arc::clone(&self.callback),
+            callback: self.callback.clone(),
             stats: self.stats.clone(),
         }
     }

@@ -8,6 +8,9 @@
 //!   per callback: a callback whose [`Filter`] says no is skipped) and failure
 //!   isolation (errors, panics and time-outs are counted, logged at most once
 //!   a second per chain, and replaced by the callback's failure policy).
+//!   In-memory work that never waits can be a [`SyncCallback`]
+//!   ([`Chain::register_sync`]): it changes the accumulator in place, so the
+//!   chain neither copies the accumulator nor boxes a future for it.
 //! - [`Hooks`]: one chain per hook point, each typed with its arguments and
 //!   accumulator.
 //! - [`Plugin`]: what a plugin implements (load its configuration, start,
@@ -70,7 +73,9 @@ pub mod scram;
 pub mod types;
 
 pub use auth_method::{AuthExchange, AuthMethod, AuthMethods, AuthStep};
-pub use chain::{BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration};
+pub use chain::{
+    BoxFuture, Callback, Chain, FailurePolicy, Filter, Flow, HookError, Registration, SyncCallback,
+};
 pub use conf::{ConfEntry, ConfError, ConfFile};
 pub use hookpoint::{HookKind, HookPoint, UnknownHookPoint};
 pub use hooks::*;

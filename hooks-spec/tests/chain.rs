@@ -338,3 +338,69 @@ fn message_ids_carry_the_node_and_stay_unique_and_ordered() {
         "different names, different numbers"
     );
 }
+
+#[tokio::test]
+async fn synchronous_callbacks_run_in_order_change_the_accumulator_and_can_stop() {
+    let chain: Chain<(), Vec<u32>> = Chain::new(HookPoint::ClientSubscribe, Duration::from_secs(1));
+    chain.add("p", 4, |_, mut acc: Vec<u32>| async move {
+        acc.push(1);
+        Ok(Flow::Continue(acc))
+    });
+    chain.register_sync(
+        "p",
+        3,
+        None,
+        Arc::new(|_: &(), acc: &mut Vec<u32>| {
+            acc.push(2);
+            true
+        }),
+    );
+    // Filtered out: never called.
+    chain.register_sync(
+        "p",
+        2,
+        Some(Arc::new(|_: &(), acc: &Vec<u32>| acc.len() > 5)),
+        Arc::new(|_: &(), acc: &mut Vec<u32>| {
+            acc.push(99);
+            false
+        }),
+    );
+    chain.register_sync(
+        "p",
+        1,
+        None,
+        Arc::new(|_: &(), acc: &mut Vec<u32>| {
+            acc.push(3);
+            false
+        }),
+    );
+    chain.add("p", 0, |_, mut acc: Vec<u32>| async move {
+        acc.push(4);
+        Ok(Flow::Continue(acc))
+    });
+    assert_eq!(
+        chain.run_fold(Arc::new(()), Vec::new()).await,
+        Flow::Stop(vec![1, 2, 3])
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_synchronous_callback_is_isolated_and_counted() {
+    let chain: Chain<(), Vec<u32>> = Chain::new(HookPoint::ClientSubscribe, Duration::from_secs(1));
+    chain.register_sync(
+        "p",
+        1,
+        None,
+        Arc::new(|_: &(), _: &mut Vec<u32>| panic!("bookkeeping bug")),
+    );
+    chain.add("p", 0, |_, mut acc: Vec<u32>| async move {
+        acc.push(7);
+        Ok(Flow::Continue(acc))
+    });
+    assert_eq!(
+        chain.run_fold(Arc::new(()), vec![1]).await,
+        Flow::Continue(vec![1, 7]),
+        "the next callback runs with the accumulator"
+    );
+    assert_eq!(chain.failures(), 1);
+}

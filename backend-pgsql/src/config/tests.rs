@@ -179,6 +179,7 @@ fn emqx_default_rule_set() {
     );
     assert_eq!(c.msg_partition, None, "one plain table unless asked");
     assert_eq!(c.msg_delete_acked, None);
+    assert_eq!(c.position_flush_interval, Duration::from_millis(100));
     assert_eq!(c.file, PathBuf::from(FILE));
 }
 
@@ -415,6 +416,10 @@ fn globals() {
     assert_eq!(c.batch_size, 1);
     assert_eq!(c.store_timeout, Duration::from_millis(500));
     assert_eq!(
+        ok("backend.pgsql.position_flush_interval = 10ms\n").position_flush_interval,
+        Duration::from_millis(10)
+    );
+    assert_eq!(
         ok("backend.pgsql.msg_retention = 30d\n").msg_retention,
         Some(Duration::from_secs(30 * 86400))
     );
@@ -430,6 +435,11 @@ fn bad_globals() {
         ("time_range", "0s", "expected a duration greater than 0"),
         ("store_timeout", "0ms", "expected a duration greater than 0"),
         ("store_timeout", "soon", "expected a duration such as"),
+        (
+            "position_flush_interval",
+            "0s",
+            "expected a duration greater than 0",
+        ),
         ("backlog_limit", "0", "expected a number greater than 0 or `off`"),
         (
             "backlog_limit",

@@ -13,9 +13,6 @@ use crate::pool::NamedPool;
 use crate::schema::SchemaCell;
 use crate::topic_match::{condition, TopicCondition};
 
-/// Shortest time between the starts of two rounds of position writes.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// How long a failed position write or page read waits before it is tried again.
 pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -34,6 +31,9 @@ pub struct Flusher {
     rx: mpsc::UnboundedReceiver<TrackKey>,
     drain: mpsc::UnboundedReceiver<Request>,
     pages: mpsc::UnboundedSender<PageDue>,
+    /// Shortest time between the starts of two rounds
+    /// (`backend.pgsql.position_flush_interval`).
+    every: std::time::Duration,
 }
 
 /// What the flusher is asked besides positions to write.
@@ -75,12 +75,14 @@ impl DrainHandle {
 
 impl Flusher {
     /// Starts the task; send dirty subscriptions to the returned sender.
-    /// `schema`: the pool's, for whether `mqtt_msg` has `expires_at`.
+    /// `schema`: the pool's, for whether `mqtt_msg` has `expires_at`;
+    /// `every`: the shortest time between the starts of two rounds.
     pub fn spawn(
         pool: NamedPool,
         schema: SchemaCell,
         tracks: Arc<Tracks>,
         pages: mpsc::UnboundedSender<PageDue>,
+        every: std::time::Duration,
     ) -> (mpsc::UnboundedSender<TrackKey>, DrainHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (drain_tx, drain) = mpsc::unbounded_channel();
@@ -96,6 +98,7 @@ impl Flusher {
                 rx,
                 drain,
                 pages,
+                every,
             }
             .run(),
         );
@@ -126,11 +129,12 @@ impl Flusher {
             };
             self.retrying.remove(&first);
             // Under a stream of acknowledgements, rounds start at most every
-            // FLUSH_EVERY: each round costs the database two statements per
-            // subscription whatever it covers, and paging does not wait for it.
+            // `every` (position_flush_interval): each round costs the database
+            // a statement per subscription whatever it covers, and paging does
+            // not wait for it.
             let since = last_round.elapsed();
-            if since < FLUSH_EVERY {
-                tokio::time::sleep(FLUSH_EVERY - since).await;
+            if since < self.every {
+                tokio::time::sleep(self.every - since).await;
             }
             last_round = tokio::time::Instant::now();
             let round = self.candidates(vec![first]);

@@ -12,7 +12,7 @@ impl Tracks {
         let mut map = self.lock();
         let t = map.get_mut(key)?;
         let (mut dirty, mut due) = (Vec::new(), Vec::new());
-        ack_track(t, key.clone(), id, settle_page, &mut dirty, &mut due);
+        ack_track(t, (&key.0, &key.1), id, settle_page, &mut dirty, &mut due);
         drop(map);
         for d in due {
             self.queue_page(d);

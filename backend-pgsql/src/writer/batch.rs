@@ -20,6 +20,11 @@ pub(super) enum Outcome {
     PredecessorFailed,
 }
 
+/// The INSERT's answer: its ids ascending, as one array (one row to send
+/// and decode per batch instead of one per message); empty when nothing was
+/// written (the predecessor did not commit).
+const IDS: &str = "SELECT COALESCE(array_agg(id::int8 ORDER BY id), '{}') FROM ins";
+
 /// Writes one batch in one transaction; returns the ids in batch order.
 ///
 /// BEGIN, the advisory lock, `txid_current()`, the INSERT and COMMIT are
@@ -78,13 +83,15 @@ pub(super) async fn write(
     // The predecessor's status is read once (an InitPlan), not per row.
     let insert = match &props {
         None => format!(
-            "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
+            "WITH ins AS (
+             INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived)
              SELECT m, s, t, q, r, p, now()
              FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::{cast})
                   WITH ORDINALITY AS u(m, s, t, q, r, p, o)
              WHERE $7::int8 IS NULL OR (SELECT txid_status($7::int8)) = 'committed'
              ORDER BY o
-             RETURNING id::int8"
+             RETURNING id)
+             {IDS}"
         ),
         Some(a) => {
             params.extend(a.params());
@@ -92,7 +99,8 @@ pub(super) async fn write(
             // per row); the expiry is made absolute by the server's clock, the
             // one replay compares it with.
             format!(
-                "INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived, expires_at,
+                "WITH ins AS (
+                 INSERT INTO mqtt_msg (msgid, sender, topic, qos, retain, payload, arrived, expires_at,
                      payload_format, content_type, response_topic, correlation_data, user_properties)
                  SELECT m, s, t, q, r, p, now(), now() + make_interval(secs => e), pf, ct, rt, cd, up::jsonb
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::{cast},
@@ -100,7 +108,8 @@ pub(super) async fn write(
                       WITH ORDINALITY AS u(m, s, t, q, r, p, e, pf, ct, rt, cd, up, o)
                  WHERE $7::int8 IS NULL OR (SELECT txid_status($7::int8)) = 'committed'
                  ORDER BY o
-                 RETURNING id::int8"
+                 RETURNING id)
+                 {IDS}"
             )
         }
     };
@@ -117,27 +126,22 @@ pub(super) async fn write(
         client.batch_execute("BEGIN"),
         client.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)]),
         txid,
-        client.query_typed(&insert, &params),
+        client.query_typed_one(&insert, &params),
         client.batch_execute("COMMIT"),
     );
     begun.map_err(PgsqlError::query("BEGIN (store)"))?;
     lock.map_err(PgsqlError::query("advisory lock (store)"))?;
     txid.map_err(PgsqlError::query("txid_current (store)"))?;
-    let rows = inserted.map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
+    let row = inserted.map_err(PgsqlError::query("INSERT INTO mqtt_msg"))?;
     committed.map_err(PgsqlError::query("COMMIT (store)"))?;
-    if rows.is_empty() && after.is_some() && !batch.is_empty() {
-        return Ok(Outcome::PredecessorFailed);
-    }
     // Under the lock nobody else takes ids, and rows are inserted in `o` order,
     // so ascending ids correspond to batch order.
-    let mut ids = Vec::with_capacity(rows.len());
-    for r in &rows {
-        ids.push(
-            r.try_get::<_, i64>(0)
-                .map_err(PgsqlError::query("INSERT INTO mqtt_msg: id"))?,
-        );
+    let ids: Vec<i64> = row
+        .try_get(0)
+        .map_err(PgsqlError::query("INSERT INTO mqtt_msg: ids"))?;
+    if ids.is_empty() && after.is_some() && !batch.is_empty() {
+        return Ok(Outcome::PredecessorFailed);
     }
-    ids.sort_unstable();
     if ids.len() != batch.len() {
         return Err(PgsqlError::Store(format!(
             "INSERT returned {} ids for {} rows",
