@@ -179,7 +179,7 @@ fn emqx_default_rule_set() {
     );
     assert_eq!(c.msg_partition, None, "one plain table unless asked");
     assert_eq!(c.msg_delete_acked, None);
-    assert_eq!(c.position_flush_interval, Duration::from_millis(100));
+    assert_eq!(c.position_flush_interval, Duration::from_millis(10));
     assert_eq!(c.file, PathBuf::from(FILE));
 }
 
@@ -416,8 +416,8 @@ fn globals() {
     assert_eq!(c.batch_size, 1);
     assert_eq!(c.store_timeout, Duration::from_millis(500));
     assert_eq!(
-        ok("backend.pgsql.position_flush_interval = 10ms\n").position_flush_interval,
-        Duration::from_millis(10)
+        ok("backend.pgsql.position_flush_interval = 100ms\n").position_flush_interval,
+        Duration::from_millis(100)
     );
     assert_eq!(
         ok("backend.pgsql.msg_retention = 30d\n").msg_retention,
