@@ -6,11 +6,15 @@
 //! everything slow (the TLS handshake, the WebSocket upgrade, reading CONNECT). A connection over
 //! the rate is counted here and logged at most once per
 //! [`RATE_LOG_EVERY`]; its task reads its CONNECT and refuses it.
+//!
+//! Listeners are bound by [`bind`], with a listen backlog of
+//! [`LISTEN_BACKLOG`] instead of the 128 of `TcpListener::bind`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 use crate::connection::{self, Admission};
@@ -22,6 +26,33 @@ use crate::websocket::WsListener;
 
 /// The most often the "connection rate exceeded" warning is logged per listener.
 pub const RATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The listen backlog asked for (Linux caps it at `net.core.somaxconn`,
+/// 4096 by default since 5.4).
+///
+/// Why not tokio's 128: clients that connect together (a fleet coming back
+/// after an outage, a load generator with 200 CONNECTs in flight) fill a
+/// 128-entry accept queue whenever the accept loop's worker thread is busy
+/// with handshakes for a moment; the kernel then drops the connection's
+/// handshake and the client retransmits its SYN after a full second.
+/// Measured with 200 connections set up at a time: dozens of such drops per
+/// 10,000 connections, each a one-second CONNACK, and the connect rate down
+/// by up to a third (bench `connections`, BENCHMARKS.md).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` (address reuse on, as `TcpListener::bind`
+/// does on Unix) with a listen backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // A restarted broker rebinds its port while old connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What an accept loop needs to know about its listener.
 #[derive(Debug)]
