@@ -56,7 +56,10 @@
 //!   the session (the clock then starts at CONNECT).
 //! - `connections`: N idle connections; connect rate, CONNECT-to-CONNACK
 //!   times and, with `--broker-pid`, the broker's resident memory per
-//!   connection (VmRSS before and after).
+//!   connection (VmRSS before and after); `--concurrency` connections are
+//!   set up at once, by rumqttc or (`--client lean`) the lean connection.
+//!   `bench/connect_rate.py` measures the same with a plain Python asyncio
+//!   client, a third, independent one.
 //! - `copy`: the raw PostgreSQL ingest baseline: the same rows the broker
 //!   stores, written with binary COPY straight into `mqtt_msg`, in batches
 //!   (`--method insert|copy-ids`: the plugin's ways of writing a batch).
@@ -219,6 +222,11 @@ struct ConnArgs {
     /// Connections being set up at once.
     #[arg(long, default_value_t = 100)]
     concurrency: u32,
+    /// The client: `rumqttc` (an independent library, the default) or
+    /// `lean` (the bench's own connection, mqttbytes codec: less CPU per
+    /// connect, so the broker's handshake is more of what is measured).
+    #[arg(long, default_value = "rumqttc", value_parser = parse_client)]
+    client: ClientKind,
     /// The broker's process id: its VmRSS is read before and after.
     #[arg(long, value_name = "PID")]
     broker_pid: Option<u32>,
@@ -318,6 +326,7 @@ async fn run(cli: Cli) -> Result<report::ScenarioResult, BenchError> {
             let p = scenarios::ConnParams {
                 count: a.count,
                 concurrency: a.concurrency,
+                client: a.client,
                 hold: Duration::from_secs(a.hold),
                 keep_alive: Duration::from_secs(a.keep_alive.max(1)),
                 broker_pid: a.broker_pid,

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use hooks_spec::{Hooks, MetricsRegistry, Plugin, PluginContext};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -55,7 +54,7 @@ impl Server {
                 addr: l.addr,
                 source,
             };
-            let listener = TcpListener::bind(l.addr).await.map_err(bind_error)?;
+            let listener = listener::bind(l.addr).map_err(bind_error)?;
             let addr = listener.local_addr().map_err(bind_error)?;
             let spec = listener::ListenerSpec {
                 key: l.key(),

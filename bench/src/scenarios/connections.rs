@@ -1,5 +1,7 @@
 //! Connection scale: N idle connections, connect rate and the broker's
-//! resident memory per connection.
+//! resident memory per connection, with rumqttc or the bench's lean
+//! connection (`--client`; the lean one spends less of the shared CPU per
+//! connect, so the broker's handshake is more of what is measured).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,18 +11,52 @@ use rumqttc::EventLoop;
 use serde_json::{json, Map};
 use tokio::sync::{watch, Semaphore};
 
-use super::{connect, new_client, options, BenchError, Target};
+use super::wire::{Outgoing, WireConn};
+use super::{connect, new_client, options, BenchError, ClientKind, Target};
 use crate::payload::Clock;
 use crate::report::{Counters, Progress, ScenarioResult};
 use crate::stats::Latency;
 
-/// Polls a client until `stop` (or a connection error); nothing is recorded.
-async fn idle(el: &mut EventLoop, stop: &mut watch::Receiver<bool>) -> bool {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return true,
-            ev = el.poll() => if ev.is_err() { return false },
+/// One open connection, by client.
+enum Idle {
+    /// rumqttc: its event loop answers keep alive itself (the client handle
+    /// is held so the event loop does not end).
+    Rumqttc {
+        _client: rumqttc::AsyncClient,
+        el: Box<EventLoop>,
+    },
+    /// The lean connection: PINGREQ at half the keep alive.
+    Lean(WireConn),
+}
+
+impl Idle {
+    /// Keeps the connection open until `stop`; false when the broker closed
+    /// it (or it failed) before.
+    async fn idle(&mut self, keep_alive: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        match self {
+            Idle::Rumqttc { el, .. } => loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return true,
+                    ev = el.poll() => if ev.is_err() { return false },
+                }
+            },
+            Idle::Lean(conn) => {
+                let mut ping = tokio::time::interval(keep_alive / 2);
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => return true,
+                        r = conn.read_discard() => if r.is_err() { return false },
+                        _ = ping.tick() => {
+                            if conn.push(Outgoing::PingReq).is_err() || conn.flush().await.is_err() {
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -32,6 +68,8 @@ pub struct ConnParams {
     pub count: u32,
     /// Connections being set up at once.
     pub concurrency: u32,
+    /// The client: rumqttc or the bench's lean connection.
+    pub client: ClientKind,
     /// How long to keep them open once all are up.
     pub hold: Duration,
     /// Keep alive of each connection.
@@ -88,21 +126,35 @@ pub async fn run_connections(target: &Target, p: &ConnParams) -> Result<Scenario
         let last_ns = last_ns.clone();
         let dropped = dropped.clone();
         let mut stop = stop_rx.clone();
-        let mut o = options(target, &format!("{}-c{i}", p.run_id), 64, 10);
-        o.set_keep_alive(p.keep_alive);
+        let id = format!("{}-c{i}", p.run_id);
+        let target = target.clone();
+        let (kind, keep_alive) = (p.client, p.keep_alive);
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let (_client, mut el) = new_client(o, 4);
             let t = Instant::now();
             counters.sent.fetch_add(1, Ordering::Relaxed);
-            match connect(&mut el).await {
-                Ok(()) => {
+            let conn = match kind {
+                ClientKind::Rumqttc => {
+                    let mut o = options(&target, &id, 64, 10);
+                    o.set_keep_alive(keep_alive);
+                    let (_client, mut el) = new_client(o, 4);
+                    connect(&mut el).await.map(|()| Idle::Rumqttc {
+                        _client,
+                        el: Box::new(el),
+                    })
+                }
+                ClientKind::Lean => WireConn::connect_idle(&target, &id, keep_alive)
+                    .await
+                    .map(Idle::Lean),
+            };
+            match conn {
+                Ok(mut conn) => {
                     let done = Instant::now();
                     counters.received.fetch_add(1, Ordering::Relaxed);
                     last_ns.fetch_max(clock.ns_at(done), Ordering::Relaxed);
                     drop(permit);
                     let us = u64::try_from((done - t).as_micros()).unwrap_or(u64::MAX);
-                    if !idle(&mut el, &mut stop).await {
+                    if !conn.idle(keep_alive, &mut stop).await {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(us)
@@ -159,6 +211,8 @@ pub async fn run_connections(target: &Target, p: &ConnParams) -> Result<Scenario
         note = format!("RSS {per:.2} KiB/conn ({b} -> {a} KiB)");
     }
     extra.insert("connected".into(), json!(connected));
+    extra.insert("concurrency".into(), json!(p.concurrency));
+    extra.insert("client".into(), json!(p.client.name()));
     extra.insert("still_up_after_hold".into(), json!(still_up));
     extra.insert("hold_s".into(), json!(p.hold.as_secs_f64()));
     extra.insert("timed_out".into(), json!(timed_out));

@@ -57,6 +57,39 @@ impl WireConn {
         clean_session: bool,
         source: Option<std::net::IpAddr>,
     ) -> Result<Self, BenchError> {
+        Self::open(
+            target,
+            client_id,
+            payload,
+            clean_session,
+            source,
+            KEEP_ALIVE,
+            64 * 1024,
+        )
+        .await
+    }
+
+    /// A clean-session connection that will stay idle: `keep_alive` in its
+    /// CONNECT and small buffers (thousands of them are held open at once;
+    /// the 64 KiB ones of the load connections would be most of the
+    /// client's memory). Read it with [`WireConn::read_discard`].
+    pub async fn connect_idle(
+        target: &Target,
+        client_id: &str,
+        keep_alive: Duration,
+    ) -> Result<Self, BenchError> {
+        Self::open(target, client_id, 0, true, None, keep_alive, 256).await
+    }
+
+    async fn open(
+        target: &Target,
+        client_id: &str,
+        payload: usize,
+        clean_session: bool,
+        source: Option<std::net::IpAddr>,
+        keep_alive: Duration,
+        buffer: usize,
+    ) -> Result<Self, BenchError> {
         let who = client_id.to_string();
         let fut = async {
             let open = async {
@@ -81,13 +114,13 @@ impl WireConn {
             stream.set_nodelay(true)?;
             let mut conn = WireConn {
                 stream,
-                inbuf: BytesMut::with_capacity(64 * 1024),
-                out: BytesMut::with_capacity(64 * 1024),
+                inbuf: BytesMut::with_capacity(buffer),
+                out: BytesMut::with_capacity(buffer),
                 max_packet: payload.max(crate::payload::HEADER_LEN) + 1024,
                 who: who.clone(),
             };
             let mut connect = v4::Connect::new(client_id);
-            connect.keep_alive = KEEP_ALIVE.as_secs() as u16;
+            connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
             connect.clean_session = clean_session;
             connect
                 .write(&mut conn.out)
@@ -164,6 +197,23 @@ impl WireConn {
         let n = self
             .stream
             .read_buf(&mut self.inbuf)
+            .await
+            .map_err(|e| format!("{}: read: {e}", self.who))?;
+        if n == 0 {
+            return Err(format!("{}: the broker closed the connection", self.who).into());
+        }
+        Ok(())
+    }
+
+    /// Waits for bytes from the broker and drops them (an idle
+    /// connection's PINGRESPs); an error when the broker closed the
+    /// connection. Reads into a small stack buffer, so an idle connection's
+    /// read buffer never grows.
+    pub async fn read_discard(&mut self) -> Result<(), BenchError> {
+        let mut scratch = [0u8; 64];
+        let n = self
+            .stream
+            .read(&mut scratch)
             .await
             .map_err(|e| format!("{}: read: {e}", self.who))?;
         if n == 0 {
