@@ -16,6 +16,9 @@
 //! - `redispatch`: messages of shared groups handed to another member when
 //!   this one loses its connection or ends.
 //! - `aliases`: topic aliases towards MQTT 5 clients.
+//! - `events`: what the task waits for between turns (one poll over the
+//!   socket, the mailboxes, finished publishes and the timers).
+//! - `id_hash`: the tables keyed by packet, storage and message ids.
 
 mod aliases;
 mod events;
