@@ -1,67 +1,114 @@
-//! A session's inbox: an unbounded queue that allocates nothing until
-//! something is sent.
+//! A session's inbox: two unbounded queues (commands, and replays from
+//! storage plugins) that allocate nothing until something is sent.
 //!
-//! Every session has two (commands and replays). A tokio mpsc channel
-//! allocates a 32-slot block per channel up front, kilobytes per idle
-//! connection; this one is a `VecDeque` behind a `std` mutex (held only to
-//! push or pop, never across an await) and an [`AtomicWaker`] to wake the
-//! owner. The session polls its mailboxes on every turn of its loop, so
-//! waiting must be cheap: registering the waker is an atomic exchange, where
-//! a `tokio::sync::Notify` waiter takes a lock to enter and leave a list.
+//! A tokio mpsc channel allocates a 32-slot block per channel up front,
+//! kilobytes per idle connection; these are `VecDeque`s behind `std` mutexes
+//! (held only to push or pop, never across an await) and one
+//! [`AtomicWaker`] to wake the owner. Both lanes share one allocation (an
+//! idle connection's session keeps 128 bytes here, where two mailboxes took
+//! 192). The session polls both on every turn of its loop, so waiting must
+//! be cheap: registering the waker is an atomic exchange, where a
+//! `tokio::sync::Notify` waiter takes a lock to enter and leave a list.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-struct Shared<T> {
-    queue: Mutex<VecDeque<T>>,
+use crate::delivery::{Replay, SessionCmd};
+
+/// The two lanes of a session's inbox and what the owner tells its senders.
+pub struct Shared {
+    cmds: Mutex<VecDeque<SessionCmd>>,
+    replays: Mutex<VecDeque<Replay>>,
     waker: AtomicWaker,
+    /// Both receivers are gone, or one has taken the last values of its
+    /// lane: sends are refused from then on (both lanes: a session ends as
+    /// a whole).
     closed: AtomicBool,
+    /// Receivers not dropped yet (two at first).
+    receivers: AtomicU8,
     /// Set by the owner for its senders to read (a session: whether a
     /// connection is attached). Kept here so the owner needs no allocation
     /// of its own for it.
     attached: AtomicBool,
 }
 
-/// The sending side; cheap to clone.
-pub struct Sender<T>(Arc<Shared<T>>);
+/// What travels in one lane of the inbox.
+pub trait Lane: Sized {
+    /// This lane's queue.
+    fn queue(shared: &Shared) -> &Mutex<VecDeque<Self>>;
+}
 
-/// The receiving side, owned by the session task. Dropping it closes the mailbox.
-pub struct Receiver<T>(Arc<Shared<T>>);
+impl Lane for SessionCmd {
+    fn queue(shared: &Shared) -> &Mutex<VecDeque<Self>> {
+        &shared.cmds
+    }
+}
 
-/// A new, empty mailbox.
-pub fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
+impl Lane for Replay {
+    fn queue(shared: &Shared) -> &Mutex<VecDeque<Self>> {
+        &shared.replays
+    }
+}
+
+/// The sending side of one lane; cheap to clone.
+pub struct Sender<T: Lane>(Arc<Shared>, PhantomData<fn(T)>);
+
+/// The receiving side of one lane, owned by the session task. Dropping
+/// both closes the inbox.
+pub struct Receiver<T: Lane>(Arc<Shared>, PhantomData<fn(T)>);
+
+/// The sender and receiver of both lanes of a new, empty inbox.
+pub struct Inbox {
+    /// Commands.
+    pub tx: Sender<SessionCmd>,
+    /// The owner's side of the commands.
+    pub rx: Receiver<SessionCmd>,
+    /// Replays.
+    pub replay_tx: Sender<Replay>,
+    /// The owner's side of the replays.
+    pub replay_rx: Receiver<Replay>,
+}
+
+/// A new, empty inbox.
+pub fn inbox() -> Inbox {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        cmds: Mutex::new(VecDeque::new()),
+        replays: Mutex::new(VecDeque::new()),
         waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
+        receivers: AtomicU8::new(2),
         attached: AtomicBool::new(false),
     });
-    (Sender(Arc::clone(&shared)), Receiver(shared))
+    Inbox {
+        tx: Sender(Arc::clone(&shared), PhantomData),
+        rx: Receiver(Arc::clone(&shared), PhantomData),
+        replay_tx: Sender(Arc::clone(&shared), PhantomData),
+        replay_rx: Receiver(shared, PhantomData),
+    }
 }
 
-impl<T> Clone for Sender<T> {
+impl<T: Lane> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        Sender(Arc::clone(&self.0))
+        Sender(Arc::clone(&self.0), PhantomData)
     }
 }
 
-impl<T> Shared<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T: Lane>(shared: &Shared) -> MutexGuard<'_, VecDeque<T>> {
+    T::queue(shared).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<T> Sender<T> {
+impl<T: Lane> Sender<T> {
     /// Queues a value; gives it back when the receiver is gone.
     pub fn send(&self, value: T) -> Result<(), T> {
         {
-            let mut queue = self.0.lock();
+            let mut queue = lock::<T>(&self.0);
             // Checked under the lock, so a value is never queued after the
-            // receiver drained the mailbox for the last time.
+            // receiver drained the lane for the last time.
             if self.0.closed.load(Ordering::Acquire) {
                 return Err(value);
             }
@@ -82,7 +129,7 @@ impl<T> Sender<T> {
     }
 }
 
-impl<T> Receiver<T> {
+impl<T: Lane> Receiver<T> {
     /// Tells the senders whether the owner is attached (a session: has a connection).
     pub fn set_attached(&self, attached: bool) {
         self.0.attached.store(attached, Ordering::Relaxed);
@@ -95,13 +142,13 @@ impl<T> Receiver<T> {
 
     /// The next value, or `Pending` with the task registered for a wake-up.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<T> {
-        if let Some(v) = self.0.lock().pop_front() {
+        if let Some(v) = lock::<T>(&self.0).pop_front() {
             return Poll::Ready(v);
         }
         self.0.waker.register(cx.waker());
         // Looked at again after registering: a value sent between the first
         // look and the registration found no waker to wake.
-        let mut queue = self.0.lock();
+        let mut queue = lock::<T>(&self.0);
         match queue.pop_front() {
             Some(v) => Poll::Ready(v),
             None => {
@@ -118,25 +165,27 @@ impl<T> Receiver<T> {
 
     /// The next value if one is queued.
     pub fn try_recv(&self) -> Option<T> {
-        self.0.lock().pop_front()
+        lock::<T>(&self.0).pop_front()
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.0.lock().is_empty()
+        lock::<T>(&self.0).is_empty()
     }
 
-    /// Refuses further sends and returns what is still queued.
+    /// Refuses further sends (on both lanes) and returns what this lane still holds.
     pub fn close(&self) -> VecDeque<T> {
-        let mut queue = self.0.lock();
+        let mut queue = lock::<T>(&self.0);
         self.0.closed.store(true, Ordering::Release);
         std::mem::take(&mut *queue)
     }
 }
 
-impl<T> Drop for Receiver<T> {
+impl<T: Lane> Drop for Receiver<T> {
     fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Release);
+        if self.0.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -144,54 +193,93 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
 
+    fn replay(n: usize) -> Replay {
+        Replay {
+            filter: format!("t/{n}"),
+            deliveries: Vec::new(),
+            complete_through: None,
+        }
+    }
+
     #[tokio::test]
     async fn values_arrive_in_order_and_a_waiting_receiver_wakes() {
-        let (tx, rx) = mailbox();
+        let Inbox {
+            replay_tx, replay_rx, ..
+        } = inbox();
         let waiter = tokio::spawn(async move {
-            let a = rx.recv().await;
-            let b = rx.recv().await;
-            (a, b, rx)
+            let a = replay_rx.recv().await;
+            let b = replay_rx.recv().await;
+            (a.filter, b.filter, replay_rx)
         });
         tokio::task::yield_now().await;
-        tx.send(1).unwrap();
-        tx.send(2).unwrap();
+        assert!(replay_tx.send(replay(1)).is_ok());
+        assert!(replay_tx.send(replay(2)).is_ok());
         let (a, b, rx) = waiter.await.unwrap();
-        assert_eq!((a, b), (1, 2));
+        assert_eq!((a.as_str(), b.as_str()), ("t/1", "t/2"));
         assert!(rx.try_recv().is_none());
     }
 
-    /// An idle connection's session waits on two mailboxes: once drained,
+    /// The lanes are separate queues: a command never comes out as a
+    /// replay, and each lane keeps its own order.
+    #[test]
+    fn the_two_lanes_keep_their_values_apart() {
+        let inbox = inbox();
+        assert!(inbox.replay_tx.send(replay(1)).is_ok());
+        assert!(inbox.tx.send(SessionCmd::HandOverShared).is_ok());
+        assert!(inbox.replay_tx.send(replay(2)).is_ok());
+        assert!(matches!(inbox.rx.try_recv(), Some(SessionCmd::HandOverShared)));
+        assert!(inbox.rx.try_recv().is_none());
+        assert_eq!(
+            inbox.replay_rx.try_recv().map(|r| r.filter).as_deref(),
+            Some("t/1")
+        );
+        assert_eq!(
+            inbox.replay_rx.try_recv().map(|r| r.filter).as_deref(),
+            Some("t/2")
+        );
+    }
+
+    /// An idle connection's session waits on both lanes: once drained,
     /// they hold no buffer (BENCHMARKS.md, idle connections).
     #[tokio::test]
     async fn a_drained_mailbox_keeps_no_buffer() {
-        let (tx, rx) = mailbox();
+        let Inbox {
+            replay_tx: tx,
+            replay_rx: rx,
+            ..
+        } = inbox();
         for i in 0..10 {
-            tx.send(i).unwrap();
+            assert!(tx.send(replay(i)).is_ok());
         }
         for i in 0..10 {
-            assert_eq!(rx.recv().await, i);
+            assert_eq!(rx.recv().await.filter, format!("t/{i}"));
         }
         assert!(
-            rx.0.lock().capacity() > 0,
+            lock::<Replay>(&rx.0).capacity() > 0,
             "still holds the buffer before waiting"
         );
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_recv(&mut cx).is_pending());
-        assert_eq!(rx.0.lock().capacity(), 0);
-        tx.send(10).unwrap();
-        assert_eq!(rx.try_recv(), Some(10));
+        assert_eq!(lock::<Replay>(&rx.0).capacity(), 0);
+        assert!(tx.send(replay(10)).is_ok());
+        assert_eq!(rx.try_recv().map(|r| r.filter).as_deref(), Some("t/10"));
     }
 
     #[test]
     fn a_closed_mailbox_gives_values_back() {
-        let (tx, rx) = mailbox();
-        tx.send("queued").unwrap();
-        assert_eq!(rx.close().into_iter().collect::<Vec<_>>(), vec!["queued"]);
-        assert_eq!(tx.send("late"), Err("late"));
-        assert!(tx.is_closed());
-        let (tx2, rx2) = mailbox::<u8>();
-        drop(rx2);
-        assert!(tx2.is_closed());
+        let inbox = inbox();
+        assert!(inbox.replay_tx.send(replay(1)).is_ok());
+        let back: Vec<String> = inbox.replay_rx.close().into_iter().map(|r| r.filter).collect();
+        assert_eq!(back, vec!["t/1".to_string()]);
+        assert!(inbox.replay_tx.send(replay(2)).is_err());
+        // A session ends as a whole: its command lane refuses too.
+        assert!(inbox.tx.send(SessionCmd::HandOverShared).is_err());
+        assert!(inbox.tx.is_closed());
+        let other = super::inbox();
+        drop(other.rx);
+        assert!(!other.tx.is_closed(), "the owner still holds the replay lane");
+        drop(other.replay_rx);
+        assert!(other.tx.is_closed());
     }
 }

@@ -8,7 +8,7 @@ fn local(
     filter: &str,
     group: Option<&str>,
 ) -> crate::mailbox::Receiver<SessionCmd> {
-    let (tx, rx) = crate::mailbox::mailbox();
+    let crate::mailbox::Inbox { tx, rx, .. } = crate::mailbox::inbox();
     rx.set_attached(true);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
     opts.share_group = group.map(str::to_string);
@@ -82,7 +82,7 @@ fn local_online(
     group: Option<&str>,
     online: bool,
 ) -> crate::mailbox::Receiver<SessionCmd> {
-    let (tx, rx) = crate::mailbox::mailbox();
+    let crate::mailbox::Inbox { tx, rx, .. } = crate::mailbox::inbox();
     rx.set_attached(online);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
     opts.share_group = group.map(str::to_string);

@@ -56,8 +56,12 @@ pub(crate) fn start(shared: &Arc<Shared>, attach: Attach) {
         let mut spawned = None;
         let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
             let uid = shared.next_uid();
-            let (tx, rx) = crate::mailbox::mailbox();
-            let (replay_tx, replay_rx) = crate::mailbox::mailbox();
+            let crate::mailbox::Inbox {
+                tx,
+                rx,
+                replay_tx,
+                replay_rx,
+            } = crate::mailbox::inbox();
             let client = Arc::new(attach.client.clone());
             spawned = Some((uid, tx.clone(), rx, replay_rx, Arc::clone(&client)));
             crate::registry::SessionRef {
@@ -591,12 +595,13 @@ mod tests {
             keepalive: 60,
             cert_common_name: None,
         };
+        let inbox = crate::mailbox::inbox();
         let session = Session::new(
             Arc::clone(server.shared()),
             1,
             Arc::new(client),
-            crate::mailbox::mailbox(),
-            crate::mailbox::mailbox().1,
+            (inbox.tx, inbox.rx),
+            inbox.replay_rx,
         );
         let state = std::mem::size_of_val(&session);
         let task = session.run();
