@@ -18,6 +18,16 @@ async fn connected(addr: std::net::SocketAddr, id: &str) -> RawClient {
 }
 
 /// Expects DISCONNECT with `reason`, then the connection closed.
+/// Sends CONNECT with `body` and expects CONNACK with reason `code`, then the close.
+async fn expect_connect_refused(addr: std::net::SocketAddr, body: &[u8], code: u8) {
+    let mut raw = RawClient::connect(addr).await;
+    raw.send(&packet(0x10, body)).await;
+    let ack = raw.read_packet().await.expect("CONNACK");
+    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
+    assert_eq!(ack[3], code, "reason code {code:#04x} expected, got {ack:02x?}");
+    raw.expect_closed().await;
+}
+
 async fn expect_disconnect(raw: &mut RawClient, reason: u8) {
     let d = raw.read_packet().await.expect("DISCONNECT from the broker");
     assert_eq!(packet_type(&d), ptype::DISCONNECT, "got {d:02x?}");
@@ -92,12 +102,7 @@ async fn a_retained_will_when_retain_is_not_available_is_refused_with_0x9a() {
     encode_str("will/t", &mut body);
     body.extend_from_slice(&[0, 4]);
     body.extend_from_slice(b"gone");
-    let mut raw = RawClient::connect(broker.addr).await;
-    raw.send(&packet(0x10, &body)).await;
-    let ack = raw.read_packet().await.expect("CONNACK");
-    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
-    assert_eq!(ack[3], 0x9A, "Retain not supported, got {ack:02x?}");
-    raw.expect_closed().await;
+    expect_connect_refused(broker.addr, &body, 0x9A).await; // Retain not supported
 
     // The same will, not retained, is accepted.
     body[7] = 0x02 | 0x04;
@@ -144,10 +149,5 @@ async fn a_response_topic_with_a_wildcard_is_a_protocol_error() {
     encode_str("will/t", &mut body);
     body.extend_from_slice(&[0, 4]);
     body.extend_from_slice(b"gone");
-    let mut raw = RawClient::connect(broker.addr).await;
-    raw.send(&packet(0x10, &body)).await;
-    let ack = raw.read_packet().await.expect("CONNACK");
-    assert_eq!(packet_type(&ack), ptype::CONNACK, "got {ack:02x?}");
-    assert_eq!(ack[3], 0x82, "Protocol Error, got {ack:02x?}");
-    raw.expect_closed().await;
+    expect_connect_refused(broker.addr, &body, 0x82).await; // Protocol Error
 }

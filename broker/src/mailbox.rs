@@ -135,11 +135,6 @@ impl<T: Lane> Receiver<T> {
         self.0.attached.store(attached, Ordering::Relaxed);
     }
 
-    /// The next value, waiting for one.
-    pub async fn recv(&self) -> T {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
     /// The next value, or `Pending` with the task registered for a wake-up.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<T> {
         if let Some(v) = lock::<T>(&self.0).pop_front() {
@@ -207,8 +202,8 @@ mod tests {
             replay_tx, replay_rx, ..
         } = inbox();
         let waiter = tokio::spawn(async move {
-            let a = replay_rx.recv().await;
-            let b = replay_rx.recv().await;
+            let a = std::future::poll_fn(|cx| replay_rx.poll_recv(cx)).await;
+            let b = std::future::poll_fn(|cx| replay_rx.poll_recv(cx)).await;
             (a.filter, b.filter, replay_rx)
         });
         tokio::task::yield_now().await;
@@ -252,7 +247,10 @@ mod tests {
             assert!(tx.send(replay(i)).is_ok());
         }
         for i in 0..10 {
-            assert_eq!(rx.recv().await.filter, format!("t/{i}"));
+            assert_eq!(
+                std::future::poll_fn(|cx| rx.poll_recv(cx)).await.filter,
+                format!("t/{i}")
+            );
         }
         assert!(
             lock::<Replay>(&rx.0).capacity() > 0,

@@ -124,11 +124,6 @@ impl ReadThrottle {
         self.paused
     }
 
-    /// Waits until reading may resume (call [`ReadThrottle::resume`] then).
-    pub async fn wait(&mut self) {
-        self.resume.as_mut().await;
-    }
-
     /// Polls for the moment reading may resume (call [`ReadThrottle::resume`] then).
     pub fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         std::future::Future::poll(self.resume.as_mut(), cx)

@@ -143,13 +143,7 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
     let (client, mut el) = new_client(o, n as usize + 64);
     let mut tracker = Tracker::new(0, &[n]);
     let rcounters = Arc::new(Counters::default());
-    let progress = Progress::start(
-        format!("replay {} fetch", target.label),
-        rcounters.clone(),
-        n.into(),
-    );
-    let cpu = CpuWatch::start(&p.cpu_pids);
-    let own_cpu = CpuWatch::start(&[std::process::id()]);
+    let watch = FetchWatch::start(target, p, &rcounters);
     // A persistent session may deliver right after CONNACK: start the clock
     // at CONNECT there.
     let mut t0 = Instant::now();
@@ -203,9 +197,7 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
         }
     };
     let fetched = tokio::time::timeout(p.timeout, fetch).await;
-    let cpu_s = cpu.finish();
-    let own_cpu_s = own_cpu.finish();
-    drop(progress);
+    let (cpu_s, own_cpu_s) = watch.finish();
     let timed_out = match fetched {
         Ok(r) => {
             r?;
@@ -221,11 +213,40 @@ pub async fn run_replay(target: &Target, p: &ReplayParams) -> Result<ScenarioRes
         sent: counters.sent.load(Ordering::Relaxed),
         acks_out,
         timed_out,
-        cpu_s: (!cpu.is_empty()).then_some(cpu_s),
+        cpu_s,
         own_cpu_s,
         lean: false,
     };
     Ok(replay_result(target, p, &mut tracker, measured))
+}
+
+/// The progress line and CPU watches of a replay's fetch, whichever client runs it.
+struct FetchWatch {
+    progress: Progress,
+    cpu: CpuWatch,
+    own_cpu: CpuWatch,
+}
+
+impl FetchWatch {
+    fn start(target: &Target, p: &ReplayParams, counters: &Arc<Counters>) -> FetchWatch {
+        FetchWatch {
+            progress: Progress::start(
+                format!("replay {} fetch", target.label),
+                Arc::clone(counters),
+                p.count.into(),
+            ),
+            cpu: CpuWatch::start(&p.cpu_pids),
+            own_cpu: CpuWatch::start(&[std::process::id()]),
+        }
+    }
+
+    /// The watched processes' CPU (none watched: `None`) and the bench's own.
+    fn finish(self) -> (Option<serde_json::Value>, serde_json::Value) {
+        let cpu_s = self.cpu.finish();
+        let own_cpu_s = self.own_cpu.finish();
+        drop(self.progress);
+        ((!self.cpu.is_empty()).then_some(cpu_s), own_cpu_s)
+    }
 }
 
 /// What one replay run measured, made into its result.
@@ -306,13 +327,7 @@ async fn fetch_lean(
     let clock = Clock::new();
     let mut tracker = Tracker::new(0, &[n]);
     let rcounters = Arc::new(Counters::default());
-    let progress = Progress::start(
-        format!("replay {} fetch", target.label),
-        rcounters.clone(),
-        n.into(),
-    );
-    let cpu = CpuWatch::start(&p.cpu_pids);
-    let own_cpu = CpuWatch::start(&[std::process::id()]);
+    let watch = FetchWatch::start(target, p, &rcounters);
     let mut t0 = Instant::now();
     let mut c = WireConn::connect_with(target, sub_id, p.payload, !p.persistent, None).await?;
     if !p.persistent {
@@ -357,9 +372,7 @@ async fn fetch_lean(
         }
     };
     let fetched = tokio::time::timeout(p.timeout, fetch).await;
-    let cpu_s = cpu.finish();
-    let own_cpu_s = own_cpu.finish();
-    drop(progress);
+    let (cpu_s, own_cpu_s) = watch.finish();
     let (end, timed_out) = match fetched {
         Ok(r) => (r?, false),
         Err(_) => (Instant::now(), true),
@@ -371,7 +384,7 @@ async fn fetch_lean(
         sent,
         acks_out,
         timed_out,
-        cpu_s: (!cpu.is_empty()).then_some(cpu_s),
+        cpu_s,
         own_cpu_s,
         lean: true,
     };

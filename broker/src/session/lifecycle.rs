@@ -96,8 +96,13 @@ impl Session {
             self.discard_state();
             session_present = false;
         }
-        self.client = Arc::new(attach.client.clone());
-        self.hook_args = HookArgs::default();
+        // Unchanged client information (the first connection's is what the
+        // session was made with, shared with the registry) is not copied
+        // again, and the hook arguments built from it stay valid.
+        if *self.client != attach.client {
+            self.client = Arc::new(attach.client.clone());
+            self.hook_args = HookArgs::default();
+        }
         self.claim = attach.claim;
         self.expiry_secs = attach.client.session_expiry;
         self.shared.registry.update_client(self.uid, &self.client);

@@ -9,7 +9,9 @@
 //! subscribe on the client's behalf.
 //!
 //! - `inbound`: packets from the client (PUBLISH with the message.publish
-//!   chain, acknowledgements, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT).
+//!   chain, acknowledgements, DISCONNECT).
+//! - `subscriptions`: SUBSCRIBE, UNSUBSCRIBE and subscriptions made on the
+//!   client's behalf.
 //! - `outbound`: messages to the client (packet ids, inflight window, offline
 //!   queue, redelivery with DUP on reconnect).
 //! - `lifecycle`: attach, takeover, clean start, close, will, expiry.
@@ -29,6 +31,7 @@ mod outbound;
 mod reauth;
 mod redispatch;
 mod replay;
+mod subscriptions;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
