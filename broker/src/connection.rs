@@ -443,7 +443,7 @@ async fn refuse_with(
 ) {
     let codec = Codec {
         protocol,
-        max_packet_size: usize::MAX,
+        max_packet_size: u32::MAX,
     };
     let mut out = BytesMut::new();
     let connack = ConnAck {

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -25,12 +25,9 @@ pub struct Shared {
     cmds: Mutex<VecDeque<SessionCmd>>,
     replays: Mutex<VecDeque<Replay>>,
     waker: AtomicWaker,
-    /// Both receivers are gone, or one has taken the last values of its
-    /// lane: sends are refused from then on (both lanes: a session ends as
-    /// a whole).
+    /// The receiver is gone, or has taken the last values of a lane: sends
+    /// are refused from then on (both lanes: a session ends as a whole).
     closed: AtomicBool,
-    /// Receivers not dropped yet (two at first).
-    receivers: AtomicU8,
     /// Set by the owner for its senders to read (a session: whether a
     /// connection is attached). Kept here so the owner needs no allocation
     /// of its own for it.
@@ -58,20 +55,19 @@ impl Lane for Replay {
 /// The sending side of one lane; cheap to clone.
 pub struct Sender<T: Lane>(Arc<Shared>, PhantomData<fn(T)>);
 
-/// The receiving side of one lane, owned by the session task. Dropping
-/// both closes the inbox.
-pub struct Receiver<T: Lane>(Arc<Shared>, PhantomData<fn(T)>);
+/// The receiving side of both lanes, owned by the session task (one
+/// pointer in every session, where a receiver per lane and a sender of its
+/// own took three). Dropping it closes the inbox.
+pub struct Receiver(Arc<Shared>);
 
-/// The sender and receiver of both lanes of a new, empty inbox.
+/// The senders of both lanes of a new, empty inbox, and its receiver.
 pub struct Inbox {
     /// Commands.
     pub tx: Sender<SessionCmd>,
-    /// The owner's side of the commands.
-    pub rx: Receiver<SessionCmd>,
     /// Replays.
     pub replay_tx: Sender<Replay>,
-    /// The owner's side of the replays.
-    pub replay_rx: Receiver<Replay>,
+    /// The owner's side of both lanes.
+    pub rx: Receiver,
 }
 
 /// A new, empty inbox.
@@ -81,14 +77,12 @@ pub fn inbox() -> Inbox {
         replays: Mutex::new(VecDeque::new()),
         waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
-        receivers: AtomicU8::new(2),
         attached: AtomicBool::new(false),
     });
     Inbox {
         tx: Sender(Arc::clone(&shared), PhantomData),
-        rx: Receiver(Arc::clone(&shared), PhantomData),
         replay_tx: Sender(Arc::clone(&shared), PhantomData),
-        replay_rx: Receiver(shared, PhantomData),
+        rx: Receiver(shared),
     }
 }
 
@@ -129,14 +123,21 @@ impl<T: Lane> Sender<T> {
     }
 }
 
-impl<T: Lane> Receiver<T> {
+impl Receiver {
     /// Tells the senders whether the owner is attached (a session: has a connection).
     pub fn set_attached(&self, attached: bool) {
         self.0.attached.store(attached, Ordering::Relaxed);
     }
 
-    /// The next value, or `Pending` with the task registered for a wake-up.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<T> {
+    /// A sender to lane `T` of this inbox (the session's own address, for
+    /// the routes of its subscriptions).
+    pub fn sender<T: Lane>(&self) -> Sender<T> {
+        Sender(Arc::clone(&self.0), PhantomData)
+    }
+
+    /// The next value of lane `T`, or `Pending` with the task registered
+    /// for a wake-up (by either lane).
+    pub fn poll_recv<T: Lane>(&self, cx: &mut Context<'_>) -> Poll<T> {
         if let Some(v) = lock::<T>(&self.0).pop_front() {
             return Poll::Ready(v);
         }
@@ -158,29 +159,27 @@ impl<T: Lane> Receiver<T> {
         }
     }
 
-    /// The next value if one is queued.
-    pub fn try_recv(&self) -> Option<T> {
+    /// The next value of lane `T` if one is queued.
+    pub fn try_recv<T: Lane>(&self) -> Option<T> {
         lock::<T>(&self.0).pop_front()
     }
 
-    /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    /// True when nothing is queued in lane `T`.
+    pub fn is_empty<T: Lane>(&self) -> bool {
         lock::<T>(&self.0).is_empty()
     }
 
-    /// Refuses further sends (on both lanes) and returns what this lane still holds.
-    pub fn close(&self) -> VecDeque<T> {
+    /// Refuses further sends (on both lanes) and returns what lane `T` still holds.
+    pub fn close<T: Lane>(&self) -> VecDeque<T> {
         let mut queue = lock::<T>(&self.0);
         self.0.closed.store(true, Ordering::Release);
         std::mem::take(&mut *queue)
     }
 }
 
-impl<T: Lane> Drop for Receiver<T> {
+impl Drop for Receiver {
     fn drop(&mut self) {
-        if self.0.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.store(true, Ordering::Release);
-        }
+        self.0.closed.store(true, Ordering::Release);
     }
 }
 
@@ -198,20 +197,18 @@ mod tests {
 
     #[tokio::test]
     async fn values_arrive_in_order_and_a_waiting_receiver_wakes() {
-        let Inbox {
-            replay_tx, replay_rx, ..
-        } = inbox();
+        let Inbox { replay_tx, rx, .. } = inbox();
         let waiter = tokio::spawn(async move {
-            let a = std::future::poll_fn(|cx| replay_rx.poll_recv(cx)).await;
-            let b = std::future::poll_fn(|cx| replay_rx.poll_recv(cx)).await;
-            (a.filter, b.filter, replay_rx)
+            let a = std::future::poll_fn(|cx| rx.poll_recv::<Replay>(cx)).await;
+            let b = std::future::poll_fn(|cx| rx.poll_recv::<Replay>(cx)).await;
+            (a.filter, b.filter, rx)
         });
         tokio::task::yield_now().await;
         assert!(replay_tx.send(replay(1)).is_ok());
         assert!(replay_tx.send(replay(2)).is_ok());
         let (a, b, rx) = waiter.await.unwrap();
         assert_eq!((a.as_str(), b.as_str()), ("t/1", "t/2"));
-        assert!(rx.try_recv().is_none());
+        assert!(rx.try_recv::<Replay>().is_none());
     }
 
     /// The lanes are separate queues: a command never comes out as a
@@ -222,14 +219,17 @@ mod tests {
         assert!(inbox.replay_tx.send(replay(1)).is_ok());
         assert!(inbox.tx.send(SessionCmd::HandOverShared).is_ok());
         assert!(inbox.replay_tx.send(replay(2)).is_ok());
-        assert!(matches!(inbox.rx.try_recv(), Some(SessionCmd::HandOverShared)));
-        assert!(inbox.rx.try_recv().is_none());
+        assert!(matches!(
+            inbox.rx.try_recv::<SessionCmd>(),
+            Some(SessionCmd::HandOverShared)
+        ));
+        assert!(inbox.rx.try_recv::<SessionCmd>().is_none());
         assert_eq!(
-            inbox.replay_rx.try_recv().map(|r| r.filter).as_deref(),
+            inbox.rx.try_recv::<Replay>().map(|r| r.filter).as_deref(),
             Some("t/1")
         );
         assert_eq!(
-            inbox.replay_rx.try_recv().map(|r| r.filter).as_deref(),
+            inbox.rx.try_recv::<Replay>().map(|r| r.filter).as_deref(),
             Some("t/2")
         );
     }
@@ -239,16 +239,14 @@ mod tests {
     #[tokio::test]
     async fn a_drained_mailbox_keeps_no_buffer() {
         let Inbox {
-            replay_tx: tx,
-            replay_rx: rx,
-            ..
+            replay_tx: tx, rx, ..
         } = inbox();
         for i in 0..10 {
             assert!(tx.send(replay(i)).is_ok());
         }
         for i in 0..10 {
             assert_eq!(
-                std::future::poll_fn(|cx| rx.poll_recv(cx)).await.filter,
+                std::future::poll_fn(|cx| rx.poll_recv::<Replay>(cx)).await.filter,
                 format!("t/{i}")
             );
         }
@@ -258,26 +256,26 @@ mod tests {
         );
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(rx.poll_recv::<Replay>(&mut cx).is_pending());
         assert_eq!(lock::<Replay>(&rx.0).capacity(), 0);
         assert!(tx.send(replay(10)).is_ok());
-        assert_eq!(rx.try_recv().map(|r| r.filter).as_deref(), Some("t/10"));
+        assert_eq!(rx.try_recv::<Replay>().map(|r| r.filter).as_deref(), Some("t/10"));
     }
 
     #[test]
     fn a_closed_mailbox_gives_values_back() {
         let inbox = inbox();
         assert!(inbox.replay_tx.send(replay(1)).is_ok());
-        let back: Vec<String> = inbox.replay_rx.close().into_iter().map(|r| r.filter).collect();
+        let back: Vec<String> = inbox.rx.close::<Replay>().into_iter().map(|r| r.filter).collect();
         assert_eq!(back, vec!["t/1".to_string()]);
         assert!(inbox.replay_tx.send(replay(2)).is_err());
         // A session ends as a whole: its command lane refuses too.
         assert!(inbox.tx.send(SessionCmd::HandOverShared).is_err());
         assert!(inbox.tx.is_closed());
         let other = super::inbox();
+        assert!(!other.tx.is_closed());
         drop(other.rx);
-        assert!(!other.tx.is_closed(), "the owner still holds the replay lane");
-        drop(other.replay_rx);
-        assert!(other.tx.is_closed());
+        assert!(other.tx.is_closed(), "the owner is gone");
+        assert!(other.replay_tx.send(replay(3)).is_err());
     }
 }

@@ -46,16 +46,19 @@ pub use packet::{
 pub struct Codec {
     /// Protocol the connection speaks (3.1 and 3.1.1 share one encoding).
     pub protocol: ProtocolVersion,
-    /// Largest inbound packet accepted, in bytes, fixed header included.
-    pub max_packet_size: usize,
+    /// Largest inbound packet accepted, in bytes, fixed header included
+    /// (MQTT's own limit, 256 MiB, fits: four bytes where `usize` took
+    /// eight, in every connection).
+    pub max_packet_size: u32,
 }
 
 impl Codec {
-    /// A codec for a protocol and inbound size limit.
+    /// A codec for a protocol and inbound size limit (beyond `u32::MAX`:
+    /// `u32::MAX`, more than any packet can be).
     pub fn new(protocol: ProtocolVersion, max_packet_size: usize) -> Codec {
         Codec {
             protocol,
-            max_packet_size,
+            max_packet_size: u32::try_from(max_packet_size).unwrap_or(u32::MAX),
         }
     }
 
@@ -77,7 +80,7 @@ impl Codec {
             return Err(DecodeError::protocol("second CONNECT on a connection"));
         }
         let v5 = self.protocol == ProtocolVersion::V5;
-        let Some((header, bytes)) = frame::take(buf, self.max_packet_size, v5)? else {
+        let Some((header, bytes)) = frame::take(buf, self.max_packet_size as usize, v5)? else {
             return Ok(None);
         };
         if v5 {

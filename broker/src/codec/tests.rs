@@ -447,7 +447,7 @@ fn every_split_point_is_incomplete() {
 fn a_borrowed_v4_publish_encodes_as_mqttbytes_does_and_decodes_back() {
     let codec = Codec {
         protocol: ProtocolVersion::V311,
-        max_packet_size: MAX,
+        max_packet_size: MAX as u32,
     };
     // Remaining lengths on both sides of the 1-, 2- and 3-byte varint limits.
     for payload_len in [0usize, 1, 100, 123, 124, 200, 16_370, 16_400, 70_000] {
@@ -498,7 +498,7 @@ fn a_borrowed_v4_publish_encodes_as_mqttbytes_does_and_decodes_back() {
 fn a_borrowed_publish_that_breaks_the_rules_writes_nothing() {
     let codec = Codec {
         protocol: ProtocolVersion::V311,
-        max_packet_size: MAX,
+        max_packet_size: MAX as u32,
     };
     let ok = PublishRef {
         dup: false,
@@ -528,7 +528,7 @@ fn a_borrowed_publish_that_breaks_the_rules_writes_nothing() {
     }
     let v5 = Codec {
         protocol: ProtocolVersion::V5,
-        max_packet_size: MAX,
+        max_packet_size: MAX as u32,
     };
     assert!(
         v5.encode_publish_ref(&ok, &mut BytesMut::new()).is_err(),

@@ -2,12 +2,7 @@
 
 use super::*;
 
-fn local(
-    router: &Router,
-    clientid: &str,
-    filter: &str,
-    group: Option<&str>,
-) -> crate::mailbox::Receiver<SessionCmd> {
+fn local(router: &Router, clientid: &str, filter: &str, group: Option<&str>) -> crate::mailbox::Receiver {
     let crate::mailbox::Inbox { tx, rx, .. } = crate::mailbox::inbox();
     rx.set_attached(true);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
@@ -21,9 +16,9 @@ fn msg(topic: &str) -> Arc<Message> {
     Arc::new(Message::new(topic, "x", QoS::AtLeastOnce, false))
 }
 
-fn got(rx: &mut crate::mailbox::Receiver<SessionCmd>) -> usize {
+fn got(rx: &mut crate::mailbox::Receiver) -> usize {
     let mut n = 0;
-    while rx.try_recv().is_some() {
+    while rx.try_recv::<SessionCmd>().is_some() {
         n += 1;
     }
     n
@@ -81,7 +76,7 @@ fn local_online(
     filter: &str,
     group: Option<&str>,
     online: bool,
-) -> crate::mailbox::Receiver<SessionCmd> {
+) -> crate::mailbox::Receiver {
     let crate::mailbox::Inbox { tx, rx, .. } = crate::mailbox::inbox();
     rx.set_attached(online);
     let mut opts = SubOpts::with_qos(QoS::AtLeastOnce);
@@ -91,8 +86,8 @@ fn local_online(
     rx
 }
 
-fn share_of(rx: &mut crate::mailbox::Receiver<SessionCmd>) -> Option<Option<Arc<ShareKey>>> {
-    match rx.try_recv()? {
+fn share_of(rx: &mut crate::mailbox::Receiver) -> Option<Option<Arc<ShareKey>>> {
+    match rx.try_recv::<SessionCmd>()? {
         SessionCmd::Deliver(r) => Some(r.share),
         _ => None,
     }

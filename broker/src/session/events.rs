@@ -38,15 +38,17 @@ pub(super) enum Event {
     Shutdown,
 }
 
-/// The session's one timer for its own deadlines (expiry while
-/// disconnected, a delayed will), made when there is one and dropped when
-/// there is none: most sessions never have one.
+/// The session's one timer: while a connection is attached, its keep-alive
+/// check; while none is, the session's expiry and a delayed will. It is
+/// made when there is one of these and dropped when there is none: a
+/// session without a connection, a will or an expiry keeps none, and a
+/// connected one keeps one (not a keep-alive timer beside an expiry timer).
 #[derive(Default)]
 pub(super) struct Deadline(Option<Pin<Box<Sleep>>>);
 
 impl Deadline {
     /// Points the timer at `at` (or drops it).
-    fn arm(&mut self, at: Option<Instant>) {
+    pub(super) fn arm(&mut self, at: Option<Instant>) {
         match (at, self.0.as_mut()) {
             (None, _) => self.0 = None,
             (Some(at), Some(timer)) => {
@@ -67,29 +69,38 @@ impl Deadline {
 }
 
 /// Sources polled while connected, in the order of the first turn.
-const CONNECTED_SOURCES: u8 = 8;
+const CONNECTED_SOURCES: u8 = 7;
 
 impl Session {
-    pub(super) async fn next_event(&mut self) -> Event {
+    /// The next event. Not an `async fn`: the future it returns is part of
+    /// every session task while it waits, so it holds only what the poll
+    /// needs (the session and where to start), not the locals of the setup.
+    pub(super) fn next_event(&mut self) -> impl Future<Output = Event> + Send + '_ {
         // One atomic load a turn, where a shutdown signal polled with the
         // rest entered and left a shared waiter list every turn.
-        if self.shared.is_shutting_down() {
-            return Event::Shutdown;
+        let shutting_down = self.shared.is_shutting_down();
+        if self.conn.is_none() {
+            // Connected, the timer is the keep-alive's, armed at attach and
+            // when it fires.
+            let will_at = self.delayed_will.as_ref().map(|w| w.1);
+            let due = match (will_at, self.expires_at) {
+                (Some(w), Some(e)) => Some(w.min(e)),
+                (w, e) => w.or(e),
+            };
+            self.deadline.arm(due);
         }
-        let will_at = self.delayed_will.as_ref().map(|w| w.1);
-        let expires_at = self.expires_at.filter(|_| self.conn.is_none());
-        let due = match (will_at, expires_at) {
-            (Some(w), Some(e)) => Some(w.min(e)),
-            (w, e) => w.or(e),
-        };
-        self.deadline.arm(due);
         let start = self.turn;
         self.turn = (self.turn + 1) % CONNECTED_SOURCES;
-        std::future::poll_fn(|cx| self.poll_event(cx, start, will_at)).await
+        std::future::poll_fn(move |cx| {
+            if shutting_down {
+                return Poll::Ready(Event::Shutdown);
+            }
+            self.poll_event(cx, start)
+        })
     }
 
     /// Looks at every source once; the first with something to say wins.
-    fn poll_event(&mut self, cx: &mut Context<'_>, start: u8, will_at: Option<Instant>) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut Context<'_>, start: u8) -> Poll<Event> {
         let Some(c) = self.conn.as_mut() else {
             // Without a connection, in a fixed order: finished publishes
             // first, then replays before commands (as they were queued for
@@ -97,19 +108,20 @@ impl Session {
             if let Poll::Ready(Some(done)) = self.pending.poll_next(cx) {
                 return Poll::Ready(Event::Published(done));
             }
-            if let Poll::Ready(r) = self.replay_rx.poll_recv(cx) {
+            if let Poll::Ready(r) = self.inbox.poll_recv(cx) {
                 return Poll::Ready(Event::Replay(r));
             }
-            if let Poll::Ready(cmd) = self.rx.poll_recv(cx) {
+            if let Poll::Ready(cmd) = self.inbox.poll_recv(cx) {
                 return Poll::Ready(Event::Cmd(cmd));
             }
             if self.deadline.poll(cx).is_ready() {
+                let will_at = self.delayed_will.as_ref().map(|w| w.1);
                 return Poll::Ready(deadline_event(will_at));
             }
             return Poll::Pending;
         };
         let throttled = c.bytes_in.as_ref().is_some_and(|t| t.paused());
-        let read_allowed = self.pending.len() < c.read_limit && !throttled;
+        let read_allowed = self.pending.len() < c.read_limit as usize && !throttled;
         for i in 0..CONNECTED_SOURCES {
             let ready = match (start + i) % CONNECTED_SOURCES {
                 0 if !c.outbuf.is_empty() => {
@@ -124,19 +136,15 @@ impl Session {
                     Poll::Ready(Some(done)) => Poll::Ready(Event::Published(done)),
                     _ => Poll::Pending,
                 },
-                2 => self.replay_rx.poll_recv(cx).map(Event::Replay),
-                3 => self.rx.poll_recv(cx).map(Event::Cmd),
+                2 => self.inbox.poll_recv(cx).map(Event::Replay),
+                3 => self.inbox.poll_recv(cx).map(Event::Cmd),
                 4 if read_allowed && c.inbuf.capacity() == 0 => poll_read_unbuffered(c, cx),
                 4 if read_allowed => {
                     let mut read = pin!(c.stream.read_buf(&mut c.inbuf));
                     read.as_mut().poll(cx).map(Event::Read)
                 }
-                5 => match c.keepalive.as_mut() {
-                    Some((_, timer)) => timer.as_mut().poll(cx).map(|()| Event::KeepaliveDue),
-                    None => Poll::Pending,
-                },
-                6 => self.deadline.poll(cx).map(|()| deadline_event(will_at)),
-                7 => match c.bytes_in.as_mut().filter(|_| throttled) {
+                5 => self.deadline.poll(cx).map(|()| Event::KeepaliveDue),
+                6 => match c.bytes_in.as_mut().filter(|_| throttled) {
                     Some(t) => t.poll_wait(cx).map(|()| Event::ReadResume),
                     None => Poll::Pending,
                 },

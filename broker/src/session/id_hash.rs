@@ -46,6 +46,27 @@ pub(super) type IdSet<T> = HashSet<T, BuildHasherDefault<IdHasher>>;
 /// A map keyed by integer ids.
 pub(super) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// SipHash with keys drawn once per process, for maps keyed by what a
+/// client chooses (its subscriptions' filters): as resistant to flooding as
+/// the default, which draws keys per map and keeps them in each (16 bytes
+/// in every session).
+#[derive(Default, Clone, Copy)]
+pub(super) struct ProcessKeys;
+
+impl std::hash::BuildHasher for ProcessKeys {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(std::collections::hash_map::RandomState::new)
+            .build_hasher()
+    }
+}
+
+/// A map keyed by strings a client chose.
+pub(super) type ClientKeyedMap<V> = HashMap<String, V, ProcessKeys>;
+
 /// The id tables of a session's QoS 1 and 2 traffic and of its recent
 /// retained deliveries, made on first use: a connection that never sends or
 /// receives such a message keeps none (four empty tables are 128 bytes).
@@ -99,5 +120,18 @@ mod tests {
         let set: IdSet<u16> = (1..=1000).collect();
         assert!((1..=1000).all(|id| set.contains(&id)));
         assert!(!set.contains(&1001));
+    }
+
+    /// The process keys are drawn once: two maps hash alike (so a map needs
+    /// no keys of its own), and a key is found again.
+    #[test]
+    fn process_keys_hash_alike_across_maps() {
+        use std::hash::BuildHasher;
+        assert_eq!(ProcessKeys.hash_one("a/b"), ProcessKeys.hash_one("a/b"));
+        assert_ne!(ProcessKeys.hash_one("a/b"), ProcessKeys.hash_one("a/c"));
+        let mut map = ClientKeyedMap::default();
+        map.insert("a/#".to_string(), 1);
+        assert_eq!(map.get("a/#"), Some(&1));
+        assert_eq!(std::mem::size_of::<ClientKeyedMap<u8>>(), 32);
     }
 }

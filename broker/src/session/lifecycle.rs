@@ -9,7 +9,7 @@ use hooks_spec::{
 };
 use tokio::time::Instant;
 
-use super::{Attach, Conn, Exit, HookArgs, Session};
+use super::{keepalive_window, Attach, Conn, Exit, HookArgs, Replay, Session, SessionCmd};
 use crate::codec::{ConnAck, ConnAckProps, Disconnect, Packet, Will};
 
 impl Session {
@@ -19,7 +19,7 @@ impl Session {
             subscriptions: self.subscriptions.len(),
             inflight: self.inflight.len(),
             queued: self.queue.len(),
-            created_at: self.created_at,
+            created_at: self.created_at.time(),
         }
     }
 
@@ -38,7 +38,7 @@ impl Session {
             inflight: self.inflight.len(),
             queued: self.queue.len(),
             awaiting_rel: self.ids.get().map_or(0, |t| t.awaiting_rel.len()),
-            created_at: self.created_at,
+            created_at: self.created_at.time(),
         }
     }
 
@@ -53,7 +53,7 @@ impl Session {
     /// start clean or resume, send CONNACK, resend inflight messages.
     pub(super) async fn attach(&mut self, attach: Attach) -> Option<Exit> {
         let hooks = Arc::clone(&self.shared.hooks);
-        let fresh = self.conn.is_none() && self.next_gen == 1;
+        let fresh = self.conn.is_none() && !self.attached_before;
         let mut old_session_ended = false;
         if self.conn.is_some() {
             // With expiry 0 the old session ends with its connection.
@@ -113,7 +113,7 @@ impl Session {
         };
         session_present |= restored.is_some();
         if !session_present {
-            self.created_at = std::time::SystemTime::now();
+            self.created_at = super::CreatedAt::now();
             hooks.session_created.run(self.session_args()).await;
         } else {
             hooks.session_resumed.run(self.session_args()).await;
@@ -122,20 +122,20 @@ impl Session {
         let limits = &self.shared.config.mqtt;
         let connect = &attach.connect;
         let keepalive_secs = self.client.keepalive;
-        let send_window =
-            usize::from(limits.max_inflight).min(usize::from(connect.receive_maximum.unwrap_or(u16::MAX)));
+        let send_window = limits
+            .max_inflight
+            .min(connect.receive_maximum.unwrap_or(u16::MAX));
         let receive_maximum = (self.client.protocol == ProtocolVersion::V5
             && limits.receive_maximum_exceeded == crate::config::ReceiveMaximumExceeded::Disconnect)
             .then_some(limits.max_inflight);
         // With the Receive Maximum enforced, a client over it must still be
         // read to be told (QoS 0 publishes keep it bounded at twice that).
         let read_limit = match receive_maximum {
-            Some(max) => usize::from(max) * 2,
-            None => usize::from(limits.max_inflight),
+            Some(max) => u32::from(max) * 2,
+            None => u32::from(limits.max_inflight),
         };
         let flushes = attach.stream.buffers_writes();
-        let keepalive = (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
-        self.next_gen += 1;
+        self.attached_before = true;
         self.conn = Some(Conn {
             stream: attach.stream,
             inbuf: if attach.inbuf.is_empty() {
@@ -147,14 +147,13 @@ impl Session {
             outbuf: bytes::BytesMut::new(),
             codec: crate::codec::Codec {
                 protocol: self.client.protocol,
-                max_packet_size: limits.max_packet_size as usize,
+                max_packet_size: limits.max_packet_size,
             },
             as_sent: super::AsSent {
                 empty_clientid: attach.conn.clientid.is_empty(),
                 clean_start: attach.conn.clean_start,
                 keepalive: attach.conn.keepalive,
             },
-            keepalive: keepalive.map(|k| (k, Box::pin(tokio::time::sleep(k)))),
             last_seen: Instant::now(),
             send_window: send_window.max(1),
             receive_maximum,
@@ -180,8 +179,10 @@ impl Session {
                 .clone()
                 .map(|method| Box::new(super::reauth::ConnAuth::new(method))),
         });
+        self.deadline
+            .arm(keepalive_window(self.client.keepalive).map(|k| Instant::now() + k));
         self.shared.connected_add(1);
-        self.rx.set_attached(true);
+        self.inbox.set_attached(true);
 
         // CONNACK, with the client.connack fold over its properties.
         let mut props = ConnAckProps::default();
@@ -294,11 +295,11 @@ impl Session {
             t.awaiting_rel.clear();
             t.pending.clear();
         }
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.stored.clear();
         // Pages a plugin replayed for the old subscriptions and not yet taken:
         // a new subscription to the same filter gets its own from its position.
-        while self.replay_rx.try_recv().is_some() {}
+        while self.inbox.try_recv::<Replay>().is_some() {}
     }
 
     /// Closes the attached connection after a failure (no DISCONNECT from
@@ -401,7 +402,7 @@ impl Session {
         let info = conn.as_sent.conn_info(&self.client);
         log_disconnected(&self.client.clientid, &info, &reason);
         self.shared.connected_add(-1);
-        self.rx.set_attached(false);
+        self.inbox.set_attached(false);
         let hooks = Arc::clone(&self.shared.hooks);
         hooks
             .client_disconnected
@@ -487,7 +488,7 @@ impl Session {
             // (out of the registry first: later pages go to another member).
             if self.subscriptions.values().any(|s| s.opts.share_group.is_some()) {
                 // Closed: a page sent from now on is refused, not lost.
-                for replay in self.replay_rx.close() {
+                for replay in self.inbox.close::<Replay>() {
                     self.apply_replay(replay).await;
                 }
             }
@@ -515,7 +516,7 @@ impl Session {
             own.release(&self.client.clientid, gen).await;
         }
         // A connection may have been handed to us after we left the registry: give it a new session.
-        for cmd in self.rx.close() {
+        for cmd in self.inbox.close::<SessionCmd>() {
             if let super::SessionCmd::Attach(attach) = cmd {
                 super::start(&self.shared, *attach);
             }

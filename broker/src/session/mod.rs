@@ -33,7 +33,7 @@ mod redispatch;
 mod replay;
 mod subscriptions;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -59,14 +59,9 @@ pub(crate) fn start(shared: &Arc<Shared>, attach: Attach) {
         let mut spawned = None;
         let (entry, created) = shared.registry.get_or_insert_with(&clientid, || {
             let uid = shared.next_uid();
-            let crate::mailbox::Inbox {
-                tx,
-                rx,
-                replay_tx,
-                replay_rx,
-            } = crate::mailbox::inbox();
+            let crate::mailbox::Inbox { tx, replay_tx, rx } = crate::mailbox::inbox();
             let client = Arc::new(attach.client.clone());
-            spawned = Some((uid, tx.clone(), rx, replay_rx, Arc::clone(&client)));
+            spawned = Some((uid, rx, Arc::clone(&client)));
             crate::registry::SessionRef {
                 uid,
                 tx,
@@ -75,8 +70,8 @@ pub(crate) fn start(shared: &Arc<Shared>, attach: Attach) {
             }
         });
         if created {
-            if let Some((uid, tx, rx, replay_rx, client)) = spawned {
-                let session = Session::new(Arc::clone(shared), uid, client, (tx, rx), replay_rx);
+            if let Some((uid, inbox, client)) = spawned {
+                let session = Session::new(Arc::clone(shared), uid, client, inbox);
                 tokio::spawn(session.run());
             }
         }
@@ -122,20 +117,18 @@ struct Conn {
     /// keep; the connection's `ConnInfo` is rebuilt from it when it closes
     /// rather than kept (88 bytes and an allocation per connection).
     as_sent: AsSent,
+    /// When the last packet arrived. The keep-alive deadline (1.5 times the
+    /// keep alive in force after it) moves with every packet, but the
+    /// session's timer is re-armed only when it fires early (a timer
+    /// re-registered on every packet costs the timer wheel's lock each time).
     last_seen: Instant,
-    /// 1.5 times the keep alive in force, and a timer at the deadline as it
-    /// was when last armed; `None` when the keep alive is 0. The deadline
-    /// moves with every packet, but the timer is re-armed only when it fires
-    /// early (a timer re-registered on every packet costs the timer wheel's
-    /// lock each time).
-    keepalive: Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
     /// How many QoS>0 messages may be unacknowledged towards the client.
-    send_window: usize,
+    send_window: u16,
     /// Our Receive Maximum when exceeding it disconnects the client (MQTT 5
     /// with `mqtt.receive_maximum_exceeded = disconnect`); `None`: back-pressure.
     receive_maximum: Option<u16>,
     /// Publishes in the message.publish chain at which reading stops.
-    read_limit: usize,
+    read_limit: u32,
     /// The client's maximum packet size (MQTT 5).
     client_max_packet: Option<u32>,
     /// Topic aliases the client set (MQTT 5), made on first use.
@@ -202,6 +195,24 @@ impl AsSent {
     }
 }
 
+/// When the session was created, in milliseconds since the Unix epoch
+/// (eight bytes in every session where a `SystemTime` takes sixteen).
+#[derive(Debug, Clone, Copy)]
+struct CreatedAt(u64);
+
+impl CreatedAt {
+    fn now() -> CreatedAt {
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        CreatedAt(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn time(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+}
+
 /// One subscription of this session.
 #[derive(Clone)]
 struct Subscription {
@@ -213,7 +224,7 @@ struct Subscription {
 /// Outcome of a publish whose message.publish chain was running.
 struct PublishDone {
     /// The session epoch the publish arrived in (a clean start begins a new one).
-    epoch: u64,
+    epoch: u32,
     pkid: u16,
     qos: QoS,
     flow: Flow<Message>,
@@ -234,10 +245,9 @@ enum Exit {
 pub(crate) struct Session {
     shared: Arc<Shared>,
     uid: u64,
-    rx: crate::mailbox::Receiver<SessionCmd>,
-    /// A sender to our own channel: what the router holds for our subscriptions.
-    tx: SessionTx,
-    replay_rx: crate::mailbox::Receiver<Replay>,
+    /// Both lanes of our inbox (commands, replays); the routes of our
+    /// subscriptions hold senders made from it.
+    inbox: crate::mailbox::Receiver,
     /// Stored messages: replays and live messages with a storage id.
     stored: replay::StoredState,
     /// Shared with the registry entry (one copy per session, not two).
@@ -245,15 +255,15 @@ pub(crate) struct Session {
     /// Hook arguments built from `client`, reused for every message (reset
     /// whenever `client` changes).
     hook_args: HookArgs,
-    created_at: SystemTime,
+    created_at: CreatedAt,
     conn: Option<Conn>,
-    /// Connections attached so far (0: the session is new).
-    next_gen: u64,
+    /// A connection was attached before (false: the session is new).
+    attached_before: bool,
     /// In a cluster: the claim of the connection attached last, released
     /// when the session ends.
     claim: Option<i64>,
     /// Keyed by the filter as the client sent it (`$share/...` included).
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: id_hash::ClientKeyedMap<Subscription>,
     inflight: VecDeque<Inflight>,
     /// How many inflight entries wait to be re-sent after a reconnect.
     unsent: usize,
@@ -263,7 +273,8 @@ pub(crate) struct Session {
     queue: VecDeque<Routed>,
     /// Incremented by a clean start: acknowledgements of publishes from an
     /// earlier epoch are not sent (their packet ids mean nothing any more).
-    epoch: u64,
+    /// Compared for equality only, so it may wrap.
+    epoch: u32,
     /// Publishes whose hook chain is running, completed in arrival order.
     pending: PendingPublishes,
     /// Session expiry interval in seconds; `u32::MAX` never.
@@ -272,7 +283,8 @@ pub(crate) struct Session {
     expires_at: Option<Instant>,
     /// A will waiting for its delay.
     delayed_will: Option<Box<(Will, Instant)>>,
-    /// The timer for `expires_at` and the delayed will.
+    /// The timer for the keep-alive check while connected, for
+    /// `expires_at` and the delayed will while not.
     deadline: events::Deadline,
     /// Which source the next wait looks at first (fairness between them).
     turn: u8,
@@ -339,6 +351,12 @@ impl HookArgs {
     }
 }
 
+/// How long a connection with keep alive `secs` may stay silent: 1.5
+/// times it (MQTT 3.1.1 3.1.2.10, MQTT 5 3.1.2.10); `None` for 0 (no limit).
+fn keepalive_window(secs: u16) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
+}
+
 /// Commands handled per turn of the loop before the socket is looked at again.
 const CMD_BURST: usize = 64;
 
@@ -352,24 +370,20 @@ impl Session {
         shared: Arc<Shared>,
         uid: u64,
         client: Arc<ClientInfo>,
-        channel: (SessionTx, crate::mailbox::Receiver<SessionCmd>),
-        replay_rx: crate::mailbox::Receiver<Replay>,
+        inbox: crate::mailbox::Receiver,
     ) -> Session {
-        let (tx, rx) = channel;
         Session {
             shared,
             uid,
-            rx,
-            tx,
-            replay_rx,
+            inbox,
             stored: replay::StoredState::default(),
             client,
             hook_args: HookArgs::default(),
-            created_at: SystemTime::now(),
+            created_at: CreatedAt::now(),
             conn: None,
-            next_gen: 1,
+            attached_before: false,
             claim: None,
-            subscriptions: HashMap::new(),
+            subscriptions: id_hash::ClientKeyedMap::default(),
             inflight: VecDeque::new(),
             unsent: 0,
             ids: id_hash::IdTables::default(),
@@ -464,8 +478,8 @@ impl Session {
                         SessionCmd::Moved(done) => return Some(Exit::Moved(done)),
                     }
                     budget -= 1;
-                    if budget > 0 && self.replay_rx.is_empty() {
-                        next = self.rx.try_recv();
+                    if budget > 0 && self.inbox.is_empty::<Replay>() {
+                        next = self.inbox.try_recv();
                     }
                 }
             }
@@ -523,19 +537,16 @@ impl Session {
             }
             Event::KeepaliveDue => {
                 let now = Instant::now();
-                if let Some(c) = self.conn.as_mut() {
-                    if let Some((k, timer)) = c.keepalive.as_mut() {
-                        let k = *k;
-                        // Not reading (over `bytes_in`) is no sign of a dead client.
-                        if c.bytes_in.as_ref().is_some_and(|t| t.paused()) {
-                            timer.as_mut().reset(now + k);
-                            return None;
-                        }
-                        if c.last_seen + k > now {
-                            timer.as_mut().reset(c.last_seen + k);
-                            c.release_idle_buffers();
-                            return None;
-                        }
+                if let (Some(c), Some(k)) = (self.conn.as_mut(), keepalive_window(self.client.keepalive)) {
+                    // Not reading (over `bytes_in`) is no sign of a dead client.
+                    if c.bytes_in.as_ref().is_some_and(|t| t.paused()) {
+                        self.deadline.arm(Some(now + k));
+                        return None;
+                    }
+                    if c.last_seen + k > now {
+                        self.deadline.arm(Some(c.last_seen + k));
+                        c.release_idle_buffers();
+                        return None;
                     }
                 }
                 return Box::pin(
@@ -599,27 +610,32 @@ mod tests {
             cert_common_name: None,
         };
         let inbox = crate::mailbox::inbox();
-        let session = Session::new(
-            Arc::clone(server.shared()),
-            1,
-            Arc::new(client),
-            (inbox.tx, inbox.rx),
-            inbox.replay_rx,
-        );
+        let session = Session::new(Arc::clone(server.shared()), 1, Arc::new(client), inbox.rx);
         let state = std::mem::size_of_val(&session);
         let task = session.run();
         let size = std::mem::size_of_val(&task);
         eprintln!("session task future: {size} bytes, session state: {state} bytes");
         // History: the future was 6,672 bytes, 5,376 with the delivered fold
         // boxed, 4,928 with the will boxed, the state (1,160 bytes) kept in
-        // it twice and a select's futures beside it. Now it is the state and
-        // a few words: the wait keeps no futures, each turn's handling is
-        // boxed, the rarely used parts of the state are too.
+        // it twice and a select's futures beside it; then 648 (a state of
+        // 552) with the wait keeping no futures and each turn boxed; now the
+        // keep-alive timer is the session's one timer, the inbox is one
+        // pointer, and counters and limits have the width of their range.
+        //
+        // tokio keeps a task in one allocation: a 32-byte header, the
+        // scheduler and task id (16), the future (with a tag, unless a niche
+        // holds it) and a 48-byte trailer, aligned to 128 bytes on x86_64.
+        // Up to 536 bytes of future, that is 640 bytes a connection; past
+        // it, 768.
         assert!(
-            size <= state + 128,
-            "the session task future is {size} bytes, its state {state}"
+            size <= 536,
+            "the session task future is {size} bytes (its state {state}): over 536, \
+             every connection's task takes 768 bytes instead of 640"
         );
-        assert!(state <= 720, "the session state is {state} bytes");
+        assert!(
+            size <= state + 64,
+            "the session task future is {size} bytes, its state {state}: the wait keeps more than the state"
+        );
         drop(task);
         server.shutdown().await;
     }

@@ -13,7 +13,7 @@ use crate::codec::{Ack, EncodeError, Packet, Publish, PublishRef};
 impl Session {
     /// This session's own command channel (what the router holds).
     pub(super) fn self_tx(&self) -> SessionTx {
-        self.tx.clone()
+        self.inbox.sender()
     }
 
     /// Encodes a packet into the output buffer; the loop flushes it.
@@ -125,9 +125,9 @@ impl Session {
     }
 
     fn window_open(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| self.inflight.len() < c.send_window && c.outbuf.len() < OUTBUF_HIGH_WATER)
+        self.conn.as_ref().is_some_and(|c| {
+            self.inflight.len() < usize::from(c.send_window) && c.outbuf.len() < OUTBUF_HIGH_WATER
+        })
     }
 
     /// Re-sends inflight messages marked unsent (after a reconnect) while the
@@ -282,7 +282,7 @@ impl Session {
         if self.unsent == 0 {
             return;
         }
-        let Some(window) = self.conn.as_ref().map(|c| c.send_window) else {
+        let Some(window) = self.conn.as_ref().map(|c| usize::from(c.send_window)) else {
             return;
         };
         let mut i = 0;

@@ -335,7 +335,7 @@ impl Session {
     /// Drains replays that arrived while a hook ran (called right after
     /// session.subscribed, before anything routed later is looked at).
     pub(super) async fn drain_replays(&mut self) {
-        while let Some(replay) = self.replay_rx.try_recv() {
+        while let Some(replay) = self.inbox.try_recv::<Replay>() {
             self.apply_replay(replay).await;
         }
     }
