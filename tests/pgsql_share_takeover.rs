@@ -40,20 +40,26 @@ fn node_conf(db: &TestDb, name: &str) -> String {
 }
 
 /// Takes the job payloads `c` received (backlog first, then one poll of
-/// up to 20 ms) into `got`.
-async fn take_jobs(c: &mut V4Client, got: &mut Vec<String>) {
+/// up to 20 ms) into `got`, acknowledging them when `ack` (the clients
+/// acknowledge manually).
+async fn take_jobs(c: &mut V4Client, got: &mut Vec<String>, ack: bool) {
+    let mut publishes = Vec::new();
     while let Some(ev) = c.backlog.pop_front() {
         if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-            if text(&p).starts_with("job") {
-                got.push(text(&p));
-            }
+            publishes.push(p);
         }
     }
     if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
         c.poll_once(Duration::from_millis(20)).await
     {
+        publishes.push(p);
+    }
+    for p in publishes {
         if text(&p).starts_with("job") {
             got.push(text(&p));
+        }
+        if ack {
+            c.client.ack(&p).await.expect("queue PUBACK");
         }
     }
 }
@@ -62,9 +68,11 @@ async fn take_jobs(c: &mut V4Client, got: &mut Vec<String>) {
 /// receives one: `from` knows `to`'s routes (its member's too, made
 /// before) and has a link to it.
 async fn until_routed(from: &Broker, to: &Broker) {
-    let (mut watch, _) = V4Client::connect(v4_options(to.addr, "watch", true)).await;
+    let watch_id = format!("watch-{}", to.addr.port());
+    let (mut watch, _) = V4Client::connect(v4_options(to.addr, &watch_id, true)).await;
     watch.subscribe("probe/t", QoS::AtMostOnce).await;
-    let (mut p, _) = V4Client::connect(v4_options(from.addr, "prober", true)).await;
+    let prober_id = format!("prober-{}", from.addr.port());
+    let (mut p, _) = V4Client::connect(v4_options(from.addr, &prober_id, true)).await;
     let deadline = Instant::now() + TIMEOUT;
     for i in 0.. {
         assert!(
@@ -87,11 +95,37 @@ async fn until_routed(from: &Broker, to: &Broker) {
     }
 }
 
+/// How the second node's member joins the group.
+#[derive(Clone, Copy, PartialEq)]
+enum Join {
+    /// The first members subscribe on both nodes at the same moment: one
+    /// node gets the claim, the other's claim is refused.
+    AtOnce,
+    /// Node B's member subscribes once node B routes to node A, whose
+    /// member holds the claim: node B sees members on another node.
+    Knowing,
+}
+
+/// The first members on two nodes subscribe at once; the node that got
+/// the claim is SIGKILLed: the other node's claim, refused, is taken over.
 #[tokio::test]
-async fn a_killed_claim_holders_backlog_reaches_the_member_on_the_surviving_node() {
+async fn a_killed_claim_holders_backlog_reaches_the_member_whose_claim_was_refused() {
+    killed_holder(Join::AtOnce).await;
+}
+
+/// A member joins on node B knowing node A's member; node A, the claim's
+/// holder, is SIGKILLed: node B, which wanted the claim, takes it over.
+#[tokio::test]
+async fn a_killed_claim_holders_backlog_reaches_a_member_that_joined_knowing_it() {
+    killed_holder(Join::Knowing).await;
+}
+
+/// The scenario: a member on each of two nodes; the claim holder's member
+/// acknowledges nothing; the holder is SIGKILLed and more messages are
+/// published; the other member gets all of them, and acknowledges them.
+async fn killed_holder(join: Join) {
     let db = TestDb::create().await;
-    let mut a_node = node(&db, "node-a").await;
-    let b_node = node(&db, "node-b").await;
+    let mut nodes = [node(&db, "node-a").await, node(&db, "node-b").await];
     let pg = db.client().await;
     wait_for_db(
         &pg,
@@ -99,72 +133,103 @@ async fn a_killed_claim_holders_backlog_reaches_the_member_on_the_surviving_node
         Some(2),
     )
     .await;
+    let connect = |i: usize| {
+        let mut o = v4_options(nodes[i].addr, &format!("member-{i}"), true);
+        o.set_manual_acks(true);
+        V4Client::connect(o)
+    };
+    let ((mut m0, _), (mut m1, _)) = tokio::join!(connect(0), connect(1));
+    let claim_row = "select count(*) from mqtt_share_claim where grp = '$share/g/jobs/#'";
+    match join {
+        Join::AtOnce => {
+            tokio::join!(
+                m0.subscribe(FILTER, QoS::AtLeastOnce),
+                m1.subscribe(FILTER, QoS::AtLeastOnce)
+            );
+            wait_for_db(&pg, claim_row, Some(1)).await;
+        }
+        Join::Knowing => {
+            m0.subscribe(FILTER, QoS::AtLeastOnce).await;
+            wait_for_db(&pg, claim_row, Some(1)).await;
+            until_routed(&nodes[1], &nodes[0]).await;
+            m1.subscribe(FILTER, QoS::AtLeastOnce).await;
+        }
+    }
+    let holder_name: String = pg
+        .query_one(
+            "select node::text from mqtt_share_claim where grp = '$share/g/jobs/#'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (h, s) = if holder_name == "node-a" { (0, 1) } else { (1, 0) };
+    let (mut holder, mut survivor) = if h == 0 { (m0, m1) } else { (m1, m0) };
+    // The other node delivers live messages only, for the reason expected.
+    nodes[s]
+        .wait_for_log("shared group: live messages only here")
+        .await;
+    let why = match join {
+        Join::AtOnce => "(claimed by another node)",
+        Join::Knowing => "(members on other nodes)",
+    };
+    assert_eq!(nodes[s].log_count(why), 1, "node {s} delivers live only {why}");
+    until_routed(&nodes[h], &nodes[s]).await;
 
-    // Node A's member subscribes first: node A holds the group's claim.
-    let mut a_opts = v4_options(a_node.addr, "member-a", true);
-    a_opts.set_manual_acks(true);
-    let (mut a, _) = V4Client::connect(a_opts).await;
-    a.subscribe(FILTER, QoS::AtLeastOnce).await;
-    wait_for_db(
-        &pg,
-        "select count(*) from mqtt_share_claim where grp = '$share/g/jobs/#' and node = 'node-a'",
-        Some(1),
-    )
-    .await;
-    // Node B's member joins: node B delivers live messages only.
-    let (mut b, _) = V4Client::connect(v4_options(b_node.addr, "member-b", true)).await;
-    b.subscribe(FILTER, QoS::AtLeastOnce).await;
-    until_routed(&a_node, &b_node).await;
-
-    // Published on node A, stored; member A acknowledges none of what it gets.
+    // Published on the holder's node, stored; its member acknowledges none.
     let before: Vec<String> = (0..10).map(|i| format!("job-before-{i}")).collect();
-    publish_all(a_node.addr, "boss-a", "jobs/work", &before).await;
-    let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+    publish_all(nodes[h].addr, "boss-h", "jobs/work", &before).await;
+    let (mut at_h, mut at_s) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + TIMEOUT;
-    while at_a.len() + at_b.len() < before.len() {
+    while at_h.len() + at_s.len() < before.len() {
         assert!(
             Instant::now() < deadline,
-            "only {at_a:?} at A and {at_b:?} at B arrived"
+            "only {at_h:?} at the holder and {at_s:?} at the other arrived"
         );
-        take_jobs(&mut a, &mut at_a).await;
-        take_jobs(&mut b, &mut at_b).await;
+        take_jobs(&mut holder, &mut at_h, false).await;
+        take_jobs(&mut survivor, &mut at_s, true).await;
     }
-    assert!(!at_a.is_empty(), "member A holds some: {at_a:?} / {at_b:?}");
+    assert!(
+        !at_h.is_empty(),
+        "the holder's member holds some: {at_h:?} / {at_s:?}"
+    );
 
-    // Node A dies for real, its member's messages unacknowledged.
-    a_node.kill().await;
+    // The holder dies for real, its member's messages unacknowledged.
+    nodes[h].kill().await;
     let killed = Instant::now();
-    drop(a);
-    // Published while node A is down (and before node B may replay).
+    drop(holder);
+    // Published while it is down (and before the other node may replay).
     let during: Vec<String> = (0..5).map(|i| format!("job-during-{i}")).collect();
-    publish_all(b_node.addr, "boss-b", "jobs/work", &during).await;
+    publish_all(nodes[s].addr, "boss-s", "jobs/work", &during).await;
 
     let want: BTreeSet<String> = before.iter().chain(during.iter()).cloned().collect();
-    // The claim's lease passes (at most LEASE after node A's last renewal),
-    // then node B replays the group's backlog.
+    // The claim's lease passes (at most LEASE after the holder's last
+    // renewal), then the other node replays the group's backlog.
     let bound = LEASE + Duration::from_secs(15);
     loop {
-        let have: BTreeSet<String> = at_b.iter().cloned().collect();
+        let have: BTreeSet<String> = at_s.iter().cloned().collect();
         if have == want {
             break;
         }
         assert!(
             killed.elapsed() < bound,
-            "within {bound:?} of the SIGKILL, member B got {} of {} messages; missing: {:?}",
+            "within {bound:?} of the SIGKILL, the surviving member got {} of {} messages; missing: {:?}",
             have.len(),
             want.len(),
             want.difference(&have).collect::<Vec<_>>()
         );
-        take_jobs(&mut b, &mut at_b).await;
+        take_jobs(&mut survivor, &mut at_s, true).await;
     }
     eprintln!(
-        "every message reached member B {:?} after the SIGKILL ({} deliveries for {} messages)",
+        "{why}: every message reached the surviving member {:?} after the SIGKILL \
+         ({} deliveries for {} messages, {} held by the killed node's member)",
         killed.elapsed(),
-        at_b.len(),
-        want.len()
+        at_s.len(),
+        want.len(),
+        at_h.len()
     );
 
-    // The group's position moves past every message (member B acknowledges).
+    // The group's position moves past every message (the survivor acknowledges).
     let last = *stored_ids(&pg, "jobs/work").await.last().unwrap();
     let check = format!(
         "select (mid >= {last})::int4::int8 from mqtt_acked where clientid = '$share/g' and topic = '{FILTER}'"
@@ -175,6 +240,6 @@ async fn a_killed_claim_holders_backlog_reaches_the_member_on_the_surviving_node
             Instant::now() < deadline,
             "the group's position did not pass {last}"
         );
-        take_jobs(&mut b, &mut at_b).await;
+        take_jobs(&mut survivor, &mut at_s, true).await;
     }
 }

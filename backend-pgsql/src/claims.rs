@@ -102,7 +102,8 @@ impl ShareClaims {
 struct State {
     pool: NamedPool,
     node: String,
-    held: BTreeSet<String>,
+    /// Held claims, by group (`$share/<group>/<filter>`), with the group's key.
+    held: BTreeMap<String, TrackKey>,
     wanted: BTreeMap<String, (TrackKey, Instant)>,
     won: mpsc::UnboundedSender<TrackKey>,
 }
@@ -116,7 +117,7 @@ async fn run(
     let mut st = State {
         pool,
         node,
-        held: BTreeSet::new(),
+        held: BTreeMap::new(),
         wanted: BTreeMap::new(),
         won,
     };
@@ -143,12 +144,12 @@ async fn run(
                     };
                     if claimed {
                         st.wanted.remove(&key.1);
-                        st.held.insert(key.1);
+                        st.held.insert(key.1.clone(), key);
                     }
                     let _ = reply.send(claimed);
                 }
                 Some(Request::Want(key)) => {
-                    if !st.held.contains(&key.1) {
+                    if !st.held.contains_key(&key.1) {
                         // The members elsewhere were handed every message so far:
                         // their node is given a renewal period to hold the claim
                         // (a refused claim is already wanted, at its holder's lease).
@@ -158,24 +159,47 @@ async fn run(
                 }
                 Some(Request::Release(grp)) => {
                     st.wanted.remove(&grp);
-                    if st.held.remove(&grp) {
+                    if st.held.remove(&grp).is_some() {
                         if let Err(e) = release(&st.pool, &grp, &st.node).await {
                             tracing::debug!(group = %grp, "shared group claim not released (its lease ends it): {e}");
                         }
                     }
                 }
             },
-            _ = renew.tick(), if !st.held.is_empty() => {
-                if let Err(e) = renew_all(&st.pool, &st.held, &st.node).await {
-                    tracing::debug!("shared group claims not renewed: {e}");
-                }
-            }
+            _ = renew.tick(), if !st.held.is_empty() => st.renew().await,
             () = retry, if next_try.is_some() => st.try_wanted().await,
         }
     }
 }
 
 impl State {
+    /// Renews the held claims. One this node no longer holds (its lease
+    /// passed while the database was out of reach and another node took it,
+    /// or it was never written: the database did not answer the claim) is
+    /// wanted again, so that some node with members always holds or wants
+    /// it.
+    async fn renew(&mut self) {
+        let renewed = match renew_all(&self.pool, &self.held, &self.node).await {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                tracing::debug!("shared group claims not renewed: {e}");
+                return;
+            }
+        };
+        let lost: Vec<String> = self
+            .held
+            .keys()
+            .filter(|grp| !renewed.contains(*grp))
+            .cloned()
+            .collect();
+        for grp in lost {
+            if let Some(key) = self.held.remove(&grp) {
+                tracing::debug!(group = %grp, "shared group claim not held any more: wanted again");
+                self.wanted.insert(grp, (key, retry_at(Duration::ZERO)));
+            }
+        }
+    }
+
     /// Tries the wanted claims that are due; each one taken is held from now
     /// on and its group handed to the node's takeover.
     async fn try_wanted(&mut self) {
@@ -206,7 +230,7 @@ impl State {
                         continue;
                     };
                     tracing::info!(group = %grp, "shared group: claim taken over (its holder's lease passed or it was released); replaying the group's backlog here");
-                    self.held.insert(grp);
+                    self.held.insert(grp, key.clone());
                     let _ = self.won.send(key);
                 }
             }
@@ -272,19 +296,29 @@ async fn release(pool: &NamedPool, grp: &str, node: &str) -> Result<(), PgsqlErr
     Ok(())
 }
 
-async fn renew_all(pool: &NamedPool, held: &BTreeSet<String>, node: &str) -> Result<(), PgsqlError> {
-    let groups: Vec<&str> = held.iter().map(String::as_str).collect();
+/// Renews the `held` claims; returns those this node still holds.
+async fn renew_all(
+    pool: &NamedPool,
+    held: &BTreeMap<String, TrackKey>,
+    node: &str,
+) -> Result<BTreeSet<String>, PgsqlError> {
+    let groups: Vec<&str> = held.keys().map(String::as_str).collect();
     let conn = pool.get().await?;
-    conn.execute_typed(
-        "UPDATE mqtt_share_claim SET until = now() + make_interval(secs => $3)
-         WHERE grp = ANY($1) AND node = $2",
-        &[
-            (&groups, Type::TEXT_ARRAY),
-            (&node, Type::TEXT),
-            (&SECS, Type::FLOAT8),
-        ],
-    )
-    .await
-    .map_err(PgsqlError::query("renew shared group claims (mqtt_share_claim)"))?;
-    Ok(())
+    let rows = conn
+        .query_typed(
+            "UPDATE mqtt_share_claim SET until = now() + make_interval(secs => $3)
+         WHERE grp = ANY($1) AND node = $2
+         RETURNING grp",
+            &[
+                (&groups, Type::TEXT_ARRAY),
+                (&node, Type::TEXT),
+                (&SECS, Type::FLOAT8),
+            ],
+        )
+        .await
+        .map_err(PgsqlError::query("renew shared group claims (mqtt_share_claim)"))?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<_, _>>()
+        .map_err(PgsqlError::query("renew shared group claims (mqtt_share_claim)"))
 }

@@ -178,11 +178,17 @@ impl crate::Engine {
         // First members subscribing on several nodes at once (a cluster
         // restarted) do not see each other yet: one node claims the backlog.
         // Refused, the claims task keeps trying for it (the holder may die).
+        let members_elsewhere = elsewhere;
         let elsewhere = match (&self.claims, first && !elsewhere) {
             (Some(claims), true) => !claims.claim(&key).await,
             _ => elsewhere,
         };
         if first && elsewhere {
+            tracing::debug!(
+                group = %key.1,
+                "shared group: live messages only here ({}); the claim is wanted",
+                if members_elsewhere { "members on other nodes" } else { "claimed by another node" }
+            );
             // Members on other nodes have the group's messages (and what this
             // node's members leave goes to them): no backlog here, or those
             // they hold unacknowledged would come twice. Live from now on,
@@ -400,5 +406,20 @@ mod tests {
         assert_eq!(m.leave("b", &key), Some(vec![]));
         assert!(!m.is_member("b"));
         assert!(m.join("b", &key), "a new run");
+    }
+
+    #[test]
+    fn a_live_only_run_is_taken_over_once_and_forgotten_with_its_last_member() {
+        let m = Members::default();
+        let key = group_key("g", "t");
+        assert!(m.join("a", &key));
+        m.set_live_only(&key);
+        assert!(m.take_live_only(&key), "the claim taken over: replay");
+        assert!(!m.take_live_only(&key), "once");
+        m.set_live_only(&key);
+        assert_eq!(m.leave("a", &key), Some(vec![]));
+        assert!(!m.take_live_only(&key), "no member left: nothing to replay");
+        assert!(m.join("b", &key));
+        assert!(!m.take_live_only(&key), "a new run replays on its own");
     }
 }
