@@ -134,9 +134,14 @@ impl Members {
     }
 
     /// The run of `key` here gets live messages only (its backlog is another
-    /// node's to replay).
-    pub fn set_live_only(&self, key: &TrackKey) {
-        self.lock().live_only.insert(key.clone());
+    /// node's to replay); false (nothing recorded) when it has no member.
+    pub fn set_live_only(&self, key: &TrackKey) -> bool {
+        let mut map = self.lock();
+        if !map.by_group.contains_key(key) {
+            return false;
+        }
+        map.live_only.insert(key.clone());
+        true
     }
 
     /// True (once) when the run of `key` here got live messages only and
@@ -195,8 +200,9 @@ impl crate::Engine {
             // until this node takes the claim over (`group_take_over`).
             self.tracks.bound_run(&key, 0);
             if let Some(claims) = &self.claims {
-                self.members.set_live_only(&key);
-                claims.want(&key);
+                if self.members.set_live_only(&key) {
+                    claims.want(&key);
+                }
             }
         }
         if qos == hooks_spec::QoS::AtMostOnce || (!first && self.tracks.replay_to(&key).is_some()) {
@@ -228,6 +234,12 @@ impl crate::Engine {
             return;
         }
         let Some((qos, opts)) = self.tracks.reopen_run(&key) else {
+            // Only QoS 0 members here (nothing stored for them, no run): the
+            // claim goes back for a node that can replay, and is wanted again.
+            if let Some(claims) = self.claims.as_ref().filter(|_| self.members.set_live_only(&key)) {
+                claims.release(&key.1);
+                claims.want(&key);
+            }
             return;
         };
         let qos =
@@ -413,12 +425,13 @@ mod tests {
         let m = Members::default();
         let key = group_key("g", "t");
         assert!(m.join("a", &key));
-        m.set_live_only(&key);
+        assert!(m.set_live_only(&key));
         assert!(m.take_live_only(&key), "the claim taken over: replay");
         assert!(!m.take_live_only(&key), "once");
-        m.set_live_only(&key);
+        assert!(m.set_live_only(&key));
         assert_eq!(m.leave("a", &key), Some(vec![]));
         assert!(!m.take_live_only(&key), "no member left: nothing to replay");
+        assert!(!m.set_live_only(&key), "no member: not recorded");
         assert!(m.join("b", &key));
         assert!(!m.take_live_only(&key), "a new run replays on its own");
     }
