@@ -234,8 +234,10 @@ impl crate::Engine {
             return;
         }
         let Some((qos, opts)) = self.tracks.reopen_run(&key) else {
-            // Only QoS 0 members here (nothing stored for them, no run): the
-            // claim goes back for a node that can replay, and is wanted again.
+            // No run here to replay into (only QoS 0 members, which have
+            // nothing stored for them, or the first member's subscription is
+            // not started yet): the claim goes back for a node that can
+            // replay, and is wanted again.
             if let Some(claims) = self.claims.as_ref().filter(|_| self.members.set_live_only(&key)) {
                 claims.release(&key.1);
                 claims.want(&key);
