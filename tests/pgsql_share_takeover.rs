@@ -110,20 +110,33 @@ enum Join {
 /// the claim is SIGKILLed: the other node's claim, refused, is taken over.
 #[tokio::test]
 async fn a_killed_claim_holders_backlog_reaches_the_member_whose_claim_was_refused() {
-    killed_holder(Join::AtOnce).await;
+    killed_node(Join::AtOnce, true).await;
 }
 
 /// A member joins on node B knowing node A's member; node A, the claim's
 /// holder, is SIGKILLed: node B, which wanted the claim, takes it over.
 #[tokio::test]
 async fn a_killed_claim_holders_backlog_reaches_a_member_that_joined_knowing_it() {
-    killed_holder(Join::Knowing).await;
+    killed_node(Join::Knowing, true).await;
 }
 
-/// The scenario: a member on each of two nodes; the claim holder's member
-/// acknowledges nothing; the holder is SIGKILLed and more messages are
+/// KNOWN GAP, ignored until fixed: the node that does NOT hold the claim
+/// (its members get live messages only) is SIGKILLed with messages its
+/// member holds unacknowledged. The holder's run only replays up to the
+/// newest id when it began, so nothing delivers those messages again while
+/// that run lasts (and the group's position stays below them); they come
+/// only when a new run starts. Run with `--ignored` to see it fail.
+#[tokio::test]
+#[ignore = "known gap: a killed non-holder's unacknowledged messages are not replayed (see the doc comment)"]
+async fn a_killed_live_only_nodes_held_messages_reach_the_claim_holders_member() {
+    killed_node(Join::Knowing, false).await;
+}
+
+/// The scenario: a member on each of two nodes; the member on the node
+/// to be killed (`kill_holder`: the claim's holder, else the other)
+/// acknowledges nothing; that node is SIGKILLed and more messages are
 /// published; the other member gets all of them, and acknowledges them.
-async fn killed_holder(join: Join) {
+async fn killed_node(join: Join, kill_holder: bool) {
     let db = TestDb::create().await;
     let mut nodes = [node(&db, "node-a").await, node(&db, "node-b").await];
     let pg = db.client().await;
@@ -164,7 +177,7 @@ async fn killed_holder(join: Join) {
         .unwrap()
         .get(0);
     let (h, s) = if holder_name == "node-a" { (0, 1) } else { (1, 0) };
-    let (mut holder, mut survivor) = if h == 0 { (m0, m1) } else { (m1, m0) };
+    let (holder, survivor) = if h == 0 { (m0, m1) } else { (m1, m0) };
     // The other node delivers live messages only, for the reason expected.
     nodes[s]
         .wait_for_log("shared group: live messages only here")
@@ -174,40 +187,46 @@ async fn killed_holder(join: Join) {
         Join::Knowing => "(members on other nodes)",
     };
     assert_eq!(nodes[s].log_count(why), 1, "node {s} delivers live only {why}");
-    until_routed(&nodes[h], &nodes[s]).await;
+    let (v, k) = if kill_holder { (h, s) } else { (s, h) };
+    let (mut victim, mut keeper) = if kill_holder {
+        (holder, survivor)
+    } else {
+        (survivor, holder)
+    };
+    until_routed(&nodes[v], &nodes[k]).await;
 
-    // Published on the holder's node, stored; its member acknowledges none.
+    // Published on the node to be killed, stored; its member acknowledges none.
     let before: Vec<String> = (0..10).map(|i| format!("job-before-{i}")).collect();
-    publish_all(nodes[h].addr, "boss-h", "jobs/work", &before).await;
-    let (mut at_h, mut at_s) = (Vec::new(), Vec::new());
+    publish_all(nodes[v].addr, "boss-v", "jobs/work", &before).await;
+    let (mut at_v, mut at_k) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + TIMEOUT;
-    while at_h.len() + at_s.len() < before.len() {
+    while at_v.len() + at_k.len() < before.len() {
         assert!(
             Instant::now() < deadline,
-            "only {at_h:?} at the holder and {at_s:?} at the other arrived"
+            "only {at_v:?} at the node to be killed and {at_k:?} at the other arrived"
         );
-        take_jobs(&mut holder, &mut at_h, false).await;
-        take_jobs(&mut survivor, &mut at_s, true).await;
+        take_jobs(&mut victim, &mut at_v, false).await;
+        take_jobs(&mut keeper, &mut at_k, true).await;
     }
     assert!(
-        !at_h.is_empty(),
-        "the holder's member holds some: {at_h:?} / {at_s:?}"
+        !at_v.is_empty(),
+        "the member on the node to be killed holds some: {at_v:?} / {at_k:?}"
     );
 
-    // The holder dies for real, its member's messages unacknowledged.
-    nodes[h].kill().await;
+    // That node dies for real, its member's messages unacknowledged.
+    nodes[v].kill().await;
     let killed = Instant::now();
-    drop(holder);
+    drop(victim);
     // Published while it is down (and before the other node may replay).
     let during: Vec<String> = (0..5).map(|i| format!("job-during-{i}")).collect();
-    publish_all(nodes[s].addr, "boss-s", "jobs/work", &during).await;
+    publish_all(nodes[k].addr, "boss-k", "jobs/work", &during).await;
 
     let want: BTreeSet<String> = before.iter().chain(during.iter()).cloned().collect();
     // The claim's lease passes (at most LEASE after the holder's last
     // renewal), then the other node replays the group's backlog.
     let bound = LEASE + Duration::from_secs(15);
     loop {
-        let have: BTreeSet<String> = at_s.iter().cloned().collect();
+        let have: BTreeSet<String> = at_k.iter().cloned().collect();
         if have == want {
             break;
         }
@@ -218,15 +237,15 @@ async fn killed_holder(join: Join) {
             want.len(),
             want.difference(&have).collect::<Vec<_>>()
         );
-        take_jobs(&mut survivor, &mut at_s, true).await;
+        take_jobs(&mut keeper, &mut at_k, true).await;
     }
     eprintln!(
         "{why}: every message reached the surviving member {:?} after the SIGKILL \
          ({} deliveries for {} messages, {} held by the killed node's member)",
         killed.elapsed(),
-        at_s.len(),
+        at_k.len(),
         want.len(),
-        at_h.len()
+        at_v.len()
     );
 
     // The group's position moves past every message (the survivor acknowledges).
@@ -240,6 +259,6 @@ async fn killed_holder(join: Join) {
             Instant::now() < deadline,
             "the group's position did not pass {last}"
         );
-        take_jobs(&mut survivor, &mut at_s, true).await;
+        take_jobs(&mut keeper, &mut at_k, true).await;
     }
 }
