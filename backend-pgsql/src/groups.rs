@@ -45,8 +45,15 @@
 //!   cluster restarted) do not see each other's yet: a run that would
 //!   replay first claims the group in PostgreSQL ([`crate::claims`]), and
 //!   only the node that gets the claim replays the backlog.
+//! - A node whose members get live messages only (claim refused, or
+//!   members elsewhere) keeps wanting the claim while it has members. When
+//!   the holder dies (SIGKILL: its lease passes) or its run ends, the node
+//!   takes the claim over and replays the group's backlog from the stored
+//!   position ([`crate::Engine::group_take_over`]): what the dead node's
+//!   members held unacknowledged, and what was stored while no node
+//!   replayed, is not stranded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::positions::TrackKey;
@@ -83,6 +90,9 @@ pub struct Members(Mutex<MemberMap>);
 struct MemberMap {
     by_client: HashMap<String, Vec<TrackKey>>,
     by_group: HashMap<TrackKey, BTreeSet<String>>,
+    /// Groups whose run here gets live messages only, until this node takes
+    /// their claim over (forgotten with the run's last member).
+    live_only: HashSet<TrackKey>,
 }
 
 impl Members {
@@ -118,8 +128,27 @@ impl Members {
         let left: Vec<String> = members.iter().cloned().collect();
         if left.is_empty() {
             map.by_group.remove(key);
+            map.live_only.remove(key);
         }
         Some(left)
+    }
+
+    /// The run of `key` here gets live messages only (its backlog is another
+    /// node's to replay); false (nothing recorded) when it has no member.
+    pub fn set_live_only(&self, key: &TrackKey) -> bool {
+        let mut map = self.lock();
+        if !map.by_group.contains_key(key) {
+            return false;
+        }
+        map.live_only.insert(key.clone());
+        true
+    }
+
+    /// True (once) when the run of `key` here got live messages only and
+    /// still has members: it is to replay the backlog now.
+    pub fn take_live_only(&self, key: &TrackKey) -> bool {
+        let mut map = self.lock();
+        map.by_group.contains_key(key) && map.live_only.remove(key)
     }
 
     /// The groups `clientid` is a member of.
@@ -153,15 +182,28 @@ impl crate::Engine {
         let first = self.members.join(clientid, &key);
         // First members subscribing on several nodes at once (a cluster
         // restarted) do not see each other yet: one node claims the backlog.
+        // Refused, the claims task keeps trying for it (the holder may die).
+        let members_elsewhere = elsewhere;
         let elsewhere = match (&self.claims, first && !elsewhere) {
-            (Some(claims), true) => !claims.claim(&key.1).await,
+            (Some(claims), true) => !claims.claim(&key).await,
             _ => elsewhere,
         };
         if first && elsewhere {
+            tracing::debug!(
+                group = %key.1,
+                "shared group: live messages only here ({}); the claim is wanted",
+                if members_elsewhere { "members on other nodes" } else { "claimed by another node" }
+            );
             // Members on other nodes have the group's messages (and what this
             // node's members leave goes to them): no backlog here, or those
-            // they hold unacknowledged would come twice. Live from now on.
+            // they hold unacknowledged would come twice. Live from now on,
+            // until this node takes the claim over (`group_take_over`).
             self.tracks.bound_run(&key, 0);
+            if let Some(claims) = &self.claims {
+                if self.members.set_live_only(&key) {
+                    claims.want(&key);
+                }
+            }
         }
         if qos == hooks_spec::QoS::AtMostOnce || (!first && self.tracks.replay_to(&key).is_some()) {
             // A QoS 0 member has nothing stored for it (as a QoS 0
@@ -173,6 +215,40 @@ impl crate::Engine {
         }
         self.tracks.set_replay_to(&key, Some(clientid.to_string()));
         self.fetch_group(fetcher, key, qos, opts).await
+    }
+
+    /// This node took over the claim of group `key` (its holder's lease
+    /// passed: it died, or it released it; see [`crate::claims`]) while its
+    /// members here got live messages only: the group's backlog, from its
+    /// stored position to the newest stored id, is replayed here, as for a
+    /// first member, minus what this node's members acknowledged and what
+    /// the other nodes recorded as acknowledged (`acked_above`). What the
+    /// member it goes to received live its session skips (the stored ids it
+    /// took); a message another member here holds unacknowledged may come
+    /// twice (at least once). Messages stored later go live to the members.
+    pub(crate) async fn group_take_over(&self, key: TrackKey) {
+        let Some(fetcher) = &self.fetcher else { return };
+        // Nothing to do when the run ended meanwhile (its release gives the
+        // claim back), or a new run here replays already.
+        if !self.members.take_live_only(&key) {
+            return;
+        }
+        let Some((qos, opts)) = self.tracks.reopen_run(&key) else {
+            // No run here to replay into (only QoS 0 members, which have
+            // nothing stored for them, or the first member's subscription is
+            // not started yet): the claim goes back for a node that can
+            // replay, and is wanted again.
+            if let Some(claims) = self.claims.as_ref().filter(|_| self.members.set_live_only(&key)) {
+                claims.release(&key.1);
+                claims.want(&key);
+            }
+            return;
+        };
+        let qos =
+            hooks_spec::QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(hooks_spec::QoS::AtLeastOnce);
+        if let Err(e) = self.fetch_group(fetcher, key.clone(), qos, opts).await {
+            tracing::debug!(group = %key.1, "shared group taken over: backlog not read yet (retrying): {e}");
+        }
     }
 
     /// Reads the group's position and replays its backlog to the member
@@ -303,6 +379,19 @@ impl crate::Engine {
     }
 }
 
+/// Replays the backlog of each group whose claim this node took over
+/// (what [`crate::claims::ShareClaims::spawn`]'s receiver gets), one after
+/// another, for as long as the plugin runs.
+pub(crate) async fn serve_take_overs(
+    engine: std::sync::Weak<crate::Engine>,
+    mut won: tokio::sync::mpsc::UnboundedReceiver<TrackKey>,
+) {
+    while let Some(key) = won.recv().await {
+        let Some(engine) = engine.upgrade() else { return };
+        engine.group_take_over(key).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +420,21 @@ mod tests {
         assert_eq!(m.leave("b", &key), Some(vec![]));
         assert!(!m.is_member("b"));
         assert!(m.join("b", &key), "a new run");
+    }
+
+    #[test]
+    fn a_live_only_run_is_taken_over_once_and_forgotten_with_its_last_member() {
+        let m = Members::default();
+        let key = group_key("g", "t");
+        assert!(m.join("a", &key));
+        assert!(m.set_live_only(&key));
+        assert!(m.take_live_only(&key), "the claim taken over: replay");
+        assert!(!m.take_live_only(&key), "once");
+        assert!(m.set_live_only(&key));
+        assert_eq!(m.leave("a", &key), Some(vec![]));
+        assert!(!m.take_live_only(&key), "no member left: nothing to replay");
+        assert!(!m.set_live_only(&key), "no member: not recorded");
+        assert!(m.join("b", &key));
+        assert!(!m.take_live_only(&key), "a new run replays on its own");
     }
 }

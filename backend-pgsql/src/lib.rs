@@ -203,7 +203,13 @@ impl Plugin for BackendPgsql {
             .ok_or_else(|| PluginError::Start("configuration not loaded".into()))?;
         let mut tasks = Vec::new();
         let engine = match start_engine(cfg, &ctx, Arc::clone(&self.stats), &mut tasks).await {
-            Ok(e) => Arc::new(e),
+            Ok((e, won)) => {
+                let e = Arc::new(e);
+                if let Some(won) = won {
+                    tasks.push(tokio::spawn(groups::serve_take_overs(Arc::downgrade(&e), won)));
+                }
+                e
+            }
             Err(e) => {
                 for t in tasks {
                     t.abort();
@@ -297,13 +303,14 @@ impl Plugin for BackendPgsql {
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects, migrates, prepares and starts the tasks. A database that does
-/// not answer does not stop startup (see [`connect_pool`]).
+/// not answer does not stop startup (see [`connect_pool`]). With a fetch
+/// rule, also returns the shared groups whose claim this node takes over.
 async fn start_engine(
     cfg: Arc<PgsqlConfig>,
     ctx: &PluginContext,
     stats: Arc<Stats>,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<Engine, String> {
+) -> Result<(Engine, Option<tokio::sync::mpsc::UnboundedReceiver<TrackKey>>), String> {
     let named = pool::build_all(&cfg.pools)?;
     // Only pools some rule uses are connected and checked.
     let used: Vec<&str> = cfg.rules.iter().map(|r| r.pool.as_str()).collect();
@@ -409,6 +416,7 @@ async fn start_engine(
         .iter()
         .find(|r| matches!(r.action, Action::Function(Function::OnMessageFetch)));
     let (mut dirty, mut fetcher, mut drain, mut backlog, mut share_claims) = (None, None, None, None, None);
+    let mut take_overs = None;
     if let Some(rule) = fetch_rule {
         let pool_name = rule.pool.clone();
         let state = pools
@@ -442,10 +450,11 @@ async fn start_engine(
             arrival_property: cfg.arrival_property.as_deref().map(Arc::from),
         });
         tasks.push(tokio::spawn(Arc::clone(&f).serve_pages(pages_rx)));
-        let (claims, claims_task) =
+        let (claims, won, claims_task) =
             claims::ShareClaims::spawn(state.pool.clone(), ctx.broker.node_name().to_string());
         tasks.push(claims_task);
         share_claims = Some(claims);
+        take_overs = Some(won);
         dirty = Some(dirty_tx);
         fetcher = Some(f);
     }
@@ -466,7 +475,7 @@ async fn start_engine(
         }
         None => None,
     };
-    Ok(Engine {
+    let engine = Engine {
         sessions,
         node: ctx.broker.node_name().to_string(),
         handle: Arc::clone(&ctx.broker),
@@ -482,7 +491,8 @@ async fn start_engine(
         backlog,
         stats,
         route_pending: Mutex::default(),
-    })
+    };
+    Ok((engine, take_overs))
 }
 
 /// Connects a pool at startup: applies the migrations (`migrates`: a pool

@@ -51,6 +51,17 @@ impl Tracks {
         self.lock().entry(key.clone()).run_bound = Some(newest);
     }
 
+    /// A shared group's run here that got live messages only is to replay
+    /// its backlog now (this node took the group's claim over): its bound
+    /// goes, so the next read of its position sets it anew. Returns its QoS
+    /// and fetch options, if a member subscribed with QoS 1 or 2 started it.
+    pub fn reopen_run(&self, key: &TrackKey) -> Option<(i32, super::FetchOpts)> {
+        let mut map = self.lock();
+        let t = map.get_mut(key).filter(|t| t.active)?;
+        t.run_bound = None;
+        Some((t.qos, t.opts))
+    }
+
     /// A shared group's page read above `from` in `epoch` could not be
     /// handed to member `tried` (its session had ended): the replay resumes
     /// there with another member. Returns that read at once when another
