@@ -21,8 +21,10 @@
 //! - `events`: what the task waits for between turns (one poll over the
 //!   socket, the mailboxes, finished publishes and the timers).
 //! - `id_hash`: the tables keyed by packet, storage and message ids.
+//! - `conn`: the attached connection (socket, buffers, codec, its limits).
 
 mod aliases;
+mod conn;
 mod events;
 mod id_hash;
 mod inbound;
@@ -37,15 +39,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use hooks_spec::{BoxFuture, ClientInfo, ConnInfo, Flow, Message, QoS, SubOpts};
+use hooks_spec::{BoxFuture, ClientInfo, Flow, Message, QoS, SubOpts};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::codec::{Codec, Will};
+use crate::codec::Will;
 use crate::shared::Shared;
+use conn::{keepalive_window, AsSent, Conn};
 use events::Event;
 
 pub use crate::delivery::{Attach, Replay, ReplayTx, Routed, SessionCmd, SessionTx};
@@ -102,97 +104,6 @@ struct Inflight {
     state: AckState,
     /// Waiting to be re-sent after a reconnect (the client's window may be smaller now).
     unsent: bool,
-}
-
-/// The attached connection.
-struct Conn {
-    /// Not split in halves: this task alone reads and writes it, one after
-    /// the other (halves of a TCP stream would cost an allocation each and
-    /// one shared between them).
-    stream: crate::transport::Stream,
-    inbuf: BytesMut,
-    outbuf: BytesMut,
-    codec: Codec,
-    /// What CONNECT said that the session's client information does not
-    /// keep; the connection's `ConnInfo` is rebuilt from it when it closes
-    /// rather than kept (88 bytes and an allocation per connection).
-    as_sent: AsSent,
-    /// When the last packet arrived. The keep-alive deadline (1.5 times the
-    /// keep alive in force after it) moves with every packet, but the
-    /// session's timer is re-armed only when it fires early (a timer
-    /// re-registered on every packet costs the timer wheel's lock each time).
-    last_seen: Instant,
-    /// How many QoS>0 messages may be unacknowledged towards the client.
-    send_window: u16,
-    /// Our Receive Maximum when exceeding it disconnects the client (MQTT 5
-    /// with `mqtt.receive_maximum_exceeded = disconnect`); `None`: back-pressure.
-    receive_maximum: Option<u16>,
-    /// Publishes in the message.publish chain at which reading stops.
-    read_limit: u32,
-    /// The client's maximum packet size (MQTT 5).
-    client_max_packet: Option<u32>,
-    /// Topic aliases the client set (MQTT 5), made on first use.
-    aliases: Option<Box<id_hash::IdMap<u16, Arc<str>>>>,
-    /// Topic aliases we set towards the client (MQTT 5); `None` when it allows none.
-    out_aliases: Option<Box<aliases::OutAliases>>,
-    /// Boxed: most connections have none, and a will is 192 bytes.
-    will: Option<Box<Will>>,
-    /// `mqtt.publish_limit`, per connection (as EMQX does): a reconnecting
-    /// client starts with a full bucket, so it can re-send what was refused.
-    publish_bucket: Option<Box<crate::rate_limit::TokenBucket>>,
-    /// The listener's `rate_limit.conn_bytes_in`, per connection.
-    bytes_in: Option<Box<crate::rate_limit::ReadThrottle>>,
-    /// Packets counted since they were last added to the broker's counters.
-    traffic: crate::metrics::Traffic,
-    /// The writer may keep written bytes in a buffer of its own (TLS,
-    /// WebSocket): it is flushed once the output buffer is empty.
-    flushes: bool,
-    /// Bytes were written since the last flush (only when `flushes`).
-    unflushed: bool,
-    /// MQTT 5 enhanced authentication: the method of CONNECT (a
-    /// re-authentication must use it) and a re-authentication under way.
-    auth: Option<Box<reauth::ConnAuth>>,
-}
-
-impl Conn {
-    /// Gives back buffers left empty (called at the keep-alive check, at
-    /// least a keep-alive period apart): a connection that went quiet keeps
-    /// none, and a busy one makes them again at its next packet.
-    fn release_idle_buffers(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            self.inbuf = BytesMut::new();
-        }
-        if self.outbuf.is_empty() && self.outbuf.capacity() > 0 {
-            self.outbuf = BytesMut::new();
-        }
-    }
-}
-
-/// The parts of CONNECT the connection's [`ConnInfo`] reports as sent.
-#[derive(Debug, Clone, Copy)]
-struct AsSent {
-    /// The client sent an empty client id (the broker assigned one).
-    empty_clientid: bool,
-    clean_start: bool,
-    keepalive: u16,
-}
-
-impl AsSent {
-    /// The connection's information as CONNECT gave it, for `client`.
-    fn conn_info(self, client: &ClientInfo) -> ConnInfo {
-        ConnInfo {
-            clientid: if self.empty_clientid {
-                String::new()
-            } else {
-                client.clientid.to_string()
-            },
-            username: client.username.clone(),
-            peer: client.peer,
-            protocol: client.protocol,
-            clean_start: self.clean_start,
-            keepalive: self.keepalive,
-        }
-    }
 }
 
 /// When the session was created, in milliseconds since the Unix epoch
@@ -349,12 +260,6 @@ impl HookArgs {
             })
         }))
     }
-}
-
-/// How long a connection with keep alive `secs` may stay silent: 1.5
-/// times it (MQTT 3.1.1 3.1.2.10, MQTT 5 3.1.2.10); `None` for 0 (no limit).
-fn keepalive_window(secs: u16) -> Option<Duration> {
-    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
 }
 
 /// Commands handled per turn of the loop before the socket is looked at again.
