@@ -256,6 +256,47 @@ async fn delayed_will_is_cancelled_by_a_reconnect_and_sent_otherwise() {
     watcher.expect_no_publish(Duration::from_millis(1500)).await;
 }
 
+/// A session's one timer serves, in turn, the keep-alive check of its
+/// connection, the delayed will once the connection is gone, and the
+/// session's expiry: a silent client is closed after 1.5 times its keep
+/// alive, its will follows after the will delay, and the session ends at
+/// its expiry.
+#[tokio::test]
+async fn keepalive_timeout_then_delayed_will_then_expiry_follow_one_another() {
+    let broker = Broker::start("").await;
+    let (mut watcher, _) = V5Client::connect(v5_options(broker.addr, "watcher", true)).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+
+    let mut body = Vec::new();
+    encode_str("MQTT", &mut body);
+    body.extend_from_slice(&[5, 0x02 | 0x04 | 0x08, 0, 1]); // keep alive 1 s
+    body.extend_from_slice(&[5, 0x11, 0, 0, 0, 3]); // session expiry 3 s
+    encode_str("silent", &mut body);
+    body.extend_from_slice(&[5, 0x18, 0, 0, 0, 1]); // will delay 1 s
+    encode_str("will/silent", &mut body);
+    encode_str("gone", &mut body);
+    let mut raw = RawClient::connect(broker.addr).await;
+    raw.send(&packet(0x10, &body)).await;
+    assert_eq!(packet_type(&raw.read_packet().await.unwrap()), 2);
+    // No packet from the client: the broker closes it (keep alive timeout).
+    raw.expect_closed().await;
+    let closed = std::time::Instant::now();
+    let p = watcher.next_publish().await;
+    assert_eq!(&p.topic[..], b"will/silent");
+    assert!(
+        closed.elapsed() >= Duration::from_millis(900),
+        "the will came {:?} after the close, before its 1 s delay",
+        closed.elapsed()
+    );
+    // Past the session's expiry (3 s after the close): it is gone.
+    watcher.expect_no_publish(Duration::from_millis(2600)).await;
+    let (_c, ack) = V5Client::connect(opts_with_expiry(broker.addr, "silent", false, 60)).await;
+    assert!(
+        !ack.session_present,
+        "the session expired 3 s after its connection closed"
+    );
+}
+
 #[tokio::test]
 async fn disconnect_with_will_message_publishes_the_will() {
     let broker = Broker::start("").await;
