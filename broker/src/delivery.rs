@@ -64,6 +64,9 @@ pub enum SessionCmd {
     /// now: a session without one hands what its groups gave it, and the
     /// client has not acknowledged, to connected members.
     HandOverShared,
+    /// The keep-alive check asked for at this second (`keepalive.rs`):
+    /// the connection is closed if it has been silent too long.
+    KeepaliveCheck(u32),
     /// The broker is shutting down (sent to every registered session; a
     /// session also checks `Shared::is_shutting_down` on every turn, so one
     /// that registers after the message went out stops too).

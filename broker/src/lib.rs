@@ -36,6 +36,7 @@ pub mod delivery;
 pub mod enhanced_auth;
 pub mod handle;
 pub mod http;
+pub mod keepalive;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;

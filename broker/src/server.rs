@@ -85,6 +85,7 @@ impl Server {
             ownership: std::sync::OnceLock::new(),
             connected: AtomicI64::new(0),
             next_uid: AtomicU64::new(1),
+            keepalive: crate::keepalive::KeepaliveChecks::spawn(shutdown_rx.clone()),
             shutdown: shutdown_rx,
             shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),

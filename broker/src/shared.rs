@@ -124,6 +124,8 @@ pub struct Shared {
     pub(crate) connected: AtomicI64,
     pub(crate) next_uid: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Keep-alive checks of every connection (one task, not a timer each).
+    pub(crate) keepalive: crate::keepalive::KeepaliveChecks,
     /// Set when shutdown begins; sessions look at it on every turn.
     pub(crate) shutting_down: AtomicBool,
     /// Set by a drain (management API): new connections are refused with

@@ -29,6 +29,9 @@ pub(super) struct Conn {
     /// session's timer is re-armed only when it fires early (a timer
     /// re-registered on every packet costs the timer wheel's lock each time).
     pub(super) last_seen: Instant,
+    /// The second of the keep-alive check asked for last (`keepalive.rs`);
+    /// a check naming another is stale.
+    pub(super) keepalive_check: u32,
     /// How many QoS>0 messages may be unacknowledged towards the client.
     pub(super) send_window: u16,
     /// Our Receive Maximum when exceeding it disconnects the client (MQTT 5

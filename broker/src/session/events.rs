@@ -29,8 +29,6 @@ pub(super) enum Event {
     /// The writer's own buffer was flushed.
     Flushed(std::io::Result<()>),
     Published(PublishDone),
-    /// The keep-alive timer fired: a timeout, or re-armed if packets came since.
-    KeepaliveDue,
     /// `bytes_in` has refilled: reading the connection resumes.
     ReadResume,
     Expired,
@@ -69,7 +67,7 @@ impl Deadline {
 }
 
 /// Sources polled while connected, in the order of the first turn.
-const CONNECTED_SOURCES: u8 = 7;
+const CONNECTED_SOURCES: u8 = 6;
 
 impl Session {
     /// The next event. Not an `async fn`: the future it returns is part of
@@ -80,8 +78,8 @@ impl Session {
         // rest entered and left a shared waiter list every turn.
         let shutting_down = self.shared.is_shutting_down();
         if self.conn.is_none() {
-            // Connected, the timer is the keep-alive's, armed at attach and
-            // when it fires.
+            // Connected, there is no timer (`keepalive.rs` checks the
+            // connection).
             let will_at = self.delayed_will.as_ref().map(|w| w.1);
             let due = match (will_at, self.expires_at) {
                 (Some(w), Some(e)) => Some(w.min(e)),
@@ -143,8 +141,7 @@ impl Session {
                     let mut read = pin!(c.stream.read_buf(&mut c.inbuf));
                     read.as_mut().poll(cx).map(Event::Read)
                 }
-                5 => self.deadline.poll(cx).map(|()| Event::KeepaliveDue),
-                6 => match c.bytes_in.as_mut().filter(|_| throttled) {
+                5 => match c.bytes_in.as_mut().filter(|_| throttled) {
                     Some(t) => t.poll_wait(cx).map(|()| Event::ReadResume),
                     None => Poll::Pending,
                 },

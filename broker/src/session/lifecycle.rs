@@ -155,6 +155,9 @@ impl Session {
                 keepalive: attach.conn.keepalive,
             },
             last_seen: Instant::now(),
+            keepalive_check: keepalive_window(keepalive_secs).map_or(0, |k| {
+                self.shared.keepalive.arm(Instant::now() + k, self.inbox.sender())
+            }),
             send_window: send_window.max(1),
             receive_maximum,
             read_limit,
@@ -179,8 +182,10 @@ impl Session {
                 .clone()
                 .map(|method| Box::new(super::reauth::ConnAuth::new(method))),
         });
-        self.deadline
-            .arm(keepalive_window(self.client.keepalive).map(|k| Instant::now() + k));
+        // Connected, no timer of its own: the keep-alive check is asked of
+        // the broker's one task (an expiry or a delayed will only runs while
+        // no connection is attached).
+        self.deadline.arm(None);
         self.shared.connected_add(1);
         self.inbox.set_attached(true);
 

@@ -379,6 +379,11 @@ impl Session {
                                 self.redispatch_shared(false);
                             }
                         }
+                        SessionCmd::KeepaliveCheck(second) => {
+                            if let Some(exit) = self.keepalive_check(second) {
+                                return Box::pin(self.connection_lost(exit, Some(0x8D))).await;
+                            }
+                        }
                         SessionCmd::Shutdown => return Some(Exit::Shutdown),
                         SessionCmd::Moved(done) => return Some(Exit::Moved(done)),
                     }
@@ -440,25 +445,6 @@ impl Session {
                     }
                 }
             }
-            Event::KeepaliveDue => {
-                let now = Instant::now();
-                if let (Some(c), Some(k)) = (self.conn.as_mut(), keepalive_window(self.client.keepalive)) {
-                    // Not reading (over `bytes_in`) is no sign of a dead client.
-                    if c.bytes_in.as_ref().is_some_and(|t| t.paused()) {
-                        self.deadline.arm(Some(now + k));
-                        return None;
-                    }
-                    if c.last_seen + k > now {
-                        self.deadline.arm(Some(c.last_seen + k));
-                        c.release_idle_buffers();
-                        return None;
-                    }
-                }
-                return Box::pin(
-                    self.connection_lost(hooks_spec::DisconnectReason::KeepaliveTimeout, Some(0x8D)),
-                )
-                .await;
-            }
             Event::Expired => return Some(Exit::Terminated(hooks_spec::DisconnectReason::Expired)),
             Event::WillDue => self.publish_delayed_will(),
             Event::ReadResume => {
@@ -468,6 +454,39 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Asks for the next keep-alive check of the connection, for 1.5 times
+    /// the keep alive after `from` (none with keep alive 0).
+    fn arm_keepalive(&mut self, from: Instant) {
+        let Some(k) = keepalive_window(self.client.keepalive) else {
+            return;
+        };
+        let session = self.inbox.sender();
+        if let Some(c) = self.conn.as_mut() {
+            c.keepalive_check = self.shared.keepalive.arm(from + k, session);
+        }
+    }
+
+    /// The keep-alive check named `second` came: the reason to close the
+    /// connection when the client has been silent too long; otherwise the
+    /// next check is asked for (a stale check, or none connected: nothing).
+    fn keepalive_check(&mut self, second: u32) -> Option<hooks_spec::DisconnectReason> {
+        let k = keepalive_window(self.client.keepalive)?;
+        let c = self.conn.as_mut().filter(|c| c.keepalive_check == second)?;
+        let now = Instant::now();
+        // Not reading (over `bytes_in`) is no sign of a dead client.
+        if c.bytes_in.as_ref().is_some_and(|t| t.paused()) {
+            self.arm_keepalive(now);
+            return None;
+        }
+        if c.last_seen + k > now {
+            c.release_idle_buffers();
+            let last_seen = c.last_seen;
+            self.arm_keepalive(last_seen);
+            return None;
+        }
+        Some(hooks_spec::DisconnectReason::KeepaliveTimeout)
     }
 
     /// Writes everything buffered, bounded in time; used before closing.
