@@ -52,6 +52,15 @@
 //!   position ([`crate::Engine::group_take_over`]): what the dead node's
 //!   members held unacknowledged, and what was stored while no node
 //!   replayed, is not stranded.
+//! - When another node is down (`node.down`: SIGKILLed, say), the node
+//!   whose run replays hands its members again, from the store, the group's
+//!   messages above the position that no node recorded as acknowledged and
+//!   none of its own members holds ([`node_down`]): those the dead node's
+//!   members held unacknowledged, and those forwarded to it before it was
+//!   declared down. At least once: a message the dead node delivered and
+//!   whose acknowledgement it had not recorded comes twice.
+
+mod node_down;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -149,6 +158,18 @@ impl Members {
     pub fn take_live_only(&self, key: &TrackKey) -> bool {
         let mut map = self.lock();
         map.by_group.contains_key(key) && map.live_only.remove(key)
+    }
+
+    /// The groups whose run here replays (it has members, and its backlog is
+    /// not another node's), each with a member: the one the backlog goes to
+    /// if set, else any.
+    pub fn replaying(&self) -> Vec<(TrackKey, String)> {
+        let map = self.lock();
+        map.by_group
+            .iter()
+            .filter(|(key, _)| !map.live_only.contains(*key))
+            .filter_map(|(key, members)| Some((key.clone(), members.first()?.clone())))
+            .collect()
     }
 
     /// The groups `clientid` is a member of.

@@ -336,6 +336,22 @@ fn bookkeeping(engine: &Arc<Engine>, hooks: &Hooks) {
             })
         },
     );
+    if engine.fetcher.is_some() {
+        // Shared groups' messages lost with a node are delivered again here
+        // (read in a task: the callback's time limit does not bound it).
+        let e = Arc::downgrade(engine);
+        plain(
+            &hooks.node_down,
+            0,
+            |_, _| true,
+            move |args, ()| {
+                if let Some(e) = e.upgrade() {
+                    tokio::spawn(async move { e.group_node_down(&args.node).await });
+                }
+                ready(Flow::Continue(()))
+            },
+        );
+    }
 }
 
 /// What a `message.publish` rule has to do with one message.

@@ -66,6 +66,7 @@ hook_points! {
     MessageAcked => "message.acked", Notification;
     MessageDropped => "message.dropped", Notification;
     SessionBacklogExceeded => "session.backlog_exceeded", Notification;
+    NodeDown => "node.down", Notification;
 }
 
 /// A string that names no hook point.
@@ -97,7 +98,7 @@ mod tests {
 
     #[test]
     fn every_name_round_trips() {
-        assert_eq!(HookPoint::ALL.len(), 21);
+        assert_eq!(HookPoint::ALL.len(), 22);
         for p in HookPoint::ALL {
             assert_eq!(p.as_str().parse::<HookPoint>(), Ok(*p));
             assert_eq!(p.to_string(), p.as_str());

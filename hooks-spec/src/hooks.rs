@@ -162,6 +162,14 @@ pub struct BacklogArgs {
     pub node: String,
 }
 
+/// `node.down` arguments: another node of the cluster was declared down
+/// (its heartbeat stopped for the node timeout, or it left).
+#[derive(Debug, Clone)]
+pub struct NodeDownArgs {
+    /// The name of the node that is down.
+    pub node: String,
+}
+
 /// All hook chains of a broker. Plugins register on the fields.
 pub struct Hooks {
     /// `client.connect`: fold over CONNECT properties, before authentication.
@@ -209,6 +217,9 @@ pub struct Hooks {
     /// `session.backlog_exceeded`: run by a storage plugin, once, when a
     /// subscription's backlog passes its limit.
     pub session_backlog_exceeded: Chain<BacklogArgs, ()>,
+    /// `node.down`: another node of the cluster is down (this node forgot
+    /// its routes and its link).
+    pub node_down: Chain<NodeDownArgs, ()>,
     /// MQTT 5 enhanced authentication methods plugins add (not a chain: one
     /// method answers each exchange; see [`crate::auth_method`]).
     pub auth_methods: crate::AuthMethods,
@@ -248,6 +259,7 @@ impl Hooks {
             message_acked: Chain::new(HookPoint::MessageAcked, t),
             message_dropped: Chain::new(HookPoint::MessageDropped, t),
             session_backlog_exceeded: Chain::new(HookPoint::SessionBacklogExceeded, t),
+            node_down: Chain::new(HookPoint::NodeDown, t),
             auth_methods: crate::AuthMethods::default(),
         }
     }
@@ -275,6 +287,7 @@ impl Hooks {
             + self.message_acked.remove_owner(owner)
             + self.message_dropped.remove_owner(owner)
             + self.session_backlog_exceeded.remove_owner(owner)
+            + self.node_down.remove_owner(owner)
             + self.auth_methods.remove_owner(owner)
     }
 
@@ -317,6 +330,7 @@ impl Hooks {
             HookPoint::SessionBacklogExceeded,
             self.session_backlog_exceeded.call_stats(),
         );
+        add(HookPoint::NodeDown, self.node_down.call_stats());
         out
     }
 
@@ -343,5 +357,6 @@ impl Hooks {
             + self.message_acked.failures()
             + self.message_dropped.failures()
             + self.session_backlog_exceeded.failures()
+            + self.node_down.failures()
     }
 }

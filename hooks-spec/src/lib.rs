@@ -57,6 +57,7 @@
 //! | `client.disconnected` | notification | [`DisconnectedArgs`] | | the connection closed (any reason), before the will message is published |
 //! | `session.backlog_exceeded` | notification | [`BacklogArgs`] | | run by a storage plugin (backend_pgsql with `backlog_limit`), not the broker: a subscription's stored, unacknowledged messages passed the limit. Once per crossing: it fires again only after the backlog fell back to the limit |
 //! | `session.terminated` | notification | [`TerminatedArgs`] | | the session ended: at disconnect for a session with expiry 0 (reason: why the connection closed), at expiry (`expired`), discarded by a clean start (`discarded`, right after `session.discarded`), or taken over by another node of the cluster (`moved`: the session continues there; the callbacks run before that node restores it) |
+//! | `node.down` | notification | [`NodeDownArgs`] | | in a cluster, another node was declared down (no heartbeat for `cluster.node_timeout`) or left: this node has forgotten its routes and closed its link, so messages forwarded to it meanwhile were lost with it. Run once per node going down, as this node sees it (each node runs it); off the heartbeat task, so a slow callback does not delay heartbeats |
 //!
 //! Callbacks in one chain run one after another; the broker awaits the whole
 //! chain before it takes the step the hook precedes. Chains with no callbacks

@@ -113,8 +113,11 @@ impl Tracks {
             return None;
         }
         let ids: Vec<i64> = t.missed.iter().copied().take(n.max(1)).collect();
+        // Out from now (the read may take a while): what is being handed is
+        // never recorded as missed again meanwhile ([`Tracks::recover`]).
         for id in &ids {
             t.missed.remove(id);
+            t.missed_out.insert(*id);
         }
         t.missed_reading = true;
         Some((ids, t.qos))
@@ -123,17 +126,21 @@ impl Tracks {
     /// The missed messages `ids` were read: `handed` are now with a member
     /// (they wait for acknowledgements); the others had expired or were
     /// deleted (nothing to deliver). When the read or the hand-over
-    /// `failed`, they all go back to be tried again.
+    /// `failed`, they all go back to be tried again. (`handed` is in id
+    /// order, as read.)
     pub fn missed_handed(&self, key: &TrackKey, ids: &[i64], handed: &[i64], failed: bool) {
         let mut map = self.lock();
         let Some(t) = map.get_mut(key) else { return };
         t.missed_reading = false;
-        if failed {
-            t.missed.extend(ids.iter().copied().filter(|id| *id > t.position));
-            return;
+        for id in ids {
+            // Acknowledged meanwhile, it left `missed_out` already.
+            if t.missed_out.contains(id) && (failed || handed.binary_search(id).is_err()) {
+                t.missed_out.remove(id);
+                if failed && *id > t.position {
+                    t.missed.insert(*id);
+                }
+            }
         }
-        t.missed_out
-            .extend(handed.iter().copied().filter(|id| !t.acked.contains(id)));
     }
 
     /// A shared group lost its last member here: as [`Tracks::forget_client`]
@@ -151,5 +158,55 @@ impl Tracks {
         if t.acked.is_empty() && !t.queued {
             map.remove(key);
         }
+    }
+
+    /// Where to look for a shared group's messages lost with another node
+    /// ([`Tracks::recover`]), if its run here replays: (position, the ids
+    /// still to be paged, as an exclusive-inclusive range, the fetch
+    /// options). `None` when the run has no bound yet (its replay, when it
+    /// starts, reads everything above the position anyway).
+    pub fn lost_scope(&self, key: &TrackKey) -> Option<(i64, (i64, i64), super::FetchOpts)> {
+        let map = self.lock();
+        let t = map.get(key).filter(|t| t.active && !t.unregistered)?;
+        let bound = t.run_bound?;
+        // Paging: ids in (read_to, bound] come with the next pages.
+        let unread = if t.paging.active() && t.paging.read_to < bound {
+            (t.paging.read_to, bound)
+        } else {
+            (0, 0)
+        };
+        Some((t.position, unread, t.opts))
+    }
+
+    /// Another node went down: of `ids` (the group's stored messages above
+    /// its position that no node recorded as acknowledged), those this
+    /// node's members do not hold and its replay does not still bring are
+    /// delivered again ([`Tracks::take_missed`]). Returns how many.
+    pub fn recover(&self, key: &TrackKey, ids: &[i64], unread: (i64, i64)) -> usize {
+        let mut map = self.lock();
+        let Some(t) = map.get_mut(key).filter(|t| t.active) else {
+            return 0;
+        };
+        let in_pages = |id: i64| {
+            t.paging
+                .out
+                .iter()
+                .any(|p| p.ids.binary_search_by_key(&id, |e| e.0).is_ok())
+        };
+        let lost: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let held = t.acked.contains(&id)
+                    || t.delivered.contains(&id)
+                    || t.missed.contains(&id)
+                    || t.missed_out.contains(&id)
+                    || in_pages(id);
+                let to_page = id > unread.0 && id <= unread.1;
+                id > t.position && !to_page && !held
+            })
+            .collect();
+        t.missed.extend(lost.iter().copied());
+        lost.len()
     }
 }

@@ -2,9 +2,9 @@
 //! its cluster listener) and says it is alive every `cluster.heartbeat`.
 //! Each beat also reads the others: a node seen for the first time gets a
 //! link and its routes are read; a node silent for `cluster.node_timeout` is
-//! declared down: its link ends, the router forgets its routes, and its rows
-//! (routes, client ownership, membership) are deleted, by whichever node
-//! sees it first (the deletes are idempotent).
+//! declared down: its link ends, the router forgets its routes, plugins hear
+//! of it (`node.down`), and its rows (routes, client ownership, membership)
+//! are deleted, by whichever node sees it first (the deletes are idempotent).
 //!
 //! A node judges others only after its own beats have succeeded for a whole
 //! `node_timeout`: after a database outage every heartbeat is old, and the
@@ -139,7 +139,24 @@ async fn reconcile(c: &Cluster, peers: &mut HashMap<NodeName, Peer>, others: Oth
         peers.remove(&node);
         c.links.disconnect(&node);
         c.shared.router.forget_node(&node);
+        node_down(c, &node);
     }
+}
+
+/// Runs `node.down` for `node` (its routes are forgotten, so nothing is
+/// forwarded to it any more): plugins may deliver again what was lost with
+/// it. In a task of its own, so a slow callback does not delay the beats.
+fn node_down(c: &Cluster, node: &NodeName) {
+    if c.shared.hooks.node_down.is_empty() {
+        return;
+    }
+    let hooks = Arc::clone(&c.shared.hooks);
+    let args = Arc::new(hooks_spec::NodeDownArgs {
+        node: node.to_string(),
+    });
+    tokio::spawn(async move {
+        hooks.node_down.run(args).await;
+    });
 }
 
 /// Deletes a silent node's rows and tells the others to forget its routes.
