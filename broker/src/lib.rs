@@ -12,6 +12,8 @@
 //! - [`router::Router`]: the subscription tries and fan-out;
 //!   [`retain::RetainStore`]: retained messages;
 //!   [`registry::Registry`]: client id to session task.
+//! - [`keepalive::KeepaliveChecks`]: one task checks every connection's
+//!   keep-alive (no timer per connection).
 //!
 //! ## Data flow of a PUBLISH
 //! socket → session task (decode in [`codec`], topic alias, ACL,

@@ -36,11 +36,10 @@ pub(super) enum Event {
     Shutdown,
 }
 
-/// The session's one timer: while a connection is attached, its keep-alive
-/// check; while none is, the session's expiry and a delayed will. It is
-/// made when there is one of these and dropped when there is none: a
-/// session without a connection, a will or an expiry keeps none, and a
-/// connected one keeps one (not a keep-alive timer beside an expiry timer).
+/// The session's timer for its expiry and a delayed will, which run only
+/// while no connection is attached. It is made when there is one of these
+/// and dropped when there is none: a connected session keeps none (its
+/// keep-alive is checked by `crate::keepalive`'s one task).
 #[derive(Default)]
 pub(super) struct Deadline(Option<Pin<Box<Sleep>>>);
 

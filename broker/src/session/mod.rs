@@ -194,8 +194,8 @@ pub(crate) struct Session {
     expires_at: Option<Instant>,
     /// A will waiting for its delay.
     delayed_will: Option<Box<(Will, Instant)>>,
-    /// The timer for the keep-alive check while connected, for
-    /// `expires_at` and the delayed will while not.
+    /// The timer for `expires_at` and the delayed will, while no
+    /// connection is attached.
     deadline: events::Deadline,
     /// Which source the next wait looks at first (fairness between them).
     turn: u8,
