@@ -814,6 +814,107 @@ async fn a_shared_groups_position_moves_with_members_on_two_nodes() {
     }
 }
 
+/// The order of acknowledgements that left a node's own idea of the group's
+/// position behind the recorded one: node Y's member acknowledges its
+/// messages but the last, node X's member then acknowledges its own (the
+/// position moves to just below the last), then Y's member acknowledges the
+/// last. The position passes it: Y reads from the recorded position, not
+/// from its own, where X's messages, which X moved the position over, would
+/// look unacknowledged (it stayed one below, with the last in acked_above).
+#[tokio::test]
+async fn a_shared_groups_position_passes_the_last_ack_of_a_node_that_fell_behind() {
+    let db = TestDb::create().await;
+    let cluster = nodes_with_store(&db, 2).await;
+    let pg = db.client().await;
+    let member = |i: usize, id: &'static str| {
+        let mut o = v4_options(cluster[i].addr, id, true);
+        o.set_manual_acks(true);
+        o
+    };
+    let (mut a, _) = V4Client::connect(member(0, "ord-a")).await;
+    a.subscribe("$share/g/ord/jobs/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = V4Client::connect(member(1, "ord-b")).await;
+    b.subscribe("$share/g/ord/jobs/#", QoS::AtLeastOnce).await;
+    let (mut watch, _) = V4Client::connect(v4_options(cluster[1].addr, "ord-watch", true)).await;
+    watch.subscribe("ord/probe", QoS::AtMostOnce).await;
+    // Node 0 knows node 1's member once node 1's later subscription routes.
+    until_routed(&cluster[0], &mut watch, "ord/probe").await;
+
+    let payloads: Vec<String> = (0..4).map(|i| format!("job{i}")).collect();
+    publish_all(cluster[0].addr, "ord-boss", "ord/jobs", &payloads).await;
+    let mut got: [Vec<rumqttc::Publish>; 2] = [Vec::new(), Vec::new()];
+    let deadline = Instant::now() + TIMEOUT;
+    while got[0].len() + got[1].len() < payloads.len() {
+        assert!(Instant::now() < deadline, "only {got:?} arrived");
+        for (i, c) in [&mut a, &mut b].into_iter().enumerate() {
+            if let Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+                c.poll_once(Duration::from_millis(20)).await
+            {
+                got[i].push(p);
+            }
+        }
+    }
+    let id_of = |p: &rumqttc::Publish| {
+        format!(
+            "(select id from mqtt_msg where topic = 'ord/jobs' and payload = convert_to({}, 'UTF8'))",
+            sql_literal(&text(p))
+        )
+    };
+    // Recorded: `mid` passed it (`passed`), or it is in acked_above.
+    let recorded = |p: &rumqttc::Publish, passed: bool| {
+        let above = if passed { "" } else { " or {id} = any(acked_above)" };
+        format!(
+            "select count(*) from mqtt_acked where clientid = '$share/g' and topic = '$share/g/ord/jobs/#'
+             and (mid >= {{id}}{above})"
+        )
+        .replace("{id}", &id_of(p))
+    };
+    // Y holds the last message; X, some before it.
+    let y = usize::from(got[1].iter().any(|p| text(p) == "job3"));
+    let x = 1 - y;
+    assert!(!got[x].is_empty(), "in turn: {got:?}");
+    let last = got[y]
+        .pop()
+        .filter(|p| text(p) == "job3")
+        .expect("job3 arrives last");
+    let mut clients = [a, b];
+    // Y's but the last (above X's: in acked_above), then X's (the position
+    // passes them: only the last is left), then the last.
+    let steps = [
+        (y, got[y].clone(), false),
+        (x, got[x].clone(), true),
+        (y, vec![last], true),
+    ];
+    for (who, ps, passed) in steps {
+        for p in &ps {
+            clients[who].client.ack(p).await.expect("ack queued");
+        }
+        for p in &ps {
+            let deadline = Instant::now() + TIMEOUT;
+            while query_opt_i64(&pg, &recorded(p, passed)).await != Some(1) {
+                if Instant::now() >= deadline {
+                    let row = pg
+                        .query_one(
+                            "select mid::int8, acked_above::text from mqtt_acked where clientid = '$share/g'",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    let row: (i64, Option<String>) = (row.get(0), row.get(1));
+                    panic!(
+                        "{} not recorded (passed: {passed}): (mid, acked_above) {row:?}",
+                        text(p)
+                    );
+                }
+                // Both event loops turn: the acknowledgements go out from them.
+                for c in clients.iter_mut() {
+                    let _ = c.poll_once(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
 /// A durable shared group with a member on one node holding messages
 /// unacknowledged: a member that joins on another node is not replayed
 /// them (they are the first member's), and gets them, once, when the first

@@ -173,26 +173,12 @@ impl Flusher {
 
 impl Flusher {
     /// Applies a round's recorded positions (and the page reads they make
-    /// due); shared groups that other nodes' members acknowledge are queued
-    /// again after [`RECHECK`].
+    /// due).
     fn apply(&self, round: &[(TrackKey, Candidate)], advanced: Vec<Advanced>) {
-        let mut again = Vec::new();
         for ((key, _), a) in round.iter().zip(advanced) {
             if let Some(due) = self.tracks.advanced(key, a.mid, a.gap) {
                 let _ = self.pages.send(due);
             }
-            if a.others {
-                again.push(key.clone());
-            }
-        }
-        if !again.is_empty() {
-            let retry = self.retry.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(RECHECK).await;
-                for key in again {
-                    let _ = retry.send(key);
-                }
-            });
         }
     }
 
@@ -268,15 +254,60 @@ impl Flusher {
 /// acknowledged decides the new position; the update never moves it back.
 /// With `expiry`, an expired row is no gap: it is never replayed, so it
 /// would never be acknowledged and the position would stop there for good.
+///
+/// The reads and the update are one transaction, which first locks the rows
+/// of the round's shared groups (in key order, so two nodes' rounds cannot
+/// deadlock): a node's write for a group then waits for another node's,
+/// and reads what it recorded. Without it both read before either wrote,
+/// each saw the other's acknowledgements as gaps, and the position stopped
+/// below what was acknowledged (19 with `acked_above` `{20}`) until a
+/// further acknowledgement came, if any.
 async fn advance(
     pool: &NamedPool,
     schema: &SchemaCell,
     round: &[(TrackKey, Candidate)],
 ) -> Result<Vec<Advanced>, PgsqlError> {
     let info = schema.ready(&pool.name)?;
-    let expiry = info.message_properties;
     let conn = pool.get().await?;
     let client: &tokio_postgres::Client = &conn;
+    let result = advance_in(client, info, round).await;
+    if result.is_err() {
+        // The pool hands the connection out again as it is: no transaction
+        // may stay open on it. (Already closed when COMMIT itself failed.)
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// [`advance`] on one connection, in one transaction it opens and commits.
+async fn advance_in(
+    client: &tokio_postgres::Client,
+    info: crate::schema::SchemaInfo,
+    round: &[(TrackKey, Candidate)],
+) -> Result<Vec<Advanced>, PgsqlError> {
+    let expiry = info.message_properties;
+    let (lock_clients, lock_filters): (Vec<&str>, Vec<&str>) = round
+        .iter()
+        .filter(|((_, filter), _)| info.acked_above && crate::groups::is_group(filter))
+        .map(|((clientid, filter), _)| (clientid.as_str(), filter.as_str()))
+        .unzip();
+    let lock = async {
+        if lock_clients.is_empty() {
+            return Ok(());
+        }
+        client
+            .query_typed(
+                "SELECT 1 FROM mqtt_acked
+                 WHERE (clientid, topic) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                 ORDER BY clientid, topic FOR UPDATE",
+                &[
+                    (&lock_clients, Type::TEXT_ARRAY),
+                    (&lock_filters, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+            .map(drop)
+    };
     let reads: Vec<(String, String, usize)> = round
         .iter()
         .map(|((_, filter), _)| {
@@ -296,12 +327,18 @@ async fn advance(
             // each recording what its members acknowledged: what the others
             // recorded (the row's acked_above) is no gap either, and the read
             // goes up to the highest of it. Each id says whether it is there.
+            // It starts at the recorded position when that is ahead of this
+            // node's: the ids another node moved it over are in neither
+            // acked_above nor this node's acknowledgements, and would be a gap
+            // below the position that strands what this node records above it.
             let sql = if info.acked_above && crate::groups::is_group(filter) {
                 format!(
                     "SELECT id::int8, id = ANY(o.ids) FROM mqtt_msg,
                          (SELECT COALESCE((SELECT acked_above FROM mqtt_acked
-                                           WHERE clientid = $6::text AND topic = $7::text), '{{}}'::int8[]) AS ids) o
-                     WHERE id > $1 AND id <= GREATEST($2, (SELECT max(x) FROM unnest(o.ids) x))
+                                           WHERE clientid = $6::text AND topic = $7::text), '{{}}'::int8[]) AS ids,
+                                 COALESCE((SELECT mid FROM mqtt_acked
+                                           WHERE clientid = $6::text AND topic = $7::text), 0)::int8 AS mid) o
+                     WHERE id > GREATEST($1, o.mid) AND id <= GREATEST($2, (SELECT max(x) FROM unnest(o.ids) x))
                        AND topic {op} $3
                        AND ($4::float8 IS NULL OR arrived >= now() - make_interval(secs => $4))
                        AND NOT ($5::bool AND sender IS NOT DISTINCT FROM $6::text)
@@ -340,14 +377,20 @@ async fn advance(
         });
     // Read in id order through an index whatever the statistics say (see
     // fetch::ORDERED_SCAN). Requests go out in the order they are first
-    // polled, so BEGIN, the reads and COMMIT are one pipelined round trip.
-    let (begun, read, committed) = tokio::join!(
+    // polled, so BEGIN, the lock and the reads are one pipelined round trip
+    // (each read, a statement of its own, sees what was committed before
+    // the lock was granted).
+    let (begun, locked, read) = tokio::join!(
         client.batch_execute(crate::fetch::ORDERED_SCAN),
+        lock,
         futures_util::future::join_all(queries),
-        client.batch_execute("COMMIT"),
     );
     let what = || format!("find unacknowledged messages of {} subscriptions", round.len());
     begun.map_err(|e| PgsqlError::query(what())(e))?;
+    locked.map_err(PgsqlError::query(format!(
+        "lock the positions of {} shared groups",
+        lock_clients.len()
+    )))?;
     let mut computed = Vec::with_capacity(round.len());
     for ((_, c), rows) in round.iter().zip(read) {
         let rows = rows.map_err(|e| PgsqlError::query(what())(e))?;
@@ -369,7 +412,6 @@ async fn advance(
             .unwrap_or(c.high);
         computed.push((gap.map_or(c.high.max(last), |g| g - 1), gap));
     }
-    committed.map_err(|e| PgsqlError::query(what())(e))?;
     let clientids: Vec<&str> = round.iter().map(|((clientid, _), _)| clientid.as_str()).collect();
     let filters: Vec<&str> = round.iter().map(|((_, filter), _)| filter.as_str()).collect();
     let mids: Vec<i64> = computed.iter().map(|(position, _)| *position).collect();
@@ -390,55 +432,47 @@ async fn advance(
                                WHERE x > GREATEST(a.mid, u.mid))
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
          WHERE a.clientid = u.clientid AND a.topic = u.topic
-         RETURNING a.clientid::text, a.topic::text, a.mid::int8,
-                   COALESCE(cardinality(a.acked_above), 0)::int8"
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
     } else {
         "UPDATE mqtt_acked AS a SET mid = GREATEST(a.mid, u.mid)
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(clientid, topic, mid, above)
          WHERE a.clientid = u.clientid AND a.topic = u.topic
-         RETURNING a.clientid::text, a.topic::text, a.mid::int8, 0::int8"
+         RETURNING a.clientid::text, a.topic::text, a.mid::int8"
     };
-    let rows = client
-        .query_typed(
-            // UPDATE only: the row exists since the first subscription; an
-            // unsubscribe that deleted it meanwhile must not see it come back.
-            update,
-            &[
-                (&clientids, Type::TEXT_ARRAY),
-                (&filters, Type::TEXT_ARRAY),
-                (&mids, Type::INT8_ARRAY),
-                (&above, Type::TEXT_ARRAY),
-            ],
-        )
-        .await
-        .map_err(PgsqlError::query(format!(
-            "advance the positions of {} subscriptions",
-            round.len()
-        )))?;
+    // The update and COMMIT are one pipelined round trip (COMMIT ends the
+    // transaction, as a rollback, when the update failed).
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&clientids, Type::TEXT_ARRAY),
+        (&filters, Type::TEXT_ARRAY),
+        (&mids, Type::INT8_ARRAY),
+        (&above, Type::TEXT_ARRAY),
+    ];
+    // UPDATE only: the row exists since the first subscription; an
+    // unsubscribe that deleted it meanwhile must not see it come back.
+    let (updated, committed) = tokio::join!(
+        client.query_typed(update, &params),
+        client.batch_execute("COMMIT"),
+    );
+    let what = || format!("advance the positions of {} subscriptions", round.len());
+    let rows = updated.map_err(|e| PgsqlError::query(what())(e))?;
+    committed.map_err(|e| PgsqlError::query(what())(e))?;
     let mut recorded = HashMap::with_capacity(rows.len());
     for row in &rows {
         let clientid: &str = row.try_get(0).map_err(PgsqlError::query("mqtt_acked.clientid"))?;
         let filter: &str = row.try_get(1).map_err(PgsqlError::query("mqtt_acked.topic"))?;
         let mid: i64 = row.try_get(2).map_err(PgsqlError::query("mqtt_acked.mid"))?;
-        let above: i64 = row
-            .try_get(3)
-            .map_err(PgsqlError::query("mqtt_acked.acked_above"))?;
-        recorded.insert((clientid, filter), (mid, above));
+        recorded.insert((clientid, filter), mid);
     }
     // No row: unsubscribed meanwhile; the position stays in memory only.
     Ok(round
         .iter()
         .zip(computed)
-        .map(|(((clientid, filter), c), (position, gap))| {
-            let (mid, above) = recorded
+        .map(|(((clientid, filter), _), (position, gap))| {
+            let mid = recorded
                 .get(&(clientid.as_str(), filter.as_str()))
                 .copied()
-                .unwrap_or((position, 0));
-            // More recorded above the position than this node acknowledged:
-            // another node's members of the group acknowledge too.
-            let mine = c.acked.iter().filter(|id| **id > mid).count();
-            let others = crate::groups::is_group(filter) && usize::try_from(above).unwrap_or(0) > mine;
-            Advanced { mid, gap, others }
+                .unwrap_or(position);
+            Advanced { mid, gap }
         })
         .collect())
 }
@@ -449,16 +483,7 @@ struct Advanced {
     mid: i64,
     /// The first matching id not acknowledged, if any.
     gap: Option<i64>,
-    /// A shared group whose row holds acknowledgements of another node's
-    /// members above the position: read again shortly (see [`RECHECK`]).
-    others: bool,
 }
-
-/// How soon a shared group with members on several nodes is looked at again
-/// while acknowledgements above its position wait: two nodes writing at the
-/// same moment each miss what the other wrote, and no further
-/// acknowledgement may come to move it.
-const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `acked` (ascending) above `position` as a PostgreSQL array literal
 /// (`{12,13}`), or `None` when there is none.

@@ -128,9 +128,8 @@ async fn reconcile(c: &Cluster, peers: &mut HashMap<NodeName, Peer>, others: Oth
         }
         tracing::info!(%node, %address, "cluster: node up");
         c.links.connect(&node, &address);
-        if let Err(e) = super::routes::reload(c, Some(&node)).await {
-            tracing::warn!(%node, "cluster: cannot read the node's routes yet: {e}");
-        }
+        // Read by the task that applies route notifications, in order with them.
+        let _ = c.heard.send(super::routes::reload_request(&node));
         peers.insert(node, Peer { address });
     }
     let gone: Vec<NodeName> = peers.keys().filter(|n| !seen.contains(n)).cloned().collect();

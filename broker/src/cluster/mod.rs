@@ -46,6 +46,11 @@ pub struct Cluster {
     db: Arc<Db>,
     links: Arc<Links>,
     route_ops: mpsc::UnboundedSender<RouteOp>,
+    /// The queue of what the LISTEN connection heard: a node's routes read
+    /// again (a node seen up) go through it, so that a route notification
+    /// heard while the table is read is applied after that read, not
+    /// undone by it.
+    heard: mpsc::UnboundedSender<db::Heard>,
     owned: ownership::Owned,
 }
 
@@ -124,6 +129,7 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
     let (changes_tx, mut changes_rx) = mpsc::unbounded_channel();
     shared.router.watch_changes(changes_tx);
     let secret: Arc<str> = Arc::from(cfg.secret.as_str());
+    let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();
     let c = Arc::new(Cluster {
         shared: Arc::clone(&shared),
         cfg,
@@ -132,6 +138,7 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
         db: Arc::clone(&db),
         links,
         route_ops,
+        heard: heard_tx.clone(),
         owned: ownership::Owned::default(),
     });
     let _ = shared
@@ -169,7 +176,6 @@ pub async fn start(shared: Arc<Shared>, cfg: ClusterConfig) -> Result<ClusterTas
         }));
     }
     {
-        let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();
         db.listen(&[routes::CHANNEL, ownership::CHANNEL], heard_tx);
         let c = Arc::clone(&c);
         tasks.push(tokio::spawn(async move {

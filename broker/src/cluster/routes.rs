@@ -207,9 +207,20 @@ pub(super) async fn heard(c: &Cluster, h: Heard) {
     }
 }
 
+/// What makes [`heard`] read `node`'s routes again (sent to the queue of
+/// what the LISTEN connection hears: a notification heard while the table
+/// is read is applied after the read, so a route added meanwhile is not
+/// lost).
+pub(super) fn reload_request(node: &str) -> Heard {
+    Heard::Notification(CHANNEL.to_string(), payload('*', node, "", ""))
+}
+
 /// Reads the routes of `node` (or of every other node) from the table and
-/// puts them in the router in place of what it had.
-pub(super) async fn reload(c: &Cluster, node: Option<&NodeName>) -> Result<(), DbError> {
+/// puts them in the router in place of what it had. Only the task that
+/// applies route notifications calls it ([`heard`]): another caller's read
+/// could miss a route whose notification that task applied meanwhile, and
+/// then remove it.
+async fn reload(c: &Cluster, node: Option<&NodeName>) -> Result<(), DbError> {
     let client = c.db.client().await?;
     let me: &str = &c.me;
     let rows = match node {
