@@ -45,12 +45,18 @@ use crate::pool::NamedPool;
 use crate::positions::{FetchOpts, PageDue, TrackKey, Tracks};
 use crate::properties;
 use crate::schema::SchemaCell;
-use crate::topic_match::{condition, TopicCondition};
+use crate::topic_match::condition;
 
 /// Opens a transaction whose plans read `mqtt_msg` in id order through an
 /// index (`SET LOCAL`: it ends with the transaction, so it also holds behind
 /// PgBouncer's transaction pooling). See the module documentation.
 pub(crate) const ORDERED_SCAN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+
+/// A subscription's QoS as the tracks keep it (an `i32`, as stored); 1
+/// for anything that is not a QoS.
+pub(crate) fn stored_qos(qos: i32) -> QoS {
+    QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce)
+}
 
 /// Reads pages of stored messages and replays them into sessions.
 pub struct Fetcher {
@@ -369,10 +375,7 @@ impl Fetcher {
             return Ok(());
         };
         let (clientid, filter) = key;
-        let (op, value) = match condition(crate::groups::match_filter(filter)) {
-            TopicCondition::Exact(t) => ("=", t),
-            TopicCondition::Regex(r) => ("~", r),
-        };
+        let (op, value) = condition(crate::groups::match_filter(filter)).into_sql();
         let schema = self.schema.ready(&self.pool.name)?;
         let (columns, not_expired) = self.message_columns(&schema);
         let sql = format!(
@@ -438,7 +441,7 @@ impl Fetcher {
             (Some(a), Some(b)) => self.tracks.acked_within(key, a, b),
             _ => HashSet::new(),
         };
-        let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
+        let sub_qos = stored_qos(qos);
         let mut decoder = RowDecoder::new(sub_qos, schema.message_properties, self.arrival_property.clone());
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -540,7 +543,7 @@ impl Fetcher {
             .await
             .map_err(|e| PgsqlError::query(what())(e))?;
         drop(conn);
-        let sub_qos = QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(QoS::AtLeastOnce);
+        let sub_qos = stored_qos(qos);
         let mut decoder = RowDecoder::new(sub_qos, schema.message_properties, self.arrival_property.clone());
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut handed = Vec::with_capacity(rows.len());

@@ -14,7 +14,7 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::PgsqlError;
 use crate::properties;
 use crate::sql_template::{Placeholder, SqlValue};
-use crate::topic_match::{condition, TopicCondition};
+use crate::topic_match::condition;
 use crate::writer::StoreRequest;
 use crate::Engine;
 
@@ -317,10 +317,7 @@ impl Engine {
             .pools
             .get(pool)
             .ok_or_else(|| PgsqlError::Store(format!("no pool `{pool}`")))?;
-        let (op, value) = match condition(filter) {
-            TopicCondition::Exact(t) => ("=", t),
-            TopicCondition::Regex(r) => ("~", r),
-        };
+        let (op, value) = condition(filter).into_sql();
         let schema = state.schema.ready(pool)?;
         let payload = if schema.retain_payload_bytea {
             "payload"

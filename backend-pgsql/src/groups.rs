@@ -259,14 +259,15 @@ impl crate::Engine {
             // nothing stored for them, or the first member's subscription is
             // not started yet): the claim goes back for a node that can
             // replay, and is wanted again.
-            if let Some(claims) = self.claims.as_ref().filter(|_| self.members.set_live_only(&key)) {
-                claims.release(&key.1);
-                claims.want(&key);
+            if let Some(claims) = &self.claims {
+                if self.members.set_live_only(&key) {
+                    claims.release(&key.1);
+                    claims.want(&key);
+                }
             }
             return;
         };
-        let qos =
-            hooks_spec::QoS::from_u8(u8::try_from(qos).unwrap_or(1)).unwrap_or(hooks_spec::QoS::AtLeastOnce);
+        let qos = crate::fetch::stored_qos(qos);
         if let Err(e) = self.fetch_group(fetcher, key.clone(), qos, opts).await {
             tracing::debug!(group = %key.1, "shared group taken over: backlog not read yet (retrying): {e}");
         }

@@ -15,6 +15,16 @@ pub(crate) const SELECT_COLUMNS: &str = "EXTRACT(EPOCH FROM expires_at - now()):
 /// A row that has not expired (by the server's clock).
 pub(crate) const NOT_EXPIRED: &str = "(expires_at IS NULL OR expires_at > now())";
 
+/// `AND` [`NOT_EXPIRED`] for a store with message properties (it has
+/// `expires_at`); nothing for one without.
+pub(crate) fn and_not_expired(message_properties: bool) -> String {
+    if message_properties {
+        format!("AND {NOT_EXPIRED}")
+    } else {
+        String::new()
+    }
+}
+
 /// What a stored message still has to live, in seconds: its Message Expiry
 /// Interval less the time it has spent in the broker. `None`: it never expires.
 pub(crate) fn expiry_secs(m: &Message) -> Option<f64> {

@@ -14,6 +14,17 @@ pub enum TopicCondition {
     Regex(String),
 }
 
+impl TopicCondition {
+    /// The SQL operator and the value to bind with it (`topic = $n` or
+    /// `topic ~ $n`).
+    pub fn into_sql(self) -> (&'static str, String) {
+        match self {
+            TopicCondition::Exact(t) => ("=", t),
+            TopicCondition::Regex(r) => ("~", r),
+        }
+    }
+}
+
 /// The condition for a valid MQTT topic filter.
 pub fn condition(filter: &str) -> TopicCondition {
     if !filter.contains(['+', '#']) {

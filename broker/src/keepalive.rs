@@ -10,7 +10,9 @@
 //! compares it with the check it asked for last (an older one is stale: it
 //! asked again since) and with when its last packet came, then closes the
 //! connection or asks again. A check is never early and at most a second
-//! late (Mosquitto, too, looks once per pass of its loop).
+//! late (Mosquitto, too, looks once per pass of its loop). A request whose
+//! connection closed meanwhile stays until its second (keeping the inbox,
+//! 128 bytes, that long); the session ignores the check.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,8 +48,10 @@ impl KeepaliveChecks {
 
     /// The first whole second since the start at or after `at`.
     fn second_of(&self, at: Instant) -> u32 {
-        let millis = at.saturating_duration_since(self.start).as_millis();
-        u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX)
+        let since = at.saturating_duration_since(self.start);
+        // Rounded up on the whole duration: a part of a millisecond counts.
+        let second = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        u32::try_from(second).unwrap_or(u32::MAX)
     }
 }
 
@@ -58,15 +62,25 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut due: BTreeMap<u32, Vec<SessionTx>> = BTreeMap::new();
+    // One timer, moved only when the earliest second changes (not made
+    // again for every request).
+    let timer = tokio::time::sleep_until(start);
+    tokio::pin!(timer);
+    let mut armed_for = None;
     loop {
         let next = due.keys().next().copied();
-        let wake = start + Duration::from_secs(u64::from(next.unwrap_or(0)));
+        if let Some(second) = next.filter(|s| armed_for != Some(*s)) {
+            timer
+                .as_mut()
+                .reset(start + Duration::from_secs(u64::from(second)));
+            armed_for = Some(second);
+        }
         tokio::select! {
             request = requests.recv() => match request {
                 Some((second, session)) => due.entry(second).or_default().push(session),
                 None => return,
             },
-            () = tokio::time::sleep_until(wake), if next.is_some() => {
+            () = &mut timer, if next.is_some() => {
                 let now = Instant::now().saturating_duration_since(start).as_secs();
                 while let Some(entry) = due.first_entry() {
                     if u64::from(*entry.key()) > now {

@@ -24,7 +24,7 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::error::PgsqlError;
 use crate::fetch::Fetcher;
 use crate::positions::{FetchOpts, TrackKey};
-use crate::topic_match::{condition, TopicCondition};
+use crate::topic_match::condition;
 
 impl crate::Engine {
     /// `node.down`: another node is down (its routes are forgotten here).
@@ -71,15 +71,8 @@ async fn unacknowledged(
     opts: FetchOpts,
 ) -> Result<Vec<i64>, PgsqlError> {
     let schema = fetcher.schema.ready(&fetcher.pool.name)?;
-    let (op, value) = match condition(crate::groups::match_filter(&key.1)) {
-        TopicCondition::Exact(t) => ("=", t),
-        TopicCondition::Regex(r) => ("~", r),
-    };
-    let not_expired = if schema.message_properties {
-        format!("AND {}", crate::properties::NOT_EXPIRED)
-    } else {
-        String::new()
-    };
+    let (op, value) = condition(crate::groups::match_filter(&key.1)).into_sql();
+    let not_expired = crate::properties::and_not_expired(schema.message_properties);
     // The group's row: at most one (clientid, topic is unique).
     let not_acked = if schema.acked_above {
         "AND NOT id = ANY(COALESCE((SELECT acked_above FROM mqtt_acked

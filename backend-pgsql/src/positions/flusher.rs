@@ -11,7 +11,7 @@ use super::{Candidate, PageDue, TrackKey, Tracks};
 use crate::error::PgsqlError;
 use crate::pool::NamedPool;
 use crate::schema::SchemaCell;
-use crate::topic_match::{condition, TopicCondition};
+use crate::topic_match::condition;
 
 /// How long a failed position write or page read waits before it is tried again.
 pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -243,6 +243,12 @@ impl Flusher {
     }
 }
 
+/// A bound on a round's wait for the shared groups' rows. A node that
+/// vanished without closing its database connection (host lost) holds their
+/// locks until PostgreSQL notices: the round then fails, is rolled back and
+/// retried like any failed round, rather than stop every later one.
+const ROUND_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+
 /// Verifies and writes the positions of one round of subscriptions; returns
 /// each one's recorded position and first unacknowledged id, in `round`'s
 /// order. Two round trips whatever the number of subscriptions: one
@@ -274,6 +280,8 @@ async fn advance(
     if result.is_err() {
         // The pool hands the connection out again as it is: no transaction
         // may stay open on it. (Already closed when COMMIT itself failed.)
+        // A round dropped midway (only at shutdown, past the drain timeout)
+        // leaves it open, as the plugin stops.
         let _ = client.batch_execute("ROLLBACK").await;
     }
     result
@@ -311,18 +319,11 @@ async fn advance_in(
     let reads: Vec<(String, String, usize)> = round
         .iter()
         .map(|((_, filter), _)| {
-            let (op, value) = match condition(crate::groups::match_filter(filter)) {
-                TopicCondition::Exact(t) => ("=", t),
-                TopicCondition::Regex(r) => ("~", r),
-            };
+            let (op, value) = condition(crate::groups::match_filter(filter)).into_sql();
             // The matching ids in (from, high], in order; the first one not
             // acknowledged is the gap. (Compared here: a large acknowledged
             // set as an SQL array would be scanned once per row.)
-            let not_expired = if expiry {
-                format!("AND {}", crate::properties::NOT_EXPIRED)
-            } else {
-                String::new()
-            };
+            let not_expired = crate::properties::and_not_expired(expiry);
             // A shared group's members may be on several nodes of a cluster,
             // each recording what its members acknowledged: what the others
             // recorded (the row's acked_above) is no gap either, and the read
@@ -380,13 +381,15 @@ async fn advance_in(
     // polled, so BEGIN, the lock and the reads are one pipelined round trip
     // (each read, a statement of its own, sees what was committed before
     // the lock was granted).
-    let (begun, locked, read) = tokio::join!(
+    let (begun, bounded, locked, read) = tokio::join!(
         client.batch_execute(crate::fetch::ORDERED_SCAN),
+        client.batch_execute(ROUND_LOCK_TIMEOUT),
         lock,
         futures_util::future::join_all(queries),
     );
     let what = || format!("find unacknowledged messages of {} subscriptions", round.len());
     begun.map_err(|e| PgsqlError::query(what())(e))?;
+    bounded.map_err(PgsqlError::query(ROUND_LOCK_TIMEOUT))?;
     locked.map_err(PgsqlError::query(format!(
         "lock the positions of {} shared groups",
         lock_clients.len()

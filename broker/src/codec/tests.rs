@@ -445,10 +445,7 @@ fn every_split_point_is_incomplete() {
 
 #[test]
 fn a_borrowed_v4_publish_encodes_as_mqttbytes_does_and_decodes_back() {
-    let codec = Codec {
-        protocol: ProtocolVersion::V311,
-        max_packet_size: MAX as u32,
-    };
+    let codec = Codec::new(ProtocolVersion::V311, MAX);
     // Remaining lengths on both sides of the 1-, 2- and 3-byte varint limits.
     for payload_len in [0usize, 1, 100, 123, 124, 200, 16_370, 16_400, 70_000] {
         for (qos, dup, retain) in [
@@ -496,10 +493,7 @@ fn a_borrowed_v4_publish_encodes_as_mqttbytes_does_and_decodes_back() {
 
 #[test]
 fn a_borrowed_publish_that_breaks_the_rules_writes_nothing() {
-    let codec = Codec {
-        protocol: ProtocolVersion::V311,
-        max_packet_size: MAX as u32,
-    };
+    let codec = Codec::new(ProtocolVersion::V311, MAX);
     let ok = PublishRef {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -526,10 +520,7 @@ fn a_borrowed_publish_that_breaks_the_rules_writes_nothing() {
         assert!(codec.encode_publish_ref(&bad, &mut out).is_err(), "{bad:?}");
         assert_eq!(&out[..], b"kept");
     }
-    let v5 = Codec {
-        protocol: ProtocolVersion::V5,
-        max_packet_size: MAX as u32,
-    };
+    let v5 = Codec::new(ProtocolVersion::V5, MAX);
     assert!(
         v5.encode_publish_ref(&ok, &mut BytesMut::new()).is_err(),
         "5.0 carries properties"

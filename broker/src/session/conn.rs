@@ -25,9 +25,9 @@ pub(super) struct Conn {
     /// rather than kept (88 bytes and an allocation per connection).
     pub(super) as_sent: AsSent,
     /// When the last packet arrived. The keep-alive deadline (1.5 times the
-    /// keep alive in force after it) moves with every packet, but the
-    /// session's timer is re-armed only when it fires early (a timer
-    /// re-registered on every packet costs the timer wheel's lock each time).
+    /// keep alive in force after it) moves with every packet, but the check
+    /// is asked for again only when one comes (`keepalive.rs`), not on
+    /// every packet.
     pub(super) last_seen: Instant,
     /// The second of the keep-alive check asked for last (`keepalive.rs`);
     /// a check naming another is stale.

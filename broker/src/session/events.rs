@@ -1,7 +1,7 @@
 //! What the session task waits for between two turns of its loop.
 //!
 //! One hand-written poll looks at every source in turn (the socket both
-//! ways, the mailboxes, finished publishes, the timers) instead of a
+//! ways, the mailboxes, finished publishes, the timer) instead of a
 //! `select!` over futures: a select keeps each branch's future in the task
 //! between turns (some 330 bytes for nine branches), and the task of every
 //! idle connection would carry them. Each source here is polled through a

@@ -103,6 +103,13 @@ impl IdTables {
     pub(super) fn get_mut(&mut self) -> &mut Tables {
         self.0.get_or_insert_with(Box::default)
     }
+
+    /// Packet id `pkid` of a message towards the client is free again.
+    pub(super) fn release_pkid(&mut self, pkid: u16) {
+        if let Some(t) = self.existing_mut() {
+            t.in_use.remove(&pkid);
+        }
+    }
 }
 
 #[cfg(test)]

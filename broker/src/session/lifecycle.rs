@@ -9,7 +9,7 @@ use hooks_spec::{
 };
 use tokio::time::Instant;
 
-use super::{keepalive_window, Attach, Conn, Exit, HookArgs, Replay, Session, SessionCmd};
+use super::{Attach, Conn, Exit, HookArgs, Replay, Session, SessionCmd};
 use crate::codec::{ConnAck, ConnAckProps, Disconnect, Packet, Will};
 
 impl Session {
@@ -119,7 +119,9 @@ impl Session {
             hooks.session_resumed.run(self.session_args()).await;
         }
 
-        let limits = &self.shared.config.mqtt;
+        // Held apart from `self`, which the CONNACK's making changes.
+        let shared = Arc::clone(&self.shared);
+        let limits = &shared.config.mqtt;
         let connect = &attach.connect;
         let keepalive_secs = self.client.keepalive;
         let send_window = limits
@@ -155,9 +157,7 @@ impl Session {
                 keepalive: attach.conn.keepalive,
             },
             last_seen: Instant::now(),
-            keepalive_check: keepalive_window(keepalive_secs).map_or(0, |k| {
-                self.shared.keepalive.arm(Instant::now() + k, self.inbox.sender())
-            }),
+            keepalive_check: 0,
             send_window: send_window.max(1),
             receive_maximum,
             read_limit,
@@ -186,6 +186,7 @@ impl Session {
         // the broker's one task (an expiry or a delayed will only runs while
         // no connection is attached).
         self.deadline.arm(None);
+        self.arm_keepalive(Instant::now());
         self.shared.connected_add(1);
         self.inbox.set_attached(true);
 

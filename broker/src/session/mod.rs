@@ -19,7 +19,8 @@
 //!   this one loses its connection or ends.
 //! - `aliases`: topic aliases towards MQTT 5 clients.
 //! - `events`: what the task waits for between turns (one poll over the
-//!   socket, the mailboxes, finished publishes and the timers).
+//!   socket, the mailboxes, finished publishes and, while disconnected,
+//!   the expiry and will timer).
 //! - `id_hash`: the tables keyed by packet, storage and message ids.
 //! - `conn`: the attached connection (socket, buffers, codec, its limits).
 
@@ -462,7 +463,7 @@ impl Session {
         let Some(k) = keepalive_window(self.client.keepalive) else {
             return;
         };
-        let session = self.inbox.sender();
+        let session = self.self_tx();
         if let Some(c) = self.conn.as_mut() {
             c.keepalive_check = self.shared.keepalive.arm(from + k, session);
         }
@@ -542,8 +543,8 @@ mod tests {
         // History: the future was 6,672 bytes, 5,376 with the delivered fold
         // boxed, 4,928 with the will boxed, the state (1,160 bytes) kept in
         // it twice and a select's futures beside it; then 648 (a state of
-        // 552) with the wait keeping no futures and each turn boxed; now the
-        // keep-alive timer is the session's one timer, the inbox is one
+        // 552) with the wait keeping no futures and each turn boxed; now
+        // keep-alive has no timer per session (`keepalive.rs`), the inbox is one
         // pointer, and counters and limits have the width of their range.
         //
         // tokio keeps a task in one allocation: a 32-byte header, the

@@ -178,9 +178,7 @@ impl Session {
                 unsent: false,
             });
         } else {
-            if let Some(t) = self.ids.existing_mut() {
-                t.in_use.remove(&pkid);
-            }
+            self.ids.release_pkid(pkid);
         }
     }
 
@@ -307,9 +305,7 @@ impl Session {
             if self.encode_publish(&routed, pkid, true) {
                 i += 1;
             } else if let Some(entry) = self.inflight.remove(i) {
-                if let Some(t) = self.ids.existing_mut() {
-                    t.in_use.remove(&entry.pkid);
-                }
+                self.ids.release_pkid(entry.pkid);
             }
         }
     }
@@ -320,9 +316,7 @@ impl Session {
             .iter()
             .position(|i| i.pkid == pkid && i.state == expect)?;
         let entry = self.inflight.remove(pos)?;
-        if let Some(t) = self.ids.existing_mut() {
-            t.in_use.remove(&pkid);
-        }
+        self.ids.release_pkid(pkid);
         if entry.unsent {
             // Acknowledged before we re-sent it (the client had it already).
             self.unsent -= 1;

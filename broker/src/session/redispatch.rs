@@ -60,9 +60,7 @@ impl Session {
             // (Once the session ends, the client's packet ids end with it.)
             let movable = entry.state == AckState::PubAck || (ids_end && entry.state == AckState::PubRec);
             if movable && mine(&entry.routed) && self.hand_over(&entry.routed, any_member) {
-                if let Some(t) = self.ids.existing_mut() {
-                    t.in_use.remove(&entry.pkid);
-                }
+                self.ids.release_pkid(entry.pkid);
                 if entry.unsent {
                     self.unsent -= 1;
                 }
